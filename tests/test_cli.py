@@ -1,0 +1,68 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import BANKING77, REPO
+
+
+def supportbot(*args, check=True):
+    result = subprocess.run([sys.executable, "-m", "bot.cli", *args], capture_output=True, text=True, cwd=None)
+    if check and result.returncode != 0:
+        raise AssertionError(result.stderr)
+    return result
+
+
+def test_init_labels_import_stats_export(env):
+    assert "Database ready" in supportbot("init").stdout
+    supportbot("labels", "add", "complaint", "--description", "Customer is unhappy")
+    csv = env / "msgs.csv"
+    csv.write_text("text,label\nThe app crashed again,complaint\nLove the new dashboard,feedback\nhello,\n")
+    assert "Imported 3 of 3 rows" in supportbot("import", str(csv)).stdout
+    stats = json.loads(supportbot("stats", "--json").stdout)
+    assert stats == {"messages": 3, "labeled": 2, "labels": {"complaint": 1, "feedback": 1}}
+    listed = json.loads(supportbot("labels", "list", "--json").stdout)
+    assert {"name": "complaint", "description": "Customer is unhappy", "count": 1} in listed
+    for fmt, key in (("alpaca", "output"), ("chatml", "messages")):
+        rows = [json.loads(line) for line in supportbot("export", "--format", fmt).stdout.splitlines()]
+        assert len(rows) == 2 and all(key in r for r in rows)
+    chat = json.loads(supportbot("export", "--format", "chatml").stdout.splitlines()[0])
+    assert "complaint: Customer is unhappy" in chat["messages"][0]["content"]
+    assert chat["messages"][-1] == {"role": "assistant", "content": "complaint"}
+
+
+def test_export_round_trips_through_import(env):
+    csv = env / "msgs.csv"
+    csv.write_text("text,label\nWhere is my refund?,refund\nThanks a lot,feedback\n")
+    supportbot("import", str(csv))
+    out = env / "export.jsonl"
+    supportbot("export", "--format", "alpaca", "--out", str(out))
+    env2 = env / "second"
+    result = subprocess.run([sys.executable, "-m", "bot.cli", "import", str(out), "--json"], capture_output=True,
+                            text=True, env={"SUPPORTBOT_DATA_DIR": str(env2), "PATH": ""})
+    assert json.loads(result.stdout)["stored"] == 2
+    assert sorted(json.loads(subprocess.run(
+        [sys.executable, "-m", "bot.cli", "stats", "--json"], capture_output=True, text=True,
+        env={"SUPPORTBOT_DATA_DIR": str(env2), "PATH": ""}).stdout)["labels"]) == ["feedback", "refund"]
+
+
+def test_bad_import_and_bad_setting_are_one_clear_line(env, monkeypatch):
+    bad = env / "bad.csv"
+    bad.write_text("text,label\nfine,a\n,b\n")
+    result = supportbot("import", str(bad), check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"Error: {bad}, line 3: empty text (nothing was imported)"
+    assert json.loads(supportbot("stats", "--json").stdout)["messages"] == 0
+    monkeypatch.setenv("SUPPORTBOT_REPORT_CHANNEL", "#reports")
+    result = supportbot("stats", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("Error: SUPPORTBOT_REPORT_CHANNEL: expected comma-separated Slack channel ids")
+
+
+@pytest.mark.skipif(not (BANKING77 / "train.csv").exists(), reason="Banking77 data not present beside the repo")
+def test_banking77_import(env):
+    supportbot("import", str(BANKING77 / "train.csv"), "--text-col", "text", "--label-col", "category")
+    stats = json.loads(supportbot("stats", "--json").stdout)
+    assert stats["messages"] == 10003 and stats["labeled"] == 10003
+    assert len(stats["labels"]) == 77 and sum(stats["labels"].values()) == 10003
