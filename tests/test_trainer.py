@@ -1,0 +1,216 @@
+"""The training recipe on a tiny random Llama: learning, saving, cancel, bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from trainer.config import ConfigError, TrainConfig, load_config, validate
+from trainer.data import DataError, check_examples, stratified_split
+from trainer.report import promotion_decision
+from trainer.run import EXIT_BAD_INPUT, request_cancel, run
+
+from .conftest import make_run_dir, toy_config, toy_examples
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):
+    """One real training run shared by the tests that inspect its outputs."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    run_dir = make_run_dir(tmp_path_factory.mktemp("run"), toy_config(tiny_model_dir), toy_examples())
+    base_before = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    result = run(run_dir)
+    base_after = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    unchanged = all(torch.equal(base_before[k], base_after[k]) for k in base_before)
+    return run_dir, result, unchanged
+
+
+def test_training_learns_a_learnable_task(trained):
+    run_dir, result, _ = trained
+    assert result["status"] == "succeeded", result.get("error")
+    epochs = result["training"]["epochs"]
+    assert epochs[-1]["eval_loss"] < epochs[0]["eval_loss"] - 0.5
+    assert result["metrics"]["accuracy"] >= 0.9
+    assert set(result["metrics"]["per_class"]) == {"complaint", "question", "feedback"}
+    assert result["promotion"] == {"promote": True, "reason": "no adapter is serving yet"}
+
+
+def test_adapter_weights_change_and_base_weights_do_not(trained):
+    from safetensors.torch import load_file
+
+    run_dir, _, base_unchanged = trained
+    weights = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+    lora_b = [t for name, t in weights.items() if "lora_B" in name]
+    assert lora_b and all(t.abs().sum() > 0 for t in lora_b)  # LoRA B starts at zero
+    assert base_unchanged
+
+
+def test_run_outputs_follow_the_contract(trained):
+    run_dir, result, _ = trained
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    kinds = {line["kind"] for line in lines}
+    assert {"progress", "train", "eval"} <= kinds
+    assert all(line["max_steps"] == result["training"]["max_steps"] for line in lines)
+    assert (run_dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (run_dir / "report.md").read_text()
+    assert "| epoch | train loss | eval loss |" in report and "Best epoch" in report
+    card = (run_dir / "adapter" / "README.md").read_text()
+    assert "complaint" in card and f"Training examples: {result['data']['train']}" in card
+    meta = json.loads((run_dir / "adapter" / "supportbot.json").read_text())
+    assert meta["prompt"]["labels"][0]["name"] == "complaint"
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "succeeded"
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "adapter.partial").exists()
+
+
+def test_reloaded_and_merged_adapter_give_the_same_predictions(trained, tiny_model_dir):
+    import torch
+    from peft import PeftModel
+
+    from trainer.classify import Classifier
+    from trainer.data import PromptSpec
+    from trainer.models import load_base_model, load_tokenizer
+    from trainer.prompts import LabelInfo
+    from trainer.scoring import LabelScorer
+
+    run_dir, result, _ = trained
+    evaluated = [json.loads(line) for line in (run_dir / "eval_predictions.jsonl").read_text().splitlines()]
+    assert len(evaluated) == result["metrics"]["n"]
+    texts = [e["text"] for e in evaluated]
+    tokenizer = load_tokenizer(tiny_model_dir)
+    classifier = Classifier(load_base_model(tiny_model_dir, device="cpu"), tokenizer,
+                            [LabelInfo("complaint"), LabelInfo("question"), LabelInfo("feedback")])
+    classifier.use_adapter(run_dir / "adapter", version=1)
+    reloaded = classifier.classify_many(texts)
+    assert [p.label for p in reloaded] == [e["predicted"] for e in evaluated]
+    assert [p.confidence for p in reloaded] == pytest.approx([e["confidence"] for e in evaluated], abs=1e-4)
+    assert all(p.adapter_version == 1 and not p.zero_shot for p in reloaded)
+
+    merged = PeftModel.from_pretrained(load_base_model(tiny_model_dir, device="cpu"),
+                                       str(run_dir / "adapter")).merge_and_unload()
+    spec = PromptSpec.from_dict(json.loads((run_dir / "adapter" / "supportbot.json").read_text())["prompt"])
+    with torch.inference_mode():
+        merged_scores = LabelScorer(merged.eval(), tokenizer, spec, first_tokens=99).score([(t, None) for t in texts])
+    for prediction, scores in zip(reloaded, merged_scores):
+        probs = dict(zip(spec.names, torch.softmax(torch.tensor(scores.logprobs), 0).tolist()))
+        assert max(abs(probs[k] - prediction.scores[k]) for k in probs) < 1e-3
+
+
+def test_cancel_stops_cleanly_without_an_adapter(tiny_model_dir, tmp_path):
+    run_dir = make_run_dir(tmp_path / "run", toy_config(tiny_model_dir), toy_examples())
+    request_cancel(run_dir)  # asked before the first step: stops at the first step
+    result = run(run_dir)
+    assert result["status"] == "cancelled"
+    assert result["training"]["global_step"] == 1
+    assert not (run_dir / "adapter").exists()
+
+
+@pytest.mark.parametrize("losses, expected", [
+    ([2.0, 1.5, float("nan")], "the training loss became nan at step 3"),
+    ([2.0, 1.5, 9.0], "rose to 9.000 at step 3, 4.5x its first value 2.000"),
+])
+def test_diverging_loss_stops_training_with_a_reason(tmp_path, losses, expected):
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    from trainer.metrics import ListSink
+    from trainer.train import _callbacks
+
+    cfg = TrainConfig(labels=[{"name": "a"}, {"name": "b"}])
+    report, _ = _callbacks(cfg, ListSink(), tmp_path, {})
+    control = TrainerControl()
+    for step, loss in enumerate(losses, start=1):
+        report.on_log(None, SimpleNamespace(global_step=step, max_steps=10, epoch=step / 10), control,
+                      logs={"loss": loss})
+    assert control.should_training_stop
+    assert expected in report.problem
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"learning_rate": 0}, "learning_rate: expected a number between 0 and 1"),
+    ({"lora_r": 0}, "lora_r: expected a whole number of at least 1"),
+    ({"quantization": "8bit"}, "quantization: expected one of auto, 4bit, none"),
+    ({"labels": [{"name": "only"}]}, "labels: a classifier needs at least 2 labels"),
+    ({"labels": [{"name": "a"}, {"name": "a"}]}, "labels: duplicate names"),
+    ({"target_modules": []}, "target_modules: expected a non-empty list"),
+    ({"lerning_rate": 1e-3}, "unknown field(s) lerning_rate"),
+])
+def test_bad_config_rejected_before_any_model_loads(tmp_path, override, message):
+    config = toy_config("/nonexistent/model")
+    config.update(override)
+    run_dir = make_run_dir(tmp_path / "run", config, toy_examples())
+    result = run(run_dir)
+    assert result["status"] == "failed" and result["bad_input"]
+    assert message in result["error"]
+    assert not (run_dir / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("examples, message", [
+    ([], "training data is empty"),
+    ([{"text": "x", "label": "complaint"}] * 4, "every example is labeled 'complaint'"),
+    ([{"text": "x", "label": "complaint"}] * 2 + [{"text": "y", "label": "praise"}] * 2,
+     "not in the label set: praise"),
+    ([{"text": "x", "label": "complaint"}] * 3 + [{"text": "y", "label": "question"}],
+     "fewer than 2 examples, too few to split into train and eval: question (1)"),
+    ([{"text": "  ", "label": "complaint"}] * 2 + [{"text": "y", "label": "question"}] * 2, "empty text"),
+])
+def test_bad_datasets_get_clear_errors(tmp_path, examples, message):
+    run_dir = make_run_dir(tmp_path / "run", toy_config("/nonexistent/model"), examples)
+    result = run(run_dir)
+    assert result["status"] == "failed" and message in result["error"]
+
+
+def test_python_m_trainer_exit_codes(tmp_path):
+    run_dir = make_run_dir(tmp_path / "run", toy_config("/nonexistent/model"), [])
+    done = subprocess.run([sys.executable, "-m", "trainer", str(run_dir)], capture_output=True, text=True)
+    assert done.returncode == EXIT_BAD_INPUT
+    assert "training data is empty" in done.stderr
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "failed"
+
+
+def test_stratified_split_is_seeded_and_keeps_every_label():
+    examples = toy_examples(per_label=10) + [{"text": "rare one", "label": "rare"}, {"text": "rare two", "label": "rare"}]
+    train, evaluation = stratified_split(examples, 0.2, seed=42)
+    again = stratified_split(examples, 0.2, seed=42)
+    assert (train, evaluation) == again
+    assert len(train) + len(evaluation) == len(examples)
+    for label in ("complaint", "question", "feedback", "rare"):
+        assert any(e["label"] == label for e in train) and any(e["label"] == label for e in evaluation)
+    assert sum(e["label"] == "complaint" for e in evaluation) == 2
+
+
+def test_check_examples_accepts_good_data():
+    check_examples(toy_examples(), ["complaint", "question", "feedback"])  # raises on failure
+
+
+def test_config_defaults_are_the_seed_recipe_and_epochs_follow_data_size():
+    cfg = validate(TrainConfig(labels=[{"name": "a"}, {"name": "b"}]))
+    assert (cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) == (16, 32, 0.05)
+    assert cfg.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert (cfg.learning_rate, cfg.lr_scheduler, cfg.warmup_ratio) == (2e-4, "cosine", 0.03)
+    assert (cfg.batch_size, cfg.grad_accum, cfg.seed, cfg.eval_fraction) == (4, 4, 42, 0.2)
+    assert cfg.resolved(999).epochs == 4 and cfg.resolved(1000).epochs == 2
+    assert cfg.resolved(10).learning_rate == 2e-4
+    assert cfg.__class__(**{**cfg.__dict__, "recipe": "small-model"}).resolved(10).learning_rate == 1e-3
+
+
+def test_load_config_reports_bad_json(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config(path)
+
+
+def test_promotion_gate():
+    assert promotion_decision({"macro_f1": 0.70}, None, 0.01)["promote"]
+    keep = promotion_decision({"macro_f1": 0.695}, {"macro_f1": 0.70}, 0.01)
+    assert keep["promote"] and "within" in keep["reason"]
+    refuse = promotion_decision({"macro_f1": 0.60}, {"macro_f1": 0.70}, 0.01)
+    assert not refuse["promote"] and "worse than serving 0.700 by 0.100" in refuse["reason"]
+
+
+def test_data_error_is_a_value_error():
+    assert issubclass(DataError, ValueError) and issubclass(ConfigError, ValueError)

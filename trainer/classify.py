@@ -1,0 +1,161 @@
+"""Classifying messages with the current adapter (or zero-shot with the base model).
+
+One model stays loaded. `use_adapter` swaps adapters in place under a lock:
+a classification in flight finishes with the adapter it started with, the
+next one uses the new adapter, and every prediction names the version that
+made it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .data import PromptSpec
+from .prompts import LabelInfo
+from .scoring import LabelScorer
+from .text import require_text
+
+ADAPTER_META = "supportbot.json"
+
+
+@dataclass
+class Prediction:
+    label: str
+    confidence: float
+    needs_review: bool
+    adapter_version: int | None
+    zero_shot: bool
+    scores: dict            # probability per label (upper bounds where `exact` would be False)
+    alternatives: list      # the next two: [[label, probability], ...]
+    exact: bool             # the top label is certified (see trainer.scoring)
+    latency_ms: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def to_probabilities(logprobs: list[float]) -> list[float]:
+    top = max(logprobs)
+    weights = [math.exp(x - top) for x in logprobs]
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def read_adapter_meta(path: str | Path) -> dict:
+    meta_path = Path(path) / ADAPTER_META
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{path} is not a supportbot adapter (no {ADAPTER_META})")
+    return json.loads(meta_path.read_text(encoding="utf-8"))
+
+
+def zero_shot_spec(labels: list[LabelInfo], max_body_chars: int = 1500) -> PromptSpec:
+    """Without an adapter the model only knows the labels from the prompt: always list them, with descriptions."""
+    return PromptSpec(tuple(labels), True, max_body_chars)
+
+
+def predict(scorer: LabelScorer, items: list[tuple[str, str | None]], *, threshold: float,
+            adapter_version: int | None, zero_shot: bool, batch_size: int = 16) -> list[Prediction]:
+    """Score items with `scorer` and turn the scores into predictions."""
+    started = time.perf_counter()
+    scored = scorer.score(items, batch_size=batch_size)
+    per_item_ms = (time.perf_counter() - started) * 1000 / max(1, len(items))
+    names = scorer.spec.names
+    predictions = []
+    for result in scored:
+        probs = to_probabilities(result.logprobs)
+        order = sorted(range(len(names)), key=lambda i: -probs[i])
+        top = order[0]
+        predictions.append(Prediction(
+            label=names[top], confidence=probs[top], needs_review=probs[top] < threshold,
+            adapter_version=adapter_version, zero_shot=zero_shot,
+            scores={names[i]: probs[i] for i in order},
+            alternatives=[[names[i], probs[i]] for i in order[1:3]],
+            exact=bool(result.exact[top]), latency_ms=per_item_ms))
+    return predictions
+
+
+@dataclass
+class _State:
+    version: int | None
+    adapter_name: str | None
+    scorer: LabelScorer
+
+    @property
+    def zero_shot(self) -> bool:
+        return self.adapter_name is None
+
+
+class Classifier:
+    """The serving classifier: thread-safe, one model, hot-swappable adapters."""
+
+    def __init__(self, model, tokenizer, labels: list[LabelInfo], *, threshold: float = 0.5, batch_size: int = 16):
+        self.tokenizer = tokenizer
+        self.threshold = threshold
+        self.batch_size = batch_size
+        self._model = model
+        self._lock = threading.Lock()
+        self._state = _State(None, None, LabelScorer(model, tokenizer, zero_shot_spec(labels)))
+
+    @classmethod
+    def load(cls, base_model_path: str, labels: list[LabelInfo], **kwargs) -> "Classifier":
+        from .models import load_base_model, load_tokenizer
+
+        model = load_base_model(base_model_path)
+        model.eval()
+        return cls(model, load_tokenizer(base_model_path), labels, **kwargs)
+
+    @property
+    def adapter_version(self) -> int | None:
+        return self._state.version
+
+    @property
+    def labels(self) -> list[str]:
+        return self._state.scorer.spec.names
+
+    def use_adapter(self, path: str | Path, version: int) -> None:
+        """Serve the adapter at `path` from the next classification on (waits for one in flight)."""
+        from peft import PeftModel
+
+        spec = PromptSpec.from_dict(read_adapter_meta(path)["prompt"])
+        name = f"v{version}"
+        with self._lock:
+            old = self._state.adapter_name
+            if not isinstance(self._model, PeftModel):
+                self._model = PeftModel.from_pretrained(self._model, str(path), adapter_name=name)
+            else:
+                if name in self._model.peft_config:
+                    self._model.delete_adapter(name)  # reloading a version: take the files as they are now
+                    old = None if old == name else old
+                self._model.load_adapter(str(path), adapter_name=name)
+                self._model.set_adapter(name)
+            self._model.eval()
+            if old and old != name and old in self._model.peft_config:
+                self._model.delete_adapter(old)
+            self._state = _State(version, name, LabelScorer(self._model, self.tokenizer, spec))
+
+    def use_zero_shot(self, labels: list[LabelInfo]) -> None:
+        """Serve the base model alone, prompted with the label descriptions (before any adapter exists)."""
+        with self._lock:
+            self._state = _State(None, None, LabelScorer(self._model, self.tokenizer, zero_shot_spec(labels)))
+
+    def classify(self, text: str | bytes, subject: str | None = None) -> Prediction:
+        return self.classify_many([(text, subject)])[0]
+
+    def classify_many(self, items: list) -> list[Prediction]:
+        """Classify texts or (text, subject) pairs, batched. Empty texts raise EmptyText before any work."""
+        pairs = [(item, None) if isinstance(item, (str, bytes)) else item for item in items]
+        cleaned = [(require_text(text), subject) for text, subject in pairs]
+        with self._lock:
+            state = self._state
+            # Zero-shot after an adapter was loaded: run the base weights alone.
+            peft_loaded = hasattr(self._model, "peft_config")
+            context = self._model.disable_adapter() if state.zero_shot and peft_loaded else nullcontext()
+            with context:
+                return predict(state.scorer, cleaned, threshold=self.threshold, adapter_version=state.version,
+                               zero_shot=state.zero_shot, batch_size=self.batch_size)

@@ -1,0 +1,146 @@
+"""Examples in, token ids out: checks, the stratified split, and tokenization.
+
+An example is a dict: {"text", "label", optional "subject", optional "id"}.
+Prompt and label tokens are built here once and used by both training and
+scoring, so what the model learns is exactly what it is asked.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from .prompts import LabelInfo, chat_messages
+
+AUTO_LABEL_LIST_MAX = 30
+
+
+class DataError(ValueError):
+    """Examples the trainer cannot learn from. The message says which and why."""
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    rows = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not isinstance(row.get("label"), str):
+            raise DataError(f"{path}, line {number}: expected an object with text and label strings")
+        rows.append(row)
+    return rows
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    Path(path).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def check_examples(examples: list[dict], label_names: list[str], *, what: str = "training data",
+                   min_per_label: int = 2) -> None:
+    """Raise DataError when the examples cannot train a classifier over `label_names`."""
+    if not examples:
+        raise DataError(f"{what} is empty: label some messages first")
+    empty = [i for i, e in enumerate(examples) if not e.get("text", "").strip()]
+    if empty:
+        raise DataError(f"{what}: {len(empty)} example(s) with empty text (first at position {empty[0] + 1})")
+    counts = Counter(e["label"] for e in examples)
+    unknown = sorted(set(counts) - set(label_names))
+    if unknown:
+        raise DataError(f"{what}: label(s) not in the label set: {', '.join(unknown)} "
+                        f"(label set: {', '.join(label_names)})")
+    if len(counts) < 2:
+        only = next(iter(counts))
+        raise DataError(f"{what}: every example is labeled {only!r}; a classifier needs at least 2 labels in use")
+    few = sorted(name for name, n in counts.items() if n < min_per_label)
+    if few:
+        raise DataError(f"{what}: label(s) with fewer than {min_per_label} examples, too few to split into "
+                        f"train and eval: {', '.join(f'{n} ({counts[n]})' for n in few)}")
+
+
+def stratified_split(examples: list[dict], eval_fraction: float = 0.2, seed: int = 42) -> tuple[list, list]:
+    """Split per label, so each label keeps its share on both sides (at least one eval example each)."""
+    rng = random.Random(seed)
+    by_label: dict[str, list] = {}
+    for example in examples:
+        by_label.setdefault(example["label"], []).append(example)
+    train, evaluation = [], []
+    for label in sorted(by_label):
+        group = by_label[label][:]
+        rng.shuffle(group)
+        n_eval = min(len(group) - 1, max(1, round(len(group) * eval_fraction)))
+        evaluation.extend(group[:n_eval])
+        train.extend(group[n_eval:])
+    rng.shuffle(train)
+    rng.shuffle(evaluation)
+    return train, evaluation
+
+
+def label_list_shown(setting: str, n_labels: int) -> bool:
+    return setting == "always" or (setting == "auto" and n_labels <= AUTO_LABEL_LIST_MAX)
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """Everything that decides what the model reads; saved with the adapter so serving matches training."""
+    labels: tuple[LabelInfo, ...]
+    show_label_list: bool
+    max_body_chars: int
+
+    def to_dict(self) -> dict:
+        return {"labels": [{"name": label.name, "description": label.description} for label in self.labels],
+                "show_label_list": self.show_label_list, "max_body_chars": self.max_body_chars}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PromptSpec":
+        return cls(tuple(LabelInfo(label["name"], label.get("description", "")) for label in data["labels"]),
+                   bool(data["show_label_list"]), int(data["max_body_chars"]))
+
+    @property
+    def names(self) -> list[str]:
+        return [label.name for label in self.labels]
+
+
+def prompt_messages(spec: PromptSpec, text: str, subject: str | None = None) -> list[dict]:
+    shown = list(spec.labels) if spec.show_label_list else []
+    return chat_messages(shown, text, subject, spec.max_body_chars)
+
+
+def prompt_ids(tokenizer, spec: PromptSpec, text: str, subject: str | None = None) -> list[int]:
+    """Token ids of the chat prompt up to and including the assistant header."""
+    ids = tokenizer.apply_chat_template(prompt_messages(spec, text, subject), add_generation_prompt=True,
+                                        tokenize=True)
+    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+
+def end_token_id(tokenizer) -> int:
+    """The token that ends an assistant turn (ChatML: <|im_end|>)."""
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        return im_end
+    return tokenizer.eos_token_id
+
+
+def label_ids(tokenizer, name: str) -> list[int]:
+    """The completion for a label: its tokens, then the end-of-turn token."""
+    return tokenizer.encode(name, add_special_tokens=False) + [end_token_id(tokenizer)]
+
+
+def tokenize_examples(tokenizer, spec: PromptSpec, examples: list[dict], max_length: int) -> list[dict]:
+    """input_ids and labels (-100 on the prompt) for each example; long prompts lose their middle, never the label."""
+    rows = []
+    for example in examples:
+        completion = label_ids(tokenizer, example["label"])
+        prompt = prompt_ids(tokenizer, spec, example["text"], example.get("subject"))
+        room = max_length - len(completion)
+        if len(prompt) > room:
+            # Keep the system prompt's start and the assistant header at the end.
+            head = room * 2 // 3
+            prompt = prompt[:head] + prompt[len(prompt) - (room - head):]
+        rows.append({"input_ids": prompt + completion, "labels": [-100] * len(prompt) + completion})
+    return rows

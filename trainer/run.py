@@ -1,0 +1,215 @@
+"""The recipe: a run directory in, an adapter, metrics and a report out.
+
+RUN_DIR/config.json           TrainConfig (trainer.config)
+RUN_DIR/train.jsonl           {"text", "label", "subject"?, "id"?} per line
+RUN_DIR/eval.jsonl            optional; without it, a stratified split of train.jsonl
+-> RUN_DIR/metrics.jsonl      one line per logging step and evaluation, as training goes
+-> RUN_DIR/adapter/           PEFT adapter + supportbot.json + README.md model card
+-> RUN_DIR/eval_predictions.jsonl  the eval split with each prediction
+-> RUN_DIR/result.json        status, metrics, comparison with the serving adapter, promotion decision
+-> RUN_DIR/report.md, report.png
+
+Reads setup -> train -> evaluate -> save. Config and data are checked before
+any model loads. `RUN_DIR/cancel` stops training at the next step.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+from .config import ConfigError, TrainConfig, load_config
+from .data import (DataError, PromptSpec, check_examples, label_list_shown, read_jsonl, stratified_split,
+                   tokenize_examples, write_jsonl)
+from .metrics import JsonlSink, MetricsSink, epoch_table, read_metrics
+from .prompts import LabelInfo
+from .train import CANCEL_FILE, TrainingError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 3
+
+
+def load_examples(run_dir: Path, cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
+    train_path, eval_path = run_dir / "train.jsonl", run_dir / "eval.jsonl"
+    if not train_path.exists():
+        raise DataError(f"{train_path}: no such file")
+    names = cfg.label_names()
+    if eval_path.exists():
+        train, evaluation = read_jsonl(train_path), read_jsonl(eval_path)
+        check_examples(train, names, min_per_label=1)
+        check_examples(evaluation, names, what="eval data", min_per_label=1)
+    else:
+        examples = read_jsonl(train_path)
+        check_examples(examples, names)
+        train, evaluation = stratified_split(examples, cfg.eval_fraction, cfg.seed)
+    return train, evaluation
+
+
+def prompt_spec(cfg: TrainConfig) -> PromptSpec:
+    labels = tuple(LabelInfo(label["name"], label.get("description", "")) for label in cfg.labels)
+    return PromptSpec(labels, label_list_shown(cfg.label_list_in_prompt, len(labels)), cfg.max_body_chars)
+
+
+def save_adapter(model, adapter_dir: Path, cfg: TrainConfig, spec: PromptSpec, result: dict) -> None:
+    """Write the adapter to a staging folder and rename it into place: a reader never sees half an adapter."""
+    staging = adapter_dir.with_name(adapter_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    meta = {"base_model": cfg.base_model, "prompt": spec.to_dict(), "config": json.loads(cfg.to_json()),
+            "data": result["data"], "metrics": {k: result["metrics"][k] for k in ("accuracy", "macro_f1", "n")}}
+    (staging / "supportbot.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    (staging / "README.md").write_text(model_card(cfg, spec, result), encoding="utf-8")
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    staging.rename(adapter_dir)
+
+
+def model_card(cfg: TrainConfig, spec: PromptSpec, result: dict) -> str:
+    metrics, data = result["metrics"], result["data"]
+    rows = "\n".join(f"| {name} | {data['per_label'].get(name, 0)} | {metrics['per_class'][name]['f1']:.3f} |"
+                     for name in spec.names if name in metrics["per_class"])
+    return f"""---
+library_name: peft
+base_model: {cfg.base_model}
+tags: [lora, text-classification, supportbot]
+---
+# supportbot adapter
+
+A LoRA adapter (r={cfg.lora_r}, alpha={cfg.lora_alpha}, modules {', '.join(cfg.target_modules)}) that classifies
+customer-support messages into {len(spec.names)} labels by scoring each label as the assistant's answer.
+
+- Base model: {cfg.base_model}
+- Training examples: {data['train']}; evaluation examples: {data['eval']}
+- Accuracy {metrics['accuracy']:.1%}, macro-F1 {metrics['macro_f1']:.3f} on the evaluation split
+- Learning rate {cfg.learning_rate}, {cfg.epochs} epochs max, batch {cfg.batch_size} x {cfg.grad_accum}, seed {cfg.seed}
+- Stopped: {result['training']['stop_reason']}
+
+| label | train examples | eval F1 |
+| --- | --- | --- |
+{rows}
+"""
+
+
+def evaluate_with(scorer, examples: list[dict], batch_size: int) -> tuple[dict, list]:
+    """Metrics of `scorer` on `examples`, through the same prediction code that serves messages."""
+    from .classify import predict
+    from .evaluate import classification_metrics
+
+    items = [(e["text"], e.get("subject")) for e in examples]
+    predictions = predict(scorer, items, threshold=0.0, adapter_version=None, zero_shot=False,
+                          batch_size=batch_size)
+    predicted = [p.label for p in predictions]
+    return classification_metrics([e["label"] for e in examples], predicted, scorer.spec.names), predictions
+
+
+def run(run_dir: str | Path, sink: MetricsSink | None = None) -> dict:
+    """Run the recipe in `run_dir`; returns the result (also written to result.json). Never raises for bad input."""
+    run_dir = Path(run_dir)
+    result: dict = {"status": "failed", "error": None}
+    try:
+        result = _run(run_dir, sink or JsonlSink(run_dir / "metrics.jsonl"), result)
+    except (ConfigError, DataError) as exc:
+        result.update(status="failed", error=str(exc), bad_input=True)
+    except TrainingError as exc:
+        result.update(status="failed", error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - recorded for the worker and the channel, then re-raised
+        result.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        _write_result(run_dir, result)
+        raise
+    _write_result(run_dir, result)
+    return result
+
+
+def _write_result(run_dir: Path, result: dict) -> None:
+    tmp = run_dir / "result.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    tmp.replace(run_dir / "result.json")
+
+
+def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
+    # Setup: everything that can be wrong with the input is found before a model loads.
+    cfg = load_config(run_dir / "config.json")
+    train, evaluation = load_examples(run_dir, cfg)
+    cfg = cfg.resolved(len(train))
+    spec = prompt_spec(cfg)
+    result.update(config=json.loads(cfg.to_json()), base_model=cfg.base_model, labels=spec.names,
+                  data={"train": len(train), "eval": len(evaluation),
+                        "per_label": dict(sorted(Counter(e["label"] for e in train).items()))})
+
+    from .models import load_base_model, load_tokenizer, pick_device, resolve_base_model
+
+    device = pick_device()
+    path = resolve_base_model(cfg.base_model, cfg.model_cache_dir)
+    tokenizer = load_tokenizer(path)
+    model = load_base_model(path, quantization=cfg.quantization, dtype=cfg.compute_dtype, device=device,
+                            for_training=True, gradient_checkpointing=cfg.gradient_checkpointing)
+    train_rows = tokenize_examples(tokenizer, spec, train, cfg.max_length)
+    eval_rows = tokenize_examples(tokenizer, spec, evaluation, cfg.max_length)
+
+    # Train.
+    from .train import fit
+
+    model, outcome = fit(model, tokenizer, cfg, train_rows, eval_rows, run_dir, sink, device)
+    records, _ = read_metrics(run_dir / "metrics.jsonl") if isinstance(sink, JsonlSink) else (
+        getattr(sink, "records", []), 0)
+    from .report import baseline_verdict, best_epoch, draw_report, promotion_decision, summary_markdown
+
+    result["training"] = {
+        "stop_reason": outcome.stop_reason, "best_step": outcome.best_step, "best_eval_loss": outcome.best_eval_loss,
+        "global_step": outcome.global_step, "max_steps": outcome.max_steps,
+        "train_seconds": outcome.train_seconds, "train_tokens": outcome.train_tokens,
+        "tokens_per_second": outcome.train_tokens / outcome.train_seconds if outcome.train_seconds else None,
+        "epochs": epoch_table(records), "best_epoch": best_epoch(records)}
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    if outcome.stop_reason == "cancelled":
+        result.update(status="cancelled", error="cancelled on request")
+        return result
+
+    # Evaluate: the new adapter, the serving one on the same split, and a cheap baseline.
+    from .scoring import LabelScorer
+
+    model.config.use_cache = True
+    batch = cfg.batch_size * 2
+    result["metrics"], predictions = evaluate_with(LabelScorer(model, tokenizer, spec), evaluation, batch)
+    write_jsonl(run_dir / "eval_predictions.jsonl",
+                [{**e, "predicted": p.label, "confidence": p.confidence} for e, p in zip(evaluation, predictions)])
+    result["serving"] = None
+    if cfg.compare_adapter:
+        from .classify import read_adapter_meta
+
+        serving_spec = PromptSpec.from_dict(read_adapter_meta(cfg.compare_adapter)["prompt"])
+        model.load_adapter(cfg.compare_adapter, adapter_name="serving")
+        model.set_adapter("serving")
+        serving_metrics, _ = evaluate_with(LabelScorer(model, tokenizer, serving_spec), evaluation, batch)
+        model.set_adapter("default")
+        model.delete_adapter("serving")
+        result["serving"] = {"path": cfg.compare_adapter, "metrics": serving_metrics}
+    result["baseline"] = _baseline(cfg, train, evaluation, spec.names)
+    result["verdict"] = baseline_verdict(result["metrics"], result["baseline"])
+    result["promotion"] = promotion_decision(
+        result["metrics"], result["serving"]["metrics"] if result["serving"] else None, cfg.promotion_margin)
+
+    # Save.
+    result["status"] = "succeeded"
+    save_adapter(model, run_dir / "adapter", cfg, spec, result)
+    result["adapter_dir"] = str(run_dir / "adapter")
+    draw_report(run_dir / "report.png", records, result["metrics"])
+    (run_dir / "report.md").write_text(summary_markdown(result), encoding="utf-8")
+    return result
+
+
+def _baseline(cfg: TrainConfig, train: list[dict], evaluation: list[dict], names: list[str]) -> dict | None:
+    if not cfg.baseline:
+        return None
+    from .baseline import fit_predict
+    from .evaluate import classification_metrics
+
+    method, predicted, seconds = fit_predict([e["text"] for e in train], [e["label"] for e in train],
+                                             [e["text"] for e in evaluation])
+    metrics = classification_metrics([e["label"] for e in evaluation], predicted, names)
+    return {"method": method, "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "seconds": seconds}
+
+
+def request_cancel(run_dir: str | Path) -> None:
+    """Ask a running trainer to stop at its next step."""
+    (Path(run_dir) / CANCEL_FILE).touch()
