@@ -70,6 +70,9 @@ class TrainConfig:
                                     default=0.01)
     baseline: bool = _help("Also score a cheap baseline (sentence embeddings or TF-IDF + logistic regression) "
                            "on the same split.", default=True)
+    injection_augmentation: float = _help("Share of training examples copied with an appended instruction to "
+                                          "answer another label (true label kept), so the adapter learns to "
+                                          "ignore instructions inside emails.", default=0.3)
     max_steps: int = _help("Stop after this many optimizer steps (0 = no limit; for smoke tests).", default=0)
 
     def label_names(self) -> list[str]:
@@ -119,7 +122,7 @@ def validate(config: TrainConfig) -> TrainConfig:
             raise ConfigError(f"{name}: expected a whole number of at least 0, got {value!r}")
     if not (isinstance(config.learning_rate, (int, float)) and 0 < config.learning_rate < 1):
         raise ConfigError(f"learning_rate: expected a number between 0 and 1, got {config.learning_rate!r}")
-    for name in ("lora_dropout", "warmup_ratio", "promotion_margin"):
+    for name in ("lora_dropout", "warmup_ratio", "promotion_margin", "injection_augmentation"):
         value = getattr(config, name)
         if not (isinstance(value, (int, float)) and 0 <= value < 1):
             raise ConfigError(f"{name}: expected a number in [0, 1), got {value!r}")

@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 from .config import ConfigError, TrainConfig, load_config
-from .data import (DataError, PromptSpec, check_examples, label_list_shown, read_jsonl, stratified_split,
+from .data import (DataError, augment_with_injections, PromptSpec, check_examples, label_list_shown, read_jsonl, stratified_split,
                    tokenize_examples, write_jsonl)
 from .metrics import JsonlSink, MetricsSink, epoch_table, read_metrics
 from .prompts import LabelInfo
@@ -143,7 +143,8 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
     tokenizer = load_tokenizer(path)
     model = load_base_model(path, quantization=cfg.quantization, dtype=cfg.compute_dtype, device=device,
                             for_training=True, gradient_checkpointing=cfg.gradient_checkpointing)
-    train_rows = tokenize_examples(tokenizer, spec, train, cfg.max_length)
+    augmented = augment_with_injections(train, spec.names, cfg.injection_augmentation, cfg.seed)
+    train_rows = tokenize_examples(tokenizer, spec, augmented, cfg.max_length)
     eval_rows = tokenize_examples(tokenizer, spec, evaluation, cfg.max_length)
 
     # Train.
