@@ -15,6 +15,9 @@ import click
 from storage import StorageError, open_db
 from storage import importing, labels as label_store, messages as message_store
 
+from trainer.models import ModelError
+
+from .serving import NoLabels
 from .settings import SettingsError, load_settings, settings_table
 
 
@@ -173,6 +176,176 @@ def stats(ctx: Context, as_json: bool):
         click.echo(f"  {name:32} {n}")
 
 
+def parse_overrides(pairs: tuple[str, ...]) -> dict:
+    """KEY=VALUE config overrides; values are read as JSON when they parse (numbers, true, lists), else text."""
+    from trainer.config import TrainConfig
+
+    known = set(TrainConfig.__dataclass_fields__)
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in known:
+            raise click.BadParameter(f"{pair!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(known))}",
+                                     param_hint="--set")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
+
+
+@cli.command()
+@click.option("--epochs", type=click.IntRange(min=1), help="Override the automatic number of epochs.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Training config override, repeatable (e.g. --set learning_rate=1e-3 --set recipe=small-model).")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@pass_ctx
+def train(ctx: Context, epochs: int | None, overrides: tuple[str, ...], as_json: bool):
+    """Train an adapter on the labeled messages now (no Slack needed), evaluate it, register it.
+
+    Runs the trainer as a child process, shows its progress, and promotes the new adapter if it is not worse
+    than the serving one by more than SUPPORTBOT_PROMOTION_MARGIN.
+    """
+    from storage import runs
+    from trainer.data import DataError, check_examples
+
+    from .training import execute_run, run_dir_for, training_examples
+
+    params = parse_overrides(overrides)
+    if epochs:
+        params["epochs"] = epochs
+    examples = training_examples(ctx.db)
+    try:
+        check_examples(examples, sorted({e["label"] for e in examples}) or ["(none)"])
+    except DataError as exc:
+        fail(str(exc))
+    run = runs.queue_run(ctx.db, requested_by="cli", params=params)
+    run = runs.claim_next_run(ctx.db, run_dir_for=lambda i: run_dir_for(ctx.settings, i))
+    bar = None
+
+    def progress(record):
+        nonlocal bar
+        if as_json or not record.get("max_steps"):
+            return
+        if bar is None:
+            bar = click.progressbar(length=record["max_steps"], label=f"Training run {run.id}", file=sys.stderr,
+                                    show_eta=True)
+            bar.__enter__()
+        bar.update(record["step"] - bar.pos)
+
+    if not as_json:
+        click.echo(f"Run {run.id}: {len(examples)} labeled examples; loading the base model...", err=True)
+    outcome = execute_run(ctx.settings, ctx.db, run, on_progress=progress)
+    if bar is not None:
+        bar.__exit__(None, None, None)
+    result = outcome.result
+    metrics = {k: result["metrics"][k] for k in ("accuracy", "macro_f1", "n")} if result.get("metrics") else {}
+    if result.get("baseline"):
+        metrics["baseline_accuracy"] = result["baseline"]["accuracy"]
+    if as_json:
+        click.echo(json.dumps({"run": outcome.run.id, "status": outcome.run.status,
+                               "adapter_version": outcome.adapter.version if outcome.adapter else None,
+                               "promoted": outcome.promoted, "metrics": metrics, "error": outcome.run.error}))
+    elif outcome.run.status == "succeeded":
+        from trainer.report import summary_markdown
+
+        click.echo(summary_markdown(result))
+        click.echo(f"Adapter version {outcome.adapter.version} "
+                   + ("is now serving." if outcome.promoted else "was registered but not promoted."))
+    else:
+        click.echo(f"Run {outcome.run.id} {outcome.run.status}: {outcome.run.error}", err=True)
+    if outcome.run.status != "succeeded":
+        sys.exit(1)
+
+
+def _prediction_dict(p) -> dict:
+    return {"label": p.label, "confidence": round(p.confidence, 6), "needs_review": p.needs_review,
+            "adapter_version": p.adapter_version, "zero_shot": p.zero_shot,
+            "scores": {k: round(v, 6) for k, v in p.scores.items()}}
+
+
+@cli.command()
+@click.argument("text", required=False)
+@click.option("--file", "in_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV of messages to classify.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Where to write the labeled CSV.")
+@click.option("--text-col", default="text", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def classify(ctx: Context, text: str | None, in_file: Path | None, out: Path | None, text_col: str, as_json: bool):
+    """Classify TEXT, or every row of --file into --out, with the serving adapter (zero-shot before one exists)."""
+    import csv
+
+    from trainer.text import EmptyText
+
+    from .serving import load_classifier
+
+    if (text is None) == (in_file is None):
+        fail("give either TEXT or --file FILE (with --out FILE)")
+    if in_file and not out:
+        fail("--file needs --out FILE for the labeled copy")
+    if text is not None and not text.strip():
+        fail("nothing to classify: the text is empty or only whitespace")
+    classifier = load_classifier(ctx.settings, ctx.db)
+    if text is not None:
+        try:
+            p = classifier.classify(text)
+        except EmptyText as exc:
+            fail(str(exc))
+        if as_json:
+            click.echo(json.dumps(_prediction_dict(p)))
+        else:
+            source = "zero-shot" if p.zero_shot else f"adapter v{p.adapter_version}"
+            flag = "  (needs review)" if p.needs_review else ""
+            click.echo(f"{p.label}  {p.confidence:.1%}  [{source}]{flag}")
+            for name, prob in p.alternatives:
+                click.echo(f"  next: {name} {prob:.1%}")
+        return
+    examples = importing.read_examples(in_file, text_col=text_col, label_col="\0none")
+    predictions = classifier.classify_many([e.text for e in examples])
+    with in_file.open(newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f))
+    fields = list(rows[0].keys()) + ["predicted_label", "confidence", "needs_review", "adapter_version"]
+    with out.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for row, p in zip(rows, predictions):
+            writer.writerow({**row, "predicted_label": p.label, "confidence": f"{p.confidence:.4f}",
+                             "needs_review": p.needs_review, "adapter_version": p.adapter_version or ""})
+    click.echo(f"Classified {len(predictions)} rows into {out}", err=True)
+
+
+@cli.command("eval")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--text-col", default="text", show_default=True)
+@click.option("--label-col", default="label", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def eval_(ctx: Context, file: Path, text_col: str, label_col: str, as_json: bool):
+    """Accuracy, macro-F1 and per-class scores of the serving adapter on a labeled CSV."""
+    from trainer.evaluate import classification_metrics
+
+    from .serving import load_classifier
+
+    examples = importing.read_examples(file, text_col=text_col, label_col=label_col)
+    unlabeled = [e.line for e in examples if not e.label]
+    if unlabeled:
+        fail(f"{file}, line {unlabeled[0]}: no label in column {label_col!r} ({len(unlabeled)} such rows)")
+    classifier = load_classifier(ctx.settings, ctx.db)
+    predicted = [p.label for p in classifier.classify_many([e.text for e in examples])]
+    metrics = classification_metrics([e.label for e in examples], predicted, classifier.labels)
+    if as_json:
+        click.echo(json.dumps({k: metrics[k] for k in ("accuracy", "macro_f1", "n", "per_class")}))
+        return
+    source = f"adapter v{classifier.adapter_version}" if classifier.adapter_version else "zero-shot base model"
+    click.echo(f"{source}: accuracy {metrics['accuracy']:.1%}, macro-F1 {metrics['macro_f1']:.3f} "
+               f"on {metrics['n']} messages")
+    click.echo(f"{'label':32} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>7}")
+    for name, m in metrics["per_class"].items():
+        if m["support"]:
+            click.echo(f"{name:32} {m['precision']:9.3f} {m['recall']:7.3f} {m['f1']:6.3f} {m['support']:7}")
+
+
 @cli.command("settings")
 @click.option("--markdown", is_flag=True, help="Print the README's settings table.")
 def settings_cmd(markdown: bool):
@@ -194,7 +367,7 @@ def main():
     """Entry point: turns expected errors into one clear line and exit code 1."""
     try:
         cli(standalone_mode=True)
-    except (SettingsError, StorageError) as exc:
+    except (SettingsError, StorageError, NoLabels, ModelError) as exc:
         fail(str(exc))
 
 

@@ -47,8 +47,11 @@ class ImportResult:
     labels_added: list[str]
 
 
-def read_examples(path: str | Path, *, text_col: str = "text", label_col: str = "label") -> list[Example]:
-    """Parse and check a whole CSV or JSONL file. Raises ImportFormatError naming the line."""
+def read_examples(path: str | Path, *, text_col: str = "text", label_col: str | None = "label") -> list[Example]:
+    """Parse and check a whole CSV or JSONL file. Raises ImportFormatError naming the line.
+
+    `label_col=None` reads texts only.
+    """
     path = Path(path)
     data = path.read_bytes()
     try:
@@ -84,12 +87,12 @@ def _check(path: str, line: int, text, label) -> Example:
     return Example(line=line, text=text.strip(), label=label or None)
 
 
-def _read_csv(path: str, content: str, text_col: str, label_col: str) -> list[Example]:
+def _read_csv(path: str, content: str, text_col: str, label_col: str | None) -> list[Example]:
     reader = csv.DictReader(io.StringIO(content, newline=""))
     header = reader.fieldnames or []
     if text_col not in header:
         raise ImportFormatError(path, 1, f"no column {text_col!r} (columns: {', '.join(header) or 'none'})")
-    has_label = label_col in header
+    has_label = label_col is not None and label_col in header
     examples, start = [], 2
     for row in reader:
         if None in row:

@@ -74,6 +74,22 @@ def convert_gguf(gguf: Path, target: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def quiet_libraries() -> None:
+    """Keep progress bars and version-migration chatter of the ML libraries out of the product's output."""
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft|trl)\.")
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script_method.*")
+    # bitsandbytes logs a missing optional CPU kernel package at import; the fallback works.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def pick_device() -> str:
     import torch
 
@@ -97,6 +113,7 @@ def use_4bit(quantization: str, device: str) -> bool:
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
+    quiet_libraries()
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -109,6 +126,7 @@ def load_base_model(path: str, *, quantization: str = "auto", dtype: str = "auto
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    quiet_libraries()
     device = device or pick_device()
     torch_dtype = compute_dtype(dtype, device)
     kwargs = {"dtype": torch_dtype}

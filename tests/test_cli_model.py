@@ -1,0 +1,94 @@
+"""The model commands of the CLI (train, classify, eval) with the tiny model, as a user runs them."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from storage import adapters, open_db, runs
+
+from .conftest import toy_examples
+
+TINY_TRAINING = ["--set", "learning_rate=0.01", "--set", "grad_accum=1", "--epochs", "8",
+                 "--set", 'target_modules=["q_proj","k_proj","v_proj","o_proj","gate_proj","up_proj","down_proj"]']
+
+
+def supportbot(*args, check=True):
+    result = subprocess.run([sys.executable, "-m", "bot.cli", *args], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(result.stderr)
+    return result
+
+
+@pytest.fixture
+def toy_workspace(env, monkeypatch, tiny_model_dir):
+    monkeypatch.setenv("SUPPORTBOT_BASE_MODEL", tiny_model_dir)
+    path = env / "toy.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        for e in toy_examples():
+            writer.writerow([e["text"], e["label"]])
+    supportbot("import", str(path))
+    return env, path
+
+
+def test_train_registers_and_serves_then_gates_the_next_run(toy_workspace):
+    env, toy_csv = toy_workspace
+    first = json.loads(supportbot("train", "--json", *TINY_TRAINING).stdout)
+    assert first["run"] == 1 and first["status"] == "succeeded" and first["promoted"]
+    assert first["adapter_version"] == 1 and first["metrics"]["accuracy"] >= 0.75
+    assert set(first["metrics"]) >= {"accuracy", "macro_f1", "n", "baseline_accuracy"}
+
+    db = open_db(env / "data" / "supportbot.db")
+    assert adapters.current_adapter(db).version == 1
+    assert len(runs.run_metrics(db, 1)) > 5  # followed from metrics.jsonl into storage
+    assert (env / "data" / "adapters" / "run-1" / "adapter_model.safetensors").exists()
+
+    p = json.loads(supportbot("classify", "--json", "how when where can what").stdout)
+    assert p["adapter_version"] == 1 and not p["zero_shot"] and p["label"] in ("complaint", "question", "feedback")
+    assert set(p) == {"label", "confidence", "needs_review", "adapter_version", "zero_shot", "scores"}
+
+    report = json.loads(supportbot("eval", str(toy_csv), "--json").stdout)
+    assert report["n"] == 60 and report["accuracy"] >= 0.7 and set(report["per_class"]) == {
+        "complaint", "question", "feedback"}
+
+    # A second run is compared with the serving adapter on the same split.
+    second = json.loads(supportbot("train", "--json", *TINY_TRAINING, "--set", "max_steps=1").stdout)
+    result = json.loads((env / "data" / "runs" / "run-2" / "result.json").read_text())
+    assert result["serving"]["path"].endswith("adapters/run-1")
+    assert second["promoted"] == result["promotion"]["promote"]
+    expected = 2 if second["promoted"] else 1
+    assert adapters.current_adapter(open_db(env / "data" / "supportbot.db")).version == expected
+
+
+def test_classify_file_and_zero_shot_before_any_adapter(toy_workspace):
+    env, toy_csv = toy_workspace
+    out = env / "out.csv"
+    supportbot("classify", "--file", str(toy_csv), "--out", str(out))
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 60 and all(r["predicted_label"] in ("complaint", "question", "feedback") for r in rows)
+    assert all(r["adapter_version"] == "" for r in rows)  # zero-shot: no adapter yet
+    assert json.loads(supportbot("classify", "--json", "hello there").stdout)["zero_shot"] is True
+
+
+def test_model_commands_refuse_bad_input_clearly(toy_workspace, monkeypatch):
+    env, toy_csv = toy_workspace
+    assert supportbot("classify", "   ", check=False).stderr.strip() == \
+        "Error: nothing to classify: the text is empty or only whitespace"
+    result = supportbot("train", "--set", "lerning_rate=1", check=False)
+    assert result.returncode == 2 and "expected KEY=VALUE with KEY one of" in result.stderr
+    monkeypatch.setenv("SUPPORTBOT_BASE_MODEL", str(env / "missing-model"))
+    result = supportbot("classify", "hello", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr and "missing-model" in result.stderr
+
+
+def test_train_refuses_data_that_cannot_train(env):
+    (env / "one.csv").write_text("text,label\nonly one,complaint\nanother,complaint\n")
+    supportbot("import", str(env / "one.csv"))
+    result = supportbot("train", check=False)
+    assert result.returncode == 1
+    assert "every example is labeled 'complaint'" in result.stderr
+    assert runs.list_runs(open_db(env / "data" / "supportbot.db")) == []  # nothing queued
