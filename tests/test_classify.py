@@ -38,7 +38,7 @@ def tiny(tiny_model_dir):
 def test_cached_pruned_scoring_agrees_with_full_forward(tiny, labels, show_list):
     model, tokenizer = tiny
     spec = PromptSpec(tuple(labels), show_list, 1500)
-    scorer = LabelScorer(model, tokenizer, spec, first_tokens=1)
+    scorer = LabelScorer(model, tokenizer, spec, beam_width=1, certify=True)
     for (text, subject), scores in zip(TEXTS, scorer.score(TEXTS, batch_size=4)):
         reference = score_reference(model, tokenizer, spec, text, subject)
         exact = [i for i, e in enumerate(scores.exact) if e]
@@ -48,13 +48,27 @@ def test_cached_pruned_scoring_agrees_with_full_forward(tiny, labels, show_list)
         assert all(scores.logprobs[i] >= reference[i] - 1e-4 for i in range(len(labels)))
         assert max(range(len(labels)), key=lambda i: scores.logprobs[i]) == \
             max(range(len(labels)), key=lambda i: reference[i])
+        assert scores.certified
+
+
+def test_beam_without_certify_scores_its_candidates_exactly_and_says_when_certain(tiny):
+    model, tokenizer = tiny
+    spec = PromptSpec(tuple(MANY_LABELS), False, 1500)
+    for (text, subject), scores in zip(TEXTS, LabelScorer(model, tokenizer, spec, beam_width=2).score(TEXTS)):
+        reference = score_reference(model, tokenizer, spec, text, subject)
+        exact = [i for i, e in enumerate(scores.exact) if e]
+        assert exact and max(abs(scores.logprobs[i] - reference[i]) for i in exact) < 1e-4
+        assert all(scores.logprobs[i] >= reference[i] - 1e-4 for i in range(len(MANY_LABELS)))
+        top = max(range(len(MANY_LABELS)), key=lambda i: scores.logprobs[i])
+        if scores.certified:
+            assert top == max(range(len(MANY_LABELS)), key=lambda i: reference[i])
 
 
 def test_prefix_cache_is_used_and_matches_no_cache(tiny):
     model, tokenizer = tiny
     spec = PromptSpec(tuple(MANY_LABELS), True, 1500)
-    cached = LabelScorer(model, tokenizer, spec, first_tokens=99)
-    plain = LabelScorer(model, tokenizer, spec, use_prefix_cache=False, first_tokens=99)
+    cached = LabelScorer(model, tokenizer, spec, beam_width=99)
+    plain = LabelScorer(model, tokenizer, spec, use_prefix_cache=False, beam_width=99)
     assert len(cached.prefix_ids) > 50  # the system prompt with 20 labels
     a, b = cached.score(TEXTS), plain.score(TEXTS)
     assert max(abs(x - y) for s, t in zip(a, b) for x, y in zip(s.logprobs, t.logprobs)) < 1e-4
@@ -62,7 +76,7 @@ def test_prefix_cache_is_used_and_matches_no_cache(tiny):
 
 def test_batched_and_one_at_a_time_agree(tiny):
     model, tokenizer = tiny
-    scorer = LabelScorer(model, tokenizer, PromptSpec(tuple(MANY_LABELS), False, 1500), first_tokens=99)
+    scorer = LabelScorer(model, tokenizer, PromptSpec(tuple(MANY_LABELS), False, 1500), beam_width=99)
     batched = scorer.score(TEXTS, batch_size=4)
     single = [scorer.score([item])[0] for item in TEXTS]
     assert max(abs(x - y) for s, t in zip(batched, single) for x, y in zip(s.logprobs, t.logprobs)) < 1e-4

@@ -92,7 +92,7 @@ def test_reloaded_and_merged_adapter_give_the_same_predictions(trained, tiny_mod
                                        str(run_dir / "adapter")).merge_and_unload()
     spec = PromptSpec.from_dict(json.loads((run_dir / "adapter" / "supportbot.json").read_text())["prompt"])
     with torch.inference_mode():
-        merged_scores = LabelScorer(merged.eval(), tokenizer, spec, first_tokens=99).score([(t, None) for t in texts])
+        merged_scores = LabelScorer(merged.eval(), tokenizer, spec, beam_width=99).score([(t, None) for t in texts])
     for prediction, scores in zip(reloaded, merged_scores):
         probs = dict(zip(spec.names, torch.softmax(torch.tensor(scores.logprobs), 0).tolist()))
         assert max(abs(probs[k] - prediction.scores[k]) for k in probs) < 1e-3

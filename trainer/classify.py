@@ -33,7 +33,7 @@ class Prediction:
     zero_shot: bool
     scores: dict            # probability per label (upper bounds where `exact` would be False)
     alternatives: list      # the next two: [[label, probability], ...]
-    exact: bool             # the top label is certified (see trainer.scoring)
+    certified: bool         # the top label is provably the most likely label (see trainer.scoring)
     latency_ms: float
 
     def to_dict(self) -> dict:
@@ -56,7 +56,7 @@ def read_adapter_meta(path: str | Path) -> dict:
 
 def zero_shot_spec(labels: list[LabelInfo], max_body_chars: int = 1500) -> PromptSpec:
     """Without an adapter the model only knows the labels from the prompt: always list them, with descriptions."""
-    return PromptSpec(tuple(labels), True, max_body_chars)
+    return PromptSpec(tuple(labels), True, max_body_chars, verbalize=True)
 
 
 def predict(scorer: LabelScorer, items: list[tuple[str, str | None]], *, threshold: float,
@@ -76,7 +76,7 @@ def predict(scorer: LabelScorer, items: list[tuple[str, str | None]], *, thresho
             adapter_version=adapter_version, zero_shot=zero_shot,
             scores={names[i]: probs[i] for i in order},
             alternatives=[[names[i], probs[i]] for i in order[1:3]],
-            exact=bool(result.exact[top]), latency_ms=per_item_ms))
+            certified=result.certified, latency_ms=per_item_ms))
     return predictions
 
 

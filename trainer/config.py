@@ -57,6 +57,8 @@ class TrainConfig:
                                 default=1500)
     label_list_in_prompt: str = _help("`auto` (when at most 30 labels), `always` or `never`: name the labels "
                                       "in the system prompt.", default="auto")
+    label_verbalizer: str = _help("`readable` (answer `card arrival` for label card_arrival) or `raw` (the name "
+                                  "as is).", default="readable")
     gradient_checkpointing: bool = _help("Trade compute for memory (helps 7B models on small GPUs).",
                                          default=False)
     seed: int = _help("Seed for the split, initialization and data order.", default=42)
@@ -102,6 +104,7 @@ CHOICES = {
     "quantization": ("auto", "4bit", "none"),
     "compute_dtype": ("auto", "bf16", "fp16", "fp32"),
     "label_list_in_prompt": ("auto", "always", "never"),
+    "label_verbalizer": ("readable", "raw"),
 }
 POSITIVE_INTS = ("lora_r", "lora_alpha", "batch_size", "grad_accum", "evals_per_epoch", "max_length",
                  "max_body_chars")

@@ -48,7 +48,8 @@ def load_examples(run_dir: Path, cfg: TrainConfig) -> tuple[list[dict], list[dic
 
 def prompt_spec(cfg: TrainConfig) -> PromptSpec:
     labels = tuple(LabelInfo(label["name"], label.get("description", "")) for label in cfg.labels)
-    return PromptSpec(labels, label_list_shown(cfg.label_list_in_prompt, len(labels)), cfg.max_body_chars)
+    return PromptSpec(labels, label_list_shown(cfg.label_list_in_prompt, len(labels)), cfg.max_body_chars,
+                      verbalize=cfg.label_verbalizer == "readable")
 
 
 def save_adapter(model, adapter_dir: Path, cfg: TrainConfig, spec: PromptSpec, result: dict) -> None:

@@ -6,13 +6,17 @@ The output can only ever be one of the labels. Three things keep it cheap:
    message: its KV cache is computed once per model state and reused.
 2. Each message's own tokens run once (pass 1); the next-token distribution at
    the end of the prompt scores every label's first token at no extra cost.
-3. Only labels whose first token ranks among the best are scored to the end
-   (pass 2, reusing the pass-1 cache). A label's full log-likelihood can never
-   exceed its first token's, so when the best fully scored label beats every
-   first-token score left out, the argmax is exact; otherwise more first tokens
-   are added. Labels left out keep their first-token score as an upper bound
-   (`exact` is False for them), which makes the reported confidence of the top
-   label a lower bound, never an overstatement.
+3. Labels are a token trie, searched level by level with a beam: each level is
+   one forward pass of one token per open prefix, on the cache of its parent,
+   so shared prefixes ("card ...") are scored once. A prefix's log-likelihood
+   bounds every label below it, so a message stops as soon as its best complete
+   label beats every open or pruned prefix, and the result says whether the top
+   label is thereby certified. With `certify=True`, labels the beam could not
+   rule out are then scored exactly, so the argmax is always exact (slower for
+   an unsure model: it may score most labels). Labels never finished
+   keep their prefix score as an upper bound (`exact` is False), so the
+   reported confidence of the top label is a lower bound, never an
+   overstatement.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 
 from .data import PromptSpec, label_ids, prompt_ids
 
-FIRST_TOKENS_START = 4
+BEAM_WIDTH = 4
 PASS2_LOGITS_BUDGET = 16_000_000  # floats of logits held at once in pass 2 (~64 MB)
 
 
@@ -29,6 +33,31 @@ PASS2_LOGITS_BUDGET = 16_000_000  # floats of logits held at once in pass 2 (~64
 class LabelScores:
     logprobs: list[float]   # per label, in spec order: exact, or an upper bound where exact is False
     exact: list[bool]
+    certified: bool         # the top label is provably the most likely one
+
+
+class TrieNode:
+    """A label-token prefix. `label` is set on the leaf after a label's end-of-turn token."""
+
+    __slots__ = ("token", "children", "label", "labels")
+
+    def __init__(self, token: int | None):
+        self.token = token
+        self.children: dict[int, "TrieNode"] = {}
+        self.label: int | None = None
+        self.labels: list[int] = []  # every label below this prefix
+
+
+def build_trie(label_tokens: list[list[int]]) -> TrieNode:
+    root = TrieNode(None)
+    for index, tokens in enumerate(label_tokens):
+        node = root
+        node.labels.append(index)
+        for token in tokens:
+            node = node.children.setdefault(token, TrieNode(token))
+            node.labels.append(index)
+        node.label = index
+    return root
 
 
 def _cache_pairs(cache):
@@ -49,13 +78,15 @@ class LabelScorer:
     """
 
     def __init__(self, model, tokenizer, spec: PromptSpec, *, use_prefix_cache: bool = True,
-                 first_tokens: int = FIRST_TOKENS_START):
+                 beam_width: int = BEAM_WIDTH, certify: bool = False):
         import torch
 
         self.model, self.tokenizer, self.spec = model, tokenizer, spec
         self.device = next(model.parameters()).device
-        self.first_tokens = first_tokens
-        self.label_tokens = [label_ids(tokenizer, name) for name in spec.names]
+        self.beam_width = beam_width
+        self.certify = certify  # also score exactly every label the beam could not rule out
+        self.label_tokens = [label_ids(tokenizer, spec, name) for name in spec.names]
+        self.trie = build_trie(self.label_tokens)
         self.first_ids = torch.tensor([t[0] for t in self.label_tokens], device=self.device)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.prefix_ids = self._shared_prefix() if use_prefix_cache else []
@@ -119,40 +150,86 @@ class LabelScorer:
                                  for k, v in prefix], self.model.config)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions[:, n_prefix:],
                          cache=cache, use_cache=True, logits_to_keep=1)
-        first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)[:, self.first_ids]  # (batch, n_labels)
-        context = _cache_pairs(out.cache)
-        last_position = positions[:, -1]
+        return self._search(out.logits[:, -1].float(), _cache_pairs(out.cache), mask, positions[:, -1])
 
+    def _search(self, last_logits, context, mask, last_position) -> list[LabelScores]:
+        """Beam search over the label trie, then exact scoring of any label the beam could not rule out."""
+        import torch
+
+        batch = last_logits.shape[0]
         n_labels = len(self.label_tokens)
-        scores = first.clone()
-        exact = torch.zeros_like(first, dtype=torch.bool)
-        # Rank distinct first tokens per row; grow the candidate set until the argmax is certified.
-        k = self.first_tokens
-        pending = list(range(batch))
-        while pending:
-            wanted = []
-            for row in pending:
-                order = torch.argsort(first[row], descending=True)
-                chosen_first = []
-                for j in order.tolist():
-                    token = int(self.first_ids[j])
-                    if token not in chosen_first:
-                        if len(chosen_first) == k:
-                            break
-                        chosen_first.append(token)
-                wanted.extend((row, j) for j in range(n_labels)
-                              if not exact[row, j] and int(self.first_ids[j]) in chosen_first)
-            self._score_rest(wanted, context, mask, last_position, first, scores, exact)
-            still = []
-            for row in pending:
-                best = scores[row][exact[row]].max() if exact[row].any() else None
-                left_out = first[row][~exact[row]]
-                if best is None or (left_out.numel() and left_out.max() > best):
-                    still.append(row)
-            if k >= n_labels:
+        first = torch.log_softmax(last_logits, dim=-1)
+        scores = [[None] * n_labels for _ in range(batch)]   # exact log-likelihoods found
+        bounds = [[float("-inf")] * n_labels for _ in range(batch)]  # upper bounds for the rest
+        # Open prefixes: (row, node, score, cache row holding the prompt and the prefix before node.token)
+        frontier = []
+        for row in range(batch):
+            for token, child in self.trie.children.items():
+                self._extend(frontier, scores, row, child, float(first[row, token]), row)
+        cache, cache_mask, position = context, mask, last_position
+        while frontier:
+            frontier = self._prune(frontier, scores, bounds)
+            if not frontier:
                 break
-            pending, k = still, k * 2
-        return [LabelScores(scores[row].tolist(), exact[row].tolist()) for row in range(batch)]
+            rows = torch.tensor([entry[3] for entry in frontier], device=self.device)
+            ids = torch.tensor([[entry[1].token] for entry in frontier], device=self.device)
+            cache_mask = torch.cat([cache_mask[rows], torch.ones((len(frontier), 1), dtype=cache_mask.dtype,
+                                                                 device=self.device)], dim=1)
+            position = position[rows] + 1
+            out = self.model(input_ids=ids, attention_mask=cache_mask, position_ids=position[:, None],
+                             cache=_make_cache([(k[rows], v[rows]) for k, v in cache], self.model.config),
+                             use_cache=True)
+            logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+            cache = _cache_pairs(out.cache)
+            grown = []
+            for i, (row, node, score, _) in enumerate(frontier):
+                for token, child in node.children.items():
+                    self._extend(grown, scores, row, child, score + float(logprobs[i, token]), i)
+            frontier = grown
+        # A label whose bound beats the best exact score could still win: score it exactly
+        # when asked to certify, else report the top label as not certified.
+        wanted = []
+        for row in range(batch if self.certify else 0):
+            best = max((x for x in scores[row] if x is not None), default=float("-inf"))
+            wanted.extend((row, j) for j in range(n_labels) if scores[row][j] is None and bounds[row][j] > best)
+        if wanted:
+            exact_scores = torch.full((batch, n_labels), float("-inf"))
+            done = torch.zeros((batch, n_labels), dtype=torch.bool)
+            self._score_rest(wanted, context, mask, last_position, first[:, self.first_ids], exact_scores, done)
+            for row, j in wanted:
+                scores[row][j] = float(exact_scores[row, j])
+        results = []
+        for row in range(batch):
+            best = max((x for x in scores[row] if x is not None), default=float("-inf"))
+            open_bound = max((b for x, b in zip(scores[row], bounds[row]) if x is None), default=float("-inf"))
+            results.append(LabelScores([x if x is not None else b for x, b in zip(scores[row], bounds[row])],
+                                       [x is not None for x in scores[row]], best >= open_bound))
+        return results
+
+    @staticmethod
+    def _extend(frontier, scores, row, node, score, cache_row) -> None:
+        if node.label is not None:
+            scores[row][node.label] = score  # the end-of-turn token closed a label
+        else:
+            frontier.append((row, node, score, cache_row))
+
+    def _prune(self, frontier, scores, bounds):
+        """Keep each row's best `beam_width` prefixes; stop a row once its best label beats every open prefix."""
+        by_row: dict[int, list] = {}
+        for entry in frontier:
+            by_row.setdefault(entry[0], []).append(entry)
+        kept = []
+        for row, entries in by_row.items():
+            entries.sort(key=lambda e: -e[2])
+            best = max((x for x in scores[row] if x is not None), default=float("-inf"))
+            finished = best >= entries[0][2]
+            for position, (_, node, score, _) in enumerate(entries):
+                if finished or position >= self.beam_width:
+                    for j in node.labels:  # a prefix's score bounds every label below it
+                        bounds[row][j] = max(bounds[row][j], score)
+            if not finished:
+                kept.extend(entries[:self.beam_width])
+        return kept
 
     def _score_rest(self, wanted, context, mask, last_position, first, scores, exact) -> None:
         """Pass 2: the rest of each wanted (row, label) completion after its first token."""
@@ -195,7 +272,7 @@ def score_reference(model, tokenizer, spec: PromptSpec, text: str, subject: str 
     result = []
     with torch.inference_mode():
         for name in spec.names:
-            completion = label_ids(tokenizer, name)
+            completion = label_ids(tokenizer, spec, name)
             ids = torch.tensor([prompt + completion], device=device)
             logprobs = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
             positions = torch.arange(len(prompt) - 1, len(prompt) + len(completion) - 1, device=device)

@@ -1,0 +1,185 @@
+"""Banking77 few-shot benchmark: the embedded model's adapter against cheap baselines.
+
+Protocol (issue: Trainer): 10 examples per intent drawn from train.csv with seed 42 (770),
+evaluated on test.csv (3,080 rows, or --test-per-intent N per intent for a quicker search).
+The adapter trains on the trainer's own stratified 80/20 split of those 770 (the 20% drives
+early stopping); the baselines fit all 770.
+
+Each recipe trains in a child process (`python -m trainer RUN_DIR`, as the worker runs it)
+so its peak memory is its own. Writes bench/results/banking77.json (or --out).
+
+    python bench/banking77.py                                   # default recipe, full test set
+    python bench/banking77.py --recipes seed,small-model --test-per-intent 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+DATA = REPO.parent / "shared" / "data" / "banking77"
+CACHE = REPO / "bench" / ".cache"
+
+# Recipes tried (config overrides on top of the trainer's defaults).
+RECIPES = {
+    "seed": {},
+    "seed-raw-labels": {"label_verbalizer": "raw"},
+    "small-model": {"recipe": "small-model"},
+    "small-model-6ep": {"recipe": "small-model", "epochs": 6},
+    "small-model-r32": {"recipe": "small-model", "lora_r": 32, "lora_alpha": 64},
+    "small-model-no-aug": {"recipe": "small-model", "injection_augmentation": 0.0},
+}
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return [{"text": r["text"], "label": r["category"]} for r in csv.DictReader(f)]
+
+
+def per_intent(rows: list[dict], n: int, seed: int) -> list[dict]:
+    by_label = defaultdict(list)
+    for row in rows:
+        by_label[row["label"]].append(row)
+    rng = random.Random(seed)
+    picked = []
+    for label in sorted(by_label):
+        picked.extend(rng.sample(by_label[label], min(n, len(by_label[label]))))
+    return picked
+
+
+def machine() -> dict:
+    import torch
+    import transformers
+    import peft
+    import trl
+
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__, "trl": trl.__version__,
+            "threads": torch.get_num_threads()}
+
+
+def baselines(train: list[dict], test: list[dict]) -> list[dict]:
+    from trainer.baseline import fit_predict
+    from trainer.evaluate import classification_metrics
+
+    names = sorted({r["label"] for r in train})
+    out = []
+    for method in ("tfidf", "minilm"):
+        name, predicted, seconds = fit_predict([r["text"] for r in train], [r["label"] for r in train],
+                                               [r["text"] for r in test], method=method)
+        m = classification_metrics([r["label"] for r in test], predicted, names)
+        out.append({"name": name, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "train_seconds": seconds,
+                    "tokens_per_second": None})
+        print(f"  {name}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}", flush=True)
+    return out
+
+
+def train_recipe(name: str, overrides: dict, train: list[dict], model_cache: Path, max_steps: int) -> dict:
+    from trainer.data import write_jsonl
+
+    run_dir = CACHE / "banking77" / name
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    labels = sorted({r["label"] for r in train})
+    config = {"labels": [{"name": n} for n in labels], "base_model": "embedded", "model_cache_dir": str(model_cache),
+              "baseline": False, **overrides}
+    if max_steps:
+        config["max_steps"] = max_steps
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    write_jsonl(run_dir / "train.jsonl", train)
+    started = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-m", "trainer", str(run_dir)], stdout=open(run_dir / "log", "w"),
+                             stderr=subprocess.STDOUT)
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - started
+    result = json.loads((run_dir / "result.json").read_text())
+    if result["status"] != "succeeded":
+        raise SystemExit(f"{name}: {result['status']}: {result.get('error')}")
+    return {"run_dir": run_dir, "result": result, "wall_seconds": wall,
+            "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def evaluate_adapter(adapter_dir: Path, model_cache: Path, test: list[dict]) -> dict:
+    import torch
+
+    from trainer.classify import Classifier
+    from trainer.evaluate import classification_metrics
+    from trainer.models import resolve_base_model
+
+    labels = json.loads((adapter_dir / "supportbot.json").read_text())["prompt"]["labels"]
+    from trainer.prompts import LabelInfo
+
+    classifier = Classifier.load(resolve_base_model("embedded", model_cache),
+                                 [LabelInfo(label["name"]) for label in labels], batch_size=32)
+    classifier.use_adapter(adapter_dir, version=1)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        predictions = classifier.classify_many([r["text"] for r in test])
+    seconds = time.perf_counter() - started
+    m = classification_metrics([r["label"] for r in test], [p.label for p in predictions], classifier.labels)
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "classify_seconds": seconds,
+            "certified_top": sum(p.certified for p in predictions) / len(predictions)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipes", default="small-model", help=f"comma-separated, from: {', '.join(RECIPES)}")
+    parser.add_argument("--per-intent", type=int, default=10)
+    parser.add_argument("--test-per-intent", type=int, default=0, help="0 = the whole test set")
+    parser.add_argument("--max-steps", type=int, default=0, help="cap optimizer steps (smoke runs)")
+    parser.add_argument("--no-baselines", action="store_true")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "banking77.json")
+    args = parser.parse_args()
+
+    model_cache = CACHE / "models"
+    train = per_intent(read_csv(DATA / "train.csv"), args.per_intent, seed=42)
+    test = read_csv(DATA / "test.csv")
+    if args.test_per_intent:
+        test = per_intent(test, args.test_per_intent, seed=42)
+    print(f"Banking77: {len(train)} training examples, {len(test)} test rows", flush=True)
+    report = {"benchmark": "banking77", "protocol": f"{args.per_intent} per intent from train.csv (seed 42); "
+              f"{len(test)} test rows", "machine": machine(), "models": [], "recipes": []}
+    if not args.no_baselines:
+        report["models"].extend(baselines(train, test))
+    for name in args.recipes.split(","):
+        print(f"Recipe {name}: training...", flush=True)
+        trained = train_recipe(name, RECIPES[name], train, model_cache, args.max_steps)
+        scores = evaluate_adapter(trained["run_dir"] / "adapter", model_cache, test)
+        training = trained["result"]["training"]
+        row = {"name": f"SmolLM2-135M LoRA ({name})", "recipe": name, "overrides": RECIPES[name],
+               "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"],
+               "train_seconds": training["train_seconds"], "tokens_per_second": training["tokens_per_second"],
+               "peak_rss_mb": trained["peak_rss_mb"], "epochs_run": (training["epochs"] or [{}])[-1].get("epoch"),
+               "stop_reason": training["stop_reason"], "best_epoch": training["best_epoch"],
+               "eval_split_accuracy": trained["result"]["metrics"]["accuracy"],
+               "classify_seconds": scores["classify_seconds"], "certified_top_fraction": scores["certified_top"]}
+        print(f"  {row['name']}: accuracy {row['accuracy']:.4f}, macro-F1 {row['macro_f1']:.4f}, "
+              f"train {row['train_seconds']:.0f} s, {row['tokens_per_second']:.0f} tokens/s, "
+              f"peak {row['peak_rss_mb']:.0f} MB", flush=True)
+        report["models"].append(row)
+        report["recipes"].append(row)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"Wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
