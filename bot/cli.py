@@ -72,6 +72,29 @@ def init(ctx: Context):
 
 
 @cli.command()
+@click.option("--http", is_flag=True, help="Serve /slack/events over HTTP instead of Socket Mode.")
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", default=3000, show_default=True, type=click.IntRange(0, 65535))
+@pass_ctx
+def serve(ctx: Context, http: bool, host: str, port: int):
+    """Run the Slack bot: Socket Mode when SLACK_APP_TOKEN is set, else (or with --http) HTTP mode."""
+    import logging
+
+    from .server import serve as run_server
+
+    settings = ctx.settings
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    http = http or not settings.slack_app_token
+    missing = [] if settings.slack_bot_token else ["SLACK_BOT_TOKEN"]
+    if http and not settings.slack_signing_secret:
+        missing.append("SLACK_SIGNING_SECRET (HTTP mode verifies every request)")
+    if missing:
+        fail("cannot connect to Slack: missing " + "; ".join(missing) + ". See `supportbot settings`.")
+    ctx.db  # migrate before serving
+    run_server(settings, http=http, host=host, port=port)
+
+
+@cli.command()
 @pass_ctx
 @click.pass_context
 def run(click_ctx, ctx: Context):
@@ -84,7 +107,7 @@ def run(click_ctx, ctx: Context):
         click.echo("Without Slack you can already: supportbot import FILE, supportbot labels list, "
                    "supportbot stats, supportbot export.")
         return
-    click.echo("Slack settings found, but this version has no Slack listener yet.")
+    click_ctx.invoke(serve)
 
 
 @cli.command("import")

@@ -138,3 +138,19 @@ def m001_initial(db):
         CREATE UNIQUE INDEX adapters_one_current ON adapters(is_current) WHERE is_current = 1;
         """
     )
+
+
+@MIGRATIONS(name="m002_replies")
+def m002_replies(db):
+    _run_script(
+        db,
+        """
+        -- The bot's thread reply to each message, so corrections can update it in place.
+        CREATE TABLE replies (
+            message_id INTEGER PRIMARY KEY REFERENCES messages(id),
+            channel TEXT NOT NULL,
+            ts TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        """,
+    )

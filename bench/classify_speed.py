@@ -1,0 +1,183 @@
+"""Classification speed on CPU: label scoring against greedy `generate`, on 256 Banking77 test messages.
+
+Measures, in one run and on the same messages:
+- scoring: p50/p95 latency of one message, and batched throughput (classify_many);
+- generate: the same for greedy decoding of the label (the naive baseline), and the ratio;
+- achieved FLOP/s of batched scoring (2 x parameters x tokens processed) against this
+  machine's measured fp32 matmul rate;
+- p50 latency with 3 labels and with all 77 (the cost of a bigger label set).
+
+Uses the Banking77 adapter from bench/banking77.py when it exists, else the base model.
+Writes bench/results/classify_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.banking77 import CACHE, DATA, machine, per_intent, read_csv  # noqa: E402
+
+
+def percentile(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def matmul_peak(seconds: float = 3.0) -> float:
+    """Best fp32 matmul FLOP/s over a few sizes (the machine's practical peak)."""
+    import torch
+
+    best = 0.0
+    for n in (1024, 2048):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        torch.matmul(a, b)
+        count, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds / 2:
+            torch.matmul(a, b)
+            count += 1
+        best = max(best, 2 * n ** 3 * count / (time.perf_counter() - started))
+    return best
+
+
+class TokenCounter:
+    """Counts tokens through the model's forward (for FLOP estimates)."""
+
+    def __init__(self, model):
+        self.tokens = 0
+        self.handle = model.get_base_model().get_decoder().register_forward_pre_hook(self.hook, with_kwargs=True) \
+            if hasattr(model, "get_base_model") else model.get_decoder().register_forward_pre_hook(
+                self.hook, with_kwargs=True)
+
+    def hook(self, module, args, kwargs):
+        ids = kwargs.get("input_ids")
+        if ids is None and args:
+            ids = args[0]
+        if ids is not None:
+            self.tokens += ids.numel()
+
+
+def generate_labels(model, tokenizer, spec, texts, max_new_tokens, batch_size):
+    """Greedy decoding of the answer, batched with left padding; maps the text back to a label when it matches."""
+    import torch
+
+    from trainer.data import prompt_ids
+
+    answers = {spec.answer(n).lower(): n for n in spec.names}
+    out = []
+    for start in range(0, len(texts), batch_size):
+        prompts = [prompt_ids(tokenizer, spec, t) for t in texts[start:start + batch_size]]
+        width = max(map(len, prompts))
+        ids = torch.full((len(prompts), width), tokenizer.pad_token_id)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        generated = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                   do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        for row in generated[:, width:]:
+            text = tokenizer.decode(row, skip_special_tokens=True).strip().lower()
+            out.append(answers.get(text))
+    return out
+
+
+def main():
+    import torch
+
+    from trainer.classify import Classifier
+    from trainer.data import PromptSpec, label_ids
+    from trainer.models import resolve_base_model
+    from trainer.prompts import LabelInfo
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "classify_speed.json")
+    args = parser.parse_args()
+
+    test = per_intent(read_csv(DATA / "test.csv"), 40, seed=42)[: args.messages]
+    texts = [r["text"] for r in test]
+    names = sorted({r["label"] for r in read_csv(DATA / "train.csv")})
+    adapter = CACHE / "banking77" / "small-model" / "adapter"
+    base = resolve_base_model("embedded", CACHE / "models")
+    classifier = Classifier.load(base, [LabelInfo(n) for n in names], batch_size=args.batch_size)
+    if (adapter / "supportbot.json").exists():
+        classifier.use_adapter(adapter, version=1)
+    spec = classifier._state.scorer.spec
+    model, tokenizer = classifier._model, classifier.tokenizer
+    print(f"{len(texts)} messages, {len(names)} labels, adapter: {classifier.adapter_version}", flush=True)
+
+    with torch.inference_mode():
+        classifier.classify_many(texts[:4])  # warm-up (and the system-prompt cache)
+        single = []
+        for text in texts:
+            started = time.perf_counter()
+            classifier.classify(text)
+            single.append((time.perf_counter() - started) * 1000)
+        counter = TokenCounter(model)
+        started = time.perf_counter()
+        predictions = classifier.classify_many(texts)
+        batched_s = time.perf_counter() - started
+        counter.handle.remove()
+
+        longest = max(len(label_ids(tokenizer, spec, n)) for n in spec.names)
+        gen_single = []
+        for text in texts[:64]:
+            started = time.perf_counter()
+            generate_labels(model, tokenizer, spec, [text], longest, 1)
+            gen_single.append((time.perf_counter() - started) * 1000)
+        started = time.perf_counter()
+        generated = generate_labels(model, tokenizer, spec, texts, longest, args.batch_size)
+        gen_batched_s = time.perf_counter() - started
+
+        by_size = {}
+        for size in (3, 77):
+            subset = [LabelInfo(n) for n in names[:size]]
+            small = Classifier(model, tokenizer, subset, batch_size=args.batch_size)
+            small._state = type(classifier._state)(classifier.adapter_version, classifier._state.adapter_name,
+                                                   type(classifier._state.scorer)(
+                                                       model, tokenizer, PromptSpec(tuple(subset), False, 1500,
+                                                                                    spec.verbalize)))
+            small.classify_many(texts[:4])
+            times = []
+            for text in texts[:64]:
+                started = time.perf_counter()
+                small.classify(text)
+                times.append((time.perf_counter() - started) * 1000)
+            by_size[size] = statistics.median(times)
+
+    params = sum(p.numel() for p in model.parameters())
+    flops = 2 * params * counter.tokens / batched_s
+    peak = matmul_peak()
+    gold = [r["label"] for r in test]
+    result = {
+        "benchmark": "classify_speed", "machine": machine(), "messages": len(texts), "labels": len(names),
+        "adapter": str(adapter) if classifier.adapter_version else None,
+        "scoring": {"p50_ms": statistics.median(single), "p95_ms": percentile(single, 0.95),
+                    "batched_msgs_per_s": len(texts) / batched_s,
+                    "accuracy": sum(p.label == g for p, g in zip(predictions, gold)) / len(gold),
+                    "certified_top_fraction": sum(p.certified for p in predictions) / len(predictions),
+                    "tokens_processed": counter.tokens},
+        "generate": {"p50_ms": statistics.median(gen_single), "p95_ms": percentile(gen_single, 0.95),
+                     "batched_msgs_per_s": len(texts) / gen_batched_s,
+                     "accuracy": sum(p == g for p, g in zip(generated, gold)) / len(gold),
+                     "unparseable_fraction": sum(p is None for p in generated) / len(generated)},
+        "ratio": (len(texts) / batched_s) / (len(texts) / gen_batched_s),
+        "achieved_flops": flops, "matmul_peak_flops": peak, "flops_fraction_of_peak": flops / peak,
+        "p50_ms_3_labels": by_size[3], "p50_ms_77_labels": by_size[77],
+        "label_cost_ratio_77_vs_3": by_size[77] / by_size[3],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

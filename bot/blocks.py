@@ -1,0 +1,82 @@
+"""Block Kit for the bot's messages and views. Plain data in, Slack JSON out."""
+
+from __future__ import annotations
+
+import json
+
+PICK_ACTION = "label_pick"
+CONFIRM_ACTION = "label_confirm"
+MODAL_CALLBACK = "label_modal"
+SHORTCUT_CALLBACK = "label_message"
+MAX_OPTIONS = 100  # Slack's limit for a static select
+
+
+def _mrkdwn(text: str) -> dict:
+    return {"type": "mrkdwn", "text": text}
+
+
+def label_select(labels: list[str], message_id: int, initial: str | None = None) -> dict:
+    options = [{"text": {"type": "plain_text", "text": name[:75]},
+                "value": json.dumps({"m": message_id, "l": name})} for name in labels[:MAX_OPTIONS]]
+    element = {"type": "static_select", "action_id": PICK_ACTION,
+               "placeholder": {"type": "plain_text", "text": "Change label"}, "options": options}
+    if initial in labels[:MAX_OPTIONS]:
+        element["initial_option"] = options[labels.index(initial)]
+    return element
+
+
+def prediction_blocks(message_id: int, prediction, labels: list[str], human: dict | None = None) -> list[dict]:
+    """The thread reply: prediction, confidence, adapter, and the controls to confirm or change it."""
+    source = "zero-shot (no adapter trained yet)" if prediction.zero_shot else f"adapter v{prediction.adapter_version}"
+    head = f"*Label:* `{prediction.label}`  ({prediction.confidence:.0%})"
+    if prediction.needs_review:
+        head = f":warning: *Needs review* - best guess `{prediction.label}` ({prediction.confidence:.0%})"
+    alternatives = ", ".join(f"`{name}` {p:.0%}" for name, p in prediction.alternatives)
+    blocks = [{"type": "section", "block_id": "prediction", "text": _mrkdwn(head)},
+              {"type": "context", "elements": [_mrkdwn(f"{source}" + (f" · next: {alternatives}" if alternatives
+                                                                         else ""))]}]
+    if human:
+        blocks.append({"type": "section", "block_id": "human",
+                       "text": _mrkdwn(f":white_check_mark: Labeled `{human['label']}` by <@{human['by']}>")})
+    confirm = {"type": "button", "action_id": CONFIRM_ACTION, "text": {"type": "plain_text", "text": "Correct"},
+               "style": "primary", "value": json.dumps({"m": message_id, "l": prediction.label})}
+    blocks.append({"type": "actions", "block_id": "label_actions",
+                   "elements": [confirm, label_select(labels, message_id, human["label"] if human else None)]})
+    return blocks
+
+
+def prediction_text(prediction) -> str:
+    """Fallback text (notifications, screen readers)."""
+    review = " (needs review)" if prediction.needs_review else ""
+    return f"Label: {prediction.label} ({prediction.confidence:.0%}){review}"
+
+
+def label_modal(message_id: int, labels: list[str], preview: str) -> dict:
+    return {"type": "modal", "callback_id": MODAL_CALLBACK, "private_metadata": json.dumps({"m": message_id}),
+            "title": {"type": "plain_text", "text": "Label this message"},
+            "submit": {"type": "plain_text", "text": "Save"},
+            "blocks": [{"type": "section", "text": _mrkdwn(f">{preview[:280]}")},
+                       {"type": "input", "block_id": "label", "label": {"type": "plain_text", "text": "Label"},
+                        "element": {**label_select(labels, message_id), "action_id": "choice"}}]}
+
+
+def stats_blocks(stats: dict, live: dict, last_run=None, adapter=None) -> list[dict]:
+    lines = [f"*Messages:* {stats['messages']}   *Labeled:* {stats['labeled']}"]
+    if adapter:
+        lines.append(f"*Serving:* adapter v{adapter.version} (accuracy {adapter.metrics.get('accuracy', 0):.1%}, "
+                     f"macro-F1 {adapter.metrics.get('macro_f1', 0):.3f})")
+    else:
+        lines.append("*Serving:* zero-shot base model (no adapter trained yet)")
+    counts = "\n".join(f"`{name}` {n}" for name, n in stats["labels"].items()) or "(no labels yet)"
+    blocks = [{"type": "section", "text": _mrkdwn("\n".join(lines))},
+              {"type": "section", "text": _mrkdwn("*Per label*\n" + counts)}]
+    if live:
+        rows = "\n".join(f"v{v if v != 'None' else ' zero-shot'}: {x['accuracy']:.0%} of {x['n']}"
+                         for v, x in live.items())
+        blocks.append({"type": "section", "text": _mrkdwn("*Live accuracy* (prediction vs the human label given "
+                                                           "afterwards)\n" + rows)})
+    if last_run:
+        blocks.append({"type": "context", "elements": [_mrkdwn(
+            f"Last training run {last_run.id}: {last_run.status}"
+            + (f" - {last_run.error[:200]}" if last_run.error else ""))]})
+    return blocks

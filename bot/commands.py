@@ -1,0 +1,235 @@
+"""Slash commands. Every handler acknowledges first; every error is ephemeral and says what is valid."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from storage import NotFound, RunConflict, StorageError, UnknownLabel
+from storage import adapters, labels, messages, predictions, runs
+from trainer.text import EmptyText
+
+from . import blocks
+from .context import BotContext
+from .intake import refresh_reply
+
+log = logging.getLogger(__name__)
+
+LINK = re.compile(r"https?://[^/\s>]+/archives/(?P<channel>[A-Z0-9]+)/p(?P<ts>\d{10})(?P<micro>\d{6})")
+RETRAIN_USAGE = "Usage: `/retrain [epochs=N] [dry-run]`, `/retrain status`, `/retrain cancel`"
+
+
+def parse_link(text: str) -> tuple[str, str] | None:
+    """(channel, ts) of a Slack message link (`https://team.slack.com/archives/C123/p1700000000000100`)."""
+    found = LINK.search(text.strip("<>"))
+    return (found["channel"], f"{found['ts']}.{found['micro']}") if found else None
+
+
+def label_command(ctx: BotContext, command: dict) -> tuple[str, int | None]:
+    """Label the linked message, or the latest unlabeled one in this channel. Returns (answer, message id)."""
+    db = ctx.db()
+    parts = (command.get("text") or "").split()
+    valid = ", ".join(f"`{d.name}`" for d in labels.list_label_defs(db)) or "(none yet: `/labels add NAME DESCRIPTION`)"
+    if not parts:
+        return f"Usage: `/label LABEL [message link]`. Valid labels: {valid}", None
+    name, rest = parts[0], " ".join(parts[1:])
+    try:
+        label = labels.resolve_label(db, name)
+    except UnknownLabel:
+        return f"Unknown label `{name}`. Valid labels: {valid}", None
+    if rest:
+        target = parse_link(rest)
+        if target is None:
+            return "That is not a Slack message link (use *Copy link* on the message).", None
+        channel, ts = target
+        if not ctx.is_intake_channel(channel):
+            log.info("refused /label by %s: channel %s is not an intake channel", command.get("user_id"), channel)
+            return f"<#{channel}> is not an intake channel, so its messages are not collected.", None
+        message = messages.find_message(db, messages.slack_external_id(channel, ts))
+        if message is None:
+            return "That message was not collected (only messages posted after the bot joined are).", None
+    else:
+        row = db.execute(
+            """SELECT id FROM messages m WHERE channel = ? AND deleted_at IS NULL
+               AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.message_id = m.id) ORDER BY ts DESC LIMIT 1""",
+            [command.get("channel_id")]).fetchone()
+        if row is None:
+            return "No unlabeled message in this channel. Add a message link: `/label LABEL LINK`.", None
+        message = messages.get_message(db, row[0])
+    labels.add_label(db, message.id, label, by=command["user_id"], method="slash_command")
+    preview = (message.subject or message.clean_body)[:80]
+    return f"Labeled `{label}`: _{preview}_", message.id
+
+
+def retrain_command(ctx: BotContext, command: dict) -> str:
+    from trainer.data import DataError, check_examples
+
+    from .training import training_examples
+
+    user = command["user_id"]
+    words = (command.get("text") or "").split()
+    db = ctx.db()
+    if words[:1] == ["status"]:
+        return run_status(db)
+    if not ctx.is_admin(user):
+        log.info("refused /retrain by %s: not an admin", user)
+        admins = ", ".join(f"<@{a}>" for a in ctx.settings.admins) or "nobody yet (set SUPPORTBOT_ADMINS)"
+        return f"Only admins can retrain or cancel. Admins: {admins}."
+    if words[:1] == ["cancel"]:
+        return cancel_run(ctx, db)
+    params, dry_run = {}, False
+    for word in words:
+        if word == "dry-run":
+            dry_run = True
+        elif re.fullmatch(r"epochs=\d{1,2}", word) and int(word.split("=")[1]) >= 1:
+            params["epochs"] = int(word.split("=")[1])
+        else:
+            return f"Unknown option `{word}`. {RETRAIN_USAGE}"
+    examples = training_examples(db)
+    counts = labels.label_counts(db)
+    summary = ", ".join(f"`{n}` {c}" for n, c in counts.items() if c) or "nothing labeled yet"
+    try:
+        check_examples(examples, sorted({e["label"] for e in examples}) or ["(none)"])
+    except DataError as exc:
+        return f"Cannot train: {exc}. Labeled so far: {summary}."
+    if dry_run:
+        return f"Data check passed: {len(examples)} labeled messages ({summary}). Nothing was queued."
+    try:
+        run = runs.queue_run(db, requested_by=user, params=params)
+    except RunConflict:
+        return "A training run is already active.\n" + run_status(db)
+    return f"Queued training run {run.id} on {len(examples)} labeled messages: {summary}."
+
+
+def run_status(db) -> str:
+    active = runs.active_run(db) or next(iter(runs.list_runs(db, limit=1)), None)
+    if active is None:
+        return "No training runs yet."
+    text = f"Run {active.id}: *{active.status}* (asked by <@{active.requested_by}>)"
+    steps = runs.run_metrics(db, active.id)
+    train = [m for m in steps if m.kind == "train"]
+    evals = [m for m in steps if m.kind == "eval"]
+    if train:
+        text += f", step {train[-1].step}, train loss {train[-1].train_loss:.3f}"
+    if evals:
+        text += f", eval loss {evals[-1].eval_loss:.3f}"
+    if active.error:
+        text += f"\n{active.error[:300]}"
+    return text
+
+
+def cancel_run(ctx: BotContext, db) -> str:
+    from trainer.run import request_cancel
+
+    active = runs.active_run(db)
+    if active is None:
+        return "No training run is active."
+    if active.status == "queued":
+        runs.finish_run(db, active.id, "cancelled", error="cancelled before it started")
+        return f"Run {active.id} was queued; it is cancelled."
+    if active.run_dir:
+        request_cancel(active.run_dir)
+    return f"Run {active.id} will stop at its next training step."
+
+
+def model_command(ctx: BotContext, command: dict) -> str:
+    db = ctx.db()
+    words = (command.get("text") or "").split()
+    if words[:1] == ["rollback"]:
+        if not ctx.is_admin(command["user_id"]):
+            log.info("refused /model rollback by %s: not an admin", command["user_id"])
+            return "Only admins can roll back the model."
+        try:
+            restored = adapters.rollback(db)
+        except NotFound as exc:
+            return f"Cannot roll back: {exc}."
+        return f"Rolled back: adapter v{restored.version} is serving again."
+    if words:
+        return "Usage: `/model` or `/model rollback`."
+    current = adapters.current_adapter(db)
+    history = adapters.list_adapters(db)[:5]
+    lines = [f"*Serving:* adapter v{current.version} on {current.base_model}" if current else
+             "*Serving:* the base model zero-shot (no adapter trained yet)"]
+    if current:
+        m = current.metrics
+        lines.append(f"Accuracy {m.get('accuracy', 0):.1%}, macro-F1 {m.get('macro_f1', 0):.3f} on {m.get('n', 0)} "
+                     "held-out messages" + (f" (baseline {m['baseline_accuracy']:.1%})" if 'baseline_accuracy' in m
+                                            else ""))
+    for a in history:
+        flag = " (serving)" if a.is_current else (" (promoted before)" if a.promoted_at else " (not promoted)")
+        lines.append(f"• v{a.version}: accuracy {a.metrics.get('accuracy', 0):.1%}, run {a.run_id}{flag}")
+    return "\n".join(lines)
+
+
+def labels_command(ctx: BotContext, command: dict) -> str:
+    db = ctx.db()
+    words = (command.get("text") or "").split(maxsplit=2)
+    if words[:1] == ["add"]:
+        if len(words) < 2:
+            return "Usage: `/labels add NAME DESCRIPTION`"
+        try:
+            d = labels.add_label_def(db, words[1], words[2] if len(words) > 2 else "")
+        except StorageError as exc:
+            return f"Cannot add that label: {exc}"
+        return f"Label `{d.name}` is active" + (f": {d.description}" if d.description else ".")
+    if words:
+        return "Usage: `/labels` or `/labels add NAME DESCRIPTION`"
+    counts = labels.label_counts(db)
+    defs = labels.list_label_defs(db)
+    if not defs:
+        return "No labels yet. Add one: `/labels add complaint Customer is unhappy`"
+    return "\n".join(f"`{d.name}` ({counts.get(d.name, 0)})" + (f": {d.description}" if d.description else "")
+                     for d in defs)
+
+
+def stats_payload(ctx: BotContext) -> list[dict]:
+    db = ctx.db()
+    counts = labels.label_counts(db)
+    stats = {"messages": messages.count_messages(db), "labeled": sum(counts.values()), "labels": counts}
+    return blocks.stats_blocks(stats, predictions.live_accuracy(db), next(iter(runs.list_runs(db, 1)), None),
+                               adapters.current_adapter(db))
+
+
+def classify_job(ctx: BotContext, text: str, respond) -> None:
+    try:
+        p = ctx.classifier().classify(text)
+    except EmptyText as exc:
+        respond(text=str(exc), response_type="ephemeral")
+        return
+    source = "zero-shot" if p.zero_shot else f"adapter v{p.adapter_version}"
+    review = " - *needs review*" if p.needs_review else ""
+    alternatives = ", ".join(f"`{n}` {v:.0%}" for n, v in p.alternatives)
+    respond(text=f"`{p.label}` ({p.confidence:.0%}, {source}){review}. Next: {alternatives}",
+            response_type="ephemeral")
+
+
+def register(app, ctx: BotContext) -> None:
+    def quick(handler):
+        """A command answered from the database alone: the answer goes with the acknowledgement."""
+        def listener(ack, command):
+            ack(response_type="ephemeral", text=handler(ctx, command))
+        return listener
+
+    app.command("/retrain")(quick(retrain_command))
+    app.command("/model")(quick(model_command))
+    app.command("/labels")(quick(labels_command))
+
+    @app.command("/stats")
+    def stats(ack):
+        ack(response_type="ephemeral", blocks=stats_payload(ctx), text="supportbot stats")
+
+    @app.command("/classify")
+    def classify(ack, command, respond):
+        text = (command.get("text") or "").strip()
+        if not text:
+            ack(response_type="ephemeral", text="Usage: `/classify TEXT`")
+            return
+        ack(response_type="ephemeral", text="Classifying...")
+        ctx.submit(classify_job, ctx, text, respond)
+
+    @app.command("/label")
+    def label(ack, command, client):
+        text, message_id = label_command(ctx, command)
+        ack(response_type="ephemeral", text=text)
+        if message_id:
+            ctx.submit(refresh_reply, ctx, client, message_id)  # show the human label under the message

@@ -1,0 +1,154 @@
+"""Intake: channel messages and forwarded emails become stored messages, classified and answered in thread.
+
+Slack acknowledges events for us before this listener runs (Bolt's default),
+and the classification itself goes to the work pool. A redelivered event
+(X-Slack-Retry-Num) finds the message already stored and answered.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from storage import labels, messages, predictions, replies
+from trainer.text import EmptyText, to_text
+
+from . import blocks
+from .context import BotContext
+
+log = logging.getLogger(__name__)
+
+NEW_MESSAGE_SUBTYPES = (None, "file_share", "thread_broadcast")
+
+
+def email_file(event: dict) -> dict | None:
+    for f in event.get("files") or []:
+        if f.get("filetype") == "email" or f.get("mode") == "email":
+            return f
+    return None
+
+
+def email_parts(file: dict) -> tuple[str | None, str | None, str]:
+    """(subject, sender, body) of a Slack email file object."""
+    senders = file.get("from") or []
+    sender = None
+    if senders:
+        first = senders[0]
+        sender = first.get("original") or first.get("address") or first.get("name")
+    body = file.get("plain_text") or file.get("preview_plain_text") or file.get("preview") or ""
+    return file.get("subject"), sender, body
+
+
+def complete_email(client, file: dict) -> dict:
+    """The copy in the event can lack the body: `files.info` returns the whole file."""
+    if file.get("plain_text") or not file.get("id"):
+        return file
+    try:
+        return {**file, **client.files_info(file=file["id"])["file"]}
+    except Exception as exc:  # noqa: BLE001 - keep the preview rather than lose the message
+        log.warning("files.info failed for %s: %s; keeping the preview", file.get("id"), exc)
+        return file
+
+
+def is_own_or_bot(ctx: BotContext, event: dict) -> bool:
+    if ctx.bot_user_id and event.get("user") == ctx.bot_user_id:
+        return True
+    return bool(event.get("bot_id")) or event.get("subtype") == "bot_message"
+
+
+def store_event(ctx: BotContext, client, body: dict, event: dict):
+    """Store a new message or email from a message event. Returns (message, created) or None when ignored."""
+    channel, ts = event.get("channel"), event.get("ts")
+    if not channel or not ts or not ctx.is_intake_channel(channel) or is_own_or_bot(ctx, event):
+        return None
+    if event.get("thread_ts") and event.get("thread_ts") != ts and event.get("subtype") != "thread_broadcast":
+        return None  # a conversation in a thread (often under the bot's own reply), not a new request
+    file = email_file(event)
+    if file:
+        subject, sender, raw = email_parts(complete_email(client, file))
+        source = "email"
+    else:
+        subject, sender, raw = None, event.get("user"), event.get("text") or ""
+        source = "slack_message"
+    clean = to_text(raw)
+    if not clean and not subject:
+        return None  # nothing a person or a model could label (a bare file share, say)
+    return messages.add_message(
+        ctx.db(), source=source, external_id=messages.slack_external_id(channel, ts), raw_body=raw,
+        clean_body=clean, subject=subject, sender=sender, team=body.get("team_id"), channel=channel, ts=ts,
+        thread_ts=event.get("thread_ts"), event_id=body.get("event_id"))
+
+
+def classify_and_reply(ctx: BotContext, client, message_id: int) -> None:
+    """Work pool job: classify a stored message, record the prediction, answer in its thread (once)."""
+    db = ctx.db()
+    message = messages.get_message(db, message_id)
+    if not replies.claim_reply(db, message_id, message.channel):
+        return
+    try:
+        classifier = ctx.classifier()
+        prediction = classifier.classify(message.clean_body or message.subject or "", message.subject)
+        predictions.add_prediction(db, message_id=message_id, adapter_version=prediction.adapter_version,
+                                   label=prediction.label, confidence=prediction.confidence,
+                                   needs_review=prediction.needs_review, scores=prediction.scores,
+                                   latency_ms=prediction.latency_ms)
+        names = [d.name for d in labels.list_label_defs(db)]
+        posted = client.chat_postMessage(channel=message.channel, thread_ts=message.ts,
+                                         text=blocks.prediction_text(prediction),
+                                         blocks=blocks.prediction_blocks(message_id, prediction, names))
+        replies.set_reply(db, message_id, message.channel, posted["ts"])
+    except EmptyText:
+        replies.release_reply(db, message_id)
+    except Exception:
+        replies.release_reply(db, message_id)
+        raise
+
+
+def refresh_reply(ctx: BotContext, client, message_id: int) -> None:
+    """Redraw the bot's reply to a message after a human label (shows who labeled what)."""
+    db = ctx.db()
+    reply = replies.get_reply(db, message_id)
+    prediction = predictions.latest_prediction(db, message_id)
+    human = labels.current_label(db, message_id)
+    if not reply or not prediction or not human:
+        return
+    shown = _Shown(prediction)
+    names = [d.name for d in labels.list_label_defs(db)]
+    client.chat_update(channel=reply["channel"], ts=reply["ts"], text=f"Labeled {human.label}",
+                       blocks=blocks.prediction_blocks(message_id, shown, names,
+                                                       human={"label": human.label, "by": human.labeled_by}))
+
+
+class _Shown:
+    """A stored prediction in the shape the reply blocks read."""
+
+    def __init__(self, p):
+        self.label, self.confidence, self.needs_review = p.label, p.confidence, p.needs_review
+        self.adapter_version, self.zero_shot = p.adapter_version, p.adapter_version is None
+        self.alternatives = [[k, v] for k, v in list(p.scores.items())[1:3]]
+
+
+def register(app, ctx: BotContext) -> None:
+    @app.event("message")
+    def on_message(body, event, client):
+        subtype = event.get("subtype")
+        if subtype == "message_changed":
+            edited = event.get("message") or {}
+            found = messages.find_message(ctx.db(), messages.slack_external_id(event.get("channel"), edited.get("ts")))
+            if found and edited.get("text") is not None and not email_file(edited):
+                messages.edit_message(ctx.db(), found.id, raw_body=edited["text"], clean_body=to_text(edited["text"]))
+            return
+        if subtype == "message_deleted":
+            found = messages.find_message(ctx.db(), messages.slack_external_id(event.get("channel"),
+                                                                              event.get("deleted_ts")))
+            if found:
+                messages.mark_deleted(ctx.db(), found.id)
+            return
+        if subtype not in NEW_MESSAGE_SUBTYPES:
+            return
+        stored = store_event(ctx, client, body, event)
+        if stored is None:
+            return
+        message, created = stored
+        if created:
+            log.info("stored %s %d from channel %s", message.source, message.id, message.channel)
+            ctx.submit(classify_and_reply, ctx, client, message.id)

@@ -1,0 +1,1 @@
+"""A local stand-in for Slack: Web API server, and requests as Slack sends them."""

@@ -1,0 +1,347 @@
+"""The Slack app, driven by signed requests in Slack's shapes against the local Web API stand-in."""
+
+import json
+import threading
+import time
+import urllib.request
+
+import pytest
+from slack_bolt.request import BoltRequest
+from slack_sdk import WebClient
+
+from bot.app import create_app
+from bot.context import BotContext
+from bot.settings import load_settings
+from slack_standin import payloads
+from slack_standin.server import SlackStandIn
+from storage import adapters, labels, messages, predictions, runs
+
+SECRET = "test-signing-secret"
+INTAKE, OTHER = "C0INTAKE", "C0OTHER"
+ADMIN, AGENT = "U0ADMIN", "U0AGENT"
+
+
+class Bot:
+    """The app under test, the stand-in it talks to, and helpers that send it what Slack sends."""
+
+    def __init__(self, app, ctx, standin):
+        self.app, self.ctx, self.standin = app, ctx, standin
+        self._ts = 1700000000
+
+    def next_ts(self) -> str:
+        self._ts += 1
+        return f"{self._ts}.000100"
+
+    def send(self, body_and_type, **sign):
+        body, content_type = body_and_type
+        response = self.app.dispatch(BoltRequest(body=body, headers=payloads.signed_headers(
+            SECRET, body, content_type, **sign)))
+        return response
+
+    def event(self, event, **kwargs):
+        return self.send(payloads.event_callback(event, event_id=kwargs.pop("event_id", None)), **kwargs)
+
+    def post(self, text, channel=INTAKE, user=AGENT, **extra):
+        ts = self.next_ts()
+        self.event(payloads.message_event(channel, user, text, ts, **extra))
+        return ts
+
+    def command(self, command, text="", user=AGENT, channel=INTAKE):
+        response = self.send(payloads.slash_command(command, text, user=user, channel=channel,
+                                                    response_url=self.standin.response_url()))
+        assert response.status == 200
+        return json.loads(response.body) if response.body else {}
+
+    def settle(self):
+        self.ctx.drain()
+
+    @property
+    def db(self):
+        return self.ctx.db()
+
+
+@pytest.fixture
+def bot(env, tiny_model_dir, monkeypatch):
+    standin = SlackStandIn().start()
+    monkeypatch.setenv("SUPPORTBOT_BASE_MODEL", tiny_model_dir)
+    settings = load_settings({"SUPPORTBOT_DATA_DIR": str(env / "data"), "SUPPORTBOT_BASE_MODEL": tiny_model_dir,
+                              "SLACK_BOT_TOKEN": standin.bot_token, "SLACK_SIGNING_SECRET": SECRET,
+                              "SLACK_API_URL": standin.api_url, "SUPPORTBOT_ADMINS": ADMIN,
+                              "SUPPORTBOT_INTAKE_CHANNELS": INTAKE, "SUPPORTBOT_REVIEW_THRESHOLD": "0.5"},
+                             env_file=None)
+    ctx = BotContext(settings)
+    for name, description in (("complaint", "Unhappy customer"), ("question", "Asks how or why"),
+                              ("feedback", "Opinion or praise")):
+        labels.add_label_def(ctx.db(), name, description)
+    app = create_app(ctx, WebClient(token=standin.bot_token, base_url=standin.api_url))
+    yield Bot(app, ctx, standin)
+    ctx.drain()
+    ctx.close()
+    standin.stop()
+
+
+def as_json(value):
+    """A parameter as sent: JSON-encoded in form posts, already structured in JSON posts."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def reply_to(bot, ts):
+    """The bot's thread reply under message `ts`."""
+    posted = [c for c in bot.standin.wait_for("chat.postMessage") if c.params.get("thread_ts") == ts]
+    assert len(posted) == 1
+    return posted[0]
+
+
+def test_channel_message_is_stored_classified_and_answered_in_thread(bot):
+    ts = bot.post("The app crashed twice today and I lost my work")
+    bot.settle()
+    stored = messages.find_message(bot.db, messages.slack_external_id(INTAKE, ts))
+    assert stored.source == "slack_message" and stored.sender == AGENT
+    call = reply_to(bot, ts)
+    assert call.params["channel"] == INTAKE
+    reply = as_json(call.params["blocks"])
+    prediction = predictions.latest_prediction(bot.db, stored.id)
+    assert prediction.label in ("complaint", "question", "feedback")
+    assert f"`{prediction.label}`" in reply[0]["text"]["text"]
+    assert "zero-shot" in reply[1]["elements"][0]["text"]  # no adapter yet, and it says so
+    actions = reply[-1]["elements"]
+    assert actions[0]["action_id"] == "label_confirm" and actions[1]["action_id"] == "label_pick"
+    assert [o["text"]["text"] for o in actions[1]["options"]] == ["complaint", "feedback", "question"]
+
+
+def test_forwarded_email_with_body_in_the_event(bot):
+    ts = bot.next_ts()
+    file = payloads.email_file("F0MAIL1", subject="Refund for order 1234", sender="ann@example.com",
+                               sender_name="Ann", body="<p>I was charged <b>twice</b>.</p>")
+    bot.event(payloads.email_event(INTAKE, ts, file))
+    bot.settle()
+    stored = messages.find_message(bot.db, messages.slack_external_id(INTAKE, ts))
+    assert (stored.source, stored.subject, stored.sender) == ("email", "Refund for order 1234", "Ann <ann@example.com>")
+    assert stored.raw_body == "<p>I was charged <b>twice</b>.</p>" and stored.clean_body == "I was charged twice."
+    assert bot.standin.calls_to("files.info") == []
+    reply_to(bot, ts)
+
+
+def test_forwarded_email_without_body_is_fetched_with_files_info(bot):
+    full = payloads.email_file("F0MAIL2", subject="Login broken", sender="bob@example.com",
+                               body="I cannot log in since the update.\n\n-- \nBob")
+    bot.standin.add_file(full)
+    ts = bot.next_ts()
+    bot.event(payloads.email_event(INTAKE, ts, payloads.email_file("F0MAIL2", subject="Login broken",
+                                                                   sender="bob@example.com", body=None)))
+    bot.settle()
+    assert bot.standin.calls_to("files.info")[0].params["file"] == "F0MAIL2"
+    stored = messages.find_message(bot.db, messages.slack_external_id(INTAKE, ts))
+    assert stored.raw_body.startswith("I cannot log in since the update.")
+    reply_to(bot, ts)
+
+
+def test_duplicate_delivery_is_stored_and_answered_once(bot):
+    ts = bot.next_ts()
+    event = payloads.message_event(INTAKE, AGENT, "Where is my parcel?", ts)
+    for retry in (None, 1, 2):
+        assert bot.event(event, event_id="Ev0SAME", retry_num=retry).status == 200
+    bot.settle()
+    time.sleep(0.2)
+    assert messages.count_messages(bot.db) == 1
+    assert len([c for c in bot.standin.calls_to("chat.postMessage") if c.params.get("thread_ts") == ts]) == 1
+
+
+def test_edits_update_text_and_deletes_keep_labels(bot):
+    ts = bot.post("My card is brokn")
+    bot.settle()
+    message = messages.find_message(bot.db, messages.slack_external_id(INTAKE, ts))
+    labels.add_label(bot.db, message.id, "complaint", by=AGENT, method="button")
+    bot.event({"type": "message", "subtype": "message_changed", "channel": INTAKE, "ts": bot.next_ts(),
+               "message": {"type": "message", "user": AGENT, "text": "My card is broken", "ts": ts},
+               "previous_message": {"type": "message", "user": AGENT, "text": "My card is brokn", "ts": ts}})
+    bot.settle()
+    assert messages.get_message(bot.db, message.id).clean_body == "My card is broken"
+    bot.event({"type": "message", "subtype": "message_deleted", "channel": INTAKE, "ts": bot.next_ts(),
+               "deleted_ts": ts, "previous_message": {"type": "message", "user": AGENT, "ts": ts}})
+    bot.settle()
+    gone = messages.get_message(bot.db, message.id)
+    assert gone.deleted_at and labels.current_label(bot.db, message.id).label == "complaint"
+
+
+def test_bots_threads_and_other_channels_are_ignored(bot):
+    bot.post("I am the bot", user=bot.standin.bot_user_id)
+    bot.post("I am another bot", bot_id="B0OTHER", subtype="bot_message")
+    bot.post("Not an intake channel", channel=OTHER)
+    parent = bot.post("A real request")
+    bot.post("a reply in the thread", thread_ts=parent)
+    bot.settle()
+    assert [m.clean_body for m in map(lambda r: messages.get_message(bot.db, r[0]),
+                                      bot.db.execute("SELECT id FROM messages").fetchall())] == ["A real request"]
+
+
+def test_label_command_latest_unlabeled_and_by_link(bot):
+    first = bot.post("Where do I change my address?")
+    second = bot.post("You charged me twice!")
+    bot.settle()
+    answer = bot.command("/label", "Complaint")
+    assert answer["response_type"] == "ephemeral" and answer["text"].startswith("Labeled `complaint`")
+    latest = messages.find_message(bot.db, messages.slack_external_id(INTAKE, second))
+    assert labels.current_label(bot.db, latest.id).method == "slash_command"
+    link = f"https://standin.slack.com/archives/{INTAKE}/p{first.replace('.', '')}"
+    assert bot.command("/label", f"question {link}")["text"].startswith("Labeled `question`")
+    earlier = messages.find_message(bot.db, messages.slack_external_id(INTAKE, first))
+    assert labels.current_label(bot.db, earlier.id).label == "question"
+    updated = bot.standin.wait_for("chat.update", 2)
+    assert any("Labeled `question` by <@U0AGENT>" in json.dumps(c.params["blocks"]) for c in updated)
+
+
+def test_label_command_errors_are_ephemeral_and_list_what_is_valid(bot):
+    bot.post("hello")
+    bot.settle()
+    unknown = bot.command("/label", "praise")
+    assert unknown["response_type"] == "ephemeral"
+    assert unknown["text"] == "Unknown label `praise`. Valid labels: `complaint`, `feedback`, `question`"
+    assert "Usage: `/label LABEL [message link]`" in bot.command("/label")["text"]
+    other = f"https://standin.slack.com/archives/{OTHER}/p1700000000000100"
+    assert "is not an intake channel" in bot.command("/label", f"question {other}")["text"]
+    assert "not a Slack message link" in bot.command("/label", "question http://example.com/x")["text"]
+    assert bot.db.execute("SELECT COUNT(*) FROM labels").fetchone()[0] == 0
+
+
+def test_buttons_and_picker_store_human_labels_and_update_the_reply(bot):
+    ts = bot.post("Thanks, the new dashboard is lovely")
+    bot.settle()
+    reply = reply_to(bot, ts)
+    blocks = as_json(reply.params["blocks"])
+    message = {"type": "message", "ts": bot.standin.calls_to("chat.postMessage")[-1].params and
+               next(ts_ for (ch, ts_), m in bot.standin.messages.items() if m.get("thread_ts") == ts),
+               "text": reply.params["text"], "blocks": blocks}
+    confirm, picker = blocks[-1]["elements"]
+    bot.send(payloads.block_action({**confirm, "block_id": "label_actions"}, user=AGENT, channel=INTAKE,
+                                   message=message, response_url=bot.standin.response_url()))
+    bot.settle()
+    stored = messages.find_message(bot.db, messages.slack_external_id(INTAKE, ts))
+    predicted = predictions.latest_prediction(bot.db, stored.id).label
+    assert labels.current_label(bot.db, stored.id).label == predicted
+    choice = next(o for o in picker["options"] if o["text"]["text"] == "feedback")
+    bot.send(payloads.block_action({"type": "static_select", "action_id": "label_pick", "block_id": "label_actions",
+                                    "selected_option": choice}, user=ADMIN, channel=INTAKE, message=message,
+                                   response_url=bot.standin.response_url()))
+    bot.settle()
+    history = labels.label_history(bot.db, stored.id)
+    assert [(e.label, e.labeled_by, e.method) for e in history][-1] == ("feedback", ADMIN, "button")
+    update = bot.standin.wait_for("chat.update", 2)[-1]
+    assert update.params["ts"] == message["ts"]
+    assert "Labeled `feedback` by <@U0ADMIN>" in json.dumps(update.params["blocks"])
+
+
+def test_message_shortcut_opens_the_picker_and_the_modal_saves_the_label(bot):
+    target = {"type": "message", "user": AGENT, "text": "old message from before", "ts": "1690000000.000200"}
+    bot.send(payloads.message_shortcut("label_message", user=AGENT, channel=INTAKE, message=target))
+    bot.settle()
+    view = as_json(bot.standin.wait_for("views.open")[0].params["view"])
+    assert view["callback_id"] == "label_modal"
+    stored = messages.find_message(bot.db, messages.slack_external_id(INTAKE, target["ts"]))
+    option = next(o for o in view["blocks"][1]["element"]["options"] if o["text"]["text"] == "question")
+    response = bot.send(payloads.view_submission(view, {"label": {"choice": {"type": "static_select",
+                                                                             "selected_option": option}}},
+                                                 user=AGENT))
+    assert response.status == 200
+    bot.settle()
+    assert labels.current_label(bot.db, stored.id).method == "shortcut"
+
+
+def test_retrain_admins_only_queues_once_and_reports_status(bot):
+    refused = bot.command("/retrain", user=AGENT)
+    assert refused["text"].startswith("Only admins can retrain") and "<@U0ADMIN>" in refused["text"]
+    assert "Cannot train: training data is empty" in bot.command("/retrain", user=ADMIN)["text"]
+    for i in range(3):
+        for name in ("complaint", "question"):
+            m, _ = messages.add_message(bot.db, source="import", external_id=f"i:{name}{i}", raw_body=f"{name} {i}")
+            labels.add_label(bot.db, m.id, name, by=ADMIN, method="cli")
+    dry = bot.command("/retrain", "dry-run", user=ADMIN)["text"]
+    assert dry.startswith("Data check passed: 6 labeled messages") and runs.list_runs(bot.db) == []
+    queued = bot.command("/retrain", "epochs=2", user=ADMIN)["text"]
+    assert queued.startswith("Queued training run 1 on 6 labeled messages: `complaint` 3, `question` 3")
+    assert runs.get_run(bot.db, 1).params == {"epochs": 2}
+    again = bot.command("/retrain", user=ADMIN)["text"]
+    assert again.startswith("A training run is already active") and "Run 1: *queued*" in again
+    assert "Run 1: *queued*" in bot.command("/retrain", "status", user=AGENT)["text"]
+    assert "Unknown option `epochs=lots`" in bot.command("/retrain", "epochs=lots", user=ADMIN)["text"]
+    assert bot.command("/retrain", "cancel", user=ADMIN)["text"] == "Run 1 was queued; it is cancelled."
+    assert runs.get_run(bot.db, 1).status == "cancelled"
+
+
+def test_model_command_and_rollback(bot):
+    assert "zero-shot" in bot.command("/model")["text"]
+    for metrics in ({"accuracy": 0.8, "macro_f1": 0.7, "n": 10}, {"accuracy": 0.9, "macro_f1": 0.8, "n": 10}):
+        a = adapters.register_adapter(bot.db, path="/x", base_model="m", labels=["a"], metrics=metrics)
+        adapters.promote(bot.db, a.version)
+    shown = bot.command("/model")["text"]
+    assert shown.startswith("*Serving:* adapter v2") and "v1: accuracy 80.0%" in shown
+    assert bot.command("/model", "rollback", user=AGENT)["text"] == "Only admins can roll back the model."
+    assert adapters.current_adapter(bot.db).version == 2
+    assert bot.command("/model", "rollback", user=ADMIN)["text"] == "Rolled back: adapter v1 is serving again."
+    assert adapters.current_adapter(bot.db).version == 1
+
+
+def test_classify_labels_and_stats_commands(bot):
+    assert bot.command("/classify", "where is my parcel")["text"] == "Classifying..."
+    bot.settle()
+    answer = bot.standin.responses[-1]
+    assert answer["response_type"] == "ephemeral" and "zero-shot" in answer["text"]
+    assert bot.command("/classify")["text"] == "Usage: `/classify TEXT`"
+    assert bot.command("/labels", "add refund Wants money back")["text"] == \
+        "Label `refund` is active: Wants money back"
+    assert "`refund` (0): Wants money back" in bot.command("/labels")["text"]
+    assert "Cannot add that label" in bot.command("/labels", "add " + "x" * 70)["text"]
+    bot.post("The invoice is wrong")
+    bot.settle()
+    stats = bot.command("/stats")
+    text = json.dumps(stats["blocks"])
+    assert "*Messages:* 1" in text and "`refund` 0" in text
+
+
+def test_app_home_shows_the_dashboard(bot):
+    bot.event({"type": "app_home_opened", "user": AGENT, "channel": "D0HOME", "tab": "home",
+               "event_ts": "1700000000.1"})
+    bot.settle()
+    view = as_json(bot.standin.wait_for("views.publish")[0].params["view"])
+    assert view["type"] == "home" and "*Messages:* 0" in json.dumps(view["blocks"])
+
+
+@pytest.mark.parametrize("sign", [
+    {"secret": "wrong-secret"},
+    {"timestamp": int(time.time()) - 6 * 60},  # older than Slack's 5 minutes: a replay
+])
+def test_forged_and_expired_requests_are_rejected_and_nothing_is_stored(bot, sign):
+    body, content_type = payloads.event_callback(payloads.message_event(INTAKE, AGENT, "forged", bot.next_ts()))
+    headers = payloads.signed_headers(sign.get("secret", SECRET), body, content_type, timestamp=sign.get("timestamp"))
+    response = bot.app.dispatch(BoltRequest(body=body, headers=headers))
+    command_body, command_type = payloads.slash_command("/label", "complaint", user=AGENT, channel=INTAKE,
+                                                        response_url=bot.standin.response_url())
+    command = bot.app.dispatch(BoltRequest(body=command_body, headers=payloads.signed_headers(
+        sign.get("secret", SECRET), command_body, command_type, timestamp=sign.get("timestamp"))))
+    bot.settle()
+    assert response.status == 401 and command.status == 401
+    assert messages.count_messages(bot.db, include_deleted=True) == 0
+    assert bot.standin.calls_to("chat.postMessage") == []
+
+
+def test_http_mode_serves_signed_requests_on_slack_events(bot):
+    from bot.server import make_http_server
+
+    server = make_http_server(bot.ctx, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        body, content_type = payloads.event_callback(payloads.message_event(INTAKE, AGENT, "over http", "1700000500.1"))
+        request = urllib.request.Request(f"http://127.0.0.1:{server.server_port}/slack/events", data=body.encode(),
+                                         headers=payloads.signed_headers(SECRET, body, content_type), method="POST")
+        assert urllib.request.urlopen(request, timeout=10).status == 200
+        bad = urllib.request.Request(request.full_url, data=body.encode(), method="POST",
+                                     headers=payloads.signed_headers("nope", body, content_type))
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(bad, timeout=10)
+        assert err.value.code == 401
+        bot.standin.wait_for("chat.postMessage")
+    finally:
+        server.shutdown()
+        server.server_close()
+        bot.settle()
+    assert messages.count_messages(bot.db) == 1
