@@ -345,3 +345,21 @@ def test_http_mode_serves_signed_requests_on_slack_events(bot):
         server.server_close()
         bot.settle()
     assert messages.count_messages(bot.db) == 1
+
+
+def test_manifest_declares_exactly_what_the_app_handles(bot):
+    import yaml
+
+    from .conftest import REPO
+
+    manifest = yaml.safe_load((REPO / "manifest.yml").read_text())
+    declared = {c["command"] for c in manifest["features"]["slash_commands"]}
+    for command in declared:
+        bot.command(command, "", user=AGENT)  # asserts 200: a command no listener handles gets 404
+    assert declared == {"/label", "/retrain", "/model", "/classify", "/labels", "/stats"}
+    assert [s["callback_id"] for s in manifest["features"]["shortcuts"]] == ["label_message"]
+    assert set(manifest["settings"]["event_subscriptions"]["bot_events"]) == {
+        "message.channels", "message.groups", "app_home_opened"}
+    unknown = bot.send(payloads.slash_command("/unknown", "", user=AGENT, channel=INTAKE,
+                                              response_url=bot.standin.response_url()))
+    assert unknown.status == 404  # Bolt answers what no listener handles with 404
