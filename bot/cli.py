@@ -96,6 +96,19 @@ def serve(ctx: Context, http: bool, host: str, port: int):
 
 @cli.command()
 @pass_ctx
+def worker(ctx: Context):
+    """Run the training worker: executes queued runs (from /retrain or the schedule) one at a time."""
+    import logging
+
+    from .worker import main as run_worker
+
+    logging.basicConfig(level=ctx.settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.db  # migrate before working
+    run_worker(ctx.settings)
+
+
+@cli.command()
+@pass_ctx
 @click.pass_context
 def run(click_ctx, ctx: Context):
     """Run supportbot on its defaults: prepare the data folder, then connect to Slack if configured."""

@@ -35,7 +35,11 @@ def make_http_server(ctx: BotContext, host: str, port: int):
 
 
 def serve(settings: Settings, *, http: bool, host: str = "0.0.0.0", port: int = 3000) -> None:
+    from .relay import relay_client
+    from .scheduler import start_scheduler
+
     ctx = BotContext(settings)
+    scheduler = start_scheduler(ctx, relay_client(settings))
     try:
         if http:
             server = make_http_server(ctx, host, port)
@@ -47,4 +51,5 @@ def serve(settings: Settings, *, http: bool, host: str = "0.0.0.0", port: int = 
             log.info("supportbot connecting to Slack in Socket Mode")
             SocketModeHandler(create_app(ctx), settings.slack_app_token).start()
     finally:
+        scheduler.shutdown(wait=False)
         ctx.close()

@@ -76,6 +76,19 @@ def _positive_int(var, value):
     return int(value)
 
 
+def _cron(var, value):
+    if not value:
+        return ""
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(value)
+    except ValueError:
+        raise SettingsError(f"{var}: expected a cron expression like '0 3 * * 1-5' (or empty to turn it off), "
+                            f"got {value!r}") from None
+    return value
+
+
 def _text(var, value):
     return value
 
@@ -128,6 +141,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Below this confidence a prediction is shown as \"needs review\"."),
     Setting("promotion_margin", "SUPPORTBOT_PROMOTION_MARGIN", "0.01", _fraction,
             "A new adapter is promoted unless its macro-F1 is worse than the current one's by more than this."),
+    Setting("retrain_cron", "SUPPORTBOT_RETRAIN_CRON", "", _cron,
+            "Retrain on this cron schedule (e.g. `0 3 * * *`) when enough new labels arrived; empty: off."),
+    Setting("retrain_min_new_labels", "SUPPORTBOT_RETRAIN_MIN_NEW_LABELS", "50", _positive_int,
+            "Human labels needed since the last run before a scheduled retrain starts."),
+    Setting("digest_cron", "SUPPORTBOT_DIGEST_CRON", "0 9 * * 1-5", _cron,
+            "When to post the least-certain messages with label pickers in the report channel; empty: off."),
     Setting("workers", "SUPPORTBOT_WORKERS", "4", _positive_int,
             "Threads that run model work and Web API calls after a request is acknowledged."),
     Setting("log_level", "SUPPORTBOT_LOG_LEVEL", "INFO", _log_level,
@@ -148,6 +167,9 @@ class Settings:
     report_channel: str = ""
     review_threshold: float = 0.5
     promotion_margin: float = 0.01
+    retrain_cron: str = ""
+    retrain_min_new_labels: int = 50
+    digest_cron: str = "0 9 * * 1-5"
     workers: int = 4
     log_level: str = "INFO"
     extra: dict = field(default_factory=dict, compare=False, repr=False)

@@ -63,11 +63,46 @@ def prepare_run(settings: Settings, db, run: runs.Run) -> Path:
     return run_dir
 
 
+PID_FILE = "trainer.pid"
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGKILL it when the worker dies (even by SIGKILL)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux: recovery still kills orphans by their recorded pid
+
+
 def start_trainer(run_dir: Path) -> subprocess.Popen:
-    """The trainer as a child process in its own process group (so a stop reaches its threads too)."""
+    """The trainer as a child process in its own process group, its pid recorded in the run directory."""
     log = open(run_dir / "trainer.log", "ab")
-    return subprocess.Popen([sys.executable, "-m", "trainer", str(run_dir)], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    child = subprocess.Popen([sys.executable, "-m", "trainer", str(run_dir)], stdout=log, stderr=subprocess.STDOUT,
+                             start_new_session=True, preexec_fn=_die_with_parent,
+                             env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    (run_dir / PID_FILE).write_text(str(child.pid))
+    return child
+
+
+def kill_orphan(run_dir: str | Path) -> bool:
+    """Kill a trainer left running by a worker that died (its process group, if it is still a trainer)."""
+    import signal
+
+    pid_file = Path(run_dir) / PID_FILE
+    if not pid_file.exists():
+        return False
+    pid = int(pid_file.read_text() or 0)
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    if b"trainer" not in cmdline or str(run_dir).encode() not in cmdline:
+        return False  # the pid was reused by something else
+    os.killpg(pid, signal.SIGKILL)
+    return True
 
 
 def follow(db, run_id: int, run_dir: Path, child: subprocess.Popen, on_progress: Callable[[dict], None] | None = None,
@@ -123,8 +158,13 @@ def register_result(settings: Settings, db, run: runs.Run, result: dict) -> tupl
     return adapter, promoted
 
 
-def execute_run(settings: Settings, db, run: runs.Run, on_progress=None, on_start=None) -> RunOutcome:
-    """Execute a claimed (running) run end to end and record how it ended."""
+def execute_run(settings: Settings, db, run: runs.Run, on_progress=None, on_start=None,
+                interrupted: Callable[[], bool] = lambda: False) -> RunOutcome:
+    """Execute a claimed (running) run end to end and record how it ended.
+
+    `interrupted()` true after the child exits means the worker stopped it (SIGTERM): the run is
+    marked interrupted rather than failed, and nothing it produced is registered.
+    """
     run_dir = prepare_run(settings, db, run)
     child = start_trainer(run_dir)
     if on_start:
@@ -133,6 +173,10 @@ def execute_run(settings: Settings, db, run: runs.Run, on_progress=None, on_star
     result_path = run_dir / "result.json"
     result = json.loads(result_path.read_text()) if result_path.exists() else None
     stats = (result or {}).get("data")
+    if interrupted() and not (code == 0 and result and result["status"] == "succeeded"):
+        finished = runs.finish_run(db, run.id, "interrupted", error="the worker was stopped during this run",
+                                   dataset_stats=stats)
+        return RunOutcome(finished, result or {}, None, False)
     if code == 0 and result and result["status"] == "succeeded":
         adapter, promoted = register_result(settings, db, run, result)
         finished = runs.finish_run(db, run.id, "succeeded", adapter_version=adapter.version, dataset_stats=stats)

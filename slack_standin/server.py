@@ -156,9 +156,11 @@ class SlackStandIn:
             return {"ok": False, "error": "no_text"}
         ts = self.next_ts()
         message = {"type": "message", "user": self.bot_user_id, "bot_id": self.bot_id, "ts": ts,
-                   "text": p.get("text", ""), "blocks": _json(p.get("blocks")) or []}
+                   "text": p.get("text", ""), "blocks": _json(p.get("blocks")) or [], "channel": p["channel"]}
         if p.get("thread_ts"):
             message["thread_ts"] = p["thread_ts"]
+        if p.get("metadata"):
+            message["metadata"] = _json(p["metadata"])
         self.messages[(p["channel"], ts)] = message
         return {"ok": True, "channel": p["channel"], "ts": ts, "message": message}
 
@@ -197,6 +199,16 @@ class SlackStandIn:
         return {"ok": True, "channel": {"id": p.get("channel"), "name": p.get("channel", "").lower(),
                                         "is_member": True}}
 
+    def _api_conversations_history(self, p):
+        """Top-level messages of a channel, newest first (metadata only with include_all_metadata)."""
+        channel = p.get("channel")
+        found = [m for (c, _), m in self.messages.items() if c == channel and not m.get("thread_ts")]
+        found.sort(key=lambda m: float(m["ts"]), reverse=True)
+        limit = int(p.get("limit") or 100)
+        with_metadata = str(p.get("include_all_metadata")).lower() in ("true", "1")
+        return {"ok": True, "messages": [m if with_metadata else {k: v for k, v in m.items() if k != "metadata"}
+                                         for m in found[:limit]], "has_more": len(found) > limit}
+
     def _api_conversations_join(self, p):
         return self._api_conversations_info(p)
 
@@ -216,6 +228,12 @@ class SlackStandIn:
             stored.update({"title": f.get("title") or stored["title"], "channels": [p.get("channel_id")],
                            "initial_comment": p.get("initial_comment"), "thread_ts": p.get("thread_ts")})
             done.append(stored)
+            if p.get("channel_id"):  # sharing posts a message with the file, as Slack does
+                ts = self.next_ts()
+                self.messages[(p["channel_id"], ts)] = {
+                    "type": "message", "user": self.bot_user_id, "ts": ts, "text": p.get("initial_comment") or "",
+                    "files": [stored], "channel": p["channel_id"],
+                    **({"thread_ts": p["thread_ts"]} if p.get("thread_ts") else {})}
         return {"ok": True, "files": done}
 
 

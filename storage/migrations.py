@@ -154,3 +154,31 @@ def m002_replies(db):
         );
         """,
     )
+
+
+@MIGRATIONS(name="m003_outbox")
+def m003_outbox(db):
+    _run_script(
+        db,
+        """
+        -- Messages for Slack, delivered by the bot's relay: retried on 429/5xx, never lost, never twice.
+        -- key is unique: a progress message is one row updated in place; a report is one row.
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY,
+            key TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL CHECK (kind IN ('message', 'file')),
+            channel TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('pending', 'sending', 'sent', 'failed')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            version INTEGER NOT NULL DEFAULT 1,
+            next_attempt_at TEXT NOT NULL,
+            ts TEXT,
+            after_key TEXT,
+            error TEXT,
+            created_at TEXT NOT NULL,
+            sent_at TEXT
+        );
+        CREATE INDEX outbox_due ON outbox(status, next_attempt_at);
+        """,
+    )

@@ -1,0 +1,117 @@
+"""Delivering the outbox to Slack: retried on 429 and 5xx, never lost, never duplicated.
+
+Every message carries Slack message metadata with its outbox key. A row left
+"sending" by a relay that stopped mid-call is looked up in the channel's
+history before it is sent again, so a restart neither loses nor repeats it.
+The relay's Web API client has no retry handlers of its own: the outbox
+decides when to try again (Retry-After on 429, backoff on 5xx and network errors).
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.error
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from storage import outbox
+
+log = logging.getLogger(__name__)
+
+METADATA_TYPE = "supportbot_outbox"
+MAX_BACKOFF_S = 300
+
+
+def relay_client(settings) -> WebClient:
+    return WebClient(token=settings.slack_bot_token or None, base_url=settings.slack_api_url, retry_handlers=[])
+
+
+class Relay:
+    def __init__(self, db_factory, client: WebClient):
+        self.db_factory = db_factory  # the calling thread's connection
+        self.client = client
+
+    def recover(self) -> int:
+        """Settle rows a stopped relay left in doubt. Returns how many were found already delivered."""
+        db = self.db_factory()
+        found = 0
+        for item in outbox.in_doubt(db):
+            ts = self._find_delivered(item) if item.kind == "message" else None
+            if ts:
+                outbox.mark_sent(db, item, ts)
+                found += 1
+            else:
+                outbox.retry_later(db, item.id, 0, "relay stopped before confirming delivery")
+        return found
+
+    def _find_delivered(self, item) -> str | None:
+        if item.ts:  # an update of a message we know: sending it again is harmless
+            return None
+        try:
+            history = self.client.conversations_history(channel=item.channel, limit=200, include_all_metadata=True)
+        except SlackApiError as exc:
+            log.warning("cannot check %s for an in-doubt message: %s", item.channel, exc.response.get("error"))
+            return None
+        for message in history.get("messages", []):
+            metadata = message.get("metadata") or {}
+            if metadata.get("event_type") == METADATA_TYPE and (metadata.get("event_payload") or {}).get(
+                    "key") == item.key:
+                return message["ts"]
+        return None
+
+    def deliver_due(self) -> int:
+        """Deliver what is due now. Returns how many rows were delivered."""
+        db = self.db_factory()
+        delivered = 0
+        for item in outbox.claim_due(db):
+            try:
+                ts = self._send(db, item)
+            except SlackApiError as exc:
+                self._failed(db, item, exc.response.status_code, exc.response.headers,
+                             exc.response.get("error") or str(exc))
+                continue
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+                self._failed(db, item, None, {}, f"network: {exc}")
+                continue
+            outbox.mark_sent(db, item, ts)
+            delivered += 1
+        return delivered
+
+    def _send(self, db, item) -> str | None:
+        payload = item.payload
+        if item.kind == "file":
+            parent = outbox.get(db, item.after_key) if item.after_key else None
+            self.client.files_upload_v2(channel=item.channel, file=payload["path"], title=payload.get("title"),
+                                        filename=payload.get("filename"),
+                                        initial_comment=payload.get("initial_comment"),
+                                        thread_ts=parent.ts if parent else None)
+            return None
+        if item.ts:
+            self.client.chat_update(channel=item.channel, ts=item.ts, text=payload["text"],
+                                    blocks=payload.get("blocks"))
+            return item.ts
+        posted = self.client.chat_postMessage(
+            channel=item.channel, text=payload["text"], blocks=payload.get("blocks"),
+            metadata={"event_type": METADATA_TYPE, "event_payload": {"key": item.key}})
+        return posted["ts"]
+
+    def _failed(self, db, item, status: int | None, headers, error: str) -> None:
+        if status == 429:
+            retry_after = _header(headers, "retry-after")
+            delay = float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else 30.0
+            outbox.retry_later(db, item.id, delay, f"rate limited (429), retrying after {delay:.0f} s")
+        elif status is None or status >= 500 or error in ("internal_error", "fatal_error", "service_unavailable"):
+            delay = min(MAX_BACKOFF_S, 2 ** item.attempts)
+            outbox.retry_later(db, item.id, delay, f"{error} (attempt {item.attempts}), retrying in {delay} s")
+        else:
+            # A permanent error (channel_not_found, not_in_channel, invalid_auth): retrying will not help.
+            log.error("outbox %s not delivered: %s", item.key, error)
+            outbox.give_up(db, item.id, error)
+
+
+def _header(headers, name: str) -> str | None:
+    for key, value in (headers or {}).items():
+        if key.lower() == name:
+            return value[0] if isinstance(value, list) else value
+    return None

@@ -1,0 +1,76 @@
+"""Slack formatting of training progress and reports (the trainer produces data and a picture)."""
+
+from __future__ import annotations
+
+import time
+
+from trainer.evaluate import worst_classes
+
+
+def _section(text: str) -> dict:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+
+
+def bar(fraction: float, width: int = 20) -> str:
+    filled = max(0, min(width, round(fraction * width)))
+    return "▓" * filled + "░" * (width - filled)
+
+
+def progress_payload(run_id: int, record: dict, started: float, last_eval: float | None) -> dict:
+    step, total = record.get("step") or 0, record.get("max_steps") or 0
+    fraction = step / total if total else 0.0
+    elapsed = time.time() - started
+    eta = f"{(elapsed / fraction - elapsed) / 60:.0f} min left" if 0.02 < fraction < 1 else "estimating..."
+    parts = [f"step {step}/{total}", f"epoch {record.get('epoch') or 0:.2f}"]
+    if record.get("train_loss") is not None:
+        parts.append(f"train loss {record['train_loss']:.3f}")
+    if last_eval is not None:
+        parts.append(f"eval loss {last_eval:.3f}")
+    text = f":hourglass_flowing_sand: Training run {run_id}: `{bar(fraction)}` {fraction:.0%}"
+    return {"text": f"Training run {run_id}: {fraction:.0%}",
+            "blocks": [_section(text), {"type": "context", "elements": [
+                {"type": "mrkdwn", "text": " · ".join(parts) + f" · {eta}"}]}]}
+
+
+def loss_table(epochs: list[dict]) -> str:
+    rows = ["epoch  train loss  eval loss"]
+    for e in epochs:
+        train = f"{e['train_loss']:.4f}" if e.get("train_loss") is not None else "-"
+        evaluation = f"{e['eval_loss']:.4f}" if e.get("eval_loss") is not None else "-"
+        rows.append(f"{e['epoch']:>5}  {train:>10}  {evaluation:>9}")
+    return "```\n" + "\n".join(rows) + "\n```"
+
+
+STOP_REASONS = {"early_stopping": "eval loss stopped improving (early stopping)", "completed": "all epochs done",
+                "max_steps": "step limit reached", "cancelled": "cancelled"}
+
+
+def report_payload(run_id: int, result: dict, adapter_version: int | None, promoted: bool) -> dict:
+    training, metrics = result["training"], result["metrics"]
+    serving = result.get("serving")
+    head = (f":white_check_mark: *Training run {run_id} finished* - adapter v{adapter_version} "
+            + ("*is now serving*." if promoted else "was *not promoted*."))
+    compare = f"Accuracy *{metrics['accuracy']:.1%}*, macro-F1 *{metrics['macro_f1']:.3f}* on {metrics['n']} held-out"
+    if serving:
+        sm = serving["metrics"]
+        compare += (f"; serving adapter on the same split: {sm['accuracy']:.1%}, {sm['macro_f1']:.3f} "
+                    f"({metrics['macro_f1'] - sm['macro_f1']:+.3f})")
+    lines = [compare + ".",
+             f"Best epoch {training.get('best_epoch')}; stopped: "
+             f"{STOP_REASONS.get(training['stop_reason'], training['stop_reason'])}; "
+             f"{training['global_step']} steps in {training['train_seconds'] / 60:.1f} min.",
+             ("Promoted: " if promoted else "Not promoted: ") + result["promotion"]["reason"] + "."]
+    worst = worst_classes(metrics, 3)
+    if worst:
+        lines.append("Weakest labels: " + ", ".join(f"`{n}` F1 {f:.2f}" for n, f, _ in worst) + ".")
+    if result.get("baseline"):
+        lines.append(result["verdict"])
+    blocks = [_section(head), _section("*Loss per epoch*\n" + loss_table(training["epochs"])),
+              _section("\n".join(lines))]
+    return {"text": f"Training run {run_id} finished: accuracy {metrics['accuracy']:.1%}", "blocks": blocks}
+
+
+def failure_payload(run_id: int, status: str, error: str | None) -> dict:
+    icon = ":no_entry_sign:" if status == "cancelled" else ":x:"
+    text = f"{icon} *Training run {run_id} {status}.* {error or ''}".strip()
+    return {"text": f"Training run {run_id} {status}", "blocks": [_section(text + "\nThe serving adapter is unchanged.")]}

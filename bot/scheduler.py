@@ -1,0 +1,88 @@
+"""Scheduled work, in the bot process only (one scheduler in the system). It queues and relays; it never trains.
+
+- relay: delivers the outbox every few seconds (and settles in-doubt rows at start);
+- retrain (off unless SUPPORTBOT_RETRAIN_CRON is set: it costs GPU time): queues a run when at
+  least SUPPORTBOT_RETRAIN_MIN_NEW_LABELS human labels arrived since the last run;
+- digest (SUPPORTBOT_DIGEST_CRON, needs a report channel): the unlabeled messages the model is
+  least sure of, with label pickers (the labels that teach the model most).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from storage import RunConflict, labels, outbox, runs
+from storage.db import query
+
+from . import blocks
+from .context import BotContext
+from .relay import Relay
+
+log = logging.getLogger(__name__)
+
+
+def new_human_labels(db) -> int:
+    last = next(iter(runs.list_runs(db, limit=1)), None)
+    since = last.queued_at if last else ""
+    return db.execute("SELECT COUNT(*) FROM labels WHERE method != 'import' AND created_at > ?", [since]).fetchone()[0]
+
+
+def maybe_retrain(ctx: BotContext) -> str:
+    db = ctx.db()
+    fresh = new_human_labels(db)
+    if fresh < ctx.settings.retrain_min_new_labels:
+        return f"skipped: {fresh} new labels (needs {ctx.settings.retrain_min_new_labels})"
+    try:
+        run = runs.queue_run(db, requested_by="scheduler", params={})
+    except RunConflict as exc:
+        return f"skipped: {exc}"
+    return f"queued run {run.id} ({fresh} new labels)"
+
+
+def least_sure(db, limit: int = 5, hours: int = 24) -> list[dict]:
+    since = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=hours)).isoformat()
+    return query(db, """
+        SELECT m.id, m.channel, m.ts, COALESCE(m.subject, '') AS subject, m.clean_body, p.label, p.confidence
+        FROM messages m JOIN predictions p ON p.id = (SELECT MAX(id) FROM predictions WHERE message_id = m.id)
+        WHERE m.deleted_at IS NULL AND m.received_at > ?
+          AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.message_id = m.id)
+        ORDER BY p.confidence ASC LIMIT ?""", [since, limit])
+
+
+def post_digest(ctx: BotContext) -> str:
+    db = ctx.db()
+    if not ctx.settings.report_channel:
+        return "skipped: no report channel"
+    rows = least_sure(db)
+    if not rows:
+        return "skipped: nothing unsure and unlabeled today"
+    names = [d.name for d in labels.list_label_defs(db)]
+    body = [{"type": "section", "text": {"type": "mrkdwn", "text": f"*Today's {len(rows)} least certain messages* "
+                                         "- a label on each teaches the model the most."}}]
+    for row in rows:
+        preview = (row["subject"] + ": " if row["subject"] else "") + row["clean_body"][:200]
+        body.append({"type": "section", "text": {"type": "mrkdwn",
+                                                 "text": f">{preview}\nguess `{row['label']}` ({row['confidence']:.0%})"},
+                     "accessory": blocks.label_select(names, row["id"])})
+    key = f"digest:{dt.date.today().isoformat()}"
+    outbox.put(db, key, ctx.settings.report_channel, {"text": "Messages that need a label", "blocks": body})
+    return f"queued digest of {len(rows)} messages"
+
+
+def start_scheduler(ctx: BotContext, client):
+    from apscheduler.schedulers.background import BackgroundScheduler
+    from apscheduler.triggers.cron import CronTrigger
+
+    relay = Relay(ctx.db, client)
+    relay.recover()
+    scheduler = BackgroundScheduler(daemon=True)
+    scheduler.add_job(relay.deliver_due, "interval", seconds=2, id="relay", max_instances=1, coalesce=True)
+    if ctx.settings.retrain_cron:
+        scheduler.add_job(lambda: log.info("scheduled retrain: %s", maybe_retrain(ctx)),
+                          CronTrigger.from_crontab(ctx.settings.retrain_cron), id="retrain")
+    if ctx.settings.digest_cron and ctx.settings.report_channel:
+        scheduler.add_job(lambda: log.info("digest: %s", post_digest(ctx)),
+                          CronTrigger.from_crontab(ctx.settings.digest_cron), id="digest")
+    scheduler.start()
+    return scheduler

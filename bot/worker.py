@@ -1,0 +1,139 @@
+"""The training worker (`supportbot worker`): executes queued runs, one at a time, crash-safe.
+
+It knows storage and the trainer, not Slack: what the channel should see goes
+into the outbox, and the bot's relay delivers it.
+
+- Claiming is atomic in SQLite, so two workers never take the same run.
+- The trainer is a child process that dies with the worker; a restarted worker
+  marks a run it finds "running" as interrupted (its partial adapter was never
+  registered, so the previous adapter keeps serving) and moves on.
+- SIGTERM stops the child, marks the run interrupted and queues it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from storage import open_db, outbox, runs
+
+from . import reports
+from .settings import Settings
+from .training import execute_run, kill_orphan, run_dir_for
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(self, settings: Settings, *, poll_s: float = 2.0, progress_every_s: float = 5.0):
+        self.settings = settings
+        self.poll_s = poll_s
+        self.progress_every_s = progress_every_s
+        self._local = threading.local()
+        self.stop_requested = threading.Event()
+        self._child = None
+
+    @property
+    def db(self):
+        """The calling thread's connection (connections are never shared across threads)."""
+        if getattr(self._local, "db", None) is None:
+            self._local.db = open_db(self.settings.db_path)
+        return self._local.db
+
+    # -- reporting through the outbox --------------------------------------------------------------------
+    def _say(self, key: str, payload: dict, **kwargs) -> None:
+        if self.settings.report_channel:
+            outbox.put(self.db, key, self.settings.report_channel, payload, **kwargs)
+
+    # -- recovery ------------------------------------------------------------------------------------------
+    def recover(self) -> list[int]:
+        """Mark runs left 'running' by a dead worker as interrupted; kill their orphaned trainers."""
+        recovered = []
+        for run in runs.list_runs(self.db, limit=50):
+            if run.status != "running":
+                continue
+            if run.run_dir and kill_orphan(run.run_dir):
+                log.warning("killed the orphaned trainer of run %d", run.id)
+            runs.finish_run(self.db, run.id, "interrupted",
+                            error="the worker stopped during this run; nothing it produced was registered")
+            self._say(f"run:{run.id}:report", reports.failure_payload(
+                run.id, "interrupted", "The worker stopped during this run (restart or crash)."))
+            recovered.append(run.id)
+        return recovered
+
+    # -- the loop --------------------------------------------------------------------------------------------
+    def run_forever(self) -> None:
+        self.recover()
+        log.info("worker ready; polling for queued runs every %.1f s", self.poll_s)
+        while not self.stop_requested.is_set():
+            if not self.run_once():
+                self.stop_requested.wait(self.poll_s)
+
+    def run_once(self) -> bool:
+        """Execute the next queued run, if any. Returns whether one ran."""
+        run = runs.claim_next_run(self.db, run_dir_for=lambda i: run_dir_for(self.settings, i))
+        if run is None:
+            return False
+        log.info("run %d claimed (asked by %s)", run.id, run.requested_by)
+        started, last = time.time(), {"at": 0.0, "eval": None}
+        self._say(f"run:{run.id}:progress", reports.progress_payload(run.id, {"step": 0}, started, None))
+
+        def progress(record: dict) -> None:
+            if record.get("kind") == "eval":
+                last["eval"] = record.get("eval_loss")
+            if time.time() - last["at"] >= self.progress_every_s:  # throttled: well inside chat.update limits
+                last["at"] = time.time()
+                self._say(f"run:{run.id}:progress", reports.progress_payload(run.id, record, started, last["eval"]))
+
+        def remember(child) -> None:
+            self._child = child
+
+        outcome = execute_run(self.settings, self.db, run, on_progress=progress, on_start=remember,
+                              interrupted=self.stop_requested.is_set)
+        self._child = None
+        self._finish(outcome)
+        return True
+
+    def _finish(self, outcome) -> None:
+        run = outcome.run
+        key = f"run:{run.id}:report"
+        if run.status == "succeeded":
+            result = outcome.result
+            self._say(f"run:{run.id}:progress", reports.progress_payload(
+                run.id, {"step": result["training"]["max_steps"], "max_steps": result["training"]["max_steps"],
+                         "epoch": (result["training"]["epochs"] or [{}])[-1].get("epoch")}, time.time(), None))
+            self._say(key, reports.report_payload(run.id, result, outcome.adapter.version, outcome.promoted))
+            picture = Path(result["adapter_dir"]).parent / "report.png"
+            if picture.exists():
+                self._say(f"run:{run.id}:picture", {"path": str(picture), "title": f"Training run {run.id}",
+                                                     "filename": f"run-{run.id}-report.png"},
+                          kind="file", after_key=key)
+            log.info("run %d succeeded: adapter v%d, promoted=%s", run.id, outcome.adapter.version, outcome.promoted)
+            return
+        if run.status == "interrupted":
+            again = runs.queue_run(self.db, requested_by=run.requested_by, params=run.params)
+            self._say(key, reports.failure_payload(run.id, "interrupted",
+                                                   f"The worker was stopped; queued again as run {again.id}."))
+            log.warning("run %d interrupted by a stop; queued again as run %d", run.id, again.id)
+            return
+        self._say(key, reports.failure_payload(run.id, run.status, run.error))
+        log.warning("run %d %s: %s", run.id, run.status, run.error)
+
+    # -- signals ---------------------------------------------------------------------------------------------
+    def handle_sigterm(self, signum, frame) -> None:
+        """Stop cleanly: the trainer child first, then the loop (the run is re-queued)."""
+        self.stop_requested.set()
+        child = self._child
+        if child is not None and child.poll() is None:
+            os.killpg(child.pid, signal.SIGTERM)
+
+
+def main(settings: Settings) -> None:
+    worker = Worker(settings)
+    signal.signal(signal.SIGTERM, worker.handle_sigterm)
+    signal.signal(signal.SIGINT, worker.handle_sigterm)
+    worker.run_forever()
