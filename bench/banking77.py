@@ -144,25 +144,34 @@ def main() -> None:
     parser.add_argument("--test-per-intent", type=int, default=0, help="0 = the whole test set")
     parser.add_argument("--max-steps", type=int, default=0, help="cap optimizer steps (smoke runs)")
     parser.add_argument("--no-baselines", action="store_true")
+    parser.add_argument("--search", action="store_true",
+                        help="recipe search: 1 epoch each, 5 test messages per intent, results to banking77_recipes.json")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "banking77.json")
     args = parser.parse_args()
 
+    if args.search:
+        args.test_per_intent = args.test_per_intent or 5
+        args.no_baselines = True
+        if args.out == REPO / "bench" / "results" / "banking77.json":
+            args.out = REPO / "bench" / "results" / "banking77_recipes.json"
     model_cache = CACHE / "models"
     train = per_intent(read_csv(DATA / "train.csv"), args.per_intent, seed=42)
     test = read_csv(DATA / "test.csv")
     if args.test_per_intent:
         test = per_intent(test, args.test_per_intent, seed=42)
     print(f"Banking77: {len(train)} training examples, {len(test)} test rows", flush=True)
-    report = {"benchmark": "banking77", "protocol": f"{args.per_intent} per intent from train.csv (seed 42); "
-              f"{len(test)} test rows", "machine": machine(), "models": [], "recipes": []}
+    protocol = (f"{args.per_intent} per intent from train.csv (seed 42); {len(test)} test rows"
+                + ("; recipe search: 1 epoch each" if args.search else ""))
+    report = {"benchmark": "banking77", "protocol": protocol, "machine": machine(), "models": [], "recipes": []}
     if not args.no_baselines:
         report["models"].extend(baselines(train, test))
     for name in args.recipes.split(","):
         print(f"Recipe {name}: training...", flush=True)
-        trained = train_recipe(name, RECIPES[name], train, model_cache, args.max_steps)
+        overrides = {**RECIPES[name], "epochs": 1} if args.search else RECIPES[name]
+        trained = train_recipe(name, overrides, train, model_cache, args.max_steps)
         scores = evaluate_adapter(trained["run_dir"] / "adapter", model_cache, test)
         training = trained["result"]["training"]
-        row = {"name": f"SmolLM2-135M LoRA ({name})", "recipe": name, "overrides": RECIPES[name],
+        row = {"name": f"SmolLM2-135M LoRA ({name})", "recipe": name, "overrides": overrides,
                "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"],
                "train_seconds": training["train_seconds"], "tokens_per_second": training["tokens_per_second"],
                "peak_rss_mb": trained["peak_rss_mb"], "epochs_run": (training["epochs"] or [{}])[-1].get("epoch"),

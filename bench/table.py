@@ -1,0 +1,87 @@
+"""Render bench/results/*.json as the markdown tables in bench/README.md (so the two never disagree).
+
+    python bench/table.py            # prints every table
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def pct(x):
+    return f"{x * 100:.2f}%" if x is not None else "-"
+
+
+def num(x, digits=0):
+    return f"{x:,.{digits}f}" if isinstance(x, (int, float)) else "-"
+
+
+def banking77(data: dict) -> str:
+    rows = ["| model | accuracy | macro-F1 | train time | tokens/s | peak memory |", "| --- | --- | --- | --- | --- | --- |"]
+    for m in data["models"]:
+        rows.append(f"| {m['name']} | {pct(m['accuracy'])} | {m['macro_f1']:.4f} | {num(m['train_seconds'])} s | "
+                    f"{num(m.get('tokens_per_second'))} | {num(m.get('peak_rss_mb'))} MB |"
+                    if m.get("peak_rss_mb") else
+                    f"| {m['name']} | {pct(m['accuracy'])} | {m['macro_f1']:.4f} | {num(m['train_seconds'], 1)} s | "
+                    f"{num(m.get('tokens_per_second'))} | - |")
+    return f"{data['protocol']}.\n\n" + "\n".join(rows)
+
+
+def recipes(data: dict) -> str:
+    rows = ["| recipe | overrides | accuracy | macro-F1 | epochs run | stopped | train time |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for m in data["recipes"]:
+        rows.append(f"| {m['recipe']} | `{json.dumps(m['overrides'])}` | {pct(m['accuracy'])} | {m['macro_f1']:.4f} | "
+                    f"{num(m.get('epochs_run'), 2)} | {m.get('stop_reason')} | {num(m['train_seconds'])} s |")
+    return f"{data['protocol']}.\n\n" + "\n".join(rows)
+
+
+def classify_speed(d: dict) -> str:
+    s, g = d["scoring"], d["generate"]
+    return "\n".join([
+        "| method | p50 one message | p95 one message | batched msgs/s | accuracy |", "| --- | --- | --- | --- | --- |",
+        f"| label scoring (trie beam, cached system prompt) | {s['p50_ms']:.0f} ms | {s['p95_ms']:.0f} ms | "
+        f"{s['batched_msgs_per_s']:.1f} | {pct(s['accuracy'])} |",
+        f"| greedy generate (baseline) | {g['p50_ms']:.0f} ms | {g['p95_ms']:.0f} ms | {g['batched_msgs_per_s']:.1f} | "
+        f"{pct(g['accuracy'])} ({pct(g['unparseable_fraction'])} not a label) |",
+        "", f"Batched throughput ratio scoring / generate: **{d['ratio']:.2f}x**. Achieved "
+        f"{d['achieved_flops'] / 1e9:.1f} GFLOP/s against a measured fp32 matmul peak of "
+        f"{d['matmul_peak_flops'] / 1e9:.1f} GFLOP/s: **{d['flops_fraction_of_peak']:.0%}** of peak. "
+        f"p50 with 3 labels {d['p50_ms_3_labels']:.0f} ms, with 77 labels {d['p50_ms_77_labels']:.0f} ms "
+        f"(**{d['label_cost_ratio_77_vs_3']:.2f}x**). Top label certified for {pct(s['certified_top_fraction'])} "
+        f"of messages."])
+
+
+def sft_throughput(d: dict) -> str:
+    rows = ["| training loss | s/step | tokens/s |", "| --- | --- | --- |"]
+    for name, r in d["runs"].items():
+        rows.append(f"| {name} | {r['seconds_per_step']:.2f} | {r['tokens_per_second']:.0f} |")
+    return "\n".join(rows) + f"\n\nRatio: **{d['tokens_per_second_ratio']:.2f}x** the tokens/s of trl's default " \
+                             f"({d['steps']} steps of {d['examples_per_step']} examples each)."
+
+
+def ack_latency(d: dict) -> str:
+    return "\n".join([
+        "| requests | p50 | p99 | p99 commands | p99 events | max | non-200 |", "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| {d['requests']} ({d['events']} events + {d['commands']} commands, {d['concurrency']} at once) | "
+        f"{d['p50_ms']:.1f} ms | {d['p99_ms']:.1f} ms | {d['p99_ms_commands']:.1f} ms | {d['p99_ms_events']:.1f} ms | "
+        f"{d['max_ms']:.1f} ms | {d['non_200']} |", "",
+        f"Classification backlog when the last request was acknowledged: {d['classification_backlog_when_sending_ended']} "
+        f"messages, worked off {d['seconds_until_backlog_worked']:.0f} s after the start; "
+        f"{d['messages_stored']} messages stored, {d['predictions_stored']} predictions, {d['replies_posted']} replies."])
+
+
+RENDER = {"banking77": banking77, "banking77_recipes": recipes, "classify_speed": classify_speed,
+          "sft_throughput": sft_throughput, "ack_latency": ack_latency}
+
+if __name__ == "__main__":
+    for name, render in RENDER.items():
+        path = RESULTS / f"{name}.json"
+        if path.exists():
+            print(f"### {name}\n\n{render(json.loads(path.read_text()))}\n")
+        elif len(sys.argv) > 1:
+            print(f"### {name}\n\n(not run)\n")

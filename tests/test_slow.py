@@ -1,0 +1,51 @@
+"""The real embedded model (SmolLM2-135M-Instruct): a few training steps in full precision and in 4-bit.
+
+Marked slow (each loads the 135M model; about a minute or two on 2 CPU cores). CI runs them: they are the
+only check that the real model, its chat template and the QLoRA path work end to end.
+"""
+
+import json
+
+import pytest
+
+from trainer.run import run
+
+from .conftest import make_run_dir, toy_config, toy_examples
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def model_cache(request):
+    """The converted embedded model, kept between local runs (converting takes about a minute)."""
+    return str(request.config.cache.mkdir("embedded-model"))
+
+
+@pytest.mark.parametrize("quantization", ["none", "4bit"])
+def test_real_model_trains_a_few_steps_and_classifies(tmp_path, model_cache, quantization):
+    config = toy_config("embedded", model_cache_dir=model_cache, quantization=quantization, max_steps=2,
+                        learning_rate=1e-3, batch_size=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    run_dir = make_run_dir(tmp_path / "run", config, toy_examples(per_label=6))
+    result = run(run_dir)
+    assert result["status"] == "succeeded", result.get("error")
+    assert result["training"]["global_step"] == 2
+    train_losses = [json.loads(line)["train_loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                    if json.loads(line)["kind"] == "train"]
+    assert len(train_losses) == 2 and all(loss == loss and loss < 20 for loss in train_losses)  # finite, sane
+    adapter_config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["r"] == 16 and set(adapter_config["target_modules"]) == {"q_proj", "k_proj", "v_proj",
+                                                                                   "o_proj"}
+    assert result["metrics"]["n"] == 6 and set(result["metrics"]["per_class"]) == {"complaint", "question",
+                                                                                   "feedback"}
+    if quantization == "none":
+        from trainer.classify import Classifier
+        from trainer.models import resolve_base_model
+        from trainer.prompts import LabelInfo
+
+        classifier = Classifier.load(resolve_base_model("embedded", model_cache),
+                                     [LabelInfo("complaint"), LabelInfo("question"), LabelInfo("feedback")])
+        zero_shot = classifier.classify("Where can I find my invoice?")
+        assert zero_shot.zero_shot and zero_shot.label in ("complaint", "question", "feedback")
+        classifier.use_adapter(run_dir / "adapter", version=1)
+        tuned = classifier.classify("Where can I find my invoice?")
+        assert tuned.adapter_version == 1 and tuned.scores != zero_shot.scores
