@@ -91,8 +91,9 @@ def generate_labels(model, tokenizer, spec, texts, max_new_tokens, batch_size):
 def main():
     import torch
 
-    from trainer.classify import Classifier
+    from trainer.classify import Classifier, predict
     from trainer.data import PromptSpec, label_ids
+    from trainer.scoring import LabelScorer
     from trainer.models import resolve_base_model
     from trainer.prompts import LabelInfo
 
@@ -139,17 +140,14 @@ def main():
 
         by_size = {}
         for size in (3, 77):
-            subset = [LabelInfo(n) for n in names[:size]]
-            small = Classifier(model, tokenizer, subset, batch_size=args.batch_size)
-            small._state = type(classifier._state)(classifier.adapter_version, classifier._state.adapter_name,
-                                                   type(classifier._state.scorer)(
-                                                       model, tokenizer, PromptSpec(tuple(subset), False, 1500,
-                                                                                    spec.verbalize)))
-            small.classify_many(texts[:4])
+            # Same model and adapter, label sets of different sizes; the prompt does not list them.
+            subset = PromptSpec(tuple(LabelInfo(n) for n in names[:size]), False, 1500, spec.verbalize)
+            scorer = LabelScorer(model, tokenizer, subset)
+            predict(scorer, [(t, None) for t in texts[:4]], threshold=0.5, adapter_version=None, zero_shot=False)
             times = []
             for text in texts[:64]:
                 started = time.perf_counter()
-                small.classify(text)
+                predict(scorer, [(text, None)], threshold=0.5, adapter_version=None, zero_shot=False)
                 times.append((time.perf_counter() - started) * 1000)
             by_size[size] = statistics.median(times)
 

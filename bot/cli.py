@@ -382,6 +382,27 @@ def eval_(ctx: Context, file: Path, text_col: str, label_col: str, as_json: bool
             click.echo(f"{name:32} {m['precision']:9.3f} {m['recall']:7.3f} {m['f1']:6.3f} {m['support']:7}")
 
 
+@cli.command("export-model")
+@click.option("--version", "version", type=int, help="Adapter version (default: the serving one).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--merged", is_flag=True, help="Also write the base model with the adapter merged in (full precision).")
+@pass_ctx
+def export_model(ctx: Context, version: int | None, out: Path, merged: bool):
+    """Export an adapter for Ollama or vLLM (Modelfile, command line), optionally merged into the base model."""
+    from storage import adapters
+    from trainer.export import export_adapter
+
+    from .serving import base_model_path
+
+    adapter = adapters.get_adapter(ctx.db, version) if version else adapters.current_adapter(ctx.db)
+    if adapter is None:
+        fail("no adapter is serving yet; train one first (supportbot train)")
+    written = export_adapter(adapter.path, base_model_path(ctx.settings), out, name=f"supportbot-v{adapter.version}",
+                             merged=merged)
+    for path in written:
+        click.echo(f"wrote {path}")
+
+
 @cli.command("settings")
 @click.option("--markdown", is_flag=True, help="Print the README's settings table.")
 def settings_cmd(markdown: bool):

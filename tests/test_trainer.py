@@ -98,6 +98,24 @@ def test_reloaded_and_merged_adapter_give_the_same_predictions(trained, tiny_mod
         assert max(abs(probs[k] - prediction.scores[k]) for k in probs) < 1e-3
 
 
+def test_export_writes_modelfile_vllm_line_and_a_merged_model(trained, tiny_model_dir, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from trainer.export import export_adapter
+
+    run_dir, result, _ = trained
+    written = export_adapter(run_dir / "adapter", tiny_model_dir, tmp_path / "out", name="supportbot-v1", merged=True)
+    assert [p.name for p in written] == ["adapter", "Modelfile", "vllm.txt", "merged"]
+    modelfile = (tmp_path / "out" / "Modelfile").read_text()
+    assert f"FROM {tiny_model_dir}" in modelfile and "ADAPTER ./adapter" in modelfile and "Labels:" in modelfile
+    assert "--lora-modules supportbot-v1=" in (tmp_path / "out" / "vllm.txt").read_text()
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "merged")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged.state_dict()[name], base.state_dict()[name])  # the adapter is in the weights
+
+
 def test_cancel_stops_cleanly_without_an_adapter(tiny_model_dir, tmp_path):
     run_dir = make_run_dir(tmp_path / "run", toy_config(tiny_model_dir), toy_examples())
     request_cancel(run_dir)  # asked before the first step: stops at the first step
