@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast clean-venv
+.PHONY: setup browser run test test-fast clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,17 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The browser test drives Debian's Chromium; installed here when missing and allowed (root, as in CI).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	  else echo "chromium/chromium-driver missing and not root: the browser test will be skipped"; fi; }
+
 run: setup
 	$(VENV)/bin/supportbot run
 
-test: setup
+test: setup browser
 	$(PY) -m pytest
 
 # Everything but the tests that load the real 135M model.

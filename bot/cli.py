@@ -108,17 +108,32 @@ def worker(ctx: Context):
 
 
 @cli.command()
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
+              help="Port of the local workspace page.")
+@pass_ctx
+def local(ctx: Context, port: int):
+    """Try it without Slack: a local workspace page, the bot and the worker, with a demo data set."""
+    import logging
+
+    from .local import run_local
+
+    logging.basicConfig(level=ctx.settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.db  # migrate first
+    run_local(ctx.settings, port)
+
+
+@cli.command()
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
 @pass_ctx
 @click.pass_context
-def run(click_ctx, ctx: Context):
-    """Run supportbot on its defaults: prepare the data folder, then connect to Slack if configured."""
+def run(click_ctx, ctx: Context, port: int):
+    """Run supportbot on its defaults: in Slack when its tokens are set, else in the local workspace."""
     click_ctx.invoke(init)
     missing = ctx.settings.missing_for_slack()
     if missing:
-        click.echo("Not connecting to Slack: missing " + "; ".join(missing) + ".")
-        click.echo("Set them in the environment or a .env file (see `supportbot settings`).")
-        click.echo("Without Slack you can already: supportbot import FILE, supportbot labels list, "
-                   "supportbot stats, supportbot export.")
+        click.echo("No Slack app configured (missing " + "; ".join(missing) + "): starting the local workspace. "
+                   "See README, 'Connect it to Slack'.")
+        click_ctx.invoke(local, port=port)
         return
     click_ctx.invoke(serve)
 

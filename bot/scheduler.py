@@ -74,6 +74,7 @@ def start_scheduler(ctx: BotContext, client):
     from apscheduler.schedulers.background import BackgroundScheduler
     from apscheduler.triggers.cron import CronTrigger
 
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # not a line per relay tick
     relay = Relay(ctx.db, client)
     relay.recover()
     scheduler = BackgroundScheduler(daemon=True)
