@@ -231,7 +231,8 @@ class SlackStandIn:
             if p.get("channel_id"):  # sharing posts a message with the file, as Slack does
                 ts = self.next_ts()
                 self.messages[(p["channel_id"], ts)] = {
-                    "type": "message", "user": self.bot_user_id, "ts": ts, "text": p.get("initial_comment") or "",
+                    "type": "message", "user": self.bot_user_id, "bot_id": self.bot_id, "ts": ts,
+                    "text": p.get("initial_comment") or "",
                     "files": [stored], "channel": p["channel_id"],
                     **({"thread_ts": p["thread_ts"]} if p.get("thread_ts") else {})}
         return {"ok": True, "files": done}

@@ -230,5 +230,16 @@ def test_promotion_gate():
     assert not refuse["promote"] and "worse than serving 0.700 by 0.100" in refuse["reason"]
 
 
+def test_classification_metrics_list_each_label_once():
+    from trainer.evaluate import classification_metrics
+
+    m = classification_metrics(["a", "a", "b", "c"], ["a", "b", "b", "x"], ["a", "b", "c"])
+    assert m["confusion"]["labels"] == ["a", "b", "c", "x"]  # an unknown prediction gets its own column, once
+    assert m["confusion"]["matrix"] == [[1, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0]]
+    assert m["accuracy"] == 0.5 and m["per_class"]["a"] == {"precision": 1.0, "recall": 0.5, "f1": 2 / 3,
+                                                            "support": 2}
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 0) / 3)
+
+
 def test_data_error_is_a_value_error():
     assert issubclass(DataError, ValueError) and issubclass(ConfigError, ValueError)

@@ -7,7 +7,7 @@ def classification_metrics(gold: list[str], predicted: list[str], labels: list[s
     """Metrics over `labels` (in that order). Labels never seen in gold or predicted still get a row."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-    names = list(labels) + sorted(set(gold) | set(predicted) - set(labels))
+    names = list(labels) + sorted((set(gold) | set(predicted)) - set(labels))
     precision, recall, f1, support = precision_recall_fscore_support(
         gold, predicted, labels=names, zero_division=0)
     present = [i for i, name in enumerate(names) if support[i] > 0]
