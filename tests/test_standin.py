@@ -1,0 +1,116 @@
+"""The Slack stand-in speaks Slack's formats: checked against what slack_sdk and slack_bolt parse."""
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from slack_bolt.request import BoltRequest
+from slack_bolt.request.payload_utils import (is_block_actions, is_event, is_message_shortcut, is_slash_command,
+                                              is_view_submission, to_event)
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.signature import SignatureVerifier
+
+from slack_standin import payloads
+from slack_standin.server import SlackStandIn
+from slack_standin.workspace import Workspace
+
+SECRET = "standin-secret"
+
+
+@pytest.fixture
+def standin():
+    server = SlackStandIn().start()
+    yield server
+    server.stop()
+
+
+def bolt_body(body_and_type):
+    body, content_type = body_and_type
+    return BoltRequest(body=body, headers=payloads.signed_headers(SECRET, body, content_type)).body
+
+
+def test_signatures_verify_with_slack_sdk_and_expire():
+    body, content_type = payloads.event_callback(payloads.message_event("C1", "U1", "hi", "1.000001"))
+    headers = payloads.signed_headers(SECRET, body, content_type)
+    verifier = SignatureVerifier(SECRET)
+    assert verifier.is_valid(body, headers["x-slack-request-timestamp"], headers["x-slack-signature"])
+    assert not SignatureVerifier("other").is_valid(body, headers["x-slack-request-timestamp"],
+                                                   headers["x-slack-signature"])
+    old = payloads.signed_headers(SECRET, body, content_type, timestamp=int(time.time()) - 301)
+    assert not verifier.is_valid(body, old["x-slack-request-timestamp"], old["x-slack-signature"])
+
+
+def test_payloads_are_recognised_by_bolt():
+    event = bolt_body(payloads.event_callback(payloads.email_event("C1", "1.000001", payloads.email_file(
+        "F1", subject="s", sender="a@example.com", body="b"))))
+    assert is_event(event) and to_event(event)["files"][0]["filetype"] == "email"
+    assert is_slash_command(bolt_body(payloads.slash_command("/label", "x", user="U1", channel="C1",
+                                                             response_url="http://127.0.0.1/r")))
+    message = {"type": "message", "ts": "1.000001", "text": "t"}
+    assert is_block_actions(bolt_body(payloads.block_action({"type": "button", "action_id": "a", "value": "v"},
+                                                            user="U1", channel="C1", message=message,
+                                                            response_url="http://127.0.0.1/r")))
+    assert is_message_shortcut(bolt_body(payloads.message_shortcut("cb", user="U1", channel="C1", message=message)))
+    assert is_view_submission(bolt_body(payloads.view_submission({"callback_id": "m"}, {}, user="U1")))
+
+
+def test_web_api_answers_parse_as_slack_sdk_responses(standin):
+    client = WebClient(token=standin.bot_token, base_url=standin.api_url)
+    assert client.auth_test()["user_id"] == standin.bot_user_id
+    posted = client.chat_postMessage(channel="C1", text="hello", metadata={"event_type": "t", "event_payload": {"k": 1}})
+    assert posted["ok"] and posted["message"]["text"] == "hello"
+    client.chat_update(channel="C1", ts=posted["ts"], text="edited")
+    history = client.conversations_history(channel="C1", include_all_metadata=True)
+    assert history["messages"][0]["text"] == "edited" and history["messages"][0]["metadata"]["event_payload"] == {"k": 1}
+    with pytest.raises(SlackApiError) as err:
+        client.chat_update(channel="C1", ts="9.9", text="x")
+    assert err.value.response["error"] == "message_not_found"
+    with pytest.raises(SlackApiError) as err:
+        WebClient(token="xoxb-wrong", base_url=standin.api_url).auth_test()
+    assert err.value.response["error"] == "invalid_auth"
+    standin.fail("chat.postMessage", 429, retry_after=7)
+    with pytest.raises(SlackApiError) as err:
+        client.chat_postMessage(channel="C1", text="x")
+    assert err.value.response.status_code == 429 and err.value.response.headers["Retry-After"] == "7"
+
+
+def test_files_upload_v2_round_trip(standin, tmp_path):
+    client = WebClient(token=standin.bot_token, base_url=standin.api_url)
+    picture = tmp_path / "report.png"
+    picture.write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 100)
+    answer = client.files_upload_v2(channel="C9", file=str(picture), title="Report", initial_comment="see")
+    file_id = answer["file"]["id"]
+    assert standin.uploads[file_id] == picture.read_bytes()
+    assert standin.files[file_id]["channels"] == ["C9"]
+    assert [m for m in standin.messages.values() if m.get("files")][0]["text"] == "see"
+
+
+def test_workspace_redelivers_an_event_not_acknowledged_in_3_seconds():
+    seen = []
+
+    class SlowApp(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(self.headers.get("X-Slack-Retry-Num"))
+            if len(seen) == 1:
+                time.sleep(3.5)  # too slow: Slack gives up and redelivers
+            self.send_response(200)
+            self.end_headers()
+
+    app = ThreadingHTTPServer(("127.0.0.1", 0), SlowApp)
+    threading.Thread(target=app.serve_forever, daemon=True).start()
+    workspace = Workspace(signing_secret=SECRET, channels={"C1": "inbox"}).start()
+    workspace.bot_url = f"http://127.0.0.1:{app.server_port}/slack/events"
+    try:
+        status, _ = workspace.deliver("event", payloads.event_callback(payloads.message_event("C1", "U1", "x", "1.1")))
+        assert status == 200 and seen == [None, "1"]
+        assert [d["retry"] for d in workspace.deliveries] == [0, 1]
+    finally:
+        app.shutdown()
+        workspace.stop()
