@@ -20,7 +20,12 @@ def progress_payload(run_id: int, record: dict, started: float, last_eval: float
     step, total = record.get("step") or 0, record.get("max_steps") or 0
     fraction = step / total if total else 0.0
     elapsed = time.time() - started
-    eta = f"{(elapsed / fraction - elapsed) / 60:.0f} min left" if 0.02 < fraction < 1 else "estimating..."
+    if fraction >= 1:
+        eta = "done"
+    elif fraction > 0.02:
+        eta = f"{(elapsed / fraction - elapsed) / 60:.0f} min left"
+    else:
+        eta = "estimating..."
     parts = [f"step {step}/{total}", f"epoch {record.get('epoch') or 0:.2f}"]
     if record.get("train_loss") is not None:
         parts.append(f"train loss {record['train_loss']:.3f}")

@@ -111,11 +111,11 @@ def test_retrain_end_to_end_reports_in_the_channel_and_serves_the_new_adapter(sy
     assert "Loss per epoch" in text and "epoch  train loss  eval loss" in text and "is now serving" in text
     progress = [c for c in posts if c.params["text"].startswith("Training run 1:")]
     assert len(progress) == 1  # one progress message...
-    progress_ts = progress[0].params and next(ts for (ch, ts), m in bot.standin.messages.items()
-                                              if m["text"].startswith("Training run 1:"))
+    progress_ts = next(ts for (ch, ts), m in bot.standin.messages.items() if m["text"].startswith("Training run 1:"))
     updates = bot.standin.calls_to("chat.update")
     assert updates and {u.params["ts"] for u in updates} == {progress_ts}  # ...updated in place
-    assert bot.standin.messages[(REPORTS, progress_ts)]["text"] == "Training run 1: 100%"
+    final = bot.standin.messages[(REPORTS, progress_ts)]
+    assert final["text"] == "Training run 1: 100%" and "done" in json.dumps(final["blocks"])
     completed = bot.standin.calls_to("files.completeUploadExternal")
     assert len(completed) == 1 and json.loads(completed[0].params["files"])[0]["title"] == "Training run 1"
     uploaded = bot.standin.uploads[json.loads(completed[0].params["files"])[0]["id"]]
