@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 
 from storage import labels, messages, predictions, replies
-from trainer.text import EmptyText, to_text
+from trainer.cleaning import clean_email
+from trainer.text import EmptyText
 
 from . import blocks
 from .context import BotContext
@@ -69,7 +70,7 @@ def store_event(ctx: BotContext, client, body: dict, event: dict):
     else:
         subject, sender, raw = None, event.get("user"), event.get("text") or ""
         source = "slack_message"
-    clean = to_text(raw)
+    clean = clean_email(raw, redact_personal=ctx.settings.redact).body
     if not clean and not subject:
         return None  # nothing a person or a model could label (a bare file share, say)
     return messages.add_message(
@@ -135,7 +136,8 @@ def register(app, ctx: BotContext) -> None:
             edited = event.get("message") or {}
             found = messages.find_message(ctx.db(), messages.slack_external_id(event.get("channel"), edited.get("ts")))
             if found and edited.get("text") is not None and not email_file(edited):
-                messages.edit_message(ctx.db(), found.id, raw_body=edited["text"], clean_body=to_text(edited["text"]))
+                clean = clean_email(edited["text"], redact_personal=ctx.settings.redact).body
+                messages.edit_message(ctx.db(), found.id, raw_body=edited["text"], clean_body=clean)
             return
         if subtype == "message_deleted":
             found = messages.find_message(ctx.db(), messages.slack_external_id(event.get("channel"),

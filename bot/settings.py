@@ -89,6 +89,15 @@ def _cron(var, value):
     return value
 
 
+def _bool(var, value):
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("", "0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{var}: expected true or false, got {value!r}")
+
+
 def _text(var, value):
     return value
 
@@ -147,6 +156,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Human labels needed since the last run before a scheduled retrain starts."),
     Setting("digest_cron", "SUPPORTBOT_DIGEST_CRON", "0 9 * * 1-5", _cron,
             "When to post the least-certain messages with label pickers in the report channel; empty: off."),
+    Setting("redact", "SUPPORTBOT_REDACT", "false", _bool,
+            "Replace email addresses, phone and card-like numbers in cleaned text (what models see and train on)."),
     Setting("workers", "SUPPORTBOT_WORKERS", "4", _positive_int,
             "Threads that run model work and Web API calls after a request is acknowledged."),
     Setting("log_level", "SUPPORTBOT_LOG_LEVEL", "INFO", _log_level,
@@ -170,6 +181,7 @@ class Settings:
     retrain_cron: str = ""
     retrain_min_new_labels: int = 50
     digest_cron: str = "0 9 * * 1-5"
+    redact: bool = False
     workers: int = 4
     log_level: str = "INFO"
     extra: dict = field(default_factory=dict, compare=False, repr=False)

@@ -1,0 +1,119 @@
+"""Cleaning support emails before anyone (or any model) reads them.
+
+Removes what is not the customer's message: quoted earlier mails (Gmail's
+"On ... wrote:", Outlook's "-----Original Message-----" and "From:/Sent:"
+headers, `>` blocks), signatures ("-- ", "Sent from my iPhone", "Best
+regards," + a name), and forwarded-message headers (kept as fields).
+Optionally redacts email addresses, phone numbers and card-like numbers.
+Pure text in, text out: the raw text is always stored beside the result.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .text import to_text
+
+_REPLY_MARKERS = [
+    re.compile(r"^\s*On .{3,200}\b(wrote|schrieb|a écrit|escribió|ha scritto)\s*:\s*$", re.I | re.M),
+    re.compile(r"^\s*-{2,}\s*Original Message\s*-{2,}\s*$", re.I | re.M),
+    re.compile(r"^\s*_{5,}\s*$", re.M),  # Outlook's rule above the quoted header
+    re.compile(r"^\s*From:\s.+\n\s*(Sent|Date):\s.+\n", re.I | re.M),
+    re.compile(r"^\s*Le .{3,200} a écrit\s*:\s*$", re.I | re.M),
+]
+_FORWARD_MARKER = re.compile(r"^\s*-{2,}\s*Forwarded message\s*-{2,}\s*$|^\s*Begin forwarded message:\s*$", re.I | re.M)
+_SIGNATURE_MARKERS = [
+    re.compile(r"^-- ?$", re.M),  # the standard signature separator
+    re.compile(r"^\s*(Sent from my (iPhone|iPad|Android|Galaxy|mobile)|Get Outlook for (iOS|Android)).*$", re.I | re.M),
+]
+_CLOSING = re.compile(r"^\s*(best( regards)?|kind regards|regards|thanks( a lot)?|thank you|cheers|sincerely|"
+                      r"many thanks|br|mit freundlichen grüßen|cordialement)[,!.]?\s*$", re.I | re.M)
+_HEADER_FIELD = re.compile(r"^\s*(From|Date|Sent|Subject|To|Cc):\s*(.*)$", re.I)
+
+EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(\.[\w-]+)+\b")
+CARD = re.compile(r"\b(?:\d[ -]?){13,19}\b")
+PHONE = re.compile(r"(?<![\w/])\+?\d[\d ()./-]{7,}\d\b")
+
+
+@dataclass
+class CleanEmail:
+    body: str
+    forwarded: dict = field(default_factory=dict)  # headers of a forwarded message (from, subject, date...)
+    removed: list[str] = field(default_factory=list)  # what was cut: "quoted reply", "signature", ...
+
+
+def _cut_at_first(text: str, patterns) -> tuple[str, bool]:
+    positions = [m.start() for p in patterns for m in [p.search(text)] if m]
+    if not positions:
+        return text, False
+    return text[:min(positions)], True
+
+
+def _strip_quote_blocks(text: str) -> tuple[str, bool]:
+    lines = text.split("\n")
+    kept = [line for line in lines if not line.lstrip().startswith(">")]
+    return "\n".join(kept), len(kept) != len(lines)
+
+
+def _parse_forward(text: str) -> tuple[str, dict]:
+    """A forwarded mail: keep its body and its header fields; what the forwarder wrote above stays too."""
+    match = _FORWARD_MARKER.search(text)
+    if not match:
+        return text, {}
+    above, below = text[:match.start()].strip(), text[match.end():].lstrip("\n")
+    fields, body_lines, in_header = {}, [], True
+    for line in below.split("\n"):
+        if in_header:
+            header = _HEADER_FIELD.match(line)
+            if header:
+                fields[header.group(1).lower()] = header.group(2).strip()
+                continue
+            in_header = False  # the first line that is not a header field ends the header block
+            if not line.strip():
+                continue
+        body_lines.append(line)
+    forwarded = "\n".join(body_lines).strip()
+    return (f"{above}\n\n{forwarded}".strip() if above else forwarded), fields
+
+
+def _strip_closing(text: str) -> tuple[str, bool]:
+    """A closing line ("Best regards,") followed only by a short name block ends the message."""
+    for match in _CLOSING.finditer(text):
+        tail = text[match.end():].strip()
+        if len(tail.split("\n")) <= 4 and len(tail) <= 120:
+            return text[:match.start()], True
+    return text, False
+
+
+def redact(text: str) -> str:
+    """Replace email addresses, card-like numbers and phone numbers with placeholders."""
+    text = EMAIL.sub("[email]", text)
+    text = CARD.sub(lambda m: "[card]" if len(re.sub(r"\D", "", m.group())) >= 13 else m.group(), text)
+    return PHONE.sub(lambda m: "[phone]" if len(re.sub(r"\D", "", m.group())) >= 8 else m.group(), text)
+
+
+def clean_email(raw: str | bytes, *, redact_personal: bool = False) -> CleanEmail:
+    text = to_text(raw)
+    removed = []
+    text, forwarded = _parse_forward(text)
+    if forwarded:
+        removed.append("forward header")
+    text, cut = _cut_at_first(text, _REPLY_MARKERS)
+    if cut:
+        removed.append("quoted reply")
+    text, cut = _strip_quote_blocks(text)
+    if cut:
+        removed.append("quoted lines")
+    text, cut = _cut_at_first(text, _SIGNATURE_MARKERS)
+    if cut:
+        removed.append("signature")
+    text, cut = _strip_closing(text)
+    if cut:
+        removed.append("closing")
+    text = re.sub(r"\n{3,}", "\n\n", text).strip()
+    if not text:  # everything was quote or signature: keep the original rather than nothing
+        text, removed = to_text(raw), []
+    if redact_personal:
+        text = redact(text)
+    return CleanEmail(text, forwarded, removed)
