@@ -8,7 +8,7 @@ from slack_bolt import App
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler, ServerErrorRetryHandler
 
-from . import actions, commands, home, intake
+from . import actions, commands, datacheck, home, intake
 from .context import BotContext
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def create_app(ctx: BotContext, client: WebClient | None = None) -> App:
               token_verification_enabled=False, name="supportbot", listener_executor=ctx.listener_executor)
     identity = client.auth_test()
     ctx.bot_user_id, ctx.bot_id = identity.get("user_id"), identity.get("bot_id")
-    for area in (intake, commands, actions, home):
+    for area in (intake, commands, actions, home, datacheck):
         area.register(app, ctx)
 
     @app.error

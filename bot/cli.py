@@ -397,6 +397,22 @@ def eval_(ctx: Context, file: Path, text_col: str, label_col: str, as_json: bool
             click.echo(f"{name:32} {m['precision']:9.3f} {m['recall']:7.3f} {m['f1']:6.3f} {m['support']:7}")
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Every finding with its kind, message ids and labels.")
+@pass_ctx
+def datacheck(ctx: Context, as_json: bool):
+    """Find duplicates, conflicting labels, thin labels, leakage and suspected mislabels in the labeled data."""
+    from .datacheck import run_check, summary_line
+
+    report = run_check(ctx.db)
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    click.echo(summary_line(report))
+    for finding in report["findings"]:
+        click.echo(f"  [{finding['kind']}] {finding['message']} (messages {', '.join(map(str, finding['ids']))})")
+
+
 @cli.command("export-model")
 @click.option("--version", "version", type=int, help="Adapter version (default: the serving one).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))

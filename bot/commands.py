@@ -92,13 +92,21 @@ def retrain_command(ctx: BotContext, command: dict) -> str:
         check_examples(examples, sorted({e["label"] for e in examples}) or ["(none)"])
     except DataError as exc:
         return f"Cannot train: {exc}. Labeled so far: {summary}."
+    from .datacheck import run_check, summary_line
+
+    quick_check = run_check(db, fast=True)
+    if quick_check["summary"]["conflict"]:
+        return (f"Cannot train: {summary_line(quick_check)}. Resolve the conflicting labels first "
+                "(`/datacheck` shows them with buttons).")
+    warning = f"\nData check: {summary_line(quick_check)}." if quick_check["findings"] else ""
     if dry_run:
-        return f"Data check passed: {len(examples)} labeled messages ({summary}). Nothing was queued."
+        return (f"Data check passed: {len(examples)} labeled messages ({summary}). Nothing was queued."
+                + warning + "\nRun `/datacheck` for near duplicates and suspected mislabels.")
     try:
         run = runs.queue_run(db, requested_by=user, params=params)
     except RunConflict:
         return "A training run is already active.\n" + run_status(db)
-    return f"Queued training run {run.id} on {len(examples)} labeled messages: {summary}."
+    return f"Queued training run {run.id} on {len(examples)} labeled messages: {summary}." + warning
 
 
 def run_status(db) -> str:

@@ -36,6 +36,7 @@ class LabelEvent:
     labeled_by: str
     method: str
     created_at: str
+    excluded: bool = False  # this event leaves the message out of training
 
 
 def check_label_name(name: str) -> str:
@@ -85,29 +86,34 @@ def resolve_label(db: Database, name: str) -> str:
     raise UnknownLabel(name, active)
 
 
-def add_label(db: Database, message_id: int, label: str, *, by: str, method: str) -> LabelEvent:
-    """Record a human label for a message. `label` must be in the active label set."""
+def add_label(db: Database, message_id: int, label: str, *, by: str, method: str,
+              excluded: bool = False) -> LabelEvent:
+    """Record a human label for a message (`excluded`: and leave it out of training). `label` must be active."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     get_message(db, message_id)
     name = resolve_label(db, label)
     with write(db):
         cursor = db.execute(
-            "INSERT INTO labels (message_id, label, labeled_by, method, created_at) VALUES (?, ?, ?, ?, ?)",
-            [message_id, name, by, method, now()],
+            "INSERT INTO labels (message_id, label, labeled_by, method, created_at, excluded) VALUES (?, ?, ?, ?, ?, ?)",
+            [message_id, name, by, method, now(), int(excluded)],
         )
         row = query_one(db, "SELECT * FROM labels WHERE id = ?", [cursor.lastrowid])
-    return LabelEvent(**row)
+    return _event(row)
+
+
+def _event(row: dict) -> LabelEvent:
+    return LabelEvent(**{**row, "excluded": bool(row.get("excluded", 0))})
 
 
 def current_label(db: Database, message_id: int) -> LabelEvent | None:
-    row = query_one(db, "SELECT * FROM current_labels WHERE message_id = ?", [message_id])
-    return LabelEvent(**row) if row else None
+    row = query_one(db, "SELECT l.* FROM labels l WHERE l.id = (SELECT MAX(id) FROM labels WHERE message_id = ?)",
+                    [message_id])
+    return _event(row) if row else None
 
 
 def label_history(db: Database, message_id: int) -> list[LabelEvent]:
-    return [LabelEvent(**r) for r in
-            query(db, "SELECT * FROM labels WHERE message_id = ? ORDER BY id", [message_id])]
+    return [_event(r) for r in query(db, "SELECT * FROM labels WHERE message_id = ? ORDER BY id", [message_id])]
 
 
 @dataclass(frozen=True)
@@ -116,17 +122,21 @@ class LabeledMessage:
     subject: str | None
     text: str
     label: str
+    labeled_by: str = ""
+
+
+CURRENT = """SELECT l.* FROM labels l WHERE l.id = (SELECT MAX(id) FROM labels WHERE message_id = l.message_id)"""
 
 
 def labeled_messages(db: Database) -> list[LabeledMessage]:
-    """Every non-deleted message with its current label, in id order: the training data."""
+    """Every non-deleted, non-excluded message with its current label, in id order: the training data."""
     rows = query(
         db,
-        """SELECT m.id, m.subject, m.clean_body, c.label FROM messages m
-           JOIN current_labels c ON c.message_id = m.id
-           WHERE m.deleted_at IS NULL ORDER BY m.id""",
+        f"""SELECT m.id, m.subject, m.clean_body, c.label, c.labeled_by FROM messages m
+            JOIN ({CURRENT}) c ON c.message_id = m.id
+            WHERE m.deleted_at IS NULL AND c.excluded = 0 ORDER BY m.id""",
     )
-    return [LabeledMessage(r["id"], r["subject"], r["clean_body"], r["label"]) for r in rows]
+    return [LabeledMessage(r["id"], r["subject"], r["clean_body"], r["label"], r["labeled_by"]) for r in rows]
 
 
 def label_counts(db: Database) -> dict[str, int]:
@@ -134,8 +144,9 @@ def label_counts(db: Database) -> dict[str, int]:
     counts = {d.name: 0 for d in list_label_defs(db)}
     for r in query(
         db,
-        """SELECT c.label, COUNT(*) AS n FROM current_labels c
-           JOIN messages m ON m.id = c.message_id WHERE m.deleted_at IS NULL GROUP BY c.label""",
+        f"""SELECT c.label, COUNT(*) AS n FROM ({CURRENT}) c
+            JOIN messages m ON m.id = c.message_id WHERE m.deleted_at IS NULL AND c.excluded = 0
+            GROUP BY c.label""",
     ):
         counts[r["label"]] = r["n"]
     return dict(sorted(counts.items()))

@@ -182,3 +182,10 @@ def m003_outbox(db):
         CREATE INDEX outbox_due ON outbox(status, next_attempt_at);
         """,
     )
+
+
+@MIGRATIONS(name="m004_label_exclusion")
+def m004_label_exclusion(db):
+    # A label event can also say "leave this message out of training" (a data-check decision),
+    # so exclusion has the same history (who, when, how) as every other label.
+    db.execute("ALTER TABLE labels ADD COLUMN excluded INTEGER NOT NULL DEFAULT 0")

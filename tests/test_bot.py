@@ -268,6 +268,32 @@ def test_retrain_admins_only_queues_once_and_reports_status(bot):
     assert runs.get_run(bot.db, 1).status == "cancelled"
 
 
+def test_datacheck_finds_conflicts_and_its_buttons_fix_them(bot):
+    pairs = [("Where is my parcel?", "question"), ("where is my parcel", "complaint")] + [
+        (f"the app crashed again {i}", "complaint") for i in range(3)] + [(f"how do I pay {i}", "question")
+                                                                         for i in range(3)]
+    for i, (text, label) in enumerate(pairs):
+        m, _ = messages.add_message(bot.db, source="import", external_id=f"i:{i}", raw_body=text)
+        labels.add_label(bot.db, m.id, label, by=AGENT, method="cli")
+    refused = bot.command("/retrain", user=ADMIN)["text"]
+    assert refused.startswith("Cannot train: 8 labeled messages checked: 1 conflict") and runs.list_runs(bot.db) == []
+    assert bot.command("/datacheck")["text"] == "Checking 8 labeled messages..."
+    bot.settle()
+    answer = bot.standin.responses[-1]
+    blocks = json.dumps(answer["blocks"])
+    assert "*conflict*" in blocks and "complaint by U0AGENT" not in answer["text"]
+    conflict_actions = next(b for b in answer["blocks"] if b["type"] == "actions")
+    exclude = next(e for e in conflict_actions["elements"] if e["action_id"] == "datacheck_exclude")
+    bot.send(payloads.block_action({**exclude, "block_id": conflict_actions["block_id"]}, user=ADMIN, channel=INTAKE,
+                                   message={"type": "message", "ts": "1.1", "text": ""},
+                                   response_url=bot.standin.response_url()))
+    bot.settle()
+    assert bot.standin.responses[-1]["text"] == "Data check: excluded 2 message(s) from training."
+    assert [e.excluded and e.method == "datacheck" for e in labels.label_history(bot.db, 1)] == [False, True]
+    assert len(labels.labeled_messages(bot.db)) == 6
+    assert bot.command("/retrain", user=ADMIN)["text"].startswith("Queued training run 1 on 6 labeled messages")
+
+
 def test_model_command_and_rollback(bot):
     assert "zero-shot" in bot.command("/model")["text"]
     for metrics in ({"accuracy": 0.8, "macro_f1": 0.7, "n": 10}, {"accuracy": 0.9, "macro_f1": 0.8, "n": 10}):
@@ -356,7 +382,7 @@ def test_manifest_declares_exactly_what_the_app_handles(bot):
     declared = {c["command"] for c in manifest["features"]["slash_commands"]}
     for command in declared:
         bot.command(command, "", user=AGENT)  # asserts 200: a command no listener handles gets 404
-    assert declared == {"/label", "/retrain", "/model", "/classify", "/labels", "/stats"}
+    assert declared == {"/label", "/retrain", "/model", "/classify", "/labels", "/stats", "/datacheck"}
     assert [s["callback_id"] for s in manifest["features"]["shortcuts"]] == ["label_message"]
     assert set(manifest["settings"]["event_subscriptions"]["bot_events"]) == {
         "message.channels", "message.groups", "app_home_opened"}

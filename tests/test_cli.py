@@ -66,3 +66,15 @@ def test_banking77_import(env):
     stats = json.loads(supportbot("stats", "--json").stdout)
     assert stats["messages"] == 10003 and stats["labeled"] == 10003
     assert len(stats["labels"]) == 77 and sum(stats["labels"].values()) == 10003
+
+
+def test_datacheck_json_lists_findings_with_ids_and_labels(env):
+    csv = env / "msgs.csv"
+    csv.write_text("text,label\nWhere is my parcel?,question\nwhere is my parcel,complaint\n"
+                   + "".join(f"the app crashed {i},complaint\nhow do I pay {i},question\n" for i in range(3)))
+    supportbot("import", str(csv))
+    report = json.loads(supportbot("datacheck", "--json").stdout)
+    assert report["examples"] == 8 and report["summary"]["conflict"] == 1
+    conflict = next(f for f in report["findings"] if f["kind"] == "conflict")
+    assert conflict["ids"] == [1, 2] and conflict["labels"] == ["complaint", "question"]
+    assert "1 conflict" in supportbot("datacheck").stdout

@@ -1,0 +1,69 @@
+"""Data checks on constructed data with known answers."""
+
+import random
+
+import pytest
+
+from trainer.datacheck import check_data, exact_groups, label_counts
+
+from .conftest import TOY_WORDS
+
+
+def examples_with(rows):
+    return [{"id": i + 1, "text": t, "label": l, "labeled_by": who} for i, (t, l, who) in enumerate(rows)]
+
+
+def test_exact_duplicates_and_conflicts_name_who_labeled_what():
+    rows = examples_with([("Where is my parcel?", "question", "U1"), ("where is my parcel", "question", "U2"),
+                          ("I want my money back", "refund", "U1"), ("I want my money back!", "complaint", "U3"),
+                          ("Something else entirely", "feedback", "U1")])
+    found = {f.kind: f for f in exact_groups(rows)}
+    assert found["duplicate"].ids == [1, 2]
+    assert found["conflict"].ids == [3, 4] and found["conflict"].labels == ["complaint", "refund"]
+    assert found["conflict"].detail["labeled"] == {"3": "refund by U1", "4": "complaint by U3"}
+
+
+def test_too_few_and_imbalance():
+    rows = examples_with([(f"q {i}", "question", "U1") for i in range(30)] + [("only one", "refund", "U1"),
+                                                                            ("two", "bug", "U1"), ("three", "bug", "U1")])
+    kinds = {(f.kind, tuple(f.labels)) for f in label_counts(rows, 2, 10)}
+    assert ("too_few", ("refund",)) in kinds and ("imbalance", ("question", "refund")) in kinds
+    assert not any(k == ("too_few", ("bug",)) for k in kinds)
+
+
+@pytest.fixture(scope="module")
+def noisy_toy():
+    """A toy set where each label has its own words, with 6 labels flipped on purpose."""
+    rng = random.Random(3)
+    rows = []
+    for label, words in TOY_WORDS.items():
+        for _ in range(25):
+            rows.append((" ".join(rng.choice(words) for _ in range(6)), label, "U1"))
+    examples = examples_with(rows)
+    flipped = rng.sample(range(len(examples)), 6)
+    for i in flipped:
+        examples[i]["label"] = rng.choice([l for l in TOY_WORDS if l != examples[i]["label"]])
+    return examples, {examples[i]["id"] for i in flipped}
+
+
+def test_suspected_mislabels_find_the_flipped_labels(noisy_toy):
+    examples, flipped = noisy_toy
+    report = check_data(examples)
+    flagged = {f["ids"][0] for f in report["findings"] if f["kind"] == "suspected_mislabel"}
+    assert len(flagged & flipped) >= 5  # recall at least 5 of 6
+    assert len(flagged - flipped) <= 2  # few clean examples accused
+    first = next(f for f in report["findings"] if f["kind"] == "suspected_mislabel")
+    assert first["detail"]["suggested"] != first["detail"]["given"]
+
+
+def test_near_duplicates_and_leakage_across_the_split():
+    train = examples_with([("My card payment was declined at the shop today", "card", "U1"),
+                           ("My card payment got declined at the shop today", "card", "U2"),
+                           ("How do I change my address?", "question", "U1"),
+                           ("The app crashes on start", "bug", "U1")])
+    evaluation = [{"id": 99, "text": "My card payment was declined at the shop today!", "label": "card"}]
+    report = check_data(train, eval_examples=evaluation, near_threshold=0.9)
+    kinds = {f["kind"]: f for f in report["findings"]}
+    assert kinds["near_duplicate"]["ids"] == [1, 2]
+    assert kinds["leakage"]["ids"][0] == 99
+    assert report["summary"]["leakage"] >= 1
