@@ -79,6 +79,8 @@ class LocalStack:
         if seeded:
             log.info("seeded %d labeled demo emails", seeded)
         self.ctx = BotContext(self.settings)
+        print("Loading the base model (the first start converts it: about a minute)...", flush=True)
+        self.ctx.classifier()  # so the first email is answered in seconds, not after a conversion
         self.server = make_http_server(self.ctx, self.host, 0)
         threading.Thread(target=self.server.serve_forever, daemon=True, name="bot-http").start()
         self.workspace.bot_url = f"http://{self.host}:{self.server.server_port}/slack/events"
