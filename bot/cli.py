@@ -413,6 +413,30 @@ def datacheck(ctx: Context, as_json: bool):
         click.echo(f"  [{finding['kind']}] {finding['message']} (messages {', '.join(map(str, finding['ids']))})")
 
 
+@cli.command("backup")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@pass_ctx
+def backup_cmd(ctx: Context, out: Path):
+    """Write the database (a consistent snapshot, safe while running) and the adapters to OUT (.tar.gz)."""
+    from storage.backup import backup
+
+    ctx.db  # make sure it exists and is migrated
+    backup(ctx.settings.db_path, ctx.settings.adapters_dir, out)
+    click.echo(f"Backed up {ctx.settings.db_path} and {ctx.settings.adapters_dir} to {out}")
+
+
+@cli.command("restore")
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace an existing database (stop the bot and worker first).")
+@pass_ctx
+def restore_cmd(ctx: Context, archive: Path, force: bool):
+    """Restore a backup made with `supportbot backup` into SUPPORTBOT_DATA_DIR."""
+    from storage.backup import restore
+
+    count = restore(archive, ctx.settings.db_path, ctx.settings.adapters_dir, force=force)
+    click.echo(f"Restored {count} messages and the adapters into {ctx.settings.data_dir}")
+
+
 @cli.command("export-model")
 @click.option("--version", "version", type=int, help="Adapter version (default: the serving one).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))

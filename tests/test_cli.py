@@ -78,3 +78,27 @@ def test_datacheck_json_lists_findings_with_ids_and_labels(env):
     conflict = next(f for f in report["findings"] if f["kind"] == "conflict")
     assert conflict["ids"] == [1, 2] and conflict["labels"] == ["complaint", "question"]
     assert "1 conflict" in supportbot("datacheck").stdout
+
+
+def test_backup_restores_messages_labels_and_adapters(env, monkeypatch):
+    from storage import adapters, labels, open_db
+
+    (env / "m.csv").write_text("text,label\nRefund please,refund\nThanks!,feedback\n")
+    supportbot("import", str(env / "m.csv"))
+    adapter_dir = env / "data" / "adapters" / "run-1"
+    adapter_dir.mkdir(parents=True)
+    (adapter_dir / "adapter_model.safetensors").write_bytes(b"weights")
+    db = open_db(env / "data" / "supportbot.db")
+    a = adapters.register_adapter(db, path=str(adapter_dir), base_model="m", labels=["refund"], metrics={})
+    adapters.promote(db, a.version)
+    supportbot("backup", str(env / "backup.tar.gz"))
+
+    assert "exists; restoring would replace it" in supportbot("restore", str(env / "backup.tar.gz"),
+                                                             check=False).stderr
+    monkeypatch.setenv("SUPPORTBOT_DATA_DIR", str(env / "restored"))
+    assert "Restored 2 messages" in supportbot("restore", str(env / "backup.tar.gz")).stdout
+    restored = open_db(env / "restored" / "supportbot.db")
+    assert labels.label_counts(restored) == {"feedback": 1, "refund": 1}
+    current = adapters.current_adapter(restored)
+    assert current.path == str(env / "restored" / "adapters" / "run-1")
+    assert (env / "restored" / "adapters" / "run-1" / "adapter_model.safetensors").read_bytes() == b"weights"
