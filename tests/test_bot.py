@@ -389,3 +389,21 @@ def test_manifest_declares_exactly_what_the_app_handles(bot):
     unknown = bot.send(payloads.slash_command("/unknown", "", user=AGENT, channel=INTAKE,
                                               response_url=bot.standin.response_url()))
     assert unknown.status == 404  # Bolt answers what no listener handles with 404
+
+
+def test_logs_at_info_never_contain_tokens_or_email_bodies(bot, caplog):
+    import logging
+
+    secret_body = "My account number is 12345678 and I am furious about the fees"
+    caplog.set_level(logging.INFO)
+    ts = bot.next_ts()
+    bot.event(payloads.email_event(INTAKE, ts, payloads.email_file("F0LOG", subject="Fees", sender="z@example.com",
+                                                                   body=secret_body)))
+    bot.settle()
+    reply_to(bot, ts)
+    bot.command("/label", "complaint")
+    bot.command("/retrain", user=AGENT)  # refused: logged with the user id only
+    text = caplog.text
+    assert "stored email" in text and "refused /retrain by U0AGENT" in text  # the logs do say what happened
+    assert secret_body not in text and "12345678" not in text
+    assert bot.standin.bot_token not in text and SECRET not in text
