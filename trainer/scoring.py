@@ -6,7 +6,8 @@ The output can only ever be one of the labels. Three things keep it cheap:
    message: its KV cache is computed once per model state and reused.
 2. Each message's own tokens run once (pass 1); the next-token distribution at
    the end of the prompt scores every label's first token at no extra cost.
-3. Labels are a token trie, searched level by level with a beam: each level is
+3. Labels are a token trie, searched level by level (greedily first, then with a
+   wider beam for the messages that greedy search cannot certify): each level is
    one forward pass of one token per open prefix, on the cache of its parent,
    so shared prefixes ("card ...") are scored once. A prefix's log-likelihood
    bounds every label below it, so a message stops as soon as its best complete
@@ -150,9 +151,20 @@ class LabelScorer:
                                  for k, v in prefix], self.model.config)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions[:, n_prefix:],
                          cache=cache, use_cache=True, logits_to_keep=1)
-        return self._search(out.logits[:, -1].float(), _cache_pairs(out.cache), mask, positions[:, -1])
+        logits, context, last = out.logits[:, -1].float(), _cache_pairs(out.cache), positions[:, -1]
+        # Greedy first: a trained adapter's top label is usually certified by its own path. Only the
+        # messages it cannot certify are searched again with the full beam width.
+        results = self._search(logits, context, mask, last, width=1)
+        unsure = [row for row, r in enumerate(results) if not r.certified]
+        if unsure and self.beam_width > 1:
+            rows = torch.tensor(unsure, device=self.device)
+            wider = self._search(logits[rows], [(k[rows], v[rows]) for k, v in context], mask[rows], last[rows],
+                                 width=self.beam_width)
+            for row, result in zip(unsure, wider):
+                results[row] = result
+        return results
 
-    def _search(self, last_logits, context, mask, last_position) -> list[LabelScores]:
+    def _search(self, last_logits, context, mask, last_position, width: int) -> list[LabelScores]:
         """Beam search over the label trie, then exact scoring of any label the beam could not rule out."""
         import torch
 
@@ -168,7 +180,7 @@ class LabelScorer:
                 self._extend(frontier, scores, row, child, float(first[row, token]), row)
         cache, cache_mask, position = context, mask, last_position
         while frontier:
-            frontier = self._prune(frontier, scores, bounds)
+            frontier = self._prune(frontier, scores, bounds, width)
             if not frontier:
                 break
             rows = torch.tensor([entry[3] for entry in frontier], device=self.device)
@@ -213,8 +225,8 @@ class LabelScorer:
         else:
             frontier.append((row, node, score, cache_row))
 
-    def _prune(self, frontier, scores, bounds):
-        """Keep each row's best `beam_width` prefixes; stop a row once its best label beats every open prefix."""
+    def _prune(self, frontier, scores, bounds, width: int):
+        """Keep each row's best `width` prefixes; stop a row once its best label beats every open prefix."""
         by_row: dict[int, list] = {}
         for entry in frontier:
             by_row.setdefault(entry[0], []).append(entry)
@@ -224,11 +236,11 @@ class LabelScorer:
             best = max((x for x in scores[row] if x is not None), default=float("-inf"))
             finished = best >= entries[0][2]
             for position, (_, node, score, _) in enumerate(entries):
-                if finished or position >= self.beam_width:
+                if finished or position >= width:
                     for j in node.labels:  # a prefix's score bounds every label below it
                         bounds[row][j] = max(bounds[row][j], score)
             if not finished:
-                kept.extend(entries[:self.beam_width])
+                kept.extend(entries[:width])
         return kept
 
     def _score_rest(self, wanted, context, mask, last_position, first, scores, exact) -> None:
