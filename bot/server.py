@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
+    # socketserver's default backlog is 5: a burst of Slack requests (events plus retries plus commands)
+    # overflowed it and the kernel reset connections (found by bench/ack_latency.py at 50 at once).
+    request_queue_size = 256
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -373,6 +373,32 @@ def test_http_mode_serves_signed_requests_on_slack_events(bot):
     assert messages.count_messages(bot.db) == 1
 
 
+def test_http_mode_takes_a_burst_of_50_concurrent_requests(bot):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bot.server import make_http_server
+
+    server = make_http_server(bot.ctx, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/slack/events"
+
+    def send(i):
+        body, content_type = payloads.slash_command("/labels", "", user=AGENT, channel=INTAKE,
+                                                    response_url=bot.standin.response_url())
+        request = urllib.request.Request(url, data=body.encode(), method="POST",
+                                         headers=payloads.signed_headers(SECRET, body, content_type))
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+
+    try:
+        with ThreadPoolExecutor(max_workers=50) as pool:
+            statuses = list(pool.map(send, range(50)))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert statuses == [200] * 50
+
+
 def test_manifest_declares_exactly_what_the_app_handles(bot):
     import yaml
 

@@ -1,0 +1,61 @@
+"""How long the first /retrain on the demo set takes with the embedded 135M model on CPU (the local workspace).
+
+Starts the local stack (workspace, bot, worker) on a fresh data folder, types /retrain as the page does,
+and waits for the report and its picture in #training. Writes bench/results/demo_retrain.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.banking77 import CACHE, machine  # noqa: E402
+
+
+def main():
+    from bot.local import INTAKE, REPORTS, LocalStack
+    from bot.settings import load_settings
+
+    data = Path(tempfile.mkdtemp(prefix="demo-retrain-"))
+    converted = CACHE / "models"  # reuse the benchmarks' converted model: measure training, not conversion
+    settings = load_settings({"SUPPORTBOT_DATA_DIR": str(data)}, env_file=None)
+    models = data / "models"
+    models.mkdir(parents=True)
+    if (converted / "smollm2-135m-instruct").exists():
+        (models / "smollm2-135m-instruct").symlink_to((converted / "smollm2-135m-instruct").resolve())
+    stack = LocalStack(settings, port=0).start()
+    try:
+        started = time.perf_counter()
+        stack.workspace.slash_command(INTAKE, "/retrain")
+        first_progress = report = picture = None
+        while time.perf_counter() - started < 1800:
+            texts = [m["text"] for (ch, _), m in list(stack.workspace.messages.items()) if ch == REPORTS]
+            if first_progress is None and any(t.startswith("Training run 1:") for t in texts):
+                first_progress = time.perf_counter() - started
+            if report is None and any("finished" in t or "failed" in t for t in texts):
+                report = time.perf_counter() - started
+            if report and stack.workspace.uploads:
+                picture = time.perf_counter() - started
+                break
+            time.sleep(0.5)
+        updates = len(stack.workspace.calls_to("chat.update"))
+        final = next((m for (ch, _), m in stack.workspace.messages.items()
+                      if ch == REPORTS and ("finished" in m["text"] or "failed" in m["text"])), {})
+    finally:
+        stack.stop()
+    result = {"benchmark": "demo_retrain", "machine": machine(), "examples": 36,
+              "seconds_to_first_progress": first_progress, "seconds_to_report": report,
+              "seconds_to_picture": picture, "progress_updates": updates, "report": final.get("text")}
+    out = REPO / "bench" / "results" / "demo_retrain.json"
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
