@@ -34,8 +34,8 @@ CACHE = REPO / "bench" / ".cache"
 
 # Recipes tried (config overrides on top of the trainer's defaults).
 RECIPES = {
-    "seed": {},
-    "seed-raw-labels": {"label_verbalizer": "raw"},
+    "seed": {"recipe": "seed"},
+    "seed-raw-labels": {"recipe": "seed", "label_verbalizer": "raw"},
     "small-model": {"recipe": "small-model"},
     "small-model-6ep": {"recipe": "small-model", "epochs": 6},
     "small-model-r32": {"recipe": "small-model", "lora_r": 32, "lora_alpha": 64},

@@ -211,8 +211,17 @@ def test_config_defaults_are_the_seed_recipe_and_epochs_follow_data_size():
     assert (cfg.learning_rate, cfg.lr_scheduler, cfg.warmup_ratio) == (2e-4, "cosine", 0.03)
     assert (cfg.batch_size, cfg.grad_accum, cfg.seed, cfg.eval_fraction) == (4, 4, 42, 0.2)
     assert cfg.resolved(999).epochs == 4 and cfg.resolved(1000).epochs == 2
-    assert cfg.resolved(10).learning_rate == 2e-4
-    assert cfg.__class__(**{**cfg.__dict__, "recipe": "small-model"}).resolved(10).learning_rate == 1e-3
+    assert cfg.recipe == "auto"
+    assert cfg.resolved(10, n_params=7_000_000_000).learning_rate == 2e-4  # 7B-class: the seed recipe
+    small = cfg.resolved(10, n_params=135_000_000)  # the embedded model: what measured best for it
+    assert small.learning_rate == 1e-3 and "down_proj" in small.target_modules and small.recipe == "small-model"
+
+
+def test_a_recipe_never_overrides_what_config_json_says(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{"labels": [{"name": "a"}, {"name": "b"}], "learning_rate": 0.005}')
+    resolved = load_config(path).resolved(10, n_params=135_000_000)
+    assert resolved.learning_rate == 0.005 and "gate_proj" in resolved.target_modules
 
 
 def test_load_config_reports_bad_json(tmp_path):

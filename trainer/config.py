@@ -31,8 +31,9 @@ class TrainConfig:
                             default="embedded")
     model_cache_dir: str = _help("Where the embedded model is converted to once and loaded from afterwards.",
                                  default="")
-    recipe: str = _help("`seed` (the defaults below) or `small-model` (tuned for ~100M models on CPU).",
-                        default="seed")
+    recipe: str = _help("`auto` (small-model below 1B parameters, else seed), `seed` (the defaults below) or "
+                        "`small-model` (what measured best for ~100M models on CPU). A recipe fills only the "
+                        "fields config.json does not set.", default="auto")
     quantization: str = _help("`auto` (4-bit on CUDA, none on CPU), `4bit` (NF4 + double quant) or `none`.",
                               default="auto")
     compute_dtype: str = _help("`auto` (bf16 where supported, else fp16 on CUDA; fp32 on CPU), `bf16`, `fp16`, "
@@ -80,11 +81,15 @@ class TrainConfig:
     def label_names(self) -> list[str]:
         return [label["name"] for label in self.labels]
 
-    def resolved(self, n_train: int) -> "TrainConfig":
-        """A copy with `recipe` and automatic values filled in for `n_train` examples."""
+    def resolved(self, n_train: int, n_params: int | None = None) -> "TrainConfig":
+        """A copy with the recipe and automatic values filled in for `n_train` examples and a model of `n_params`."""
         values = asdict(self)
-        if self.recipe == "small-model":
-            values.update(SMALL_MODEL_RECIPE)
+        explicit = getattr(self, "explicit", set())
+        small = self.recipe == "small-model" or (self.recipe == "auto" and n_params is not None
+                                                 and n_params < SMALL_MODEL_PARAMS)
+        if small:
+            values.update({k: v for k, v in SMALL_MODEL_RECIPE.items() if k not in explicit})
+        values["recipe"] = "small-model" if small else "seed"
         if not values["epochs"]:
             values["epochs"] = 4 if n_train < 1000 else 2
         return TrainConfig(**values)
@@ -93,14 +98,16 @@ class TrainConfig:
         return json.dumps(asdict(self), indent=2)
 
 
-# What measured best for SmolLM2-135M on Banking77 (bench/README.md, "recipe search").
+SMALL_MODEL_PARAMS = 1_000_000_000
+
+# What measured best for SmolLM2-135M on Banking77 (bench/README.md).
 SMALL_MODEL_RECIPE = {
     "learning_rate": 1e-3,
     "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
 }
 
 CHOICES = {
-    "recipe": ("seed", "small-model"),
+    "recipe": ("auto", "seed", "small-model"),
     "quantization": ("auto", "4bit", "none"),
     "compute_dtype": ("auto", "bf16", "fp16", "fp32"),
     "label_list_in_prompt": ("auto", "always", "never"),
@@ -165,7 +172,9 @@ def load_config(path: str | Path) -> TrainConfig:
     unknown = sorted(set(raw) - set(known))
     if unknown:
         raise ConfigError(f"{path}: unknown field(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    return validate(TrainConfig(**raw))
+    config = validate(TrainConfig(**raw))
+    config.explicit = set(raw)  # a recipe never overrides what config.json says
+    return config
 
 
 def describe() -> str:

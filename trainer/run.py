@@ -131,7 +131,6 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
     # Setup: everything that can be wrong with the input is found before a model loads.
     cfg = load_config(run_dir / "config.json")
     train, evaluation = load_examples(run_dir, cfg)
-    cfg = cfg.resolved(len(train))
     spec = prompt_spec(cfg)
     result.update(config=json.loads(cfg.to_json()), base_model=cfg.base_model, labels=spec.names,
                   data={"train": len(train), "eval": len(evaluation),
@@ -144,6 +143,10 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
     tokenizer = load_tokenizer(path)
     model = load_base_model(path, quantization=cfg.quantization, dtype=cfg.compute_dtype, device=device,
                             for_training=True, gradient_checkpointing=cfg.gradient_checkpointing)
+    explicit = getattr(cfg, "explicit", set())
+    cfg = cfg.resolved(len(train), n_params=sum(p.numel() for p in model.parameters()))
+    cfg.explicit = explicit
+    result["config"] = json.loads(cfg.to_json())
     augmented = augment_with_injections(train, spec.names, cfg.injection_augmentation, cfg.seed)
     train_rows = tokenize_examples(tokenizer, spec, augmented, cfg.max_length)
     eval_rows = tokenize_examples(tokenizer, spec, evaluation, cfg.max_length)
