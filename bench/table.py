@@ -75,8 +75,26 @@ def ack_latency(d: dict) -> str:
         f"{d['messages_stored']} messages stored, {d['predictions_stored']} predictions, {d['replies_posted']} replies."])
 
 
+def mislabels(d: dict) -> str:
+    accuracy = ("not run yet (`--train`)" if d["accuracy_noisy"] is None else
+                f"noisy {pct(d['accuracy_noisy'])}, corrected {pct(d['accuracy_corrected'])}, "
+                f"clean {pct(d['accuracy_clean'])}")
+    return "\n".join([
+        "| flipped | flagged | precision | recall | suggestion right | check time | test accuracy |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| {d['flipped']} of {d['examples']} | {d['flagged']} | {pct(d['precision'])} | {pct(d['recall'])} | "
+        f"{pct(d['suggestion_correct_fraction'])} | {d['check_seconds']:.0f} s | {accuracy} |", "", d["method"] + "."])
+
+
+def demo_retrain(d: dict) -> str:
+    return (f"First `/retrain` on the {d['examples']} demo emails in the local workspace, embedded 135M model on CPU: "
+            f"first progress after {d['seconds_to_first_progress']:.0f} s, report after {d['seconds_to_report']:.0f} s, "
+            f"picture after {d['seconds_to_picture']:.0f} s, {d['progress_updates']} progress updates in place.")
+
+
 RENDER = {"banking77": banking77, "banking77_recipes": recipes, "classify_speed": classify_speed,
-          "sft_throughput": sft_throughput, "ack_latency": ack_latency}
+          "sft_throughput": sft_throughput, "ack_latency": ack_latency, "mislabels": mislabels,
+          "demo_retrain": demo_retrain}
 
 if __name__ == "__main__":
     for name, render in RENDER.items():
