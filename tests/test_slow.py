@@ -35,7 +35,7 @@ def test_real_model_trains_a_few_steps_and_classifies(tmp_path, model_cache, qua
     adapter_config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
     assert adapter_config["r"] == 16 and set(adapter_config["target_modules"]) == {"q_proj", "k_proj", "v_proj",
                                                                                    "o_proj"}
-    assert result["metrics"]["n"] == 6 and set(result["metrics"]["per_class"]) == {"complaint", "question",
+    assert result["metrics"]["n"] == 3 and set(result["metrics"]["per_class"]) == {"complaint", "question",
                                                                                    "feedback"}
     if quantization == "none":
         from trainer.classify import Classifier
