@@ -157,7 +157,7 @@ def main():
     gold = [r["label"] for r in test]
     result = {
         "benchmark": "classify_speed", "machine": machine(), "messages": len(texts), "labels": len(names),
-        "adapter": str(adapter) if classifier.adapter_version else None,
+        "adapter": str(adapter.relative_to(REPO)) if classifier.adapter_version else None,
         "scoring": {"p50_ms": statistics.median(single), "p95_ms": percentile(single, 0.95),
                     "batched_msgs_per_s": len(texts) / batched_s,
                     "accuracy": sum(p.label == g for p, g in zip(predictions, gold)) / len(gold),

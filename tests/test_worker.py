@@ -128,10 +128,10 @@ def test_retrain_end_to_end_reports_in_the_channel_and_serves_the_new_adapter(sy
     assert "adapter v1" in json.dumps(as_json(reply.params["blocks"]))
 
 
-def test_a_second_retrain_while_one_runs_is_refused(system):
+def test_a_second_retrain_while_one_runs_is_refused(system, tmp_path):
     bot, *_ = system
     bot.command("/retrain", user=ADMIN)
-    runs.claim_next_run(bot.db, run_dir_for=lambda i: "/tmp/unused")
+    runs.claim_next_run(bot.db, run_dir_for=lambda i: tmp_path / f"run-{i}")
     answer = bot.command("/retrain", user=ADMIN)["text"]
     assert answer.startswith("A training run is already active") and "Run 1: *running*" in answer
     assert len(runs.list_runs(bot.db)) == 1
