@@ -87,10 +87,11 @@ def baselines(train: list[dict], test: list[dict]) -> list[dict]:
     return out
 
 
-def train_recipe(name: str, overrides: dict, train: list[dict], model_cache: Path, max_steps: int) -> dict:
+def train_recipe(name: str, overrides: dict, train: list[dict], model_cache: Path, max_steps: int,
+                 folder: str = "banking77") -> dict:
     from trainer.data import write_jsonl
 
-    run_dir = CACHE / "banking77" / name
+    run_dir = CACHE / folder / name
     if run_dir.exists():
         import shutil
 
@@ -168,7 +169,9 @@ def main() -> None:
     for name in args.recipes.split(","):
         print(f"Recipe {name}: training...", flush=True)
         overrides = {**RECIPES[name], "epochs": 1} if args.search else RECIPES[name]
-        trained = train_recipe(name, overrides, train, model_cache, args.max_steps)
+        # The search keeps its runs apart: classify_speed.py reads the full run's adapter.
+        trained = train_recipe(name, overrides, train, model_cache, args.max_steps,
+                               folder="banking77-search" if args.search else "banking77")
         scores = evaluate_adapter(trained["run_dir"] / "adapter", model_cache, test)
         training = trained["result"]["training"]
         row = {"name": f"SmolLM2-135M LoRA ({name})", "recipe": name, "overrides": overrides,
