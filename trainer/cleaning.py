@@ -99,18 +99,12 @@ def clean_email(raw: str | bytes, *, redact_personal: bool = False) -> CleanEmai
     text, forwarded = _parse_forward(text)
     if forwarded:
         removed.append("forward header")
-    text, cut = _cut_at_first(text, _REPLY_MARKERS)
-    if cut:
-        removed.append("quoted reply")
-    text, cut = _strip_quote_blocks(text)
-    if cut:
-        removed.append("quoted lines")
-    text, cut = _cut_at_first(text, _SIGNATURE_MARKERS)
-    if cut:
-        removed.append("signature")
-    text, cut = _strip_closing(text)
-    if cut:
-        removed.append("closing")
+    steps = (("quoted reply", lambda t: _cut_at_first(t, _REPLY_MARKERS)), ("quoted lines", _strip_quote_blocks),
+             ("signature", lambda t: _cut_at_first(t, _SIGNATURE_MARKERS)), ("closing", _strip_closing))
+    for name, step in steps:
+        text, cut = step(text)
+        if cut:
+            removed.append(name)
     text = re.sub(r"\n{3,}", "\n\n", text).strip()
     if not text:  # everything was quote or signature: keep the original rather than nothing
         text, removed = to_text(raw), []
