@@ -270,8 +270,11 @@ def train(ctx: Context, epochs: int | None, overrides: tuple[str, ...], as_json:
         check_examples(examples, sorted({e["label"] for e in examples}) or ["(none)"])
     except DataError as exc:
         fail(str(exc))
-    run = runs.queue_run(ctx.db, requested_by="cli", params=params)
-    run = runs.claim_next_run(ctx.db, run_dir_for=lambda i: run_dir_for(ctx.settings, i))
+    queued = runs.queue_run(ctx.db, requested_by="cli", params=params)
+    run = runs.claim_run(ctx.db, queued.id, run_dir_for(ctx.settings, queued.id))
+    if run is None:  # a running `supportbot worker` took it: it trains there and reports in Slack
+        fail(f"run {queued.id} was taken by the worker; follow it with `/retrain status` "
+             f"or in {run_dir_for(ctx.settings, queued.id)}")
     bar = None
 
     def progress(record):

@@ -107,8 +107,7 @@ def _event(row: dict) -> LabelEvent:
 
 
 def current_label(db: Database, message_id: int) -> LabelEvent | None:
-    row = query_one(db, "SELECT l.* FROM labels l WHERE l.id = (SELECT MAX(id) FROM labels WHERE message_id = ?)",
-                    [message_id])
+    row = query_one(db, "SELECT * FROM current_labels WHERE message_id = ?", [message_id])
     return _event(row) if row else None
 
 
@@ -125,15 +124,12 @@ class LabeledMessage:
     labeled_by: str = ""
 
 
-CURRENT = """SELECT l.* FROM labels l WHERE l.id = (SELECT MAX(id) FROM labels WHERE message_id = l.message_id)"""
-
-
 def labeled_messages(db: Database) -> list[LabeledMessage]:
     """Every non-deleted, non-excluded message with its current label, in id order: the training data."""
     rows = query(
         db,
-        f"""SELECT m.id, m.subject, m.clean_body, c.label, c.labeled_by FROM messages m
-            JOIN ({CURRENT}) c ON c.message_id = m.id
+        """SELECT m.id, m.subject, m.clean_body, c.label, c.labeled_by FROM messages m
+            JOIN current_labels c ON c.message_id = m.id
             WHERE m.deleted_at IS NULL AND c.excluded = 0 ORDER BY m.id""",
     )
     return [LabeledMessage(r["id"], r["subject"], r["clean_body"], r["label"], r["labeled_by"]) for r in rows]
@@ -144,7 +140,7 @@ def label_counts(db: Database) -> dict[str, int]:
     counts = {d.name: 0 for d in list_label_defs(db)}
     for r in query(
         db,
-        f"""SELECT c.label, COUNT(*) AS n FROM ({CURRENT}) c
+        """SELECT c.label, COUNT(*) AS n FROM current_labels c
             JOIN messages m ON m.id = c.message_id WHERE m.deleted_at IS NULL AND c.excluded = 0
             GROUP BY c.label""",
     ):

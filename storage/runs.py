@@ -92,6 +92,16 @@ def claim_next_run(db: Database, *, run_dir_for) -> Run | None:
     return get_run(db, row["id"])
 
 
+def claim_run(db: Database, run_id: int, run_dir) -> Run | None:
+    """Move this queued run to running; None when another process (a worker) claimed it first."""
+    with write(db):
+        if query_one(db, "SELECT id FROM runs WHERE status = 'running'"):
+            return None
+        cursor = db.execute("UPDATE runs SET status = 'running', started_at = ?, run_dir = ? "
+                            "WHERE id = ? AND status = 'queued'", [now(), str(run_dir), run_id])
+    return get_run(db, run_id) if cursor.rowcount == 1 else None
+
+
 def finish_run(db: Database, run_id: int, status: str, *, error: str | None = None,
                adapter_version: int | None = None, dataset_stats: dict | None = None) -> Run:
     """End a run. Only an active run can end; ending twice is a RunConflict."""

@@ -133,6 +133,16 @@ def test_run_lifecycle_allows_one_active_run(db, tmp_path):
         runs.finish_run(db, run.id, "failed")
 
 
+def test_claim_run_takes_only_that_run_and_only_once(db, tmp_path):
+    run = runs.queue_run(db, requested_by="cli")
+    assert runs.claim_next_run(db, run_dir_for=lambda i: tmp_path / f"w-{i}").id == run.id  # a worker was faster
+    assert runs.claim_run(db, run.id, tmp_path / "cli") is None
+    runs.finish_run(db, run.id, "succeeded")
+    second = runs.queue_run(db, requested_by="cli")
+    claimed = runs.claim_run(db, second.id, tmp_path / "cli")
+    assert claimed.status == "running" and claimed.run_dir == str(tmp_path / "cli")
+
+
 def test_promotion_and_rollback_keep_one_current(db):
     a1 = adapters.register_adapter(db, path="/a/1", base_model="m", labels=["x"], metrics={"macro_f1": 0.5})
     a2 = adapters.register_adapter(db, path="/a/2", base_model="m", labels=["x"], metrics={"macro_f1": 0.6})
