@@ -6,6 +6,7 @@ many labels are wrong), is scored against the flipped set: precision and recall.
 With --train it also trains the embedded model on the noisy set, on the set with the flagged labels
 corrected (set to the check's suggestion), and on the clean set, and reports Banking77 test accuracy
 for each (a full training run and 3,080 test rows each: about an hour per set on 2 CPU cores).
+`--epochs` and `--test-per-intent` make a cheaper protocol (all three sets must then be trained);
 `--train noisy,corrected --clean-from-banking77` takes the clean figure from bench/banking77.py's
 small-model run instead (the same 770 examples, recipe and seed), saving one run.
 The results file is rewritten after each run, so an interrupted run keeps what it finished.
@@ -44,6 +45,8 @@ def main():
     parser.add_argument("--share", type=float, default=0.10)
     parser.add_argument("--train", nargs="?", const="noisy,corrected,clean", default="",
                         help="also train these sets (default: noisy,corrected,clean; slow)")
+    parser.add_argument("--epochs", type=int, default=0, help="training epochs (0 = the recipe's own)")
+    parser.add_argument("--test-per-intent", type=int, default=0, help="test rows per intent (0 = all 3,080)")
     parser.add_argument("--clean-from-banking77", action="store_true",
                         help="take accuracy_clean from bench/results/banking77.json (small-model run)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "mislabels.json")
@@ -65,18 +68,28 @@ def main():
                   suggested_right / true_positives if true_positives else 0.0, "check_seconds": seconds,
               "accuracy_noisy": None, "accuracy_corrected": None, "accuracy_clean": None}
     print(json.dumps({k: v for k, v in report.items() if k != "machine"}, indent=2), flush=True)
+    if args.clean_from_banking77 and (args.epochs or args.test_per_intent):
+        raise SystemExit("--clean-from-banking77 needs the banking77 protocol (no --epochs, --test-per-intent)")
+    test = read_csv(DATA / "test.csv")
+    if args.test_per_intent:
+        test = per_intent(test, args.test_per_intent, seed=42)
+    overrides = {"recipe": "small-model", **({"epochs": args.epochs} if args.epochs else {})}
+    protocol = {"overrides": overrides, "train_examples": len(noisy), "test_rows": len(test)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.out.exists():  # keep training figures an earlier run already measured
+    if args.out.exists():  # keep training figures an earlier run measured under the same protocol
         earlier = json.loads(args.out.read_text())
-        for key in ("accuracy_noisy", "accuracy_corrected", "accuracy_clean", "runs"):
-            if earlier.get(key) is not None:
-                report[key] = earlier[key]
+        if earlier.get("training_protocol") == protocol:
+            for key in ("accuracy_noisy", "accuracy_corrected", "accuracy_clean", "runs"):
+                if earlier.get(key) is not None:
+                    report[key] = earlier[key]
     if args.clean_from_banking77:
         runs = json.loads((REPO / "bench" / "results" / "banking77.json").read_text())["models"]
         run = next(r for r in runs if r.get("recipe") == "small-model")
         report["accuracy_clean"] = run["accuracy"]
         report.setdefault("runs", {})["clean"] = {"from": "bench/results/banking77.json", **{
             k: run[k] for k in ("accuracy", "macro_f1", "train_seconds", "epochs_run", "best_epoch")}}
+    if args.train or args.clean_from_banking77:
+        report["training_protocol"] = protocol
     args.out.write_text(json.dumps(report, indent=2))
     if args.train:
         from bench.banking77 import CACHE
@@ -84,10 +97,9 @@ def main():
         corrected = [dict(r) for r in noisy]
         for f in flagged:
             corrected[f.ids[0]]["label"] = f.detail["suggested"]
-        test = read_csv(DATA / "test.csv")
         sets = {"noisy": noisy, "corrected": corrected, "clean": clean}
         for name in args.train.split(","):
-            trained = train_recipe(f"mislabels-{name}", {"recipe": "small-model"},
+            trained = train_recipe(f"mislabels-{name}", overrides,
                                    [{"text": r["text"], "label": r["label"]} for r in sets[name]], CACHE / "models", 0)
             training = trained["result"]["training"]
             measured = evaluate_adapter(trained["run_dir"] / "adapter", CACHE / "models", test)

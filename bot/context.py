@@ -65,6 +65,8 @@ class BotContext:
         self.executor = TrackingExecutor(max_workers=settings.workers, thread_name_prefix="supportbot-work")
         self.bot_user_id: str | None = None
         self.bot_id: str | None = None
+        self._pending: set = set()
+        self._pending_lock = threading.Lock()
 
     def db(self):
         """This thread's connection."""
@@ -95,6 +97,27 @@ class BotContext:
     def submit(self, fn, *args, **kwargs) -> Future:
         """Run `fn` after the acknowledgement; failures are logged, not lost silently."""
         return self.executor.submit(fn, *args, **kwargs)
+
+    def submit_once(self, key, fn, *args, **kwargs) -> Future | None:
+        """`submit`, unless a job under `key` is queued or running (a sweep must not queue the same work twice)."""
+        with self._pending_lock:
+            if key in self._pending:
+                return None
+            self._pending.add(key)
+
+        def job():
+            try:
+                return fn(*args, **kwargs)
+            finally:  # inside the job, so whoever sees it finished can queue it again
+                with self._pending_lock:
+                    self._pending.discard(key)
+
+        try:
+            return self.executor.submit(job)
+        except BaseException:
+            with self._pending_lock:
+                self._pending.discard(key)
+            raise
 
     def drain(self, timeout: float = 60.0) -> None:
         """Wait until listeners and the jobs they started are done (tests, shutdown)."""

@@ -2,12 +2,16 @@
 
 Slack acknowledges events for us before this listener runs (Bolt's default),
 and the classification itself goes to the work pool. A redelivered event
-(X-Slack-Retry-Num) finds the message already stored and answered.
+(X-Slack-Retry-Num) finds the message already stored and answered. Answers carry
+Slack message metadata; a bot restarted mid-answer settles what was in doubt and a
+sweep answers any collected message left without one (`recover_replies`, `answer_backlog`).
 """
 
 from __future__ import annotations
 
 import logging
+
+from slack_sdk.errors import SlackApiError
 
 from storage import labels, messages, predictions, replies
 from trainer.cleaning import clean_email
@@ -19,6 +23,7 @@ from .context import BotContext
 log = logging.getLogger(__name__)
 
 NEW_MESSAGE_SUBTYPES = (None, "file_share", "thread_broadcast")
+REPLY_METADATA = "supportbot_reply"
 
 
 def email_file(event: dict) -> dict | None:
@@ -95,13 +100,57 @@ def classify_and_reply(ctx: BotContext, client, message_id: int) -> None:
         names = [d.name for d in labels.list_label_defs(db)]
         posted = client.chat_postMessage(channel=message.channel, thread_ts=message.ts,
                                          text=blocks.prediction_text(prediction),
-                                         blocks=blocks.prediction_blocks(message_id, prediction, names))
+                                         blocks=blocks.prediction_blocks(message_id, prediction, names),
+                                         metadata=reply_metadata(message_id))
         replies.set_reply(db, message_id, message.channel, posted["ts"])
     except EmptyText:
         replies.release_reply(db, message_id)
     except Exception:
         replies.release_reply(db, message_id)
         raise
+
+
+def reply_metadata(message_id: int) -> dict:
+    """Slack message metadata on every answer: a restarted bot finds what it already posted."""
+    return {"event_type": REPLY_METADATA, "event_payload": {"message_id": message_id}}
+
+
+def answer(ctx: BotContext, client, message_id: int):
+    """Queue the classification and answer of a stored message (once, however often it is asked for)."""
+    return ctx.submit_once(("answer", message_id), classify_and_reply, ctx, client, message_id)
+
+
+def recover_replies(ctx: BotContext, client) -> tuple[int, int]:
+    """Settle answers a stopped bot left in doubt (claimed, post unconfirmed). Returns (found, released).
+
+    An answer that reached Slack is found in the message's thread by its metadata and recorded;
+    one that did not is released, so the backlog sweep answers the message. Run at start only:
+    in a running bot a claim is an answer in progress.
+    """
+    db, found, released = ctx.db(), 0, 0
+    for row in replies.in_doubt(db):
+        message = messages.get_message(db, row["message_id"])
+        try:
+            thread = client.conversations_replies(channel=message.channel, ts=message.ts, include_all_metadata=True)
+        except SlackApiError as exc:
+            log.warning("cannot check the thread of message %d: %s", message.id, exc.response.get("error"))
+            continue
+        posted = next((m for m in thread.get("messages", []) if (m.get("metadata") or {}).get("event_type")
+                       == REPLY_METADATA and (m["metadata"].get("event_payload") or {}).get("message_id")
+                       == message.id), None)
+        if posted:
+            replies.set_reply(db, message.id, message.channel, posted["ts"])
+            found += 1
+        else:
+            replies.release_reply(db, message.id)
+            released += 1
+    return found, released
+
+
+def answer_backlog(ctx: BotContext, client, *, older_than_s: float) -> int:
+    """Queue an answer for every collected message that has none (failed posts, a bot stopped mid-work)."""
+    waiting = replies.unanswered(ctx.db(), older_than_s=older_than_s)
+    return sum(answer(ctx, client, message_id) is not None for message_id in waiting)
 
 
 def refresh_reply(ctx: BotContext, client, message_id: int) -> None:
@@ -153,4 +202,4 @@ def register(app, ctx: BotContext) -> None:
         message, created = stored
         if created:
             log.info("stored %s %d from channel %s", message.source, message.id, message.channel)
-            ctx.submit(classify_and_reply, ctx, client, message.id)
+            answer(ctx, client, message.id)

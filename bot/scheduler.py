@@ -1,6 +1,8 @@
 """Scheduled work, in the bot process only (one scheduler in the system). It queues and relays; it never trains.
 
 - relay: delivers the outbox every few seconds (and settles in-doubt rows at start);
+- answers: settles thread replies left in doubt at start, then every minute queues an answer for
+  any collected message still without one (a failed post, a bot stopped mid-work);
 - retrain (off unless SUPPORTBOT_RETRAIN_CRON is set: it costs GPU time): queues a run when at
   least SUPPORTBOT_RETRAIN_MIN_NEW_LABELS human labels arrived since the last run;
 - digest (SUPPORTBOT_DIGEST_CRON, needs a report channel): the unlabeled messages the model is
@@ -17,9 +19,13 @@ from storage.db import query
 
 from . import blocks
 from .context import BotContext
+from .app import web_client
+from .intake import answer_backlog, recover_replies
 from .relay import Relay
 
 log = logging.getLogger(__name__)
+
+BACKLOG_AFTER_S = 60  # a message still unanswered this long after arriving is queued again
 
 
 def new_human_labels(db) -> int:
@@ -77,8 +83,15 @@ def start_scheduler(ctx: BotContext, client):
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # not a line per relay tick
     relay = Relay(ctx.db, client)
     relay.recover()
+    answers = web_client(ctx.settings)  # thread replies retry 429/5xx in the call, like the app's
+    found, released = recover_replies(ctx, answers)
+    queued = answer_backlog(ctx, answers, older_than_s=0)
+    if found or released or queued:
+        log.info("answers at start: %d found posted, %d released, %d queued", found, released, queued)
     scheduler = BackgroundScheduler(daemon=True)
     scheduler.add_job(relay.deliver_due, "interval", seconds=2, id="relay", max_instances=1, coalesce=True)
+    scheduler.add_job(lambda: answer_backlog(ctx, answers, older_than_s=BACKLOG_AFTER_S), "interval",
+                      seconds=BACKLOG_AFTER_S, id="answers", max_instances=1, coalesce=True)
     if ctx.settings.retrain_cron:
         scheduler.add_job(lambda: log.info("scheduled retrain: %s", maybe_retrain(ctx)),
                           CronTrigger.from_crontab(ctx.settings.retrain_cron), id="retrain")

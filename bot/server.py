@@ -6,7 +6,10 @@ and interactivity, with request signatures verified.
 
 from __future__ import annotations
 
+import io
 import logging
+import signal
+import threading
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -29,11 +32,43 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
+MAX_BODY_BYTES = 1 << 20  # Slack's requests are a few KB; anything near this is not from Slack
+
+
+def guarded(app):
+    """Refuse what is not a Slack request before Bolt parses it: oversized or non-UTF-8 bodies.
+
+    Bolt would read any body into memory and fail with a 500 on bytes that are not
+    UTF-8; this answers 413 and 400 without reading more than the limit.
+    """
+    def handle(environ, start_response):
+        def refuse(status: str, reason: str):
+            start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+            return [reason.encode()]
+
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return refuse("400 Bad Request", "bad Content-Length")
+        if length > MAX_BODY_BYTES or length < 0:
+            log.info("refused a %d-byte request (limit %d)", length, MAX_BODY_BYTES)
+            return refuse("413 Payload Too Large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+        body = environ["wsgi.input"].read(length) if length else b""
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            return refuse("400 Bad Request", "request body is not UTF-8")
+        environ["wsgi.input"] = io.BytesIO(body)
+        return app(environ, start_response)
+
+    return handle
+
+
 def make_http_server(ctx: BotContext, host: str, port: int):
     """A threaded WSGI server for the app (port 0: any free port)."""
     from slack_bolt.adapter.wsgi import SlackRequestHandler
 
-    handler = SlackRequestHandler(create_app(ctx))
+    handler = guarded(SlackRequestHandler(create_app(ctx)))
     return make_server(host, port, handler, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
 
 
@@ -46,8 +81,12 @@ def serve(settings: Settings, *, http: bool, host: str = "0.0.0.0", port: int = 
     try:
         if http:
             server = make_http_server(ctx, host, port)
+            # SIGTERM (a deploy, a restart): stop taking requests, then let the answers in progress
+            # finish (ctx.close drains the work pool). Slack redelivers what went unacknowledged.
+            signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
             log.info("supportbot listening on http://%s:%d/slack/events", host, server.server_port)
             server.serve_forever()
+            log.info("stopping: finishing the answers in progress")
         else:
             from slack_bolt.adapter.socket_mode import SocketModeHandler
 

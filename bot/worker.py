@@ -6,7 +6,7 @@ into the outbox, and the bot's relay delivers it.
 - Claiming is atomic in SQLite, so two workers never take the same run.
 - The trainer is a child process that dies with the worker; a restarted worker
   marks a run it finds "running" as interrupted (its partial adapter was never
-  registered, so the previous adapter keeps serving) and moves on.
+  registered, so the previous adapter keeps serving) and queues it again, once.
 - SIGTERM stops the child, marks the run interrupted and queues it again.
 """
 
@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from storage import open_db, outbox, runs
+from storage import RunConflict, open_db, outbox, runs
 
 from . import reports
 from .settings import Settings
@@ -51,7 +51,13 @@ class Worker:
 
     # -- recovery ------------------------------------------------------------------------------------------
     def recover(self) -> list[int]:
-        """Mark runs left 'running' by a dead worker as interrupted; kill their orphaned trainers."""
+        """Settle runs a dead worker left 'running': interrupted, orphan killed, queued again once.
+
+        Nothing a dead run produced was registered, so the previous adapter keeps serving. The
+        requested retrain is not lost: it is queued again, once (`retry_of`); a run that dies a
+        second time (a trainer that kills its host by running out of memory, say) is left
+        interrupted for a person to look at, rather than crash-looping.
+        """
         recovered = []
         for run in runs.list_runs(self.db, limit=50):
             if run.status != "running":
@@ -60,8 +66,18 @@ class Worker:
                 log.warning("killed the orphaned trainer of run %d", run.id)
             runs.finish_run(self.db, run.id, "interrupted",
                             error="the worker stopped during this run; nothing it produced was registered")
-            self._say(f"run:{run.id}:report", reports.failure_payload(
-                run.id, "interrupted", "The worker stopped during this run (restart or crash)."))
+            note = "The worker stopped during this run (restart or crash)."
+            if not run.params.get("retry_of"):
+                try:
+                    again = runs.queue_run(self.db, requested_by=run.requested_by,
+                                           params={**run.params, "retry_of": run.id})
+                    note += f" Queued again as run {again.id}."
+                except RunConflict as exc:  # someone queued a run meanwhile: it trains on the same data
+                    note += f" Not queued again: {exc}."
+            else:
+                note += f" It was already a retry of run {run.params['retry_of']}: not queued again."
+            self._say(f"run:{run.id}:report", reports.failure_payload(run.id, "interrupted", note))
+            log.warning("run %d interrupted: %s", run.id, note)
             recovered.append(run.id)
         return recovered
 

@@ -213,6 +213,15 @@ class SlackStandIn:
         return {"ok": True, "messages": [m if with_metadata else {k: v for k, v in m.items() if k != "metadata"}
                                          for m in found[:limit]], "has_more": len(found) > limit}
 
+    def _api_conversations_replies(self, p):
+        """A thread: its parent (when posted here) and replies, oldest first."""
+        channel, ts = p.get("channel"), p.get("ts")
+        found = [m for (c, t), m in self.messages.items() if c == channel and (t == ts or m.get("thread_ts") == ts)]
+        found.sort(key=lambda m: float(m["ts"]))
+        with_metadata = str(p.get("include_all_metadata")).lower() in ("true", "1")
+        return {"ok": True, "messages": [m if with_metadata else {k: v for k, v in m.items() if k != "metadata"}
+                                         for m in found], "has_more": False}
+
     def _api_conversations_join(self, p):
         return self._api_conversations_info(p)
 

@@ -433,3 +433,84 @@ def test_logs_at_info_never_contain_tokens_or_email_bodies(bot, caplog):
     assert "stored email" in text and "refused /retrain by U0AGENT" in text  # the logs do say what happened
     assert secret_body not in text and "12345678" not in text
     assert bot.standin.bot_token not in text and SECRET not in text
+
+
+def thread_replies(bot, ts):
+    return [c for c in bot.standin.calls_to("chat.postMessage") if c.params.get("thread_ts") == ts]
+
+
+def test_failed_answer_is_retried_by_the_backlog_sweep_once(bot):
+    from bot.intake import answer_backlog
+
+    bot.standin.fail("chat.postMessage", 500, times=1)  # this client does not retry: the answer fails
+    ts = bot.post("The invoice total is wrong again")
+    bot.settle()
+    stored = messages.find_message(bot.db, messages.slack_external_id(INTAKE, ts))
+    from storage import replies
+    assert replies.get_reply(bot.db, stored.id) is None  # unanswered, and its claim was given back
+    assert answer_backlog(bot.ctx, bot.app.client, older_than_s=0) == 1
+    bot.settle()
+    assert answer_backlog(bot.ctx, bot.app.client, older_than_s=0) == 0  # answered: nothing left
+    bot.settle()
+    assert replies.get_reply(bot.db, stored.id) is not None
+    delivered = [m for m in bot.standin.messages.values() if m.get("thread_ts") == ts]
+    assert len(delivered) == 1 and len(thread_replies(bot, ts)) == 2  # one refused attempt, one delivered
+    assert delivered[0]["metadata"]["event_payload"] == {"message_id": stored.id}
+
+
+def test_bot_stopped_between_claim_and_post_answers_after_restart_exactly_once(bot):
+    from bot.intake import answer_backlog, recover_replies
+    from storage import replies
+
+    # Two messages whose answers were claimed by a bot that then died: one never posted,
+    # one posted but not recorded (the reply is in Slack, with its metadata).
+    stored = []
+    for text in ("Where is my parcel?", "Your support was great, thanks"):
+        ts = bot.next_ts()
+        message, _ = messages.add_message(bot.db, source="slack_message", external_id=messages.slack_external_id(
+            INTAKE, ts), raw_body=text, clean_body=text, subject=None, sender=AGENT, team="T0STANDIN",
+            channel=INTAKE, ts=ts, thread_ts=None, event_id=None)
+        assert replies.claim_reply(bot.db, message.id, INTAKE)
+        stored.append(message)
+    posted = bot.app.client.chat_postMessage(channel=INTAKE, thread_ts=stored[1].ts, text="earlier answer",
+                                             metadata={"event_type": "supportbot_reply",
+                                                       "event_payload": {"message_id": stored[1].id}})
+    assert answer_backlog(bot.ctx, bot.app.client, older_than_s=0) == 0  # claimed: not touched before recovery
+    assert recover_replies(bot.ctx, bot.app.client) == (1, 1)
+    assert replies.get_reply(bot.db, stored[1].id)["ts"] == posted["ts"]
+    assert answer_backlog(bot.ctx, bot.app.client, older_than_s=0) == 1
+    bot.settle()
+    for message in stored:
+        in_thread = [m for m in bot.standin.messages.values() if m.get("thread_ts") == message.ts]
+        assert len(in_thread) == 1
+    assert replies.get_reply(bot.db, stored[0].id) is not None
+
+
+def test_http_mode_refuses_oversized_and_non_utf8_bodies_before_parsing(bot):
+    from bot.server import MAX_BODY_BYTES, make_http_server
+
+    server = make_http_server(bot.ctx, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/slack/events"
+
+    def status(data: bytes, headers: dict) -> int:
+        request = urllib.request.Request(url, data=data, method="POST", headers=headers)
+        try:
+            return urllib.request.urlopen(request, timeout=10).status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    try:
+        big = "x" * (MAX_BODY_BYTES + 1)
+        body, content_type = payloads.event_callback(payloads.message_event(INTAKE, AGENT, big, "1700000600.1"))
+        assert status(body.encode(), payloads.signed_headers(SECRET, body, content_type)) == 413
+        raw = b'{"type": "event_callback", "event": {"text": "caf\\xe9 \xff\xfe"}}'
+        assert status(raw, payloads.signed_headers(SECRET, raw.decode("latin-1"), "application/json")) == 400
+        # A normal request still goes through on the same server.
+        body, content_type = payloads.event_callback(payloads.message_event(INTAKE, AGENT, "café ok", "1700000601.1"))
+        assert status(body.encode(), payloads.signed_headers(SECRET, body, content_type)) == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+        bot.settle()
+    assert messages.count_messages(bot.db) == 1

@@ -194,12 +194,21 @@ def test_sigkill_of_the_worker_interrupts_the_run_and_the_next_one_proceeds(syst
         runs.queue_run(bot.db, requested_by=ADMIN, params=FAST)
 
     assert worker.recover() == [1]
-    run = runs.get_run(bot.db, 1)
+    run, again = runs.get_run(bot.db, 1), runs.get_run(bot.db, 2)
     assert run.status == "interrupted" and adapters.list_adapters(bot.db) == []
+    # The retrain someone asked for is not lost: it is queued again, marked as a retry.
+    assert again.status == "queued" and again.params == {**run.params, "retry_of": 1}
+    said = lambda key: outbox.get(bot.db, key).payload["blocks"][0]["text"]["text"]  # noqa: E731
+    assert "Queued again as run 2" in said("run:1:report")
+    # A retry that dies too is left for a person (no crash loop).
+    runs.claim_run(bot.db, 2, run_dir=str(settings.data_dir / "runs" / "2"))
+    assert worker.recover() == [2]
+    assert runs.active_run(bot.db) is None
+    assert "not queued again" in said("run:2:report")
     queue(bot, FAST)
     assert worker.run_once()
-    assert runs.get_run(bot.db, 2).status == "succeeded"
-    assert adapters.current_adapter(bot.db).run_id == 2
+    assert runs.get_run(bot.db, 3).status == "succeeded"
+    assert adapters.current_adapter(bot.db).run_id == 3
 
 
 def test_sigterm_stops_the_child_and_requeues_the_run(system, env):
