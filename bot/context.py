@@ -125,7 +125,14 @@ class BotContext:
             self.listener_executor.wait(timeout)
             self.executor.wait(timeout)
 
-    def close(self) -> None:
+    def close(self, *, drop_queued: bool = False) -> None:
+        """Finish the work in hand. `drop_queued` (a stopping server): queued answers are dropped, not
+        waited for; the next start answers them (`intake.answer_backlog`), so a long backlog
+        cannot hold a restart up."""
+        if drop_queued:
+            self.listener_executor.shutdown(wait=True)
+            self.executor.shutdown(wait=True, cancel_futures=True)
+            return
         self.drain()
         self.listener_executor.shutdown(wait=True)
         self.executor.shutdown(wait=True)

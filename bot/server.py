@@ -7,10 +7,12 @@ and interactivity, with request signatures verified.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import signal
 import threading
 from socketserver import ThreadingMixIn
+from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from .app import create_app
@@ -35,11 +37,14 @@ class _QuietHandler(WSGIRequestHandler):
 MAX_BODY_BYTES = 1 << 20  # Slack's requests are a few KB; anything near this is not from Slack
 
 
-def guarded(app):
-    """Refuse what is not a Slack request before Bolt parses it: oversized or non-UTF-8 bodies.
+DRAIN_LIMIT_BYTES = 16 << 20  # read (and drop) an oversized body up to this, so the client gets its 413
 
-    Bolt would read any body into memory and fail with a 500 on bytes that are not
-    UTF-8; this answers 413 and 400 without reading more than the limit.
+
+def guarded(app):
+    """Refuse what is not a Slack request before Bolt parses it: oversized, non-UTF-8 or malformed bodies.
+
+    Bolt would read any body into memory and answer bytes that are not UTF-8, or JSON it
+    cannot parse, with a 500; these get a 413 or a 400 that says why.
     """
     def handle(environ, start_response):
         def refuse(status: str, reason: str):
@@ -52,16 +57,36 @@ def guarded(app):
             return refuse("400 Bad Request", "bad Content-Length")
         if length > MAX_BODY_BYTES or length < 0:
             log.info("refused a %d-byte request (limit %d)", length, MAX_BODY_BYTES)
+            if 0 < length <= DRAIN_LIMIT_BYTES:  # unread, the client would see a reset instead of the answer
+                left = length
+                while left > 0:
+                    left -= len(environ["wsgi.input"].read(min(left, 1 << 16)) or b"x" * left)
             return refuse("413 Payload Too Large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
         body = environ["wsgi.input"].read(length) if length else b""
         try:
-            body.decode("utf-8")
+            text = body.decode("utf-8")
         except UnicodeDecodeError:
             return refuse("400 Bad Request", "request body is not UTF-8")
+        if not well_formed(text, environ.get("CONTENT_TYPE", "")):
+            return refuse("400 Bad Request", "request body is not well-formed JSON or form data")
         environ["wsgi.input"] = io.BytesIO(body)
         return app(environ, start_response)
 
     return handle
+
+
+def well_formed(text: str, content_type: str) -> bool:
+    """JSON bodies parse; a form's `payload` field (interactions) parses as JSON."""
+    try:
+        if content_type.startswith("application/json"):
+            json.loads(text)
+        elif "payload=" in text:
+            payload = parse_qs(text).get("payload")
+            if payload:
+                json.loads(payload[0])
+    except ValueError:
+        return False
+    return True
 
 
 def make_http_server(ctx: BotContext, host: str, port: int):
@@ -81,8 +106,8 @@ def serve(settings: Settings, *, http: bool, host: str = "0.0.0.0", port: int = 
     try:
         if http:
             server = make_http_server(ctx, host, port)
-            # SIGTERM (a deploy, a restart): stop taking requests, then let the answers in progress
-            # finish (ctx.close drains the work pool). Slack redelivers what went unacknowledged.
+            # SIGTERM (a deploy, a restart): stop taking requests and finish the answers in progress;
+            # queued ones are answered after the restart. Slack redelivers what went unacknowledged.
             signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
             log.info("supportbot listening on http://%s:%d/slack/events", host, server.server_port)
             server.serve_forever()
@@ -94,4 +119,4 @@ def serve(settings: Settings, *, http: bool, host: str = "0.0.0.0", port: int = 
             SocketModeHandler(create_app(ctx), settings.slack_app_token).start()
     finally:
         scheduler.shutdown(wait=False)
-        ctx.close()
+        ctx.close(drop_queued=True)

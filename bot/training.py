@@ -24,6 +24,7 @@ from trainer.metrics import read_metrics
 
 from .settings import Settings
 
+RUN_BOOKKEEPING = ("retry_of",)  # run params for the queue, not for the trainer's config
 OOM_HINT = ("Out of memory. Try a smaller batch (`/retrain batch_size=2`, with more grad_accum), "
             "gradient_checkpointing=true, or 4-bit quantization on a GPU host.")
 
@@ -57,7 +58,7 @@ def prepare_run(settings: Settings, db, run: runs.Run) -> Path:
               "base_model": settings.base_model, "model_cache_dir": str(settings.model_cache_dir),
               "promotion_margin": settings.promotion_margin,
               "compare_adapter": current.path if current and Path(current.path).is_dir() else ""}
-    config.update(run.params)
+    config.update({k: v for k, v in run.params.items() if k not in RUN_BOOKKEEPING})
     (run_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     write_jsonl(run_dir / "train.jsonl", examples)
     return run_dir

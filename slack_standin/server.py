@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
@@ -39,6 +41,8 @@ class SlackStandIn:
         self.messages: dict[tuple[str, str], dict] = {}  # (channel, ts) -> message as last posted or updated
         self.responses: list[dict] = []         # bodies posted to response_url
         self._faults: dict[str, list[tuple[int, int | None]]] = {}
+        self._random_faults: tuple[float, tuple[str, ...], random.Random] | None = None
+        self.faults_injected: Counter = Counter()  # "method status" -> how many answers were faults
         self._ts = itertools.count(1)
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -56,7 +60,7 @@ class SlackStandIn:
             def do_POST(self):
                 standin._handle(self)
 
-            do_PUT = do_POST
+            do_PUT = do_GET = do_POST
 
         self._server = _Server(("127.0.0.1", port), Handler)
         self._server.daemon_threads = True
@@ -99,6 +103,11 @@ class SlackStandIn:
         with self._lock:
             self._faults.setdefault(method, []).extend([(status, retry_after)] * times)
 
+    def fail_randomly(self, rate: float, methods: tuple[str, ...], seed: int = 0) -> None:
+        """From now on, each call of `methods` answers 429 or a 5xx with probability `rate` (0 stops it)."""
+        with self._lock:
+            self._random_faults = (rate, tuple(methods), random.Random(seed)) if rate > 0 else None
+
     def add_file(self, file: dict) -> None:
         self.files[file["id"]] = file
 
@@ -128,6 +137,12 @@ class SlackStandIn:
         with self._lock:
             faults = self._faults.get(method)
             fault = faults.pop(0) if faults else None
+            if fault is None and self._random_faults and method in self._random_faults[1]:
+                rate, _, rng = self._random_faults
+                if rng.random() < rate:
+                    fault = rng.choice(((429, 1), (500, None), (503, None)))
+            if fault:
+                self.faults_injected[f"{method} {fault[0]}"] += 1
         self._record(method, params, headers)
         if fault:
             status, retry_after = fault

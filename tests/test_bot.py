@@ -486,7 +486,7 @@ def test_bot_stopped_between_claim_and_post_answers_after_restart_exactly_once(b
     assert replies.get_reply(bot.db, stored[0].id) is not None
 
 
-def test_http_mode_refuses_oversized_and_non_utf8_bodies_before_parsing(bot):
+def test_http_mode_refuses_oversized_non_utf8_and_malformed_bodies_before_parsing(bot):
     from bot.server import MAX_BODY_BYTES, make_http_server
 
     server = make_http_server(bot.ctx, "127.0.0.1", 0)
@@ -506,6 +506,10 @@ def test_http_mode_refuses_oversized_and_non_utf8_bodies_before_parsing(bot):
         assert status(body.encode(), payloads.signed_headers(SECRET, body, content_type)) == 413
         raw = b'{"type": "event_callback", "event": {"text": "caf\\xe9 \xff\xfe"}}'
         assert status(raw, payloads.signed_headers(SECRET, raw.decode("latin-1"), "application/json")) == 400
+        cut = '{"type": "event_callback", "event": {"ts": "1"'
+        assert status(cut.encode(), payloads.signed_headers(SECRET, cut, "application/json")) == 400
+        form = "payload=%7Bnot+json"
+        assert status(form.encode(), payloads.signed_headers(SECRET, form, "application/x-www-form-urlencoded")) == 400
         # A normal request still goes through on the same server.
         body, content_type = payloads.event_callback(payloads.message_event(INTAKE, AGENT, "café ok", "1700000601.1"))
         assert status(body.encode(), payloads.signed_headers(SECRET, body, content_type)) == 200

@@ -205,9 +205,10 @@ def test_sigkill_of_the_worker_interrupts_the_run_and_the_next_one_proceeds(syst
     assert worker.recover() == [2]
     assert runs.active_run(bot.db) is None
     assert "not queued again" in said("run:2:report")
-    queue(bot, FAST)
+    # A retry trains like any run (its bookkeeping is not passed to the trainer as config).
+    runs.queue_run(bot.db, requested_by=ADMIN, params={**FAST, "retry_of": 2})
     assert worker.run_once()
-    assert runs.get_run(bot.db, 3).status == "succeeded"
+    assert runs.get_run(bot.db, 3).status == "succeeded", runs.get_run(bot.db, 3).error
     assert adapters.current_adapter(bot.db).run_id == 3
 
 
