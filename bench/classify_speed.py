@@ -7,7 +7,7 @@ Measures, in one run and on the same messages:
   machine's measured fp32 matmul rate;
 - p50 latency with 3 labels and with all 77 (the cost of a bigger label set).
 
-Uses the Banking77 adapter from bench/banking77.py when it exists, else the base model.
+Uses a Banking77 adapter (`--adapter`; default: bench/banking77.py's full run) when it exists, else the base model.
 Writes bench/results/classify_speed.json.
 """
 
@@ -100,13 +100,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--adapter", type=Path, default=CACHE / "banking77" / "small-model" / "adapter",
+                        help="a Banking77 adapter (default: bench/banking77.py's full run)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "classify_speed.json")
     args = parser.parse_args()
 
     test = per_intent(read_csv(DATA / "test.csv"), 40, seed=42)[: args.messages]
     texts = [r["text"] for r in test]
     names = sorted({r["label"] for r in read_csv(DATA / "train.csv")})
-    adapter = CACHE / "banking77" / "small-model" / "adapter"
+    adapter = args.adapter.resolve()
     base = resolve_base_model("embedded", CACHE / "models")
     classifier = Classifier.load(base, [LabelInfo(n) for n in names], batch_size=args.batch_size)
     if (adapter / "supportbot.json").exists():

@@ -375,6 +375,7 @@ def check(system: System, traffic: Traffic, log: dict) -> dict:
         "requests_rejected_by_reason": dict(sorted(rejected.items())),
         "hostile_answered_with_a_refusal": dict(refused_answers),
         "requests_failed_while_bot_restarting": sum(1 for r in requests if r["status"] is None),
+        "redeliveries_sent": sum(1 for r in requests if r["kind"] in ("redelivery", "retry")),
         "forged_or_replayed_accepted": len(forged),
         "hostile_requests_stored": sum(1 for ts in traffic.hostile_ts if ts in stored),
         "hostile_labels_accepted": sum(1 for r in requests if r["kind"].endswith("_accepted")),

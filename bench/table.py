@@ -79,11 +79,50 @@ def mislabels(d: dict) -> str:
     accuracy = ("not run yet (`--train`)" if d["accuracy_noisy"] is None else
                 f"noisy {pct(d['accuracy_noisy'])}, corrected {pct(d['accuracy_corrected'])}, "
                 f"clean {pct(d['accuracy_clean'])}")
+    protocol = d.get("training_protocol")
+    trained = "" if not protocol else (
+        f" Training runs: recipe `{json.dumps(protocol['overrides'])}` on the {protocol['train_examples']} examples, "
+        f"test accuracy on {protocol['test_rows']} Banking77 test rows.")
     return "\n".join([
         "| flipped | flagged | precision | recall | suggestion right | check time | test accuracy |",
         "| --- | --- | --- | --- | --- | --- | --- |",
         f"| {d['flipped']} of {d['examples']} | {d['flagged']} | {pct(d['precision'])} | {pct(d['recall'])} | "
-        f"{pct(d['suggestion_correct_fraction'])} | {d['check_seconds']:.0f} s | {accuracy} |", "", d["method"] + "."])
+        f"{pct(d['suggestion_correct_fraction'])} | {d['check_seconds']:.0f} s | {accuracy} |", "",
+        d["method"] + "." + trained])
+
+
+def soak(d: dict) -> str:
+    rows = [("requests sent / accepted", f"{d['requests_sent']} / {d['requests_accepted']}"),
+            ("rejected, by reason (HTTP status)", ", ".join(f"{k}: {v}" for k, v in d["requests_rejected_by_reason"].items())),
+            ("refused with an answer (200 + message)", ", ".join(f"{k}: {v}" for k, v in
+                                                                 d["hostile_answered_with_a_refusal"].items())),
+            ("connection refused while the bot restarted", d["requests_failed_while_bot_restarting"]),
+            ("forged or replayed requests accepted", d["forged_or_replayed_accepted"]),
+            ("hostile requests that stored a message / a label", f"{d['hostile_requests_stored']} / "
+                                                                  f"{d['hostile_labels_accepted']}"),
+            ("messages sent / acknowledged / stored", f"{d['messages_sent']} / {d['messages_acknowledged']} / "
+                                                     f"{d['messages_stored']}"),
+            ("event redeliveries sent (X-Slack-Retry-Num)", d.get("redeliveries_sent", "-")),
+            ("messages lost / duplicates stored", f"{d['messages_lost']} / {d['duplicates_stored']}"),
+            ("messages answered / unanswered / answered twice", f"{d['messages_answered']} / "
+                                                                f"{d['messages_unanswered']} / {d['answers_duplicated']}"),
+            ("labels accepted / lost", f"{d['labels_accepted']} / {d['labels_lost']}"),
+            ("runs finished / reports lost / reports duplicated", f"{d['runs_finished']} / {d['reports_lost']} / "
+                                                                  f"{d['reports_duplicated']}"),
+            ("runs interrupted / recovered (retry succeeded)", f"{d['runs_interrupted']} / "
+                                                               f"{d['runs_interrupted_and_recovered']}"),
+            ("run statuses", ", ".join(f"{k}: {v}" for k, v in d["run_statuses"].items())),
+            ("adapter that served", "; ".join(f"{a['adapter']}: {a['predictions']} predictions "
+                                              f"({a['from'][11:19]}-{a['to'][11:19]} UTC)" for a in d["adapter_served"])),
+            ("Web API faults injected (429/500/503)", d["web_api_faults_injected"]),
+            ("bot restarts (seconds down)", ", ".join(f"{r['signal']} ({r['seconds_down']} s)"
+                                                      for r in d.get("bot_restarts", []))),
+            ("ack latency p50 / p99 / max", f"{d['ack_p50_ms']:.0f} ms / {d['ack_p99_ms']:.0f} ms / "
+                                            f"{d['ack_max_ms']:.0f} ms"),
+            ("settled after traffic stopped", f"{d['settle_seconds']:.0f} s")]
+    head = (f"{d['duration_s']:.0f} s of traffic at ~{d['rate_per_s']:.0f} requests/s, "
+            f"{d['fault_rate']:.0%} of the bot's Web API calls answered 429/5xx, seed {d['seed']}.")
+    return head + "\n\n| figure | value |\n| --- | --- |\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
 def demo_retrain(d: dict) -> str:
@@ -94,7 +133,7 @@ def demo_retrain(d: dict) -> str:
 
 RENDER = {"banking77": banking77, "banking77_recipes": recipes, "classify_speed": classify_speed,
           "sft_throughput": sft_throughput, "ack_latency": ack_latency, "mislabels": mislabels,
-          "demo_retrain": demo_retrain}
+          "demo_retrain": demo_retrain, "soak": soak}
 
 if __name__ == "__main__":
     for name, render in RENDER.items():
