@@ -18,8 +18,8 @@ from storage import RunConflict, labels, outbox, runs
 from storage.db import query
 
 from . import blocks
-from .context import BotContext
 from .app import web_client
+from .context import BotContext
 from .intake import answer_backlog, recover_replies
 from .relay import Relay
 

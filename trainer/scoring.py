@@ -18,10 +18,15 @@ The output can only ever be one of the labels. Three things keep it cheap:
    keep their prefix score as an upper bound (`exact` is False), so the
    reported confidence of the top label is a lower bound, never an
    overstatement.
+
+Batches are formed by prompt length (less padding), and each batch's KV cache lives
+in buffers sized for prompt plus longest label, appended to in place (transformers'
+DynamicCache copies the whole cache at every step).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from .data import PromptSpec, label_ids, prompt_ids
@@ -65,7 +70,9 @@ def _cache_pairs(cache):
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
+@functools.cache
 def _slot_layer_class():
+    """Defined on first use, so importing this module does not import transformers."""
     from transformers.cache_utils import DynamicLayer
 
     class SlotLayer(DynamicLayer):
@@ -103,15 +110,10 @@ def _make_cache(buffers, length: int, config):
     """A cache over (keys, values) buffers whose first `length` positions hold the context."""
     from transformers import DynamicCache
 
-    global _SlotLayer
-    if _SlotLayer is None:
-        _SlotLayer = _slot_layer_class()
+    layer = _slot_layer_class()
     cache = DynamicCache(config=config)
-    cache.layers = [_SlotLayer(k, v, length) for k, v in buffers]
+    cache.layers = [layer(k, v, length) for k, v in buffers]
     return cache
-
-
-_SlotLayer = None
 
 
 def _allocate(config, batch: int, capacity: int, like):
