@@ -32,6 +32,9 @@ from dataclasses import dataclass
 from .data import PromptSpec, label_ids, prompt_ids
 
 BEAM_WIDTH = 4
+SPLIT_LABELS = 3  # a prefix with at most this many labels below it is finished in one pass
+EXACT_RIVALS = 8  # an uncertain message with at most this many rival labels gets them scored exactly
+BATCH_LENGTH_SPREAD = 1.5  # a batch's longest message part, at most this times its shortest
 PASS2_LOGITS_BUDGET = 16_000_000  # floats of logits held at once in pass 2 (~64 MB)
 
 
@@ -45,10 +48,10 @@ class LabelScores:
 class TrieNode:
     """A label-token prefix. `label` is set on the leaf after a label's end-of-turn token."""
 
-    __slots__ = ("token", "children", "label", "labels")
+    __slots__ = ("token", "depth", "children", "label", "labels")
 
-    def __init__(self, token: int | None):
-        self.token = token
+    def __init__(self, token: int | None, depth: int = -1):
+        self.token, self.depth = token, depth  # depth: the token's index in its labels' token lists
         self.children: dict[int, "TrieNode"] = {}
         self.label: int | None = None
         self.labels: list[int] = []  # every label below this prefix
@@ -59,8 +62,8 @@ def build_trie(label_tokens: list[list[int]]) -> TrieNode:
     for index, tokens in enumerate(label_tokens):
         node = root
         node.labels.append(index)
-        for token in tokens:
-            node = node.children.setdefault(token, TrieNode(token))
+        for depth, token in enumerate(tokens):
+            node = node.children.setdefault(token, TrieNode(token, depth))
             node.labels.append(index)
         node.label = index
     return root
@@ -148,8 +151,8 @@ class LabelScorer:
         self.certify = certify  # also score exactly every label the beam could not rule out
         self.label_tokens = [label_ids(tokenizer, spec, name) for name in spec.names]
         self.trie = build_trie(self.label_tokens)
-        self.room = max(len(t) for t in self.label_tokens)  # cache positions a label path can add
-        self.first_ids = torch.tensor([t[0] for t in self.label_tokens], device=self.device)
+        # Cache positions the label search can add: a level feeds up to the rest of a label, padded.
+        self.room = max(len(t) for t in self.label_tokens) ** 2
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.prefix_ids = self._shared_prefix() if use_prefix_cache else []
         self._prefix_pairs = None
@@ -180,16 +183,30 @@ class LabelScorer:
         import torch
 
         prompts = [prompt_ids(self.tokenizer, self.spec, text, subject) for text, subject in items]
-        # Batches of similar length: every row is padded to its batch's longest prompt, and
-        # in arrival order one long email makes a whole batch pay for its length.
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         results: list[LabelScores | None] = [None] * len(prompts)
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                rows = order[start:start + batch_size]
+            for rows in self._batches(prompts, batch_size):
                 for row, result in zip(rows, self._score_batch([prompts[i] for i in rows])):
                     results[row] = result
         return results
+
+    def _batches(self, prompts: list[list[int]], batch_size: int) -> list[list[int]]:
+        """Indices in batches of similar length: every row is padded to its batch's longest prompt.
+
+        In arrival order one long email makes a whole batch pay for its length. Sorted, a batch
+        also ends where the message part grows past BATCH_LENGTH_SPREAD times its shortest, so
+        the few long emails of a backlog are padded among themselves.
+        """
+        shared = len(self.prefix_ids)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        batches: list[list[int]] = []
+        for i in order:
+            own = len(prompts[i]) - shared
+            if (not batches or len(batches[-1]) == batch_size
+                    or own > BATCH_LENGTH_SPREAD * max(1, len(prompts[batches[-1][0]]) - shared)):
+                batches.append([])
+            batches[-1].append(i)
+        return batches
 
     def _score_batch(self, prompts: list[list[int]]) -> list[LabelScores]:
         import torch
@@ -224,6 +241,16 @@ class LabelScorer:
         # Greedy first: a trained adapter's top label is usually certified by its own path. Only the
         # messages it cannot certify are searched again with the full beam width.
         results = self._search(logits, context, mask, last, width=1)
+        # Few labels left that could beat the greedy one: score them exactly, all in one pass
+        # (a beam search would take a forward pass per level for them). Many: the beam.
+        first = torch.log_softmax(logits, dim=-1)
+        rivals = {row: self._rivals(r) for row, r in enumerate(results) if not r.certified}
+        wanted = [(row, j, 0, float(first[row, self.label_tokens[j][0]]))
+                  for row, labels in rivals.items() if len(labels) <= EXACT_RIVALS for j in labels]
+        for (row, j, _, _), value in zip(wanted, self._score_rest(wanted, context, mask, last)):
+            results[row].logprobs[j], results[row].exact[j] = value, True
+        for row in {row for row, _, _, _ in wanted}:
+            results[row].certified = True  # every label whose bound beat the greedy label is now exact
         unsure = [row for row, r in enumerate(results) if not r.certified]
         if unsure and self.beam_width > 1:
             rows = torch.tensor(unsure, device=self.device)
@@ -232,6 +259,12 @@ class LabelScorer:
             for row, result in zip(unsure, wider):
                 results[row] = result
         return results
+
+    @staticmethod
+    def _rivals(result: LabelScores) -> list[int]:
+        """Labels not scored exactly whose upper bound beats the best exact score."""
+        best = max((x for x, e in zip(result.logprobs, result.exact) if e), default=float("-inf"))
+        return [j for j, (x, e) in enumerate(zip(result.logprobs, result.exact)) if not e and x > best]
 
     def _search(self, last_logits, context, mask, last_position, width: int) -> list[LabelScores]:
         """Beam search over the label trie, then exact scoring of any label the beam could not rule out."""
@@ -252,23 +285,44 @@ class LabelScorer:
             frontier = self._prune(frontier, scores, bounds, width)
             if not frontier:
                 break
-            parents = [entry[3] for entry in frontier]
-            ids = torch.tensor([[entry[1].token] for entry in frontier], device=self.device)
+            # Each open prefix feeds its last token. A prefix with few labels below it feeds each of
+            # them to its end instead (one row per label, padded on the right and masked): those labels
+            # are finished in this pass, where stepping on would cost a forward pass per token.
+            items = []  # (frontier index, label finished by this feed or None, tokens fed)
+            for index, (_, node, _, _) in enumerate(frontier):
+                if len(node.labels) <= SPLIT_LABELS:
+                    items.extend((index, j, self.label_tokens[j][node.depth:-1]) for j in node.labels)
+                else:
+                    items.append((index, None, [node.token]))
+            n = max(len(tokens) for _, _, tokens in items)
+            parents = [frontier[index][3] for index, _, _ in items]
             if parents != list(range(cache_mask.shape[0])):
                 # Gathering copies every open row's whole cache: only when rows finished or branched.
                 rows = torch.tensor(parents, device=self.device)
                 cache_mask, position, cache = cache_mask[rows], position[rows], _rows(cache, rows)
+            ids = torch.full((len(items), n), self.pad_id, dtype=torch.long, device=self.device)
+            own = torch.zeros((len(items), n), dtype=cache_mask.dtype, device=self.device)
+            for i, (_, _, tokens) in enumerate(items):
+                ids[i, :len(tokens)] = torch.tensor(tokens, device=self.device)
+                own[i, :len(tokens)] = 1
             length = cache_mask.shape[1]
-            cache_mask = torch.cat([cache_mask, torch.ones((len(frontier), 1), dtype=cache_mask.dtype,
-                                                           device=self.device)], dim=1)
-            position = position + 1
-            out = self.model(input_ids=ids, attention_mask=cache_mask, position_ids=position[:, None],
+            cache_mask = torch.cat([cache_mask, own], dim=1)
+            out = self.model(input_ids=ids, attention_mask=cache_mask,
+                             position_ids=position[:, None] + 1 + torch.arange(n, device=self.device),
                              cache=_make_cache(cache, length, self.model.config), use_cache=True)
-            logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+            logits = out.logits.float()
+            normalizer = torch.logsumexp(logits, dim=-1)  # log-probabilities without a vocabulary-sized copy
+            position = position + 1  # rows that go on fed one real token
             grown = []
-            for i, (row, node, score, _) in enumerate(frontier):
+            for i, (index, j, tokens) in enumerate(items):
+                row, node, score, _ = frontier[index]
+                if j is not None:
+                    targets = torch.tensor(self.label_tokens[j][node.depth + 1:], device=self.device)
+                    steps = torch.arange(len(targets), device=self.device)
+                    scores[row][j] = score + float((logits[i, steps, targets] - normalizer[i, steps]).sum())
+                    continue
                 for token, child in node.children.items():
-                    self._extend(grown, scores, row, child, score + float(logprobs[i, token]), i)
+                    self._extend(grown, scores, row, child, score + float(logits[i, 0, token] - normalizer[i, 0]), i)
             frontier = grown
         # A label whose bound beats the best exact score could still win: score it exactly
         # when asked to certify, else report the top label as not certified.
@@ -277,11 +331,10 @@ class LabelScorer:
             best = max((x for x in scores[row] if x is not None), default=float("-inf"))
             wanted.extend((row, j) for j in range(n_labels) if scores[row][j] is None and bounds[row][j] > best)
         if wanted:
-            exact_scores = torch.full((batch, n_labels), float("-inf"))
-            done = torch.zeros((batch, n_labels), dtype=torch.bool)
-            self._score_rest(wanted, context, mask, last_position, first[:, self.first_ids], exact_scores, done)
-            for row, j in wanted:
-                scores[row][j] = float(exact_scores[row, j])
+            exact = self._score_rest([(row, j, 0, float(first[row, self.label_tokens[j][0]])) for row, j in wanted],
+                                     context, mask, last_position)
+            for (row, j), value in zip(wanted, exact):
+                scores[row][j] = value
         results = []
         for row in range(batch):
             best = max((x for x in scores[row] if x is not None), default=float("-inf"))
@@ -315,23 +368,30 @@ class LabelScorer:
                 kept.extend(entries[:width])
         return kept
 
-    def _score_rest(self, wanted, context, mask, last_position, first, scores, exact) -> None:
-        """Pass 2: the rest of each wanted (row, label) completion after its first token."""
+    def _score_rest(self, wanted, context, mask, last_position) -> list[float]:
+        """Exact log-likelihoods of label completions, each in one pass from a point on its path.
+
+        `wanted`: (cache row, label, depth, score) where the label's tokens up to `depth` are
+        scored (`score`) and all but the last of them are in the cache row. The remaining tokens
+        run at once, padded on the right; the pads come after every real token, so no real
+        token sees them.
+        """
         import torch
 
         if not wanted:
-            return
-        longest = max(len(self.label_tokens[j]) for _, j in wanted) - 1
+            return []
+        longest = max(len(self.label_tokens[j]) - 1 - depth for _, j, depth, _ in wanted)
         vocab = self.model.config.vocab_size
         chunk = max(1, PASS2_LOGITS_BUDGET // max(1, longest * vocab))
+        results = []
         for start in range(0, len(wanted), chunk):
             part = wanted[start:start + chunk]
-            rows = torch.tensor([r for r, _ in part], device=self.device)
+            rows = torch.tensor([r for r, _, _, _ in part], device=self.device)
             n = len(part)
             ids = torch.full((n, longest), self.pad_id, dtype=torch.long, device=self.device)
             own = torch.zeros((n, longest), dtype=torch.long, device=self.device)
-            for i, (_, j) in enumerate(part):
-                tokens = self.label_tokens[j][:-1]  # inputs: all but the last token
+            for i, (_, j, depth, _) in enumerate(part):
+                tokens = self.label_tokens[j][depth:-1]  # inputs: from the prefix's last token to the end
                 ids[i, :len(tokens)] = torch.tensor(tokens, device=self.device)
                 own[i, :len(tokens)] = 1
             attention = torch.cat([mask[rows], own], dim=1)
@@ -340,11 +400,11 @@ class LabelScorer:
             out = self.model(input_ids=ids, attention_mask=attention, position_ids=positions,
                              cache=cache, use_cache=False)
             logprobs = torch.log_softmax(out.logits.float(), dim=-1)
-            for i, (row, j) in enumerate(part):
-                targets = torch.tensor(self.label_tokens[j][1:], device=self.device)
+            for i, (_, j, depth, score) in enumerate(part):
+                targets = torch.tensor(self.label_tokens[j][depth + 1:], device=self.device)
                 rest = logprobs[i, torch.arange(len(targets), device=self.device), targets].sum()
-                scores[row, j] = first[row, j] + rest
-                exact[row, j] = True
+                results.append(score + float(rest))
+        return results
 
 
 def score_reference(model, tokenizer, spec: PromptSpec, text: str, subject: str | None = None) -> list[float]:
