@@ -64,6 +64,28 @@ def test_beam_without_certify_scores_its_candidates_exactly_and_says_when_certai
             assert top == max(range(len(MANY_LABELS)), key=lambda i: reference[i])
 
 
+def test_few_rivals_are_scored_exactly_so_even_an_unsure_model_is_certified(tiny):
+    import trainer.scoring as scoring
+
+    model, tokenizer = tiny  # random weights: greedy search rarely certifies its top label alone
+    spec = PromptSpec(tuple(MANY_LABELS), False, 1500)
+    calls = []
+    scorer = LabelScorer(model, tokenizer, spec, beam_width=1)  # no beam: only the rival pass can certify
+    original = scorer._score_rest
+    scorer._score_rest = lambda wanted, *rest: calls.append(len(wanted)) or original(wanted, *rest)
+    for (text, subject), scores in zip(TEXTS, scorer.score(TEXTS)):
+        reference = score_reference(model, tokenizer, spec, text, subject)
+        exact = [i for i, e in enumerate(scores.exact) if e]
+        assert max(abs(scores.logprobs[i] - reference[i]) for i in exact) < 1e-4
+        rivals = [i for i in range(len(MANY_LABELS)) if not scores.exact[i]
+                  and scores.logprobs[i] > max(scores.logprobs[j] for j in exact)]
+        assert scores.certified == (rivals == [])
+        if scores.certified:
+            assert max(exact, key=lambda i: scores.logprobs[i]) == max(range(len(MANY_LABELS)),
+                                                                      key=lambda i: reference[i])
+    assert calls and all(n <= scoring.EXACT_RIVALS * len(TEXTS) for n in calls)
+
+
 def test_prefix_cache_is_used_and_matches_no_cache(tiny):
     model, tokenizer = tiny
     spec = PromptSpec(tuple(MANY_LABELS), True, 1500)

@@ -7,21 +7,25 @@ The output can only ever be one of the labels. Three things keep it cheap:
 2. Each message's own tokens run once (pass 1); the next-token distribution at
    the end of the prompt scores every label's first token at no extra cost.
 3. Labels are a token trie, searched level by level (greedily first, then with a
-   wider beam for the messages that greedy search cannot certify): each level is
-   one forward pass of one token per open prefix, on the cache of its parent,
-   so shared prefixes ("card ...") are scored once. A prefix's log-likelihood
-   bounds every label below it, so a message stops as soon as its best complete
-   label beats every open or pruned prefix, and the result says whether the top
-   label is thereby certified. With `certify=True`, labels the beam could not
-   rule out are then scored exactly, so the argmax is always exact (slower for
-   an unsure model: it may score most labels). Labels never finished
-   keep their prefix score as an upper bound (`exact` is False), so the
-   reported confidence of the top label is a lower bound, never an
-   overstatement.
+   wider beam for the messages that greedy search cannot certify). Each level is
+   one forward pass on the cache of the parents: an open prefix feeds its last
+   token, and a prefix with at most SPLIT_LABELS labels below it feeds each of
+   them to its end, so most labels are finished in the first pass after the
+   prompt. Shared prefixes ("card ...") are scored once. A prefix's
+   log-likelihood bounds every label below it, so a message stops as soon as its
+   best complete label beats every open or pruned prefix, and the result says
+   whether the top label is thereby certified. A message greedy search cannot
+   certify, with at most EXACT_RIVALS labels whose bound beats its best, gets
+   those scored exactly in one pass (certified); with more, the beam. With
+   `certify=True`, labels the beam could not rule out are then scored exactly,
+   so the argmax is always exact (slower for an unsure model: it may score most
+   labels). Labels never finished keep their prefix score as an upper bound
+   (`exact` is False), so the reported confidence of the top label is a lower
+   bound, never an overstatement.
 
 Batches are formed by prompt length (less padding), and each batch's KV cache lives
-in buffers sized for prompt plus longest label, appended to in place (transformers'
-DynamicCache copies the whole cache at every step).
+in buffers sized for the prompt plus what the search can add, appended to in place
+(transformers' DynamicCache copies the whole cache at every step).
 """
 
 from __future__ import annotations
