@@ -95,7 +95,7 @@ def soak(d: dict) -> str:
     rows = [("requests sent / accepted", f"{d['requests_sent']} / {d['requests_accepted']}"),
             ("rejected, by reason (HTTP status; none: no connection, the bot was restarting)",
              ", ".join(f"{k.replace('(None)', '(none)')}: {v}" for k, v in d["requests_rejected_by_reason"].items())),
-            ("refused with an answer (200 + message)", ", ".join(f"{k}: {v}" for k, v in
+            ("answered 200 but refused (commands: a message saying why) or ignored (events in other channels)", ", ".join(f"{k}: {v}" for k, v in
                                                                  d["hostile_answered_with_a_refusal"].items())),
             ("connection refused while the bot restarted", d["requests_failed_while_bot_restarting"]),
             ("forged or replayed requests accepted", d["forged_or_replayed_accepted"]),
