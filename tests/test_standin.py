@@ -114,3 +114,34 @@ def test_workspace_redelivers_an_event_not_acknowledged_in_3_seconds():
     finally:
         app.shutdown()
         workspace.stop()
+
+
+def test_standin_process_injects_faults_at_the_set_rate_and_reports_its_state():
+    import subprocess
+    import sys
+    import urllib.request
+
+    process = subprocess.Popen([sys.executable, "-m", "slack_standin", "--bot-token", "xoxb-p"],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{process.stdout.readline().split()[1]}/"
+        request = urllib.request.Request(base + "_standin/faults", method="POST", data=json.dumps(
+            {"rate": 0.5, "methods": ["chat.postMessage"], "seed": 3}).encode())
+        urllib.request.urlopen(request, timeout=10)
+        client = WebClient(token="xoxb-p", base_url=base + "api/", retry_handlers=[])
+        outcomes = []
+        for i in range(40):
+            try:
+                client.chat_postMessage(channel="C1", text=f"m{i}")
+                outcomes.append("ok")
+            except SlackApiError as err:
+                outcomes.append(err.response.status_code)
+        client.auth_test()  # not in the faulty methods: never refused
+        state = json.loads(urllib.request.urlopen(base + "_standin/state", timeout=10).read())
+    finally:
+        process.terminate()
+        process.wait(10)
+    refused = [o for o in outcomes if o != "ok"]
+    assert 8 <= len(refused) <= 32 and set(refused) <= {429, 500, 503}
+    assert sum(state["faults"].values()) == len(refused)
+    assert len(state["messages"]) == outcomes.count("ok") and state["calls"]["auth.test"] == 1
