@@ -24,7 +24,7 @@ The output can only ever be one of the labels. Three things keep it cheap:
    bound, never an overstatement.
 
 Batches are formed by prompt length (less padding), and each batch's KV cache lives
-in buffers sized for the prompt plus what the search can add, appended to in place
+in buffers sized for the prompt plus the longest label, appended to in place
 (transformers' DynamicCache copies the whole cache at every step).
 """
 
@@ -155,8 +155,7 @@ class LabelScorer:
         self.certify = certify  # also score exactly every label the beam could not rule out
         self.label_tokens = [label_ids(tokenizer, spec, name) for name in spec.names]
         self.trie = build_trie(self.label_tokens)
-        # Cache positions the label search can add: a level feeds up to the rest of a label, padded.
-        self.room = max(len(t) for t in self.label_tokens) ** 2
+        self.room = max(len(t) for t in self.label_tokens)  # cache positions a label path can add
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.prefix_ids = self._shared_prefix() if use_prefix_cache else []
         self._prefix_pairs = None
@@ -304,6 +303,9 @@ class LabelScorer:
                 # Gathering copies every open row's whole cache: only when rows finished or branched.
                 rows = torch.tensor(parents, device=self.device)
                 cache_mask, position, cache = cache_mask[rows], position[rows], _rows(cache, rows)
+            # Columns after the last one an open row uses hold the padding of finished labels: no row
+            # attends to them, so this pass writes over them (the cache never outgrows prompt + label).
+            cache_mask = cache_mask[:, :int(cache_mask.any(dim=0).nonzero().max()) + 1]
             ids = torch.full((len(items), n), self.pad_id, dtype=torch.long, device=self.device)
             own = torch.zeros((len(items), n), dtype=cache_mask.dtype, device=self.device)
             for i, (_, _, tokens) in enumerate(items):
