@@ -60,7 +60,10 @@ def guarded(app):
             if 0 < length <= DRAIN_LIMIT_BYTES:  # unread, the client would see a reset instead of the answer
                 left = length
                 while left > 0:
-                    left -= len(environ["wsgi.input"].read(min(left, 1 << 16)) or b"x" * left)
+                    chunk = environ["wsgi.input"].read(min(left, 1 << 16))
+                    if not chunk:
+                        break
+                    left -= len(chunk)
             return refuse("413 Payload Too Large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
         body = environ["wsgi.input"].read(length) if length else b""
         try:
