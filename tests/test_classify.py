@@ -68,22 +68,31 @@ def test_few_rivals_are_scored_exactly_so_even_an_unsure_model_is_certified(tiny
     import trainer.scoring as scoring
 
     model, tokenizer = tiny  # random weights: greedy search rarely certifies its top label alone
-    spec = PromptSpec(tuple(MANY_LABELS), False, 1500)
-    calls = []
+    labels = MANY_LABELS[:8]  # at most 7 rivals each: few enough for the rival pass
+    assert len(labels) - 1 <= scoring.EXACT_RIVALS
+    spec = PromptSpec(tuple(labels), False, 1500)
     scorer = LabelScorer(model, tokenizer, spec, beam_width=1)  # no beam: only the rival pass can certify
-    original = scorer._score_rest
-    scorer._score_rest = lambda wanted, *rest: calls.append(len(wanted)) or original(wanted, *rest)
-    for (text, subject), scores in zip(TEXTS, scorer.score(TEXTS)):
+    greedy, original = [], scorer._search
+
+    def search(*args, **kwargs):
+        found = original(*args, **kwargs)
+        greedy.extend(r.certified for r in found)  # copied now: the rival pass updates these results
+        return found
+
+    scorer._search = search
+    results = scorer.score(TEXTS)
+    for (text, subject), scores in zip(TEXTS, results):
         reference = score_reference(model, tokenizer, spec, text, subject)
         exact = [i for i, e in enumerate(scores.exact) if e]
         assert max(abs(scores.logprobs[i] - reference[i]) for i in exact) < 1e-4
-        rivals = [i for i in range(len(MANY_LABELS)) if not scores.exact[i]
+        rivals = [i for i in range(len(labels)) if not scores.exact[i]
                   and scores.logprobs[i] > max(scores.logprobs[j] for j in exact)]
         assert scores.certified == (rivals == [])
         if scores.certified:
-            assert max(exact, key=lambda i: scores.logprobs[i]) == max(range(len(MANY_LABELS)),
+            assert max(exact, key=lambda i: scores.logprobs[i]) == max(range(len(labels)),
                                                                       key=lambda i: reference[i])
-    assert calls and all(n <= scoring.EXACT_RIVALS * len(TEXTS) for n in calls)
+    # Greedy search left messages uncertain; the rival pass certified them.
+    assert not all(greedy) and all(r.certified for r in results)
 
 
 def test_prefix_cache_is_used_and_matches_no_cache(tiny):
@@ -105,6 +114,78 @@ def test_batched_and_one_at_a_time_agree(tiny):
     for batch_size in (4, 2):
         batched = scorer.score(TEXTS, batch_size=batch_size)
         assert max(abs(x - y) for s, t in zip(batched, single) for x, y in zip(s.logprobs, t.logprobs)) < 1e-4
+
+
+def test_search_groups_share_passes_and_never_read_unwritten_cache(tiny, monkeypatch):
+    import torch
+
+    import trainer.scoring as scoring
+
+    model, tokenizer = tiny
+    scorer = LabelScorer(model, tokenizer, PromptSpec(tuple(MANY_LABELS), False, 1500), beam_width=2)
+    single = [scorer.score([item])[0] for item in TEXTS]
+    # Fresh cache buffers full of NaN: a masked column that was never written (the hole between the
+    # prefix and a narrower batch's prompts, a finished label's padding) would turn every score to NaN.
+    allocate = scoring._allocate
+    monkeypatch.setattr(scoring, "_allocate", lambda *a: [(k.fill_(float("nan")), v.fill_(float("nan")))
+                                                         for k, v in allocate(*a)])
+    passes = []
+    hook = model.get_decoder().register_forward_pre_hook(lambda *_: passes.append(1))
+    try:
+        shared = scorer.score(TEXTS, batch_size=1)  # one group of four single-row batches
+        shared_passes, passes[:] = len(passes), []
+        monkeypatch.setattr(scoring, "GROUP_CACHE_BYTES", 1)  # every batch its own group
+        alone = scorer.score(TEXTS, batch_size=1)
+    finally:
+        hook.remove()
+    assert len(scorer._groups(scorer._batches([[1] * 9] * 4, 1), [[1] * 9] * 4, 0)) == 4
+    for results in (shared, alone):
+        assert all(torch.isfinite(torch.tensor(r.logprobs)).all() for r in results)
+        assert max(abs(x - y) for s, t in zip(results, single) for x, y in zip(s.logprobs, t.logprobs)) < 1e-4
+        assert [r.certified for r in results] == [r.certified for r in single]
+    assert shared_passes < len(passes)  # the label search ran once for the group, not once per batch
+
+
+def test_head_on_scored_positions_only_matches_the_full_forward(tiny, monkeypatch):
+    model, tokenizer = tiny
+    scorer = LabelScorer(model, tokenizer, PromptSpec(tuple(MANY_LABELS), False, 1500), beam_width=2)
+    calls = {"model": 0, "decoder": 0}
+
+    def counted(name):
+        return lambda *_: calls.__setitem__(name, calls[name] + 1)
+
+    hooks = [model.register_forward_pre_hook(counted("model")),
+             model.get_decoder().register_forward_pre_hook(counted("decoder"))]
+    try:
+        fast = scorer.score(TEXTS)
+        fast_calls = dict(calls)
+        # A model that changes its logits after the head must take the full forward pass instead:
+        # the tiny Llama ignores this setting, so both ways must agree.
+        monkeypatch.setattr(model.config, "final_logit_softcapping", 30.0, raising=False)
+        calls.update(model=0, decoder=0)
+        full = scorer.score(TEXTS)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert fast_calls["decoder"] > fast_calls["model"]  # label completions ran without the full head
+    assert calls["decoder"] == calls["model"]  # every pass through the full model
+    assert max(abs(x - y) for s, t in zip(fast, full) for x, y in zip(s.logprobs, t.logprobs)) < 1e-4
+    assert [s.exact for s in fast] == [t.exact for t in full]
+
+
+def test_length_groups_split_only_where_padding_costs_more_than_a_pass():
+    from trainer.scoring import PASS_COST_TOKENS, _length_groups
+
+    def covers(passes, n):
+        return sorted(i for p in passes for i in p) == list(range(n))
+
+    lengths = [1] * 50 + [9] * 2  # padding 50 short rows to 9 would cost far more than a second pass
+    passes = _length_groups(lengths, max_rows=1000)
+    assert covers(passes, 52) and sorted(map(len, passes)) == [2, 50]
+    near = [4] * 5 + [5] * 5  # five padding tokens: cheaper than another pass
+    assert 5 < PASS_COST_TOKENS and _length_groups(near, max_rows=1000) == [list(range(10))]
+    capped = _length_groups([3] * 10, max_rows=4)
+    assert covers(capped, 10) and max(map(len, capped)) == 4 and len(capped) == 3
 
 
 def test_zero_shot_results_are_marked_and_always_in_the_label_set(tiny):

@@ -7,25 +7,29 @@ The output can only ever be one of the labels. Three things keep it cheap:
 2. Each message's own tokens run once (pass 1); the next-token distribution at
    the end of the prompt scores every label's first token at no extra cost.
 3. Labels are a token trie, searched level by level (greedily first, then with a
-   wider beam for the messages that greedy search cannot certify). Each level is
-   one forward pass on the cache of the parents: an open prefix feeds its last
-   token, and a prefix with at most SPLIT_LABELS labels below it feeds each of
-   them to its end, so most labels are finished in the first pass after the
-   prompt. Shared prefixes ("card ...") are scored once. A prefix's
-   log-likelihood bounds every label below it, so a message stops as soon as its
-   best complete label beats every open or pruned prefix, and the result says
-   whether the top label is thereby certified. A message greedy search cannot
-   certify, with at most EXACT_RIVALS labels whose bound beats its best, gets
-   those scored exactly in one pass (certified); with more, the beam. With
-   `certify=True`, labels the beam could not rule out are then scored exactly,
+   wider beam for the messages that greedy search cannot certify). An open prefix
+   feeds its last token, one forward pass per level on the cache of the parents; a
+   prefix with at most SPLIT_LABELS labels below it has each of them fed to its end
+   at once instead (passes grouped by length, see `_length_groups`), so most labels
+   are finished in the first pass after the prompt. Shared prefixes ("card ...") are
+   scored once. A prefix's log-likelihood bounds every label below it, so a message
+   stops as soon as its best complete label beats every open or pruned prefix, and
+   the result says whether the top label is thereby certified. A message greedy
+   search cannot certify, with at most EXACT_RIVALS labels whose bound beats its
+   best, gets those scored exactly in one pass (certified); with more, the beam.
+   With `certify=True`, labels the beam could not rule out are then scored exactly,
    so the argmax is always exact (slower for an unsure model: it may score most
    labels). Labels never finished keep their prefix score as an upper bound
    (`exact` is False), so the reported confidence of the top label is a lower
    bound, never an overstatement.
 
-Batches are formed by prompt length (less padding), and each batch's KV cache lives
-in buffers sized for the prompt plus the longest label, appended to in place
-(transformers' DynamicCache copies the whole cache at every step).
+Prompts run in batches of similar length (less padding). The label search runs over
+a group of batches at once (as many as fit in GROUP_CACHE_BYTES of cache): its passes
+carry few tokens, and every pass reads all the weights however few it carries, so
+per batch it had cost more than the prompts. The cache lives in buffers sized for
+the prompt plus the longest label, appended to in place (transformers' DynamicCache
+copies the whole cache at every step). Output logits are computed only at the
+positions whose tokens are scored.
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ BEAM_WIDTH = 4
 SPLIT_LABELS = 3  # a prefix with at most this many labels below it is finished in one pass
 EXACT_RIVALS = 8  # an uncertain message with at most this many rival labels gets them scored exactly
 BATCH_LENGTH_SPREAD = 1.5  # a batch's longest message part, at most this times its shortest
-PASS2_LOGITS_BUDGET = 16_000_000  # floats of logits held at once in pass 2 (~64 MB)
+LOGITS_BUDGET = 16_000_000  # floats of output logits held at once (~64 MB)
+PASS_COST_TOKENS = 32  # a forward pass reads every weight: on CPU (135M model) that costs about 32 tokens
+GROUP_CACHE_BYTES = 512 * 2**20  # prompt caches of one search group (the search's row copies add about as much)
 
 
 @dataclass
@@ -123,12 +129,23 @@ def _make_cache(buffers, length: int, config):
     return cache
 
 
+def _kv_shape(config) -> tuple[int, int]:
+    """Key/value heads and head size of one layer."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return heads, getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def _position_bytes(config, like) -> int:
+    """Bytes of keys and values that one cached position takes over all layers."""
+    heads, head_dim = _kv_shape(config)
+    return config.num_hidden_layers * 2 * heads * head_dim * like.element_size()
+
+
 def _allocate(config, batch: int, capacity: int, like):
     """Empty (keys, values) buffers per layer for `batch` rows of `capacity` positions."""
     import torch
 
-    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    heads, head_dim = _kv_shape(config)
     shape = (batch, heads, capacity, head_dim)
     return [(torch.empty(shape, dtype=like.dtype, device=like.device),
              torch.empty(shape, dtype=like.dtype, device=like.device)) for _ in range(config.num_hidden_layers)]
@@ -186,12 +203,38 @@ class LabelScorer:
         import torch
 
         prompts = [prompt_ids(self.tokenizer, self.spec, text, subject) for text, subject in items]
+        n_prefix = len(self.prefix_ids)
+        if not (n_prefix and all(p[:n_prefix] == self.prefix_ids for p in prompts)):
+            n_prefix = 0
         results: list[LabelScores | None] = [None] * len(prompts)
         with torch.inference_mode():
-            for rows in self._batches(prompts, batch_size):
-                for row, result in zip(rows, self._score_batch([prompts[i] for i in rows])):
+            for group in self._groups(self._batches(prompts, batch_size), prompts, n_prefix):
+                scored = self._score_group([[prompts[i] for i in batch] for batch in group], n_prefix)
+                for row, result in zip((i for batch in group for i in batch), scored):
                     results[row] = result
         return results
+
+    def _groups(self, batches: list[list[int]], prompts: list[list[int]], n_prefix: int) -> list[list[list[int]]]:
+        """Consecutive batches whose label search runs as one, within GROUP_CACHE_BYTES of cache.
+
+        Prompts run batch by batch (padding stays within a batch), but the label search runs
+        over the whole group: its passes mostly carry a few rows, and a pass costs a read of
+        all the weights however few rows it carries, so sharing them across batches saves
+        most of that cost.
+        """
+        per_position = _position_bytes(self.model.config, self.model.get_input_embeddings().weight)
+        groups: list[list[list[int]]] = []
+        rows = width = 0
+        for batch in batches:
+            longest = max(len(prompts[i]) for i in batch) - n_prefix
+            wider = max(width, longest)
+            if groups and (rows + len(batch)) * (n_prefix + wider + self.room) * per_position <= GROUP_CACHE_BYTES:
+                groups[-1].append(batch)
+                rows, width = rows + len(batch), wider
+            else:
+                groups.append([batch])
+                rows, width = len(batch), longest
+        return groups
 
     def _batches(self, prompts: list[list[int]], batch_size: int) -> list[list[int]]:
         """Indices in batches of similar length: every row is padded to its batch's longest prompt.
@@ -211,36 +254,41 @@ class LabelScorer:
             batches[-1].append(i)
         return batches
 
-    def _score_batch(self, prompts: list[list[int]]) -> list[LabelScores]:
+    def _score_group(self, batches: list[list[list[int]]], n_prefix: int) -> list[LabelScores]:
         import torch
 
-        n_prefix = len(self.prefix_ids)
-        if n_prefix and all(p[:n_prefix] == self.prefix_ids for p in prompts):
-            prefix = self._prefix()
-            suffixes = [p[n_prefix:] for p in prompts]
-        else:
-            prefix, n_prefix, suffixes = None, 0, prompts
-        batch = len(prompts)
-        width = max(len(s) for s in suffixes)
-        # Left padding puts every prompt's last token in the last column; the holes
-        # between the shared prefix and each suffix are masked out.
-        input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long, device=self.device)
-        mask = torch.zeros((batch, n_prefix + width), dtype=torch.long, device=self.device)
-        mask[:, :n_prefix] = 1
-        for row, suffix in enumerate(suffixes):
-            input_ids[row, width - len(suffix):] = torch.tensor(suffix, device=self.device)
-            mask[row, n_prefix + width - len(suffix):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        # One buffer per layer holds prefix, prompt and the longest label path: every later step
-        # writes into it instead of copying the cache.
+        prefix = self._prefix() if n_prefix else None
+        suffixes = [[p[n_prefix:] for p in batch] for batch in batches]
+        widths = [max(len(s) for s in batch) for batch in suffixes]
+        width, total = max(widths), sum(len(batch) for batch in batches)
+        # One buffer per layer holds, for every row of the group, the prefix, the prompt and the
+        # longest label path: every later step writes into it instead of copying the cache.
+        # Each batch's prompts end in the last prompt column (left padding); the columns
+        # between the prefix and a narrower batch's prompts are a masked hole.
         config = self.model.config
         like = self.model.get_input_embeddings().weight  # compute dtype (4-bit layers hold uint8 weights)
-        context = _allocate(config, batch, n_prefix + width + self.room, prefix[0][0] if prefix else like)
+        context = _allocate(config, total, n_prefix + width + self.room, prefix[0][0] if prefix else like)
         for (k, v), (pk, pv) in zip(context, prefix or []):
             k[:, :, :n_prefix], v[:, :, :n_prefix] = pk, pv
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions[:, n_prefix:],
-                         cache=_make_cache(context, n_prefix, config), use_cache=True, logits_to_keep=1)
-        logits, last = out.logits[:, -1].float(), positions[:, -1]
+        mask = torch.zeros((total, n_prefix + width), dtype=torch.long, device=self.device)
+        mask[:, :n_prefix] = 1
+        logits, start = [], 0
+        for batch, w in zip(suffixes, widths):
+            end, hole = start + len(batch), n_prefix + width - w
+            input_ids = torch.full((len(batch), w), self.pad_id, dtype=torch.long, device=self.device)
+            for row, suffix in enumerate(batch):
+                input_ids[row, w - len(suffix):] = torch.tensor(suffix, device=self.device)
+                mask[start + row, n_prefix + width - len(suffix):] = 1
+            for k, v in context:
+                # Masked, but never uninitialised memory: a NaN there would poison the attention.
+                k[start:end, :, n_prefix:hole], v[start:end, :, n_prefix:hole] = 0, 0
+            positions = (mask[start:end].cumsum(-1) - 1).clamp(min=0)
+            out = self.model(input_ids=input_ids, attention_mask=mask[start:end], position_ids=positions[:, hole:],
+                             cache=_make_cache([(k[start:end], v[start:end]) for k, v in context], hole, config),
+                             use_cache=True, logits_to_keep=1)
+            logits.append(out.logits[:, -1].float())
+            start = end
+        logits, last = torch.cat(logits), (mask.cumsum(-1) - 1)[:, -1]
         # Greedy first: a trained adapter's top label is usually certified by its own path. Only the
         # messages it cannot certify are searched again with the full beam width.
         results = self._search(logits, context, mask, last, width=1)
@@ -288,47 +336,36 @@ class LabelScorer:
             frontier = self._prune(frontier, scores, bounds, width)
             if not frontier:
                 break
-            # Each open prefix feeds its last token. A prefix with few labels below it feeds each of
-            # them to its end instead (one row per label, padded on the right and masked): those labels
-            # are finished in this pass, where stepping on would cost a forward pass per token.
-            items = []  # (frontier index, label finished by this feed or None, tokens fed)
-            for index, (_, node, _, _) in enumerate(frontier):
+            # A prefix with few labels below it has each of them fed to its end, all in passes of their
+            # own (their cache is not needed afterwards, so they can be grouped by length): those labels
+            # are finished now, where stepping on would cost a forward pass per token. Every other open
+            # prefix feeds its last token, in one pass whose cache the next level goes on from.
+            finishing, owners = [], []
+            for row, node, score, cache_row in frontier:
                 if len(node.labels) <= SPLIT_LABELS:
-                    items.extend((index, j, self.label_tokens[j][node.depth:-1]) for j in node.labels)
-                else:
-                    items.append((index, None, [node.token]))
-            n = max(len(tokens) for _, _, tokens in items)
-            parents = [frontier[index][3] for index, _, _ in items]
+                    finishing.extend((cache_row, j, node.depth, score) for j in node.labels)
+                    owners.extend((row, j) for j in node.labels)
+            for (row, j), value in zip(owners, self._score_rest(finishing, cache, cache_mask, position)):
+                scores[row][j] = value
+            frontier = [entry for entry in frontier if len(entry[1].labels) > SPLIT_LABELS]
+            if not frontier:
+                break
+            parents = [cache_row for _, _, _, cache_row in frontier]
             if parents != list(range(cache_mask.shape[0])):
                 # Gathering copies every open row's whole cache: only when rows finished or branched.
                 rows = torch.tensor(parents, device=self.device)
                 cache_mask, position, cache = cache_mask[rows], position[rows], _rows(cache, rows)
-            # Columns after the last one an open row uses hold the padding of finished labels: no row
-            # attends to them, so this pass writes over them (the cache never outgrows prompt + label).
-            cache_mask = cache_mask[:, :int(cache_mask.any(dim=0).nonzero().max()) + 1]
-            ids = torch.full((len(items), n), self.pad_id, dtype=torch.long, device=self.device)
-            own = torch.zeros((len(items), n), dtype=cache_mask.dtype, device=self.device)
-            for i, (_, _, tokens) in enumerate(items):
-                ids[i, :len(tokens)] = torch.tensor(tokens, device=self.device)
-                own[i, :len(tokens)] = 1
+            ids = torch.tensor([[node.token] for _, node, _, _ in frontier], device=self.device)
             length = cache_mask.shape[1]
-            cache_mask = torch.cat([cache_mask, own], dim=1)
-            out = self.model(input_ids=ids, attention_mask=cache_mask,
-                             position_ids=position[:, None] + 1 + torch.arange(n, device=self.device),
+            cache_mask = torch.cat([cache_mask, torch.ones_like(cache_mask[:, :1])], dim=1)
+            position = position + 1
+            out = self.model(input_ids=ids, attention_mask=cache_mask, position_ids=position[:, None],
                              cache=_make_cache(cache, length, self.model.config), use_cache=True)
-            logits = out.logits.float()
-            normalizer = torch.logsumexp(logits, dim=-1)  # log-probabilities without a vocabulary-sized copy
-            position = position + 1  # rows that go on fed one real token
+            logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
             grown = []
-            for i, (index, j, tokens) in enumerate(items):
-                row, node, score, _ = frontier[index]
-                if j is not None:
-                    targets = torch.tensor(self.label_tokens[j][node.depth + 1:], device=self.device)
-                    steps = torch.arange(len(targets), device=self.device)
-                    scores[row][j] = score + float((logits[i, steps, targets] - normalizer[i, steps]).sum())
-                    continue
+            for i, (row, node, score, _) in enumerate(frontier):
                 for token, child in node.children.items():
-                    self._extend(grown, scores, row, child, score + float(logits[i, 0, token] - normalizer[i, 0]), i)
+                    self._extend(grown, scores, row, child, score + float(logprobs[i, token]), i)
             frontier = grown
         # A label whose bound beats the best exact score could still win: score it exactly
         # when asked to certify, else report the top label as not certified.
@@ -380,37 +417,91 @@ class LabelScorer:
         `wanted`: (cache row, label, depth, score) where the label's tokens up to `depth` are
         scored (`score`) and all but the last of them are in the cache row. The remaining tokens
         run at once, padded on the right; the pads come after every real token, so no real
-        token sees them.
+        token sees them. Completions are grouped by length (see `_length_groups`) so that
+        short ones are not padded to the longest.
         """
         import torch
 
-        if not wanted:
-            return []
-        longest = max(len(self.label_tokens[j]) - 1 - depth for _, j, depth, _ in wanted)
-        vocab = self.model.config.vocab_size
-        chunk = max(1, PASS2_LOGITS_BUDGET // max(1, longest * vocab))
-        results = []
-        for start in range(0, len(wanted), chunk):
-            part = wanted[start:start + chunk]
-            rows = torch.tensor([r for r, _, _, _ in part], device=self.device)
-            n = len(part)
-            ids = torch.full((n, longest), self.pad_id, dtype=torch.long, device=self.device)
-            own = torch.zeros((n, longest), dtype=torch.long, device=self.device)
-            for i, (_, j, depth, _) in enumerate(part):
-                tokens = self.label_tokens[j][depth:-1]  # inputs: from the prefix's last token to the end
-                ids[i, :len(tokens)] = torch.tensor(tokens, device=self.device)
-                own[i, :len(tokens)] = 1
-            attention = torch.cat([mask[rows], own], dim=1)
-            positions = last_position[rows, None] + 1 + torch.arange(longest, device=self.device)
-            cache = _make_cache(_rows(context, rows), mask.shape[1], self.model.config)
-            out = self.model(input_ids=ids, attention_mask=attention, position_ids=positions,
-                             cache=cache, use_cache=False)
-            logprobs = torch.log_softmax(out.logits.float(), dim=-1)
-            for i, (_, j, depth, score) in enumerate(part):
-                targets = torch.tensor(self.label_tokens[j][depth + 1:], device=self.device)
-                rest = logprobs[i, torch.arange(len(targets), device=self.device), targets].sum()
-                results.append(score + float(rest))
+        results = [0.0] * len(wanted)
+        remaining = [len(self.label_tokens[j]) - 1 - depth for _, j, depth, _ in wanted]
+        row_bytes = _position_bytes(self.model.config, context[0][0]) * context[0][0].shape[2]
+        max_rows = max(1, GROUP_CACHE_BYTES // row_bytes)  # each row copies its whole cache
+        for part in _length_groups(remaining, max_rows):
+            rows = torch.tensor([wanted[i][0] for i in part], device=self.device)
+            longest = max(remaining[i] for i in part)
+            ids = torch.full((len(part), longest), self.pad_id, dtype=torch.long, device=self.device)
+            own = torch.zeros((len(part), longest), dtype=torch.long, device=self.device)
+            targets = []
+            for row, i in enumerate(part):
+                _, j, depth, _ = wanted[i]
+                ids[row, :remaining[i]] = torch.tensor(self.label_tokens[j][depth:-1], device=self.device)
+                own[row, :remaining[i]] = 1
+                targets.extend(self.label_tokens[j][depth + 1:])
+            token_logprobs = self._token_logprobs(
+                own.bool(), torch.tensor(targets, device=self.device),
+                input_ids=ids, attention_mask=torch.cat([mask[rows], own], dim=1),
+                position_ids=last_position[rows, None] + 1 + torch.arange(longest, device=self.device),
+                cache=_make_cache(_rows(context, rows), mask.shape[1], self.model.config), use_cache=False)
+            owner = torch.repeat_interleave(torch.arange(len(part), device=self.device), own.sum(dim=1))
+            sums = torch.zeros(len(part), dtype=token_logprobs.dtype, device=self.device).index_add_(
+                0, owner, token_logprobs)
+            for row, i in enumerate(part):
+                results[i] = wanted[i][3] + float(sums[row])
         return results
+
+    def _token_logprobs(self, selected, targets, **inputs):
+        """log p(target) at the `selected` positions of a forward pass on `inputs`, in order.
+
+        The output head runs on those positions only, a few hundred at a time: a pass over
+        right-padded label completions would otherwise compute vocabulary-sized logits for
+        every pad. Models that change their logits after the head (soft-capping, scaling)
+        take the plain forward pass.
+        """
+        import torch
+
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        config = self.model.config
+        if any(getattr(config, name, None) not in (None, 1, 1.0)
+               for name in ("final_logit_softcapping", "logit_scale", "logits_scaling")):
+            logits = self.model(**inputs).logits[selected].float()
+            return logits.gather(1, targets[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+        hidden = base.get_decoder()(**inputs).last_hidden_state[selected]
+        head = base.get_output_embeddings()
+        chunk = max(1, LOGITS_BUDGET // config.vocab_size)
+        parts = []
+        for start in range(0, len(targets), chunk):
+            logits = head(hidden[start:start + chunk]).float()
+            picked = logits.gather(1, targets[start:start + chunk, None])[:, 0]
+            parts.append(picked - torch.logsumexp(logits, dim=-1))
+        return torch.cat(parts) if parts else hidden.new_zeros(0)
+
+
+def _length_groups(lengths: list[int], max_rows: int) -> list[list[int]]:
+    """Indices in passes of similar length, each of at most `max_rows` rows.
+
+    A pass costs about PASS_COST_TOKENS tokens' worth of time however small it is (all the
+    weights are read), plus its rows times its longest length. Lengths are few (label token
+    counts), so the split by length is chosen exactly over them.
+    """
+    by_length: dict[int, list[int]] = {}
+    for index, length in enumerate(lengths):
+        by_length.setdefault(length, []).append(index)
+    values = sorted(by_length)
+    # best[k]: cheapest cost of the passes for the k shortest lengths; cut[k]: where its last pass starts
+    best, cut = [0.0] + [float("inf")] * len(values), [0] * (len(values) + 1)
+    for end in range(1, len(values) + 1):
+        count = 0
+        for begin in range(end - 1, -1, -1):
+            count += len(by_length[values[begin]])
+            cost = best[begin] + -(-count // max_rows) * PASS_COST_TOKENS + count * values[end - 1]
+            if cost < best[end]:
+                best[end], cut[end] = cost, begin
+    passes, end = [], len(values)
+    while end:
+        members = [i for value in values[cut[end]:end] for i in by_length[value]]
+        passes.extend(members[start:start + max_rows] for start in range(0, len(members), max_rows))
+        end = cut[end]
+    return passes
 
 
 def score_reference(model, tokenizer, spec: PromptSpec, text: str, subject: str | None = None) -> list[float]:
