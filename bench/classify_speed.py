@@ -9,6 +9,7 @@ Measures, in one run and on the same messages:
 - p50 latency with 3 labels and with all 77 (the cost of a bigger label set).
 
 Uses a Banking77 adapter (`--adapter`; default: bench/banking77.py's full run) when it exists, else the base model.
+Both methods run on the model as the classifier serves it (the adapter merged into full-precision weights).
 Writes bench/results/classify_speed.json.
 """
 
@@ -167,6 +168,7 @@ def main():
     result = {
         "benchmark": "classify_speed", "machine": machine(), "messages": len(texts), "labels": len(names),
         "adapter": str(adapter.relative_to(REPO)) if classifier.adapter_version else None,
+        "adapter_merged": classifier.merged,
         "scoring": {"p50_ms": statistics.median(single), "p95_ms": percentile(single, 0.95),
                     "batched_msgs_per_s": len(texts) / batched_s,
                     "accuracy": sum(p.label == g for p, g in zip(predictions, gold)) / len(gold),

@@ -266,6 +266,29 @@ def test_zero_shot_after_an_adapter_uses_the_base_weights(classifier, two_adapte
     assert again.zero_shot and again.scores == pytest.approx(base_only.scores, abs=1e-5)
 
 
+def test_served_adapter_is_merged_and_scores_as_unmerged(classifier, two_adapters, tiny_model_dir):
+    from peft import PeftModel
+
+    from trainer.classify import predict
+    from trainer.models import load_base_model
+
+    texts = [e["text"] for e in toy_examples(per_label=4, seed=3)]
+    classifier.use_adapter(two_adapters[0], version=1)
+    assert classifier.merged
+    served = classifier.classify_many(texts)
+    unmerged = PeftModel.from_pretrained(load_base_model(tiny_model_dir, device="cpu"), str(two_adapters[0])).eval()
+    reference = predict(LabelScorer(unmerged, classifier.tokenizer, classifier._state.scorer.spec),
+                        [(t, None) for t in texts], threshold=0.5, adapter_version=1, zero_shot=False)
+    assert max(abs(a.scores[k] - b.scores[k]) for a, b in zip(served, reference) for k in a.scores) < 1e-4
+    # Swapping unmerges first: back on v1, the weights are v1's again, not v2's leftovers.
+    classifier.use_adapter(two_adapters[1], version=2)
+    classifier.use_adapter(two_adapters[0], version=1)
+    again = classifier.classify_many(texts)
+    assert max(abs(a.scores[k] - b.scores[k]) for a, b in zip(served, again) for k in a.scores) < 1e-5
+    classifier.use_zero_shot(TOY_LABELS)
+    assert not classifier.merged
+
+
 def test_empty_text_is_refused(classifier):
     for bad in ("", "   \n\t ", b"  "):
         with pytest.raises(EmptyText, match="empty or only whitespace"):

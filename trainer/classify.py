@@ -125,6 +125,7 @@ class Classifier:
         spec = PromptSpec.from_dict(read_adapter_meta(path)["prompt"])
         name = f"v{version}"
         with self._lock:
+            self._unmerge()
             old = self._state.adapter_name
             if not isinstance(self._model, PeftModel):
                 self._model = PeftModel.from_pretrained(self._model, str(path), adapter_name=name)
@@ -137,12 +138,33 @@ class Classifier:
             self._model.eval()
             if old and old != name and old in self._model.peft_config:
                 self._model.delete_adapter(old)
+            self._merge()
             self._state = _State(version, name, LabelScorer(self._model, self.tokenizer, spec))
 
     def use_zero_shot(self, labels: list[LabelInfo]) -> None:
         """Serve the base model alone, prompted with the label descriptions (before any adapter exists)."""
         with self._lock:
+            self._unmerge()
             self._state = _State(None, None, LabelScorer(self._model, self.tokenizer, zero_shot_spec(labels)))
+
+    @property
+    def merged(self) -> bool:
+        """Whether the serving adapter is folded into the base weights."""
+        return any(getattr(module, "merged", False) for module in self._model.modules())
+
+    def _merge(self) -> None:
+        """Fold the adapter into the base weights: serving then skips the LoRA matmuls of every layer.
+
+        Classification took about 10% less time merged (bench/README.md). Only on full-precision
+        weights: merging into 4-bit weights would round the adapter away. `_unmerge` undoes it
+        before every change of adapter.
+        """
+        if all(p.dtype.is_floating_point for p in self._model.parameters()):
+            self._model.merge_adapter()
+
+    def _unmerge(self) -> None:
+        if self.merged:
+            self._model.unmerge_adapter()
 
     def classify(self, text: str | bytes, subject: str | None = None) -> Prediction:
         return self.classify_many([(text, subject)])[0]
