@@ -9,7 +9,8 @@ Measures, in one run and on the same messages:
 - p50 latency with 3 labels and with all 77 (the cost of a bigger label set).
 
 Uses a Banking77 adapter (`--adapter`; default: bench/banking77.py's full run) when it exists, else the base model.
-Both methods run on the model as the classifier serves it (the adapter merged into full-precision weights).
+Both methods run on the model as the classifier serves it (the adapter merged into full-precision weights;
+`--no-merge` keeps it apart).
 Writes bench/results/classify_speed.json.
 """
 
@@ -103,6 +104,7 @@ def main():
     parser.add_argument("--messages", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="batched runs of each method (median reported)")
+    parser.add_argument("--no-merge", action="store_true", help="keep the adapter unmerged (LoRA matmuls in every layer)")
     parser.add_argument("--adapter", type=Path, default=CACHE / "banking77" / "small-model" / "adapter",
                         help="a Banking77 adapter (default: bench/banking77.py's full run)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "classify_speed.json")
@@ -113,7 +115,8 @@ def main():
     names = sorted({r["label"] for r in read_csv(DATA / "train.csv")})
     adapter = args.adapter.resolve()
     base = resolve_base_model("embedded", CACHE / "models")
-    classifier = Classifier.load(base, [LabelInfo(n) for n in names], batch_size=args.batch_size)
+    classifier = Classifier.load(base, [LabelInfo(n) for n in names], batch_size=args.batch_size,
+                                 merge=not args.no_merge)
     if (adapter / "supportbot.json").exists():
         classifier.use_adapter(adapter, version=1)
     spec = classifier._state.scorer.spec

@@ -3,7 +3,8 @@
 One model stays loaded. `use_adapter` swaps adapters in place under a lock:
 a classification in flight finishes with the adapter it started with, the
 next one uses the new adapter, and every prediction names the version that
-made it.
+made it. On full-precision weights the serving adapter is merged into them
+(no LoRA matmuls per layer), and unmerged before every swap.
 """
 
 from __future__ import annotations
@@ -94,8 +95,10 @@ class _State:
 class Classifier:
     """The serving classifier: thread-safe, one model, hot-swappable adapters."""
 
-    def __init__(self, model, tokenizer, labels: list[LabelInfo], *, threshold: float = 0.5, batch_size: int = 16):
+    def __init__(self, model, tokenizer, labels: list[LabelInfo], *, threshold: float = 0.5, batch_size: int = 16,
+                 merge: bool = True):
         self.tokenizer = tokenizer
+        self.merge = merge  # fold the serving adapter into full-precision weights (see _merge)
         self.threshold = threshold
         self.batch_size = batch_size
         self._model = model
@@ -159,7 +162,7 @@ class Classifier:
         weights: merging into 4-bit weights would round the adapter away. `_unmerge` undoes it
         before every change of adapter.
         """
-        if all(p.dtype.is_floating_point for p in self._model.parameters()):
+        if self.merge and all(p.dtype.is_floating_point for p in self._model.parameters()):
             self._model.merge_adapter()
 
     def _unmerge(self) -> None:
