@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import sys
 import time
@@ -186,6 +187,7 @@ def main():
         "achieved_flops": flops, "matmul_peak_flops": peak, "flops_fraction_of_peak": flops / peak,
         "p50_ms_3_labels": by_size[3], "p50_ms_77_labels": by_size[77],
         "label_cost_ratio_77_vs_3": by_size[77] / by_size[3],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # whole run: model, both methods
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

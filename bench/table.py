@@ -53,7 +53,8 @@ def classify_speed(d: dict) -> str:
         f"{d['matmul_peak_flops'] / 1e9:.1f} GFLOP/s: **{d['flops_fraction_of_peak']:.0%}** of peak. "
         f"p50 with 3 labels {d['p50_ms_3_labels']:.0f} ms, with 77 labels {d['p50_ms_77_labels']:.0f} ms "
         f"(**{d['label_cost_ratio_77_vs_3']:.2f}x**). Top label certified for {pct(s['certified_top_fraction'])} "
-        f"of messages."])
+        f"of messages. Adapter merged into the weights: {'yes' if d.get('adapter_merged') else 'no'}."
+        + (f" Peak memory of the whole run: {d['peak_rss_mb']:,.0f} MB." if "peak_rss_mb" in d else "")])
 
 
 def sft_throughput(d: dict) -> str:
@@ -133,6 +134,7 @@ def demo_retrain(d: dict) -> str:
 
 
 RENDER = {"banking77": banking77, "banking77_recipes": recipes, "classify_speed": classify_speed,
+          "classify_speed_unmerged": classify_speed,
           "sft_throughput": sft_throughput, "ack_latency": ack_latency, "mislabels": mislabels,
           "demo_retrain": demo_retrain, "soak": soak}
 

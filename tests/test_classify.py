@@ -289,6 +289,26 @@ def test_served_adapter_is_merged_and_scores_as_unmerged(classifier, two_adapter
     assert not classifier.merged
 
 
+def test_classifier_attends_with_grouped_heads_and_scores_as_default_attention(tiny_model_dir, monkeypatch):
+    import transformers.integrations.sdpa_attention as sdpa
+
+    from trainer.classify import zero_shot_spec
+    from trainer.models import GROUPED_SDPA, load_base_model, load_tokenizer
+
+    model, tokenizer = load_base_model(tiny_model_dir, device="cpu").eval(), load_tokenizer(tiny_model_dir)
+    assert model.config.num_key_value_heads < model.config.num_attention_heads  # the tiny model is GQA
+    repeats = []
+    repeat_kv = sdpa.repeat_kv
+    monkeypatch.setattr(sdpa, "repeat_kv", lambda *a: repeats.append(1) or repeat_kv(*a))
+    default = LabelScorer(model, tokenizer, zero_shot_spec(TOY_LABELS)).score(TEXTS)
+    default_repeats, repeats[:] = len(repeats), []
+    classifier = Classifier(model, tokenizer, TOY_LABELS)
+    assert model.config._attn_implementation == GROUPED_SDPA
+    grouped = classifier._state.scorer.score(TEXTS)
+    assert default_repeats > 0 and repeats == []  # the cache is no longer copied per query head
+    assert max(abs(x - y) for s, t in zip(default, grouped) for x, y in zip(s.logprobs, t.logprobs)) < 1e-5
+
+
 def test_empty_text_is_refused(classifier):
     for bad in ("", "   \n\t ", b"  "):
         with pytest.raises(EmptyText, match="empty or only whitespace"):

@@ -102,6 +102,9 @@ class Classifier:
         self.threshold = threshold
         self.batch_size = batch_size
         self._model = model
+        from .models import attend_grouped
+
+        attend_grouped(model)
         self._lock = threading.Lock()
         self._state = _State(None, None, LabelScorer(model, tokenizer, zero_shot_spec(labels)))
 
