@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .data import PromptSpec
+from .models import attend_grouped
 from .prompts import LabelInfo
 from .scoring import LabelScorer
 from .text import require_text
@@ -102,9 +103,7 @@ class Classifier:
         self.threshold = threshold
         self.batch_size = batch_size
         self._model = model
-        from .models import attend_grouped
-
-        attend_grouped(model)
+        attend_grouped(model)  # on CPU: attention without a copy of the cache per query head
         self._lock = threading.Lock()
         self._state = _State(None, None, LabelScorer(model, tokenizer, zero_shot_spec(labels)))
 
