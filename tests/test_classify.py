@@ -289,6 +289,17 @@ def test_served_adapter_is_merged_and_scores_as_unmerged(classifier, two_adapter
     assert not classifier.merged
 
 
+def test_a_4bit_base_keeps_the_adapter_apart(tiny_model_dir, two_adapters):
+    from trainer.models import load_base_model, load_tokenizer
+
+    model = load_base_model(tiny_model_dir, quantization="4bit", device="cpu").eval()
+    classifier = Classifier(model, load_tokenizer(tiny_model_dir), TOY_LABELS)
+    classifier.use_adapter(two_adapters[0], version=1)
+    assert not classifier.merged  # merging would round the adapter into 4-bit weights
+    prediction = classifier.classify("broken refund angry terrible damaged")
+    assert prediction.adapter_version == 1 and prediction.label in TOY_WORDS
+
+
 def test_classifier_attends_with_grouped_heads_and_scores_as_default_attention(tiny_model_dir, monkeypatch):
     import transformers.integrations.sdpa_attention as sdpa
 
