@@ -257,6 +257,58 @@ def test_hot_swap_changes_predictions_while_in_flight_work_finishes(classifier, 
     assert [p.label for p in classifier.classify_many(texts[:6])] == before
 
 
+def _call_while_busy(classifier, texts):
+    """classify() each text from its own thread while the model is busy; returns results or errors."""
+    results = [None] * len(texts)
+
+    def call(i):
+        try:
+            results[i] = classifier.classify(texts[i])
+        except Exception as exc:  # noqa: BLE001 - the test looks at which calls failed
+            results[i] = exc
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(texts))]
+    with classifier._lock:  # a batch in flight: every call has to wait
+        for thread in threads:
+            thread.start()
+        deadline = time.time() + 10
+        while len(classifier._waiting) < len(texts) and time.time() < deadline:
+            time.sleep(0.005)
+        assert len(classifier._waiting) == len(texts)
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_calls_waiting_for_the_model_are_classified_together(classifier, two_adapters, monkeypatch):
+    classifier.use_adapter(two_adapters[0], version=1)
+    texts = [e["text"] for e in toy_examples(per_label=3, seed=5)]  # 9 texts, batch size 8
+    alone = [classifier.classify(text) for text in texts]
+    scorer, batches = classifier._state.scorer, []
+    score = scorer.score
+    monkeypatch.setattr(scorer, "score", lambda items, **kw: batches.append(len(items)) or score(items, **kw))
+    together = _call_while_busy(classifier, texts)
+    assert sorted(batches) == [1, 8]  # two batches for nine calls, not nine
+    for a, b in zip(alone, together):  # each caller gets the answer to its own message
+        assert a.label == b.label and b.adapter_version == 1
+        assert max(abs(a.scores[k] - b.scores[k]) for k in a.scores) < 1e-4
+
+
+def test_one_failing_message_does_not_fail_the_others_in_its_batch(classifier, monkeypatch):
+    scorer = classifier._state.scorer
+    score = scorer.score
+
+    def fragile(items, **kwargs):
+        if any(text == "poison pill" for text, _ in items):
+            raise ValueError("this message breaks the model")
+        return score(items, **kwargs)
+
+    monkeypatch.setattr(scorer, "score", fragile)
+    results = _call_while_busy(classifier, ["how do I reset it", "poison pill", "my card broke"])
+    assert isinstance(results[1], ValueError)
+    assert all(r.label in TOY_WORDS for r in (results[0], results[2]))
+
+
 def test_zero_shot_after_an_adapter_uses_the_base_weights(classifier, two_adapters, tiny):
     model, tokenizer = tiny
     base_only = Classifier(model, tokenizer, TOY_LABELS).classify("how when where can what")

@@ -104,7 +104,9 @@ class Classifier:
         self.batch_size = batch_size
         self._model = model
         attend_grouped(model)  # on CPU: attention without a copy of the cache per query head
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the model: one batch at a time, adapter swaps between batches
+        self._waiting_lock = threading.Lock()
+        self._waiting: list[_Request] = []  # classify() calls not yet taken into a batch
         self._state = _State(None, None, LabelScorer(model, tokenizer, zero_shot_spec(labels)))
 
     @classmethod
@@ -172,17 +174,63 @@ class Classifier:
             self._model.unmerge_adapter()
 
     def classify(self, text: str | bytes, subject: str | None = None) -> Prediction:
-        return self.classify_many([(text, subject)])[0]
+        """One message. Calls made while the model is busy are classified together, in one batch.
+
+        Whichever waiting call gets the model first takes every call waiting then, so a burst of
+        emails (the bot answers each in its own job) is worked off at batched speed, and one
+        message alone is not delayed. If a batch fails, its messages are retried one by one, so
+        one bad message cannot fail the others.
+        """
+        request = _Request((require_text(text), subject))
+        with self._waiting_lock:
+            self._waiting.append(request)
+        with self._lock:
+            while not request.done:  # earlier callers' batches first, oldest first
+                with self._waiting_lock:
+                    batch, self._waiting = self._waiting[:self.batch_size], self._waiting[self.batch_size:]
+                self._answer(batch)
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+    def _answer(self, batch: list["_Request"]) -> None:
+        """Classify waiting requests (holding the model lock); each gets its result or its error."""
+        try:
+            for request, result in zip(batch, self._classify_locked([r.item for r in batch])):
+                request.result = result
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].error = exc
+            else:
+                for request in batch:
+                    self._answer([request])
+        finally:
+            for request in batch:  # never leave a waiting caller without an answer
+                if request.result is None and request.error is None:
+                    request.error = RuntimeError("the classification was interrupted")
+                request.done = True
 
     def classify_many(self, items: list) -> list[Prediction]:
         """Classify texts or (text, subject) pairs, batched. Empty texts raise EmptyText before any work."""
         pairs = [(item, None) if isinstance(item, (str, bytes)) else item for item in items]
         cleaned = [(require_text(text), subject) for text, subject in pairs]
         with self._lock:
-            state = self._state
-            # Zero-shot after an adapter was loaded: run the base weights alone.
-            peft_loaded = hasattr(self._model, "peft_config")
-            context = self._model.disable_adapter() if state.zero_shot and peft_loaded else nullcontext()
-            with context:
-                return predict(state.scorer, cleaned, threshold=self.threshold, adapter_version=state.version,
-                               zero_shot=state.zero_shot, batch_size=self.batch_size)
+            return self._classify_locked(cleaned)
+
+    def _classify_locked(self, cleaned: list[tuple[str, str | None]]) -> list[Prediction]:
+        state = self._state
+        # Zero-shot after an adapter was loaded: run the base weights alone.
+        peft_loaded = hasattr(self._model, "peft_config")
+        context = self._model.disable_adapter() if state.zero_shot and peft_loaded else nullcontext()
+        with context:
+            return predict(state.scorer, cleaned, threshold=self.threshold, adapter_version=state.version,
+                           zero_shot=state.zero_shot, batch_size=self.batch_size)
+
+
+class _Request:
+    """A `Classifier.classify` call waiting for the model."""
+
+    __slots__ = ("item", "done", "result", "error")
+
+    def __init__(self, item: tuple[str, str | None]):
+        self.item, self.done, self.result, self.error = item, False, None, None
