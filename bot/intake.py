@@ -17,13 +17,12 @@ from storage import labels, messages, predictions, replies
 from trainer.cleaning import clean_email
 from trainer.text import EmptyText
 
-from . import blocks
+from . import blocks, metadata
 from .context import BotContext
 
 log = logging.getLogger(__name__)
 
 NEW_MESSAGE_SUBTYPES = (None, "file_share", "thread_broadcast")
-REPLY_METADATA = "supportbot_reply"
 
 
 def email_file(event: dict) -> dict | None:
@@ -112,7 +111,7 @@ def classify_and_reply(ctx: BotContext, client, message_id: int) -> None:
 
 def reply_metadata(message_id: int) -> dict:
     """Slack message metadata on every answer: a restarted bot finds what it already posted."""
-    return {"event_type": REPLY_METADATA, "event_payload": {"message_id": message_id}}
+    return metadata.tag(metadata.REPLY, message_id=message_id)
 
 
 def answer(ctx: BotContext, client, message_id: int):
@@ -135,9 +134,7 @@ def recover_replies(ctx: BotContext, client) -> tuple[int, int]:
         except SlackApiError as exc:
             log.warning("cannot check the thread of message %d: %s", message.id, exc.response.get("error"))
             continue
-        posted = next((m for m in thread.get("messages", []) if (m.get("metadata") or {}).get("event_type")
-                       == REPLY_METADATA and (m["metadata"].get("event_payload") or {}).get("message_id")
-                       == message.id), None)
+        posted = metadata.find_tagged(thread.get("messages", []), metadata.REPLY, "message_id", message.id)
         if posted:
             replies.set_reply(db, message.id, message.channel, posted["ts"])
             found += 1

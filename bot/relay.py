@@ -17,9 +17,10 @@ from slack_sdk.errors import SlackApiError
 
 from storage import outbox
 
+from . import metadata
+
 log = logging.getLogger(__name__)
 
-METADATA_TYPE = "supportbot_outbox"
 MAX_BACKOFF_S = 300
 
 
@@ -53,12 +54,8 @@ class Relay:
         except SlackApiError as exc:
             log.warning("cannot check %s for an in-doubt message: %s", item.channel, exc.response.get("error"))
             return None
-        for message in history.get("messages", []):
-            metadata = message.get("metadata") or {}
-            if metadata.get("event_type") == METADATA_TYPE and (metadata.get("event_payload") or {}).get(
-                    "key") == item.key:
-                return message["ts"]
-        return None
+        found = metadata.find_tagged(history.get("messages", []), metadata.OUTBOX, "key", item.key)
+        return found["ts"] if found else None
 
     def deliver_due(self) -> int:
         """Deliver what is due now. Returns how many rows were delivered."""
@@ -93,7 +90,7 @@ class Relay:
             return item.ts
         posted = self.client.chat_postMessage(
             channel=item.channel, text=payload["text"], blocks=payload.get("blocks"),
-            metadata={"event_type": METADATA_TYPE, "event_payload": {"key": item.key}})
+            metadata=metadata.tag(metadata.OUTBOX, key=item.key))
         return posted["ts"]
 
     def _failed(self, db, item, status: int | None, headers, error: str) -> None:
