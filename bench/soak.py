@@ -342,7 +342,6 @@ def check(system: System, traffic: Traffic, log: dict) -> dict:
     state = system.state()
     db = system.db()
     stored = {ts: n for ts, n in db.execute("SELECT ts, COUNT(*) FROM messages WHERE channel = ? GROUP BY ts", [INTAKE])}
-    ids = dict(db.execute("SELECT ts, id FROM messages WHERE channel = ?", [INTAKE]).fetchall())
     replies = Counter(m.get("thread_ts") for m in state["messages"]
                       if (m.get("metadata") or {}).get("event_type") == "supportbot_reply")
     kept = set(traffic.messages)
@@ -401,7 +400,6 @@ def check(system: System, traffic: Traffic, log: dict) -> dict:
         "ack_p50_ms": percentile(acks, 0.5),
         "ack_p99_ms": percentile(acks, 0.99),
         "ack_max_ms": max(acks) if acks else None,
-        "message_ids": len(ids),
         **log,
     }
 
