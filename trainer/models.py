@@ -189,3 +189,16 @@ def attend_grouped(model) -> bool:
     AttentionMaskInterface.register(GROUPED_SDPA, sdpa_mask)
     model.set_attn_implementation(GROUPED_SDPA)
     return model.config._attn_implementation == GROUPED_SDPA
+
+
+def decoder_and_head(model):
+    """(decoder, output head) of a causal LM, under a peft wrapper or not, so that the head can run
+    on the positions that matter only. None when the model changes its logits after the head
+    (soft-capping, scaling): callers then take the full forward pass.
+    """
+    config = model.config
+    if any(getattr(config, name, None) not in (None, 1, 1.0)
+           for name in ("final_logit_softcapping", "logit_scale", "logits_scaling")):
+        return None
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return causal.get_decoder(), causal.get_output_embeddings()

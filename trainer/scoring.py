@@ -38,6 +38,7 @@ import functools
 from dataclasses import dataclass
 
 from .data import PromptSpec, label_ids, prompt_ids
+from .models import decoder_and_head
 
 BEAM_WIDTH = 4
 SPLIT_LABELS = 3  # a prefix with at most this many labels below it is finished in one pass
@@ -459,15 +460,13 @@ class LabelScorer:
         """
         import torch
 
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        config = self.model.config
-        if any(getattr(config, name, None) not in (None, 1, 1.0)
-               for name in ("final_logit_softcapping", "logit_scale", "logits_scaling")):
+        parts = decoder_and_head(self.model)
+        if parts is None:
             logits = self.model(**inputs).logits[selected].float()
             return logits.gather(1, targets[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
-        hidden = base.get_decoder()(**inputs).last_hidden_state[selected]
-        head = base.get_output_embeddings()
-        chunk = max(1, LOGITS_BUDGET // config.vocab_size)
+        decoder, head = parts
+        hidden = decoder(**inputs).last_hidden_state[selected]
+        chunk = max(1, LOGITS_BUDGET // self.model.config.vocab_size)
         parts = []
         for start in range(0, len(targets), chunk):
             logits = head(hidden[start:start + chunk]).float()

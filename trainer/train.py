@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .config import TrainConfig
 from .metrics import MetricsSink
+from .models import decoder_and_head
 
 CANCEL_FILE = "cancel"
 
@@ -99,12 +100,15 @@ def label_position_loss(model, inputs, num_items_in_batch=None):
     import torch.nn.functional as F
 
     labels = inputs["labels"]
-    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = causal.get_decoder()(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
-                                  use_cache=False).last_hidden_state
     targets = labels[:, 1:]
     keep = targets != -100
-    logits = causal.get_output_embeddings()(hidden[:, :-1][keep]).float()
+    batch = {"input_ids": inputs["input_ids"], "attention_mask": inputs.get("attention_mask"), "use_cache": False}
+    parts = decoder_and_head(model)
+    if parts is None:  # logits changed after the head: the full forward pass
+        logits = model(**batch).logits[:, :-1][keep].float()
+    else:
+        decoder, head = parts
+        logits = head(decoder(**batch).last_hidden_state[:, :-1][keep]).float()
     total = F.cross_entropy(logits, targets[keep], reduction="sum")
     count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
     return total / torch.as_tensor(count, device=total.device).clamp(min=1)
