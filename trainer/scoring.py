@@ -467,12 +467,12 @@ class LabelScorer:
         decoder, head = parts
         hidden = decoder(**inputs).last_hidden_state[selected]
         chunk = max(1, LOGITS_BUDGET // self.model.config.vocab_size)
-        parts = []
+        pieces = []
         for start in range(0, len(targets), chunk):
             logits = head(hidden[start:start + chunk]).float()
             picked = logits.gather(1, targets[start:start + chunk, None])[:, 0]
-            parts.append(picked - torch.logsumexp(logits, dim=-1))
-        return torch.cat(parts) if parts else hidden.new_zeros(0)
+            pieces.append(picked - torch.logsumexp(logits, dim=-1))
+        return torch.cat(pieces) if pieces else hidden.new_zeros(0)
 
 
 def _length_groups(lengths: list[int], max_rows: int) -> list[list[int]]:
