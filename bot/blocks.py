@@ -27,7 +27,9 @@ def label_select(labels: list[str], message_id: int, initial: str | None = None)
 
 def prediction_blocks(message_id: int, prediction, labels: list[str], human: dict | None = None) -> list[dict]:
     """The thread reply: prediction, confidence, adapter, and the controls to confirm or change it."""
-    source = "zero-shot (no adapter trained yet)" if prediction.zero_shot else f"adapter v{prediction.adapter_version}"
+    source = "zero-shot (no labels yet)" if prediction.model == "zero-shot" else prediction.model
+    if prediction.novel:
+        source += " · unlike any labelled message"
     head = f"*Label:* `{prediction.label}`  ({prediction.confidence:.0%})"
     if prediction.needs_review:
         head = f":warning: *Needs review* - best guess `{prediction.label}` ({prediction.confidence:.0%})"

@@ -6,12 +6,13 @@ import logging
 import re
 
 from storage import NotFound, RunConflict, StorageError, UnknownLabel
-from storage import adapters, labels, messages, predictions, runs
+from storage import adapters, labels, messages, predictions, runs, served
 from trainer.text import EmptyText
 
 from . import blocks
 from .context import BotContext
 from .intake import refresh_reply
+from .serving import recorded_choice
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +152,17 @@ def model_command(ctx: BotContext, command: dict) -> str:
             restored = adapters.rollback(db)
         except NotFound as exc:
             return f"Cannot roll back: {exc}."
+        served.set_served(db, "adapter", adapter_version=restored.version, chosen_by=command["user_id"],
+                          reason=f"rolled back by <@{command['user_id']}>")
         return f"Rolled back: adapter v{restored.version} is serving again."
     if words:
         return "Usage: `/model` or `/model rollback`."
     current = adapters.current_adapter(db)
     history = adapters.list_adapters(db)[:5]
-    lines = [f"*Serving:* adapter v{current.version} on {current.base_model}" if current else
-             "*Serving:* the base model zero-shot (no adapter trained yet)"]
+    choice, state = served.current_served(db), ctx.serving_state()
+    name = state.name if state else recorded_choice(db)["name"]
+    lines = [f"*Serving:* {name}" + (f" ({state.note})" if state and state.note else "")
+             + (f" - {choice.reason}" if choice else "")]
     if current:
         m = current.metrics
         lines.append(f"Accuracy {m.get('accuracy', 0):.1%}, macro-F1 {m.get('macro_f1', 0):.3f} on {m.get('n', 0)} "

@@ -87,6 +87,11 @@ class BotContext:
         sync_classifier(classifier, self.db())
         return classifier
 
+    def serving_state(self):
+        """What answers now (`bot.serving.State`), or None before the classifier was first needed."""
+        classifier = self._classifier
+        return getattr(classifier, "state", None)
+
     def is_admin(self, user_id: str) -> bool:
         return user_id in self.settings.admins
 

@@ -91,11 +91,14 @@ def classify_and_reply(ctx: BotContext, client, message_id: int) -> None:
         return
     try:
         classifier = ctx.classifier()
-        prediction = classifier.classify(message.clean_body or message.subject or "", message.subject)
+        text = message.clean_body or message.subject or ""
+        # Embedded once, here, and kept: the embedding classifier's refits never re-encode a message.
+        vector = classifier.vector_for(db, message_id, text, message.subject)
+        prediction = classifier.classify(text, message.subject, vector=vector)
         predictions.add_prediction(db, message_id=message_id, adapter_version=prediction.adapter_version,
                                    label=prediction.label, confidence=prediction.confidence,
                                    needs_review=prediction.needs_review, scores=prediction.scores,
-                                   latency_ms=prediction.latency_ms)
+                                   latency_ms=prediction.latency_ms, model=prediction.model)
         names = [d.name for d in labels.list_label_defs(db)]
         posted = client.chat_postMessage(channel=message.channel, thread_ts=message.ts,
                                          text=blocks.prediction_text(prediction),
@@ -171,6 +174,8 @@ class _Shown:
     def __init__(self, p):
         self.label, self.confidence, self.needs_review = p.label, p.confidence, p.needs_review
         self.adapter_version, self.zero_shot = p.adapter_version, p.adapter_version is None
+        self.model = p.model or (f"adapter v{p.adapter_version}" if p.adapter_version else "zero-shot")
+        self.novel = False  # not stored; the needs-review flag it raised is
         self.alternatives = [[k, v] for k, v in list(p.scores.items())[1:3]]
 
 

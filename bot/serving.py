@@ -1,11 +1,35 @@
-"""Loading the serving classifier from settings and the registry, and keeping it current."""
+"""The model that answers: embeddings, an adapter, their ensemble, or zero-shot, kept current.
+
+Which one serves is the newest `served_models` row (the gate's choice after each run, or a
+rollback). Before any: the current adapter if one exists, else the embedding classifier as soon as
+two labels have two labelled messages each, else the base model zero-shot over the label
+descriptions. An adapter knows only the labels it was trained on: while the label set has a label
+it lacks, the embedding classifier (which learns a label from its first two examples) answers, and
+the reply says so.
+
+The embedding classifier is refitted from the stored vectors when labels change: debounced (a burst
+of corrections costs one refit) and on a thread of its own, so no request waits for it. Swaps are
+atomic: a classification reads the serving state once, and a language-model answer made by another
+adapter than that state expects (a swap in between) is made again.
+"""
 
 from __future__ import annotations
 
-from storage import adapters, labels
+import logging
+import math
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, replace
+
+from storage import adapters, embeddings as stored_embeddings, labels, open_db, served
 from trainer.prompts import LabelInfo
 
 from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+REFIT_DEBOUNCE_S = 2.0
 
 
 def label_infos(db) -> list[LabelInfo]:
@@ -18,27 +42,336 @@ def base_model_path(settings: Settings) -> str:
     return resolve_base_model(settings.base_model, settings.model_cache_dir)
 
 
-def load_classifier(settings: Settings, db):
-    """One classifier for the process: the current adapter, or zero-shot over the label set."""
-    from trainer.classify import Classifier
+class NoLabels(RuntimeError):
+    """Classification needs a label set of at least two labels."""
 
-    infos = label_infos(db)
-    if len(infos) < 2:
-        raise NoLabels(f"the label set has {len(infos)} label(s); add at least 2 "
+
+@dataclass(frozen=True)
+class State:
+    """What answers now. `name` is what replies show."""
+
+    kind: str                       # zero-shot | embeddings | adapter | ensemble
+    name: str
+    adapter_version: int | None = None
+    adapter_path: str | None = None
+    details: dict | None = None     # temperatures and the mix, from the gate
+    note: str = ""                  # why this differs from the recorded choice, if it does
+
+
+def load_classifier(settings: Settings, db):
+    """The process's answering model (the language model is loaded only when an answer needs it)."""
+    if len(labels.list_label_defs(db)) < 2:
+        raise NoLabels(f"the label set has {len(labels.list_label_defs(db))} label(s); add at least 2 "
                        "(supportbot labels add NAME --description TEXT) before classifying")
-    classifier = Classifier.load(base_model_path(settings), infos, threshold=settings.review_threshold)
-    sync_classifier(classifier, db)
-    return classifier
+    served_classifier = ServedClassifier(settings)
+    served_classifier.refit(db)
+    served_classifier.sync(db)
+    return served_classifier
+
+
+def recorded_choice(db) -> dict:
+    """The model the registry says serves ({kind, name, details}), for the next run's gate."""
+    choice = served.current_served(db)
+    if choice is None:
+        current = adapters.current_adapter(db)
+        if current is not None:
+            return {"kind": "adapter", "name": f"adapter v{current.version}", "details": {}}
+        if sum(1 for n in labels.label_counts(db).values() if n >= 2) >= 2:
+            return {"kind": "embeddings", "name": "embeddings", "details": {}}
+        return {"kind": "zero-shot", "name": "zero-shot", "details": {}}
+    name = {"embeddings": "embeddings", "adapter": f"adapter v{choice.adapter_version}",
+            "ensemble": f"adapter v{choice.adapter_version} + embeddings"}[choice.kind]
+    return {"kind": choice.kind, "name": name, "details": choice.details}
 
 
 def sync_classifier(classifier, db) -> bool:
-    """Switch to the registry's current adapter if it changed (promotion or rollback). Returns True on a switch."""
-    current = adapters.current_adapter(db)
-    if current is None or current.version == classifier.adapter_version:
-        return False
-    classifier.use_adapter(current.path, current.version)
-    return True
+    return classifier.sync(db)
 
 
-class NoLabels(RuntimeError):
-    """Classification needs a label set of at least two labels."""
+class ServedClassifier:
+    """Thread-safe; one per process. `classify` and `classify_many` answer as `trainer.classify.Classifier` does."""
+
+    def __init__(self, settings: Settings, *, llm_factory=None, debounce_s: float = REFIT_DEBOUNCE_S):
+        self.settings = settings
+        self.threshold = settings.review_threshold
+        self._llm_factory = llm_factory
+        self._llm = None
+        self._llm_lock = threading.Lock()
+        self._embeddings = None          # trainer.embeddings.EmbeddingClassifier, or None before enough labels
+        self._embed_lock = threading.Lock()
+        self._state = State("zero-shot", "zero-shot")
+        self._sync_lock = threading.Lock()
+        self._fitted_signature = None
+        self._poked_signature = None
+        self._refit = _Debouncer(debounce_s, self._refit_in_background)
+        self.refits = 0                  # how many refits ran (tests, /model)
+
+    # -- what serves ------------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def adapter_version(self) -> int | None:
+        return self._state.adapter_version
+
+    @property
+    def labels(self) -> list[str]:
+        if self._state.kind == "embeddings" and self._embeddings is not None:
+            return list(self._embeddings.labels)
+        return self._language_model().labels
+
+    def sync(self, db) -> bool:
+        """Bring the serving state in line with the registry and the label set. Returns True on a change."""
+        signature = _label_signature(db)
+        if signature not in (self._fitted_signature, self._poked_signature):
+            self._poked_signature = signature  # poked once per change: traffic does not postpone the refit
+            self._refit.poke()
+        with self._sync_lock:
+            wanted = self._wanted(db)
+            if wanted == self._state:
+                return False
+            if wanted.kind in ("adapter", "ensemble"):
+                llm = self._language_model(db)
+                if llm.adapter_version != wanted.adapter_version:
+                    llm.use_adapter(wanted.adapter_path, wanted.adapter_version)
+            elif wanted.kind == "zero-shot" and self._llm is not None:
+                self._llm.use_zero_shot(label_infos(db))
+            self._state = wanted
+            log.info("serving %s%s", wanted.name, f" ({wanted.note})" if wanted.note else "")
+            return True
+
+    def _wanted(self, db) -> State:
+        choice = served.current_served(db)
+        current = adapters.current_adapter(db)
+        active = [d.name for d in labels.list_label_defs(db)]
+        fitted = self._embeddings
+        if choice is None:
+            if current is not None:
+                choice_kind, version, details = "adapter", current.version, {}
+            elif fitted is not None:
+                return State("embeddings", "embeddings")
+            else:
+                return State("zero-shot", "zero-shot")
+        else:
+            choice_kind, version, details = choice.kind, choice.adapter_version, choice.details
+        if choice_kind == "embeddings":
+            return State("embeddings", "embeddings") if fitted is not None else State(
+                "zero-shot", "zero-shot", note="too few labelled messages for the embeddings")
+        adapter = adapters.get_adapter(db, version)
+        missing = sorted(set(active) - set(adapter.labels))
+        if missing and fitted is not None:
+            return State("embeddings", "embeddings",
+                         note=f"adapter v{version} was trained before label(s) {', '.join(missing)}")
+        if choice_kind == "ensemble" and fitted is not None and not set(adapter.labels) - set(fitted.labels):
+            return State("ensemble", f"adapter v{version} + embeddings", version, adapter.path, details)
+        return State("adapter", f"adapter v{version}", version, adapter.path, details)
+
+    def _language_model(self, db=None):
+        with self._llm_lock:
+            if self._llm is None:
+                from trainer.classify import Classifier
+
+                own_db = db or open_db(self.settings.db_path)
+                if self._llm_factory is not None:
+                    self._llm = self._llm_factory(self.settings, own_db)
+                else:
+                    self._llm = Classifier.load(base_model_path(self.settings), label_infos(own_db),
+                                                threshold=self.threshold)
+            return self._llm
+
+    # -- answering --------------------------------------------------------------------------------------
+
+    def classify(self, text, subject: str | None = None, *, vector=None):
+        return self.classify_many([(text, subject)], vectors=None if vector is None else [vector])[0]
+
+    def classify_many(self, items: list, *, vectors=None) -> list:
+        """Texts or (text, subject) pairs, answered by the serving model. Empty texts raise EmptyText."""
+        from trainer.text import require_text
+
+        pairs = [(item, None) if isinstance(item, (str, bytes)) else tuple(item) for item in items]
+        cleaned = [(require_text(text), subject) for text, subject in pairs]
+        for _ in range(3):
+            state = self._state
+            answers = self._answer(state, cleaned, vectors)
+            if answers is not None:
+                return answers
+        raise RuntimeError("the served model kept changing during the classification")
+
+    def _answer(self, state: State, cleaned: list, vectors) -> list | None:
+        import numpy as np
+
+        from trainer.embeddings import from_blob, message_text
+
+        started = time.perf_counter()
+        needs_vectors = state.kind in ("embeddings", "ensemble")
+        if needs_vectors:
+            fitted = self._embeddings
+            if vectors is None or any(v is None for v in vectors):
+                matrix = self.embed([message_text(t, s) for t, s in cleaned])
+            else:
+                matrix = np.stack([from_blob(v) if isinstance(v, bytes) else np.asarray(v) for v in vectors])
+            novel = fitted.novel(matrix)
+        if state.kind == "embeddings":
+            logp = fitted.log_probs(matrix)
+            names = fitted.labels
+            certified = True
+        else:
+            llm = self._language_model()
+            made = llm.classify_many(cleaned) if len(cleaned) > 1 else [llm.classify(*cleaned[0])]
+            if any(p.adapter_version != state.adapter_version for p in made):
+                return None  # an adapter swap came in between: answer again with the new state
+            names = llm.labels
+            logp = np.log(np.array([[max(p.scores[n], 1e-30) for n in names] for p in made]))
+            certified = all(p.certified for p in made)
+            details = state.details or {}
+            if state.kind == "ensemble":
+                from trainer.ensemble import Mix
+
+                columns = [fitted.labels.index(n) for n in names]
+                logp = Mix.from_dict(details["mix"]).log_probs(logp, fitted.logits(matrix)[:, columns])
+            elif details.get("temperature"):
+                logp = logp / float(details["temperature"])
+            if state.kind == "zero-shot":
+                return [replace(p, model="zero-shot") for p in made]
+        per_item_ms = (time.perf_counter() - started) * 1000 / max(1, len(cleaned))
+        out = []
+        for i in range(len(cleaned)):
+            out.append(_prediction(names, logp[i], state, self.threshold, per_item_ms,
+                                   novel=bool(novel[i]) if needs_vectors else False, certified=certified))
+        return out
+
+    def vector_for(self, db, message_id: int, text: str, subject: str | None):
+        """A stored message's vector, embedded and stored the first time (None without the embedder)."""
+        from trainer.embeddings import EMBEDDER, EmbedderMissing, from_blob, message_text, to_blob
+
+        stored = stored_embeddings.get_embedding(db, message_id, EMBEDDER)
+        if stored is not None:
+            return from_blob(stored)
+        try:
+            vector = self.embed([message_text(text, subject)])[0]
+        except EmbedderMissing:
+            return None
+        stored_embeddings.add_embedding(db, message_id, EMBEDDER, to_blob(vector))
+        return vector
+
+    def embed(self, texts: list[str]):
+        from trainer.embeddings import embed
+
+        with self._embed_lock:
+            return embed(texts)
+
+    # -- refitting the embedding classifier -------------------------------------------------------------
+
+    def refit(self, db) -> bool:
+        """Fit the embedding classifier on every labelled message's vector (embedding the ones missing).
+
+        Returns True when a classifier was fitted (two labels with two examples each at least).
+        """
+        from trainer.embeddings import EMBEDDER, EmbedderMissing, EmbeddingClassifier, from_blob, message_text, to_blob
+
+        signature = _label_signature(db)
+        try:
+            while True:
+                missing = stored_embeddings.unembedded_labelled(db, EMBEDDER)
+                if not missing:
+                    break
+                vectors = self.embed([message_text(r["clean_body"] or "", r["subject"]) for r in missing])
+                for row, vector in zip(missing, vectors):
+                    stored_embeddings.add_embedding(db, row["id"], EMBEDDER, to_blob(vector))
+        except EmbedderMissing as exc:
+            log.warning("no embedding classifier: %s", exc)
+            self._fitted_signature = signature
+            return False
+        rows = stored_embeddings.labelled_vectors(db, EMBEDDER)
+        active = [d.name for d in labels.list_label_defs(db)]
+        rows = [r for r in rows if r[1] in active]
+        counts = Counter(label for _, label, _ in rows)
+        if sum(1 for n in counts.values() if n >= 2) < 2:
+            self._embeddings = None
+        else:
+            import numpy as np
+
+            self._embeddings = EmbeddingClassifier.fit(np.stack([from_blob(v) for _, _, v in rows]),
+                                                       [label for _, label, _ in rows], active)
+        self._fitted_signature = signature
+        self.refits += 1
+        return self._embeddings is not None
+
+    def _refit_in_background(self) -> None:
+        db = open_db(self.settings.db_path)
+        try:
+            self.refit(db)
+            self.sync(db)
+        finally:
+            db.conn.close()
+
+    def close(self) -> None:
+        self._refit.cancel()
+
+
+def _label_signature(db) -> tuple:
+    """Changes whenever a label, a label definition or a message's deletion changes (cheap to read)."""
+    row = next(db.query("""SELECT (SELECT COUNT(*) FROM labels) AS events, (SELECT MAX(id) FROM labels) AS last,
+                                  (SELECT COUNT(*) FROM label_set WHERE active = 1) AS defs,
+                                  (SELECT COUNT(*) FROM messages WHERE deleted_at IS NOT NULL) AS deleted"""))
+    return tuple(row.values())
+
+
+def _prediction(names: list[str], logp, state: State, threshold: float, latency_ms: float, *,
+                novel: bool, certified: bool):
+    from trainer.classify import Prediction
+
+    top_logp = max(logp)
+    weights = [math.exp(x - top_logp) for x in logp]
+    total = sum(weights)
+    probs = [w / total for w in weights]
+    order = sorted(range(len(names)), key=lambda i: -probs[i])
+    top = order[0]
+    return Prediction(label=names[top], confidence=probs[top], needs_review=probs[top] < threshold or novel,
+                      adapter_version=state.adapter_version, zero_shot=False,
+                      scores={names[i]: probs[i] for i in order},
+                      alternatives=[[names[i], probs[i]] for i in order[1:3]], certified=certified,
+                      latency_ms=latency_ms, model=state.name, novel=novel)
+
+
+class _Debouncer:
+    """Runs `action` on its own thread once no `poke` came for `delay` seconds."""
+
+    def __init__(self, delay: float, action):
+        self.delay, self.action = delay, action
+        self._lock = threading.Lock()
+        self._due: float | None = None
+        self._thread: threading.Thread | None = None
+        self._cancelled = False
+
+    def poke(self) -> None:
+        with self._lock:
+            if self._cancelled:
+                return
+            self._due = time.monotonic() + self.delay
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="supportbot-refit", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                wait = None if self._due is None else self._due - time.monotonic()
+                if self._cancelled or wait is None:
+                    self._thread = None
+                    return
+                if wait <= 0:
+                    self._due = None
+            if wait > 0:
+                time.sleep(min(wait, 0.5))
+                continue
+            try:
+                self.action()
+            except Exception:  # noqa: BLE001 - the old classifier keeps serving; the next change retries
+                log.exception("refitting the embedding classifier failed")
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True

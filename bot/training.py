@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from storage import adapters, labels, runs
+from storage import adapters, labels, runs, served
 from trainer.data import write_jsonl
 from trainer.metrics import read_metrics
 
+from .serving import recorded_choice
 from .settings import Settings
 
 RUN_BOOKKEEPING = ("retry_of",)  # run params for the queue, not for the trainer's config
@@ -57,7 +58,8 @@ def prepare_run(settings: Settings, db, run: runs.Run) -> Path:
     config = {"labels": [{"name": name, "description": defs.get(name, "")} for name in used],
               "base_model": settings.base_model, "model_cache_dir": str(settings.model_cache_dir),
               "promotion_margin": settings.promotion_margin,
-              "compare_adapter": current.path if current and Path(current.path).is_dir() else ""}
+              "compare_adapter": current.path if current and Path(current.path).is_dir() else "",
+              "serving_model": recorded_choice(db)}
     config.update({k: v for k, v in run.params.items() if k not in RUN_BOOKKEEPING})
     (run_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     write_jsonl(run_dir / "train.jsonl", examples)
@@ -156,6 +158,10 @@ def register_result(settings: Settings, db, run: runs.Run, result: dict) -> tupl
     promoted = bool(result["promotion"]["promote"])
     if promoted:
         adapter = adapters.promote(db, adapter.version)
+    gate = result.get("gate")
+    if gate and (promoted or gate["kind"] == "embeddings"):
+        served.set_served(db, gate["kind"], adapter_version=adapter.version if promoted else None,
+                          details=gate["details"], reason=gate["reason"], run_id=run.id, chosen_by="gate")
     return adapter, promoted
 
 

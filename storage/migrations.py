@@ -189,3 +189,33 @@ def m004_label_exclusion(db):
     # A label event can also say "leave this message out of training" (a data-check decision),
     # so exclusion has the same history (who, when, how) as every other label.
     db.execute("ALTER TABLE labels ADD COLUMN excluded INTEGER NOT NULL DEFAULT 0")
+
+
+@MIGRATIONS(name="m005_embeddings_and_served_models")
+def m005_embeddings_and_served_models(db):
+    _run_script(
+        db,
+        """
+        -- One sentence embedding per message, computed once at intake (refits never re-encode).
+        CREATE TABLE embeddings (
+            message_id INTEGER PRIMARY KEY REFERENCES messages(id),
+            model TEXT NOT NULL,
+            vector BLOB NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        -- Which model answers: the newest row. Appended by the serving gate after a run, and by a rollback.
+        CREATE TABLE served_models (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('embeddings', 'adapter', 'ensemble')),
+            adapter_version INTEGER REFERENCES adapters(version),
+            details TEXT NOT NULL DEFAULT '{}',
+            reason TEXT NOT NULL,
+            run_id INTEGER,
+            chosen_by TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            CHECK ((kind = 'embeddings') = (adapter_version IS NULL))
+        );
+        -- What answered ("embeddings", "adapter v3 + embeddings"...), beside the adapter version.
+        ALTER TABLE predictions ADD COLUMN model TEXT;
+        """,
+    )

@@ -21,6 +21,7 @@ class Prediction:
     scores: dict
     latency_ms: float | None
     created_at: str
+    model: str | None = None
 
 
 def _prediction(row: dict) -> Prediction:
@@ -28,12 +29,14 @@ def _prediction(row: dict) -> Prediction:
 
 
 def add_prediction(db: Database, *, message_id: int | None, adapter_version: int | None, label: str,
-                   confidence: float, needs_review: bool, scores: dict, latency_ms: float | None = None) -> Prediction:
+                   confidence: float, needs_review: bool, scores: dict, latency_ms: float | None = None,
+                   model: str | None = None) -> Prediction:
     with write(db):
         cursor = db.execute(
             """INSERT INTO predictions (message_id, adapter_version, label, confidence, needs_review, scores,
-                   latency_ms, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
-            [message_id, adapter_version, label, confidence, int(needs_review), json.dumps(scores), latency_ms, now()],
+                   latency_ms, created_at, model) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            [message_id, adapter_version, label, confidence, int(needs_review), json.dumps(scores), latency_ms, now(),
+             model],
         )
     return _prediction(query_one(db, "SELECT * FROM predictions WHERE id = ?", [cursor.lastrowid]))
 

@@ -37,6 +37,8 @@ class Prediction:
     alternatives: list      # the next two: [[label, probability], ...]
     certified: bool         # the top label is provably the most likely label (see trainer.scoring)
     latency_ms: float
+    model: str = ""         # what answered, as replies name it: "adapter v3", "embeddings", "zero-shot"...
+    novel: bool = False     # unlike any labelled message (embeddings' nearest-neighbour check)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,7 +80,8 @@ def predict(scorer: LabelScorer, items: list[tuple[str, str | None]], *, thresho
             adapter_version=adapter_version, zero_shot=zero_shot,
             scores={names[i]: probs[i] for i in order},
             alternatives=[[names[i], probs[i]] for i in order[1:3]],
-            certified=result.certified, latency_ms=per_item_ms))
+            certified=result.certified, latency_ms=per_item_ms,
+            model="zero-shot" if zero_shot else f"adapter v{adapter_version}"))
     return predictions
 
 

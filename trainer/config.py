@@ -65,14 +65,22 @@ class TrainConfig:
     seed: int = _help("Seed for the split, initialization and data order.", default=42)
     eval_fraction: float = _help("Share of examples held out when no eval.jsonl is given (stratified).",
                                  default=0.2)
+    dev_fraction: float = _help("Share of the training side held out from the adapter (stratified) for early "
+                                "stopping, calibration and the ensemble weight, so that the eval split is "
+                                "used only to compare candidates. 0: early stopping on eval, no ensemble.",
+                                default=0.125)
+    serving_model: dict = _help("What answers now, for the serving gate: {kind, name, details}; kind is "
+                                "embeddings, adapter or ensemble (the adapter's folder is compare_adapter).",
+                                default_factory=dict)
     divergence_factor: float = _help("Stop with an error when the training loss exceeds this multiple of its "
                                      "first value.", default=4.0)
     compare_adapter: str = _help("Folder of the adapter now serving; evaluated on the same split for the "
                                  "promotion gate.", default="")
     promotion_margin: float = _help("Promote unless macro-F1 is worse than the serving adapter's by more.",
                                     default=0.01)
-    baseline: bool = _help("Also score a cheap baseline (sentence embeddings or TF-IDF + logistic regression) "
-                           "on the same split.", default=True)
+    baseline: bool = _help("Also score the other candidates on the same split (the embedding classifier, "
+                           "the ensemble) and let the serving gate choose; without the embedding model, "
+                           "a TF-IDF baseline.", default=True)
     injection_augmentation: float = _help("Share of training examples copied with an appended instruction to "
                                           "answer another label (true label kept), so the adapter learns to "
                                           "ignore instructions inside emails.", default=0.3)
@@ -136,6 +144,11 @@ def validate(config: TrainConfig) -> TrainConfig:
         value = getattr(config, name)
         if not (isinstance(value, (int, float)) and 0 <= value < 1):
             raise ConfigError(f"{name}: expected a number in [0, 1), got {value!r}")
+    if not (isinstance(config.dev_fraction, (int, float)) and 0 <= config.dev_fraction < 1):
+        raise ConfigError(f"dev_fraction: expected a number in [0, 1), got {config.dev_fraction!r}")
+    if not isinstance(config.serving_model, dict):
+        raise ConfigError(f"serving_model: expected an object like {{\"kind\": \"adapter\"}}, got "
+                          f"{config.serving_model!r}")
     if not 0 < config.eval_fraction < 1:
         raise ConfigError(f"eval_fraction: expected a number between 0 and 1, got {config.eval_fraction!r}")
     if config.divergence_factor <= 1:

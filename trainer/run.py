@@ -131,9 +131,10 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
     # Setup: everything that can be wrong with the input is found before a model loads.
     cfg = load_config(run_dir / "config.json")
     train, evaluation = load_examples(run_dir, cfg)
+    train, dev = split_dev(train, cfg)
     spec = prompt_spec(cfg)
     result.update(config=json.loads(cfg.to_json()), base_model=cfg.base_model, labels=spec.names,
-                  data={"train": len(train), "eval": len(evaluation),
+                  data={"train": len(train), "dev": len(dev), "eval": len(evaluation),
                         "per_label": dict(sorted(Counter(e["label"] for e in train).items()))})
 
     from .models import load_base_model, load_tokenizer, pick_device, resolve_base_model
@@ -149,7 +150,8 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
     result["config"] = json.loads(cfg.to_json())
     augmented = augment_with_injections(train, spec.names, cfg.injection_augmentation, cfg.seed)
     train_rows = tokenize_examples(tokenizer, spec, augmented, cfg.max_length)
-    eval_rows = tokenize_examples(tokenizer, spec, evaluation, cfg.max_length)
+    # Early stopping watches dev (held out from training), leaving eval to the serving gate alone.
+    eval_rows = tokenize_examples(tokenizer, spec, dev or evaluation, cfg.max_length)
 
     # Train.
     from .train import fit
@@ -177,22 +179,33 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
     batch = cfg.batch_size * 2
     result["metrics"], predictions = evaluate_with(LabelScorer(model, tokenizer, spec), evaluation, batch)
     write_jsonl(run_dir / "eval_predictions.jsonl",
-                [{**e, "predicted": p.label, "confidence": p.confidence} for e, p in zip(evaluation, predictions)])
-    result["serving"] = None
+                [{**e, "predicted": p.label, "confidence": p.confidence, "scores": p.scores}
+                 for e, p in zip(evaluation, predictions)])
+    dev_predictions = evaluate_with(LabelScorer(model, tokenizer, spec), dev, batch)[1] if dev else None
+    result["serving"], serving_predictions = None, None
     if cfg.compare_adapter:
         from .classify import read_adapter_meta
 
         serving_spec = PromptSpec.from_dict(read_adapter_meta(cfg.compare_adapter)["prompt"])
         model.load_adapter(cfg.compare_adapter, adapter_name="serving")
         model.set_adapter("serving")
-        serving_metrics, _ = evaluate_with(LabelScorer(model, tokenizer, serving_spec), evaluation, batch)
+        serving_metrics, serving_predictions = evaluate_with(LabelScorer(model, tokenizer, serving_spec),
+                                                             evaluation, batch)
         model.set_adapter("default")
         model.delete_adapter("serving")
         result["serving"] = {"path": cfg.compare_adapter, "metrics": serving_metrics}
-    result["baseline"] = _baseline(cfg, train, evaluation, spec.names)
+    result["gate"] = _gate(cfg, spec.names, train, dev, evaluation, predictions, dev_predictions,
+                           serving_predictions)
+    if result["gate"]:
+        embeddings = next(c for c in result["gate"]["candidates"] if c["kind"] == "embeddings")
+        result["baseline"] = {"method": "MiniLM embeddings + logistic regression", "accuracy": embeddings["accuracy"],
+                              "macro_f1": embeddings["macro_f1"], "seconds": result["gate"]["seconds"]}
+        result["promotion"] = {"promote": result["gate"]["new"], "reason": result["gate"]["reason"]}
+    else:
+        result["baseline"] = _baseline(cfg, train + dev, evaluation, spec.names)
+        result["promotion"] = promotion_decision(
+            result["metrics"], result["serving"]["metrics"] if result["serving"] else None, cfg.promotion_margin)
     result["verdict"] = baseline_verdict(result["metrics"], result["baseline"])
-    result["promotion"] = promotion_decision(
-        result["metrics"], result["serving"]["metrics"] if result["serving"] else None, cfg.promotion_margin)
 
     # Save.
     result["status"] = "succeeded"
@@ -201,6 +214,41 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
     draw_report(run_dir / "report.png", records, result["metrics"])
     (run_dir / "report.md").write_text(summary_markdown(result), encoding="utf-8")
     return result
+
+
+def split_dev(train: list[dict], cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
+    """Hold part of the training side out of training (see trainer.candidates), when every label can spare one."""
+    counts = Counter(e["label"] for e in train)
+    if not cfg.dev_fraction or min(counts.values()) < 2:
+        return train, []
+    return stratified_split(train, cfg.dev_fraction, cfg.seed + 1)
+
+
+def _gate(cfg: TrainConfig, names: list[str], train, dev, evaluation, predictions, dev_predictions,
+          serving_predictions) -> dict | None:
+    """Score every candidate on eval and choose what serves (None without the embedding model)."""
+    if not cfg.baseline:
+        return None
+    import time
+
+    from .candidates import evaluate_candidates, probability_matrix
+    from .embeddings import EmbedderMissing
+
+    started = time.perf_counter()
+    serving = dict(cfg.serving_model)
+    if cfg.compare_adapter and serving.get("kind") not in ("adapter", "ensemble", "embeddings"):
+        serving = {"kind": "adapter", "name": "serving adapter", "details": {}}
+    serving_names = names
+    try:
+        gate = evaluate_candidates(
+            names, train, dev, evaluation,
+            probability_matrix(dev_predictions, names) if dev_predictions else None,
+            probability_matrix(predictions, names), margin=cfg.promotion_margin, serving=serving,
+            serving_eval=probability_matrix(serving_predictions, serving_names) if serving_predictions else None)
+    except EmbedderMissing:
+        return None
+    gate["seconds"] = time.perf_counter() - started
+    return gate
 
 
 def _baseline(cfg: TrainConfig, train: list[dict], evaluation: list[dict], names: list[str]) -> dict | None:

@@ -1,0 +1,295 @@
+"""Serving the best model: calibration, the ensemble, the gate, the embedding classifier and its refits."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from storage import adapters, embeddings as stored_embeddings, labels, messages, served
+from trainer.calibration import expected_calibration_error, fit_temperature, log_softmax, softmax
+from trainer.ensemble import fit_mix
+from trainer.gate import Candidate, choose
+
+
+def overconfident(n=3000, k=5, scale=5.0, seed=0):
+    """Logits of a calibrated model (gold drawn from its own softmax), then sharpened `scale` times."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 1.5, (n, k))
+    gold = np.array([rng.choice(k, p=p) for p in softmax(logits)])
+    return logits * scale, gold
+
+
+def test_temperature_scaling_calibrates_overconfident_scores_without_changing_answers():
+    logits, gold = overconfident()
+    before = expected_calibration_error(softmax(logits), gold)
+    t = fit_temperature(logits[:1500], gold[:1500])  # fitted on one half, checked on the other
+    after = expected_calibration_error(softmax(logits[1500:] / t), gold[1500:])
+    assert 4 < t < 6.5 and before > 0.2 and after < 0.05
+    assert (softmax(logits / t).argmax(1) == logits.argmax(1)).all()
+
+
+def test_expected_calibration_error_of_a_perfectly_calibrated_model_is_small():
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.ones(4), 20000)
+    gold = np.array([rng.choice(4, p=p) for p in probs])
+    assert expected_calibration_error(probs, gold) < 0.02
+
+
+def cand(name, kind, f1, serving=False):
+    return Candidate(name, kind, {"accuracy": f1, "macro_f1": f1}, serving=serving)
+
+
+def test_gate_serves_the_cheaper_model_within_the_margin():
+    picked, reason = choose([cand("new adapter", "adapter", 0.80), cand("embeddings", "embeddings", 0.795),
+                             cand("new adapter + embeddings", "ensemble", 0.804)], margin=0.01)
+    assert picked.name == "embeddings" and "within 0.01" in reason and "cheaper" in reason
+
+
+def test_gate_serves_the_best_when_the_cheap_one_is_clearly_worse():
+    picked, reason = choose([cand("new adapter", "adapter", 0.80), cand("embeddings", "embeddings", 0.70),
+                             cand("new adapter + embeddings", "ensemble", 0.86)], margin=0.01)
+    assert picked.name == "new adapter + embeddings" and reason.startswith("new adapter + embeddings has the best")
+
+
+def test_gate_prefers_a_new_adapter_to_the_serving_one_at_equal_cost_within_the_margin():
+    picked, _ = choose([cand("adapter v1", "adapter", 0.805, serving=True), cand("new adapter", "adapter", 0.80)],
+                       margin=0.01)
+    assert picked.name == "new adapter"
+    picked, _ = choose([cand("adapter v1", "adapter", 0.85, serving=True), cand("new adapter", "adapter", 0.80)],
+                       margin=0.01)
+    assert picked.name == "adapter v1"
+
+
+def test_ensemble_weight_follows_the_model_that_is_right():
+    good, gold = overconfident(n=400, seed=2)
+    noise = np.random.default_rng(3).normal(0, 1, good.shape)
+    assert fit_mix(good, noise, gold).weight >= 0.8
+    assert fit_mix(noise, good, gold).weight <= 0.2
+
+
+def clustered(labels_, per_label, seed=0, dim=384):
+    """Unit vectors around one random centre per label: an easy task for the embedding classifier."""
+    rng = np.random.default_rng(seed)
+    centres = {name: rng.normal(0, 1, dim) for name in sorted(set(labels_))}
+    vectors = np.stack([centres[name] + rng.normal(0, 0.6, dim) for name in labels_ for _ in range(per_label)])
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32), \
+        [name for name in labels_ for _ in range(per_label)], centres
+
+
+def test_embedding_classifier_learns_calibrates_and_flags_the_unfamiliar():
+    from trainer.embeddings import EmbeddingClassifier
+
+    x, y, centres = clustered(["billing", "login", "shipping"], 12)
+    fitted = EmbeddingClassifier.fit(x, y, ["billing", "login", "shipping", "unused"])
+    test_x, test_y, _ = clustered(["billing", "login", "shipping"], 5, seed=0)
+    predicted = [fitted.labels[i] for i in fitted.log_probs(test_x).argmax(1)]
+    assert predicted == test_y
+    assert fitted.temperature != 1.0 and fitted.log_probs(test_x)[:, 3].max() < np.log(1e-6)  # unused never wins
+    far = np.random.default_rng(9).normal(0, 1, (5, 384)).astype(np.float32)
+    far /= np.linalg.norm(far, axis=1, keepdims=True)
+    assert fitted.novel(far).all() and not fitted.novel(x[:5]).any()
+
+
+def fake_embed(texts):
+    """Deterministic stand-in for the sentence model: a hashed bag of words, unit length."""
+    vectors = np.zeros((len(texts), 384), dtype=np.float32)
+    for row, text in enumerate(texts):
+        for word in text.lower().split():
+            vectors[row, hash(word) % 384] += 1.0
+    vectors += 1e-3
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_ensemble_weight_and_temperatures_never_look_at_the_eval_split(monkeypatch):
+    from tests.conftest import toy_examples
+    from trainer import candidates
+
+    monkeypatch.setattr(candidates, "embed_examples",
+                        lambda rows: fake_embed([r["text"] for r in rows]))
+    names = ["complaint", "feedback", "question"]
+    rows = toy_examples(per_label=12)
+    train, dev, evaluation = rows[0::3], rows[1::3], rows[2::3]
+    rng = np.random.default_rng(0)
+    adapter_dev = rng.normal(0, 1, (len(dev), 3))
+    adapter_eval = rng.normal(0, 1, (len(evaluation), 3))
+    first = candidates.evaluate_candidates(names, train, dev, evaluation, adapter_dev, adapter_eval, margin=0.01)
+    flipped = [{**e, "label": names[(names.index(e["label"]) + 1) % 3]} for e in evaluation]
+    second = candidates.evaluate_candidates(names, train, dev, flipped, adapter_dev, adapter_eval * 5, margin=0.01)
+    mixes = [next(c for c in g["candidates"] if c["kind"] == "ensemble")["details"]["mix"] for g in (first, second)]
+    assert mixes[0] == mixes[1]
+    temperatures = [next(c for c in g["candidates"] if c["kind"] == "adapter")["details"]["temperature"]
+                    for g in (first, second)]
+    assert temperatures[0] == temperatures[1]
+    assert {c["kind"] for c in first["candidates"]} == {"adapter", "embeddings", "ensemble"}
+
+
+# -- the bot side: cold start, refits, embeddings stored once -----------------------------------------
+
+
+@pytest.fixture
+def workspace(env, tiny_model_dir, monkeypatch):
+    from bot.settings import load_settings
+    from storage import open_db
+    from trainer import embeddings
+
+    calls = []
+
+    def counting_embed(texts):
+        calls.append(len(texts))
+        return fake_embed(texts)
+
+    monkeypatch.setattr(embeddings, "embed", counting_embed)
+    settings = load_settings({"SUPPORTBOT_DATA_DIR": str(env / "data"), "SUPPORTBOT_BASE_MODEL": tiny_model_dir},
+                             env_file=None)
+    db = open_db(settings.db_path)
+    for name in ("complaint", "question", "feedback"):
+        labels.add_label_def(db, name, f"{name} messages")
+    return settings, db, calls
+
+
+def add_labelled(db, text, label, n=[0]):
+    n[0] += 1
+    m, _ = messages.add_message(db, source="slack_message", external_id=f"x{n[0]}-{time.time()}", raw_body=text,
+                             clean_body=text)
+    labels.add_label(db, m.id, label, by="U1", method="cli")
+    return m
+
+
+def test_embeddings_serve_as_soon_as_two_labels_have_two_examples(workspace):
+    from bot.serving import ServedClassifier
+
+    settings, db, _ = workspace
+    classifier = ServedClassifier(settings, debounce_s=0.05)
+    add_labelled(db, "broken refund angry", "complaint")
+    add_labelled(db, "how when where", "question")
+    classifier.refit(db)
+    classifier.sync(db)
+    assert classifier.state.kind == "zero-shot"  # one example each is not enough
+    add_labelled(db, "terrible damaged late", "complaint")
+    add_labelled(db, "what which can", "question")
+    classifier.refit(db)
+    classifier.sync(db)
+    assert classifier.state.kind == "embeddings"
+    p = classifier.classify("refund broken damaged")
+    assert p.model == "embeddings" and p.label == "complaint" and p.adapter_version is None
+    assert set(p.scores) == {"complaint", "question", "feedback"}
+    assert abs(sum(p.scores.values()) - 1) < 1e-6
+    classifier.close()
+
+
+def test_label_changes_refit_once_after_the_burst(workspace):
+    from bot.serving import ServedClassifier
+
+    settings, db, _ = workspace
+    for text, label in (("broken refund", "complaint"), ("angry late", "complaint"), ("how when", "question"),
+                        ("what which", "question")):
+        add_labelled(db, text, label)
+    classifier = ServedClassifier(settings, debounce_s=0.4)
+    classifier.refit(db)
+    classifier.sync(db)
+    assert classifier.refits == 1 and "feedback" not in {classifier.classify("love great").label}
+    for text in ("love great", "thanks nice", "awesome wonderful"):
+        add_labelled(db, text, "feedback")
+        classifier.sync(db)   # what every classification does: notices the change, never refits inline
+        assert classifier.refits == 1
+    deadline = time.time() + 10
+    while classifier.refits < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.6)
+    assert classifier.refits == 2  # three changes, one refit
+    assert classifier.classify("love great thanks").label == "feedback"
+    classifier.close()
+
+
+def test_a_message_is_embedded_once_and_its_vector_kept(workspace):
+    from bot.serving import ServedClassifier
+    from trainer.embeddings import EMBEDDER
+
+    settings, db, calls = workspace
+    classifier = ServedClassifier(settings)
+    m = add_labelled(db, "broken refund", "complaint")
+    first = classifier.vector_for(db, m.id, m.clean_body, None)
+    second = classifier.vector_for(db, m.id, m.clean_body, None)
+    assert calls == [1] and np.array_equal(first, second)
+    assert stored_embeddings.count_embeddings(db) == 1
+    assert not stored_embeddings.add_embedding(db, m.id, EMBEDDER, b"\0" * 16)  # a second vector is refused
+    classifier.refit(db)  # vectors already stored are not encoded again
+    assert calls == [1]
+    classifier.close()
+
+
+def test_an_adapter_that_lacks_a_new_label_gives_way_to_the_embeddings(workspace):
+    from bot.serving import ServedClassifier
+
+    settings, db, _ = workspace
+    for text, label in (("broken refund", "complaint"), ("angry late", "complaint"), ("how when", "question"),
+                        ("what which", "question")):
+        add_labelled(db, text, label)
+    a = adapters.register_adapter(db, path="/nowhere", base_model="m", labels=["complaint", "question"],
+                                  metrics={"accuracy": 0.9, "macro_f1": 0.9, "n": 4})
+    adapters.promote(db, a.version)
+    served.set_served(db, "adapter", adapter_version=a.version, reason="test", chosen_by="gate")
+    classifier = ServedClassifier(settings)
+    classifier.refit(db)
+    classifier.sync(db)
+    # The label set has `feedback`, which adapter v1 never saw: the embeddings answer, and say why.
+    assert classifier.state.kind == "embeddings" and "feedback" in classifier.state.note
+    classifier.close()
+
+
+def test_served_model_rows_check_their_kind(db):
+    with pytest.raises(ValueError):
+        served.set_served(db, "adapter", reason="x", chosen_by="gate")
+    with pytest.raises(ValueError):
+        served.set_served(db, "telepathy", reason="x", chosen_by="gate")
+    first = served.set_served(db, "embeddings", reason="cheapest within the margin", chosen_by="gate",
+                              details={"temperature": 1.3})
+    assert served.current_served(db) == first and first.details == {"temperature": 1.3}
+    assert json.loads(json.dumps(first.details)) == first.details
+
+
+def test_a_run_scores_every_candidate_on_eval_and_records_the_gates_choice(tiny_model_dir, tmp_path, monkeypatch):
+    from tests.conftest import make_run_dir, toy_config, toy_examples
+    from trainer import candidates
+    from trainer.run import run
+
+    monkeypatch.setattr(candidates, "embed_examples", lambda rows: fake_embed([r["text"] for r in rows]))
+    run_dir = make_run_dir(tmp_path / "run", toy_config(tiny_model_dir, baseline=True, epochs=2),
+                           toy_examples(per_label=10))
+    result = run(run_dir)
+    assert result["status"] == "succeeded", result.get("error")
+    assert result["data"]["dev"] > 0 and result["data"]["eval"] > 0
+    gate = result["gate"]
+    kinds = {c["kind"]: c for c in gate["candidates"]}
+    assert set(kinds) == {"adapter", "embeddings", "ensemble"}
+    assert all(c["n"] == result["data"]["eval"] and 0 <= c["ece"] <= 1 for c in gate["candidates"])
+    # The toy task is separable by its words: the hashed bag of words learns it perfectly.
+    assert kinds["embeddings"]["accuracy"] == 1.0 and gate["kind"] == "embeddings"
+    assert result["promotion"] == {"promote": False, "reason": gate["reason"]}
+    assert result["baseline"]["accuracy"] == 1.0
+    first_row = json.loads((run_dir / "eval_predictions.jsonl").read_text().splitlines()[0])
+    assert set(first_row["scores"]) == {"complaint", "question", "feedback"}
+
+
+def test_the_worker_records_what_the_gate_chose(env, tmp_path):
+    from bot.settings import load_settings
+    from bot.training import register_result
+    from storage import open_db, runs
+
+    settings = load_settings({"SUPPORTBOT_DATA_DIR": str(env / "data")}, env_file=None)
+    db = open_db(settings.db_path)
+    adapter_dir = tmp_path / "adapter"
+    adapter_dir.mkdir()
+    (adapter_dir / "adapter_config.json").write_text("{}")
+    run_ = runs.queue_run(db, requested_by="U1")
+    result = {"adapter_dir": str(adapter_dir), "base_model": "m", "labels": ["a", "b"],
+              "metrics": {"accuracy": 0.5, "macro_f1": 0.5, "n": 4},
+              "promotion": {"promote": True, "reason": "the ensemble has the best macro-F1 (0.900)"},
+              "gate": {"kind": "ensemble", "new": True, "reason": "the ensemble has the best macro-F1 (0.900)",
+                       "details": {"mix": {"weight": 0.4, "adapter_temperature": 2.0,
+                                           "embedding_temperature": 1.0, "temperature": 1.1}}}}
+    adapter, promoted = register_result(settings, db, run_, result)
+    choice = served.current_served(db)
+    assert promoted and (choice.kind, choice.adapter_version, choice.run_id) == ("ensemble", adapter.version, run_.id)
+    assert choice.details["mix"]["weight"] == 0.4 and choice.chosen_by == "gate"

@@ -1,0 +1,97 @@
+"""After training: every model that could serve, scored on the same held-out split, and the gate's choice.
+
+Three splits of the team's labelled messages, all stratified:
+- train: what the adapter learns from;
+- dev: held out from the adapter, used for early stopping, for the temperatures and for the
+  ensemble weight (out-of-fold for the adapter; the embedding classifier sees dev only through
+  its own out-of-fold fit);
+- eval: touched by nothing but the scoring below, so the gate compares every candidate on rows
+  none of them was tuned on.
+
+Candidates: the new adapter (calibrated), the embedding classifier (fitted on train + dev, as the
+bot will fit it on everything), their ensemble, and the model serving now. Each gets accuracy,
+macro-F1 and expected calibration error on eval; `trainer.gate.choose` picks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .calibration import expected_calibration_error, fit_temperature, log_softmax, selective_accuracy
+from .evaluate import classification_metrics
+from .gate import Candidate, choose
+
+
+def probability_matrix(predictions: list, names: list[str]) -> np.ndarray:
+    """Predictions' per-label probabilities as log-scores, (n, labels) in `names` order."""
+    return np.log(np.array([[max(p.scores.get(n, 0.0), 1e-30) for n in names] for p in predictions]))
+
+
+def score(name: str, kind: str, logp: np.ndarray, gold: np.ndarray, names: list[str], *, serving: bool = False,
+          details: dict | None = None) -> Candidate:
+    probs = np.exp(logp)
+    predicted = [names[i] for i in probs.argmax(axis=1)]
+    metrics = classification_metrics([names[i] for i in gold], predicted, names)
+    metrics["ece"] = expected_calibration_error(probs, gold)
+    metrics["selective"] = selective_accuracy(probs, gold)
+    return Candidate(name, kind, metrics, serving=serving, details=details or {})
+
+
+def embed_examples(examples: list[dict]) -> np.ndarray:
+    from .embeddings import embed, message_text
+
+    return embed([message_text(e["text"], e.get("subject")) for e in examples])
+
+
+def evaluate_candidates(names: list[str], train: list[dict], dev: list[dict], evaluation: list[dict],
+                        adapter_dev: np.ndarray | None, adapter_eval: np.ndarray, *, margin: float,
+                        serving: dict | None = None, serving_eval: np.ndarray | None = None) -> dict:
+    """Score the candidates on `evaluation` and choose. Arrays are the adapter's log-scores, (n, labels).
+
+    `serving` describes the model answering now ({kind, name, details}); `serving_eval` is its
+    adapter's log-scores on eval when it has one. Returns {candidates, picked, reason, details}.
+    """
+    from .embeddings import EmbeddingClassifier
+    from .ensemble import Mix, fit_mix
+
+    index = {n: i for i, n in enumerate(names)}
+    gold_eval = np.array([index[e["label"]] for e in evaluation])
+    gold_dev = np.array([index[e["label"]] for e in dev])
+    vectors = embed_examples(train + dev + evaluation)
+    x_train, x_dev, x_eval = vectors[:len(train)], vectors[len(train):len(train) + len(dev)], vectors[len(train) + len(dev):]
+    y_train, y_dev = [e["label"] for e in train], [e["label"] for e in dev]
+
+    candidates = []
+    adapter_t = fit_temperature(adapter_dev, gold_dev) if adapter_dev is not None and len(dev) else 1.0
+    candidates.append(score("new adapter", "adapter", log_softmax(adapter_eval / adapter_t), gold_eval, names,
+                            details={"temperature": adapter_t}))
+    fitted = EmbeddingClassifier.fit(np.concatenate([x_train, x_dev]), y_train + y_dev, names)
+    serving_kind = (serving or {}).get("kind")
+    candidates.append(score("embeddings", "embeddings", fitted.log_probs(x_eval), gold_eval, names,
+                            serving=serving_kind == "embeddings",
+                            details={"temperature": fitted.temperature}))
+    if adapter_dev is not None and len(dev):
+        # The ensemble weight: adapter held-out on dev, embeddings fitted on train alone, never eval.
+        on_train = EmbeddingClassifier.fit(x_train, y_train, names)
+        mix = fit_mix(adapter_dev, on_train.logits(x_dev), gold_dev, embedding_temperature=on_train.temperature)
+        candidates.append(score("new adapter + embeddings", "ensemble", mix.log_probs(adapter_eval, fitted.logits(x_eval)),
+                                gold_eval, names, details={"mix": mix.to_dict()}))
+    if serving_kind in ("adapter", "ensemble") and serving_eval is not None:
+        details = serving.get("details") or {}
+        if serving_kind == "ensemble" and details.get("mix"):
+            logp = Mix.from_dict(details["mix"]).log_probs(serving_eval, fitted.logits(x_eval))
+        else:
+            logp = log_softmax(serving_eval / float(details.get("temperature") or 1.0))
+        candidates.append(score(serving.get("name") or "serving adapter", serving_kind, logp, gold_eval, names,
+                                serving=True, details=details))
+    picked, reason = choose(candidates, margin)
+    return {"candidates": [_summary(c) for c in candidates], "picked": picked.name, "kind": picked.kind,
+            "new": not picked.serving and picked.kind in ("adapter", "ensemble"), "reason": reason,
+            "details": picked.details, "ece": picked.metrics["ece"], "selective": picked.metrics["selective"]}
+
+
+def _summary(candidate: Candidate) -> dict:
+    m = candidate.metrics
+    return {"name": candidate.name, "kind": candidate.kind, "serving": candidate.serving,
+            "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "ece": m["ece"], "n": m["n"],
+            "details": candidate.details}
