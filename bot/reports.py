@@ -50,11 +50,30 @@ STOP_REASONS = {"early_stopping": "eval loss stopped improving (early stopping)"
                 "max_steps": "step limit reached", "cancelled": "cancelled"}
 
 
+def named(name: str, adapter_version: int | None) -> str:
+    """The gate calls this run's adapter "new adapter"; once registered it has a version."""
+    return name.replace("new adapter", f"adapter v{adapter_version}") if adapter_version else name
+
+
+def candidates_table(gate: dict, adapter_version: int | None) -> str:
+    rows = [f"{'model':<28} {'accuracy':>8} {'macro-F1':>8} {'ECE':>6}"]
+    for c in gate["candidates"]:
+        mark = " (serving)" if c["serving"] else ""
+        rows.append(f"{(named(c['name'], adapter_version) + mark)[:28]:<28} {c['accuracy']:>8.1%} "
+                    f"{c['macro_f1']:>8.3f} {c['ece']:>6.3f}")
+    return "```\n" + "\n".join(rows) + "\n```"
+
+
 def report_payload(run_id: int, result: dict, adapter_version: int | None, promoted: bool) -> dict:
     training, metrics = result["training"], result["metrics"]
     serving = result.get("serving")
-    head = (f":white_check_mark: *Training run {run_id} finished* - adapter v{adapter_version} "
-            + ("*is now serving*." if promoted else "was *not promoted*."))
+    gate = result.get("gate")
+    if gate:
+        head = (f":white_check_mark: *Training run {run_id} finished* - now serving: "
+                f"*{named(gate['picked'], adapter_version)}*.")
+    else:
+        head = (f":white_check_mark: *Training run {run_id} finished* - adapter v{adapter_version} "
+                + ("*is now serving*." if promoted else "was *not promoted*."))
     compare = f"Accuracy *{metrics['accuracy']:.1%}*, macro-F1 *{metrics['macro_f1']:.3f}* on {metrics['n']} held-out"
     if serving:
         sm = serving["metrics"]
@@ -64,7 +83,14 @@ def report_payload(run_id: int, result: dict, adapter_version: int | None, promo
              f"Best epoch {training.get('best_epoch')}; stopped: "
              f"{STOP_REASONS.get(training['stop_reason'], training['stop_reason'])}; "
              f"{training['global_step']} steps in {training['train_seconds'] / 60:.1f} min.",
-             ("Promoted: " if promoted else "Not promoted: ") + result["promotion"]["reason"] + "."]
+             ("Serving " if gate else ("Promoted: " if promoted else "Not promoted: "))
+             + named(result["promotion"]["reason"], adapter_version) + "."]
+    if gate:
+        kept = next((r for r in gate["selective"] if r["threshold"] == 0.5), None)
+        lines.append(f"Confidence calibrated on held-out messages: expected calibration error {gate['ece']:.3f}"
+                     + (f"; at a review threshold of 50%, {kept['kept']:.0%} answered without review, "
+                        f"{kept['accuracy']:.0%} of them right" if kept and kept["accuracy"] is not None else "")
+                     + ".")
     worst = worst_classes(metrics, 3)
     if worst:
         lines.append("Weakest labels: " + ", ".join(f"`{n}` F1 {f:.2f}" for n, f, _ in worst) + ".")
@@ -72,6 +98,9 @@ def report_payload(run_id: int, result: dict, adapter_version: int | None, promo
         lines.append(result["verdict"])
     blocks = [_section(head), _section("*Loss per epoch*\n" + loss_table(training["epochs"])),
               _section("\n".join(lines))]
+    if gate:
+        blocks.insert(2, _section(f"*Candidates on the same {metrics['n']} held-out messages*\n"
+                                  + candidates_table(gate, adapter_version)))
     return {"text": f"Training run {run_id} finished: accuracy {metrics['accuracy']:.1%}", "blocks": blocks}
 
 

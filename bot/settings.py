@@ -147,9 +147,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("report_channel", "SUPPORTBOT_REPORT_CHANNEL", "", _channel,
             "Channel id where training progress and reports are posted."),
     Setting("review_threshold", "SUPPORTBOT_REVIEW_THRESHOLD", "0.5", _fraction,
-            "Below this confidence a prediction is shown as \"needs review\"."),
+            "Below this calibrated confidence (the share of such answers that are right) a prediction is shown "
+            "as \"needs review\"."),
     Setting("promotion_margin", "SUPPORTBOT_PROMOTION_MARGIN", "0.01", _fraction,
-            "A new adapter is promoted unless its macro-F1 is worse than the current one's by more than this."),
+            "The serving gate counts candidates within this macro-F1 of the best as just as good and serves the "
+            "cheapest of them."),
     Setting("retrain_cron", "SUPPORTBOT_RETRAIN_CRON", "", _cron,
             "Retrain on this cron schedule (e.g. `0 3 * * *`) when enough new labels arrived; empty: off."),
     Setting("retrain_min_new_labels", "SUPPORTBOT_RETRAIN_MIN_NEW_LABELS", "50", _positive_int,

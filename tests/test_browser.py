@@ -97,10 +97,11 @@ def test_the_whole_loop_in_a_browser(env, tiny_model_dir):
         driver.get(stack.url)
         eventually(lambda: channel(driver, "support-inbox"), 30, "the channels")
 
-        # 1. A forwarded email is classified in its thread (zero-shot: nothing trained yet).
+        # 1. A forwarded email is classified in its thread, by the embedding classifier fitted on the demo's
+        #    labelled emails (nothing trained yet, and no zero-shot guess while there are labels).
         forward_email(driver, "Order never arrived", "I ordered three weeks ago and nobody answers. Unacceptable.")
         reply = eventually(lambda: bot_reply_under(driver, "Order never arrived"), what="the classification reply")
-        assert "zero-shot" in reply.text
+        assert "embeddings" in reply.text and "zero-shot" not in reply.text
 
         # 2. Correct it with the picker; the reply shows the human label.
         def pick():
@@ -124,10 +125,15 @@ def test_the_whole_loop_in_a_browser(env, tiny_model_dir):
             "const i = document.querySelector('img.file'); return i && i.complete && i.naturalWidth > 0;"),
             60, "the report picture")
 
-        # 4. The next email is classified by the new adapter.
+        # 4. The report says which candidate the gate serves, and the next email is answered by it.
+        from storage import served
+
+        choice = served.current_served(stack.ctx.db())
+        shown = {"embeddings": "embeddings", "adapter": "adapter v1", "ensemble": "adapter v1 + embeddings"}
+        assert choice is not None and f"now serving: {shown[choice.kind]}" in training().text
         forward_email(driver, "Invoice download", "Where can I download the invoice for my last order?")
         reply = eventually(lambda: bot_reply_under(driver, "Invoice download"), what="the second reply")
-        assert "adapter v1" in reply.text
+        assert shown[choice.kind] in reply.text
     finally:
         driver.save_screenshot(str(ARTIFACTS / "local-workspace.png"))
         driver.quit()

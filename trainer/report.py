@@ -67,14 +67,20 @@ def summary_markdown(result: dict) -> str:
         worst = worst_classes(metrics)
         if worst:
             lines += ["Worst classes: " + ", ".join(f"{n} (F1 {f:.2f}, {s} ex.)" for n, f, s in worst) + ".", ""]
+    gate = result.get("gate")
+    if gate:
+        lines += ["| candidate | accuracy | macro-F1 | ECE |", "| --- | --- | --- | --- |"]
+        lines += [f"| {c['name']}{' (serving)' if c['serving'] else ''} | {c['accuracy']:.1%} | "
+                  f"{c['macro_f1']:.3f} | {c['ece']:.3f} |" for c in gate["candidates"]]
+        lines += ["", f"Serving {gate['picked']}: {gate['reason']}.", ""]
     baseline = result.get("baseline")
-    if baseline:
+    if baseline and not gate:
         lines += [f"Baseline ({baseline['method']}): accuracy {baseline['accuracy']:.1%}, "
                   f"macro-F1 {baseline['macro_f1']:.3f}.", ""]
     if result.get("verdict"):
         lines += [result["verdict"], ""]
     promotion = result.get("promotion")
-    if promotion:
+    if promotion and not gate:
         lines += [("Promoted: " if promotion["promote"] else "Not promoted: ") + promotion["reason"] + ".", ""]
     return "\n".join(lines).rstrip() + "\n"
 
