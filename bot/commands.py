@@ -49,13 +49,9 @@ def label_command(ctx: BotContext, command: dict) -> tuple[str, int | None]:
         if message is None:
             return "That message was not collected (only messages posted after the bot joined are).", None
     else:
-        row = db.execute(
-            """SELECT id FROM messages m WHERE channel = ? AND deleted_at IS NULL
-               AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.message_id = m.id) ORDER BY ts DESC LIMIT 1""",
-            [command.get("channel_id")]).fetchone()
-        if row is None:
+        message = messages.latest_unlabeled(db, command.get("channel_id"))
+        if message is None:
             return "No unlabeled message in this channel. Add a message link: `/label LABEL LINK`.", None
-        message = messages.get_message(db, row[0])
     labels.add_label(db, message.id, label, by=command["user_id"], method="slash_command")
     preview = (message.subject or message.clean_body)[:80]
     return f"Labeled `{label}`: _{preview}_", message.id

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from sqlite_utils import Database
 
-from .db import now, query, query_one, write
+from .db import now, query_one, write
 from .errors import NotFound, RunConflict
 
 ACTIVE = ("queued", "running")
@@ -68,7 +68,7 @@ def get_run(db: Database, run_id: int) -> Run:
 
 
 def list_runs(db: Database, limit: int = 20) -> list[Run]:
-    return [_run(r) for r in query(db, "SELECT * FROM runs ORDER BY id DESC LIMIT ?", [limit])]
+    return [_run(r) for r in db.query("SELECT * FROM runs ORDER BY id DESC LIMIT ?", [limit])]
 
 
 def active_run(db: Database) -> Run | None:
@@ -141,6 +141,6 @@ def add_metrics(db: Database, run_id: int, metrics: list[dict]) -> int:
 
 
 def run_metrics(db: Database, run_id: int) -> list[Metric]:
-    return [Metric(**r) for r in query(
-        db, "SELECT kind, step, epoch, train_loss, eval_loss, learning_rate FROM run_metrics "
-            "WHERE run_id = ? ORDER BY step, kind", [run_id])]
+    return [Metric(**r) for r in db.query(
+        "SELECT kind, step, epoch, train_loss, eval_loss, learning_rate FROM run_metrics "
+        "WHERE run_id = ? ORDER BY step, kind", [run_id])]
