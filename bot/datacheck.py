@@ -13,16 +13,13 @@ KEEP, CHANGE, EXCLUDE = "datacheck_keep", "datacheck_change", "datacheck_exclude
 SHOWN = 5
 
 
-def examples(db) -> list[dict]:
-    return [{"id": m.message_id, "text": m.text, "label": m.label, "labeled_by": m.labeled_by}
-            for m in labels.labeled_messages(db)]
-
-
 def run_check(db, fast: bool = False) -> dict:
     """All checks; `fast` keeps to those that need no model (exact duplicates, conflicts, thin labels)."""
     from trainer.datacheck import KINDS, check_data, exact_groups, label_counts
 
-    rows = examples(db)
+    from .training import training_examples
+
+    rows = training_examples(db)
     if not fast:
         return check_data(rows)
     findings = exact_groups(rows) + label_counts(rows, 2, 10.0)

@@ -42,7 +42,15 @@ def run_dir_for(settings: Settings, run_id: int) -> Path:
 
 
 def training_examples(db) -> list[dict]:
-    return [{"id": m.message_id, "text": m.text, "label": m.label} for m in labels.labeled_messages(db)]
+    """The labeled messages as the trainer and the data check read them (subject apart, as serving passes it)."""
+    return [{"id": m.message_id, "text": m.text, "subject": m.subject, "label": m.label, "labeled_by": m.labeled_by}
+            for m in labels.labeled_messages(db)]
+
+
+def label_set(db, examples: list[dict]) -> list[dict]:
+    """The labels a run on `examples` trains: those in use, with their descriptions (the prompt names them)."""
+    defs = {d.name: d.description for d in labels.list_label_defs(db)}
+    return [{"name": name, "description": defs.get(name, "")} for name in sorted({e["label"] for e in examples})]
 
 
 def prepare_run(settings: Settings, db, run: runs.Run) -> Path:
@@ -51,10 +59,8 @@ def prepare_run(settings: Settings, db, run: runs.Run) -> Path:
     shutil.rmtree(run_dir, ignore_errors=True)  # a re-queued run starts clean
     run_dir.mkdir(parents=True)
     examples = training_examples(db)
-    used = sorted({e["label"] for e in examples})
-    defs = {d.name: d.description for d in labels.list_label_defs(db)}
     current = adapters.current_adapter(db)
-    config = {"labels": [{"name": name, "description": defs.get(name, "")} for name in used],
+    config = {"labels": label_set(db, examples),
               "base_model": settings.base_model, "model_cache_dir": str(settings.model_cache_dir),
               "promotion_margin": settings.promotion_margin,
               "compare_adapter": current.path if current and Path(current.path).is_dir() else ""}
