@@ -25,8 +25,10 @@ from trainer.metrics import read_metrics
 from .settings import Settings
 
 RUN_BOOKKEEPING = ("retry_of",)  # run params for the queue, not for the trainer's config
-OOM_HINT = ("Out of memory. Try a smaller batch (`/retrain batch_size=2`, with more grad_accum), "
-            "gradient_checkpointing=true, or 4-bit quantization on a GPU host.")
+# Every option named here is one /retrain accepts (bot.commands.RETRAIN_NUMBERS and RETRAIN_SWITCHES).
+OOM_HINT = ("Out of memory. Try a smaller batch with more accumulation (same effective batch): "
+            "`/retrain batch_size=2 grad_accum=8`, or `/retrain gradient_checkpointing=true`; "
+            "on a CUDA host the base model is loaded in 4-bit by default.")
 
 
 @dataclass
