@@ -33,7 +33,7 @@ class Prediction:
     needs_review: bool
     adapter_version: int | None
     zero_shot: bool
-    scores: dict            # probability per label (upper bounds where `exact` would be False)
+    scores: dict            # per label; one left unfinished counts with its upper bound (serving does not certify)
     alternatives: list      # the next two: [[label, probability], ...]
     certified: bool         # the top label is provably the most likely label (see trainer.scoring)
     latency_ms: float
