@@ -65,9 +65,23 @@ def report_blocks(report: dict, names: list[str]) -> list[dict]:
     return blocks[:50]
 
 
+def in_child_process(fn, *args):
+    """`fn(*args)` in a fresh process (spawned, as this one has threads): its memory is returned when it ends."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
 def check_job(ctx: BotContext, respond) -> None:
+    """/datacheck's work, on the check thread: the checks themselves run in a child process."""
+    from trainer.datacheck import check_data
+
+    from .training import training_examples
+
     db = ctx.db()
-    report = run_check(db)
+    report = in_child_process(check_data, training_examples(db))
     names = [d.name for d in labels.list_label_defs(db)]
     respond(response_type="ephemeral", text=summary_line(report), blocks=report_blocks(report, names))
 
@@ -77,7 +91,7 @@ def register(app, ctx: BotContext) -> None:
     def datacheck(ack, respond):
         count = len(labels.labeled_messages(ctx.db()))
         ack(response_type="ephemeral", text=f"Checking {count} labeled messages...")
-        ctx.submit(check_job, ctx, respond)
+        ctx.check_executor.submit(check_job, ctx, respond)
 
     @app.action(KEEP)
     @app.action(CHANGE)

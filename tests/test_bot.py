@@ -546,3 +546,24 @@ def test_retrain_takes_the_options_its_out_of_memory_advice_names(bot):
         answer = bot.command("/retrain", bad, user=ADMIN)["text"]
         assert answer.startswith(says) and "batch_size=N" in answer
     assert runs.active_run(bot.db) is None
+
+
+def test_datacheck_is_answered_while_every_work_thread_is_busy(bot):
+    """The heavy check has its own thread and process: a work pool busy classifying does not hold it up."""
+    for i in range(3):
+        for name in ("complaint", "question"):
+            m, _ = messages.add_message(bot.db, source="import", external_id=f"i:{name}{i}",
+                                        raw_body=f"{name} number {i} about the app")
+            labels.add_label(bot.db, m.id, name, by=ADMIN, method="cli")
+    release = threading.Event()
+    for _ in range(bot.ctx.settings.workers):
+        bot.ctx.submit(release.wait, 120)
+    try:
+        assert bot.command("/datacheck")["text"] == "Checking 6 labeled messages..."
+        deadline = time.monotonic() + 90
+        while not bot.standin.responses and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert bot.standin.responses, "no /datacheck answer while the work pool was busy"
+        assert bot.standin.responses[-1]["text"].startswith("6 labeled messages checked")
+    finally:
+        release.set()
