@@ -23,6 +23,8 @@ from .context import BotContext
 log = logging.getLogger(__name__)
 
 NEW_MESSAGE_SUBTYPES = (None, "file_share", "thread_broadcast")
+NOTHING_TO_CLASSIFY = ("Nothing to classify: this message has no text (a blank subject and body). "
+                       "It gets no label unless someone gives it one.")
 
 
 def email_file(event: dict) -> dict | None:
@@ -90,20 +92,21 @@ def classify_and_reply(ctx: BotContext, client, message_id: int) -> None:
     if not replies.claim_reply(db, message_id, message.channel):
         return
     try:
-        classifier = ctx.classifier()
-        prediction = classifier.classify(message.clean_body or message.subject or "", message.subject)
-        predictions.add_prediction(db, message_id=message_id, adapter_version=prediction.adapter_version,
-                                   label=prediction.label, confidence=prediction.confidence,
-                                   needs_review=prediction.needs_review, scores=prediction.scores,
-                                   latency_ms=prediction.latency_ms)
-        names = [d.name for d in labels.list_label_defs(db)]
-        posted = client.chat_postMessage(channel=message.channel, thread_ts=message.ts,
-                                         text=blocks.prediction_text(prediction),
-                                         blocks=blocks.prediction_blocks(message_id, prediction, names),
+        try:
+            prediction = ctx.classifier().classify(message.clean_body or message.subject or "", message.subject)
+        except EmptyText:  # answered once, as such: retrying cannot give it text
+            log.info("message %d has no text to classify", message_id)
+            text, shown = NOTHING_TO_CLASSIFY, None
+        else:
+            predictions.add_prediction(db, message_id=message_id, adapter_version=prediction.adapter_version,
+                                       label=prediction.label, confidence=prediction.confidence,
+                                       needs_review=prediction.needs_review, scores=prediction.scores,
+                                       latency_ms=prediction.latency_ms)
+            names = [d.name for d in labels.list_label_defs(db)]
+            text, shown = blocks.prediction_text(prediction), blocks.prediction_blocks(message_id, prediction, names)
+        posted = client.chat_postMessage(channel=message.channel, thread_ts=message.ts, text=text, blocks=shown,
                                          metadata=reply_metadata(message_id))
         replies.set_reply(db, message_id, message.channel, posted["ts"])
-    except EmptyText:
-        replies.release_reply(db, message_id)
     except Exception:
         replies.release_reply(db, message_id)
         raise

@@ -567,3 +567,18 @@ def test_datacheck_is_answered_while_every_work_thread_is_busy(bot):
         assert bot.standin.responses[-1]["text"].startswith("6 labeled messages checked")
     finally:
         release.set()
+
+
+def test_blank_email_is_answered_once_as_such_not_retried(bot):
+    from bot.intake import NOTHING_TO_CLASSIFY, answer_backlog
+
+    ts = bot.next_ts()
+    bot.event(payloads.email_event(INTAKE, ts, payloads.email_file("F0BLANK", subject="  ", sender="x@example.com",
+                                                                   body=" \n ")))
+    bot.settle()
+    stored = messages.find_message(bot.db, messages.slack_external_id(INTAKE, ts))
+    assert reply_to(bot, ts).params["text"] == NOTHING_TO_CLASSIFY
+    assert predictions.latest_prediction(bot.db, stored.id) is None
+    assert answer_backlog(bot.ctx, bot.app.client, older_than_s=0) == 0  # answered: the sweep leaves it
+    bot.settle()
+    reply_to(bot, ts)  # still the one answer
