@@ -88,10 +88,10 @@ def _die_with_parent() -> None:
 
 def start_trainer(run_dir: Path) -> subprocess.Popen:
     """The trainer as a child process in its own process group, its pid recorded in the run directory."""
-    log = open(run_dir / "trainer.log", "ab")
-    child = subprocess.Popen([sys.executable, "-m", "trainer", str(run_dir)], stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True, preexec_fn=_die_with_parent,
-                             env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    with open(run_dir / "trainer.log", "ab") as log:  # the child writes through its own copy of the handle
+        child = subprocess.Popen([sys.executable, "-m", "trainer", str(run_dir)], stdout=log,
+                                 stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
+                                 env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     (run_dir / PID_FILE).write_text(str(child.pid))
     return child
 

@@ -302,3 +302,28 @@ def test_a_stopped_run_is_queued_again_like_a_crashed_one(env, monkeypatch):
     assert runs.active_run(db).id == other.id
     report = outbox.get(db, f"run:{second.id}:report").payload["blocks"][0]["text"]["text"]
     assert f"Not queued again: run {other.id} is already queued" in report
+
+
+def test_starting_a_trainer_leaves_its_log_closed_in_the_worker(tmp_path):
+    """The handle is closed, not left to the garbage collector (which warns of it) or kept open per run."""
+    import gc
+    import warnings
+
+    from bot.training import start_trainer
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        child = start_trainer(tmp_path)  # no config.json: the trainer says so in its log and exits
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning) and "trainer.log" in str(w.message)]
+    assert child.wait(120) != 0
+    assert "config.json" in (tmp_path / "trainer.log").read_text()
+
+    def open_paths():
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                yield os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                pass
+
+    assert str(tmp_path / "trainer.log") not in set(open_paths())
