@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from storage import StorageError, open_db
-from storage import importing, labels as label_store, messages as message_store
+from storage import importing, labels as label_store
 
 from trainer.models import ModelError
 
@@ -85,9 +85,7 @@ def serve(ctx: Context, http: bool, host: str, port: int):
     settings = ctx.settings
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     http = http or not settings.slack_app_token
-    missing = [] if settings.slack_bot_token else ["SLACK_BOT_TOKEN"]
-    if http and not settings.slack_signing_secret:
-        missing.append("SLACK_SIGNING_SECRET (HTTP mode verifies every request)")
+    missing = settings.missing_for_slack(http=http)
     if missing:
         fail("cannot connect to Slack: missing " + "; ".join(missing) + ". See `supportbot settings`.")
     ctx.db  # migrate before serving
@@ -224,8 +222,8 @@ def labels_add(ctx: Context, name: str, description: str):
 @pass_ctx
 def stats(ctx: Context, as_json: bool):
     """Messages, labeled messages and per-label counts."""
-    counts = label_store.label_counts(ctx.db)
-    result = {"messages": message_store.count_messages(ctx.db), "labeled": sum(counts.values()), "labels": counts}
+    result = label_store.stats(ctx.db)
+    counts = result["labels"]
     if as_json:
         click.echo(json.dumps(result))
         return

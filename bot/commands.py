@@ -209,9 +209,7 @@ def labels_command(ctx: BotContext, command: dict) -> str:
 
 def stats_payload(ctx: BotContext) -> list[dict]:
     db = ctx.db()
-    counts = labels.label_counts(db)
-    stats = {"messages": messages.count_messages(db), "labeled": sum(counts.values()), "labels": counts}
-    return blocks.stats_blocks(stats, predictions.live_accuracy(db), next(iter(runs.list_runs(db, 1)), None),
+    return blocks.stats_blocks(labels.stats(db), predictions.live_accuracy(db), next(iter(runs.list_runs(db, 1)), None),
                                adapters.current_adapter(db))
 
 

@@ -13,7 +13,7 @@ from sqlite_utils import Database
 
 from .db import now, query_one, write
 from .errors import InvalidLabelName, NotFound, UnknownLabel
-from .messages import get_message
+from .messages import count_messages, get_message
 
 METHODS = ("slash_command", "button", "shortcut", "import", "datacheck", "cli")
 # One word, so `/label NAME` can name it: visible characters, no spaces.
@@ -145,3 +145,9 @@ def label_counts(db: Database) -> dict[str, int]:
 def human_labels_since(db: Database, since: str) -> int:
     """Labels people gave (anything but an import) after the timestamp `since` ('' for all of them)."""
     return db.execute("SELECT COUNT(*) FROM labels WHERE method != 'import' AND created_at > ?", [since]).fetchone()[0]
+
+
+def stats(db: Database) -> dict:
+    """{"messages": N, "labeled": N, "labels": {name: count}}: what `/stats` and `supportbot stats` show."""
+    counts = label_counts(db)
+    return {"messages": count_messages(db), "labeled": sum(counts.values()), "labels": counts}

@@ -32,11 +32,6 @@ def get_reply(db: Database, message_id: int) -> dict | None:
     return query_one(db, "SELECT channel, ts FROM replies WHERE message_id = ? AND ts != ''", [message_id])
 
 
-def message_for_reply(db: Database, channel: str, ts: str) -> int | None:
-    row = query_one(db, "SELECT message_id FROM replies WHERE channel = ? AND ts = ?", [channel, ts])
-    return row["message_id"] if row else None
-
-
 def in_doubt(db: Database) -> list[dict]:
     """Claims whose post was never confirmed: a bot that stopped between claiming and recording the reply."""
     return list(db.query("SELECT message_id, channel FROM replies WHERE ts = '' ORDER BY message_id"))

@@ -15,7 +15,6 @@ from sqlite_utils import Database
 from .db import now, query_one, write
 from .errors import NotFound, RunConflict
 
-ACTIVE = ("queued", "running")
 FINISHED = ("succeeded", "failed", "cancelled", "interrupted")
 
 
@@ -118,11 +117,6 @@ def finish_run(db: Database, run_id: int, status: str, *, error: str | None = No
         if cursor.rowcount != 1:
             raise RunConflict(f"run {run_id} is {get_run(db, run_id).status}, not active")
     return get_run(db, run_id)
-
-
-def set_dataset_stats(db: Database, run_id: int, stats: dict) -> None:
-    with write(db):
-        db.execute("UPDATE runs SET dataset_stats = ? WHERE id = ?", [json.dumps(stats), run_id])
 
 
 def add_metrics(db: Database, run_id: int, metrics: list[dict]) -> int:

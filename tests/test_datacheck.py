@@ -56,12 +56,17 @@ def test_suspected_mislabels_find_the_flipped_labels(noisy_toy):
     assert first["detail"]["suggested"] != first["detail"]["given"]
 
 
-def test_near_duplicates_and_leakage_across_the_split():
+def near_split():
+    """Train rows with a near duplicate pair, and an eval row that leaks one of them."""
     train = examples_with([("My card payment was declined at the shop today", "card", "U1"),
                            ("My card payment got declined at the shop today", "card", "U2"),
                            ("How do I change my address?", "question", "U1"),
                            ("The app crashes on start", "bug", "U1")])
-    evaluation = [{"id": 99, "text": "My card payment was declined at the shop today!", "label": "card"}]
+    return train, [{"id": 99, "text": "My card payment was declined at the shop today!", "label": "card"}]
+
+
+def test_near_duplicates_and_leakage_across_the_split():
+    train, evaluation = near_split()
     report = check_data(train, eval_examples=evaluation, near_threshold=0.9)
     kinds = {f["kind"]: f for f in report["findings"]}
     assert kinds["near_duplicate"]["ids"] == [1, 2]
@@ -79,11 +84,7 @@ def test_tfidf_vectors_stay_sparse_and_still_find_near_duplicates_and_leakage(mo
     monkeypatch.setattr(baseline, "minilm_path", lambda: None)
     vecs, method = vectors(["the card was declined", "the card got declined", "where is my parcel"])
     assert method == "TF-IDF character n-grams" and scipy.sparse.issparse(vecs)
-    train = examples_with([("My card payment was declined at the shop today", "card", "U1"),
-                           ("My card payment got declined at the shop today", "card", "U2"),
-                           ("How do I change my address?", "question", "U1"),
-                           ("The app crashes on start", "bug", "U1")])
-    evaluation = [{"id": 99, "text": "My card payment was declined at the shop today!", "label": "card"}]
+    train, evaluation = near_split()
     report = check_data(train, eval_examples=evaluation, near_threshold=0.8)
     kinds = {f["kind"]: f for f in report["findings"]}
     assert kinds["near_duplicate"]["ids"] == [1, 2] and 0.8 <= kinds["near_duplicate"]["detail"]["similarity"] < 1
