@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from storage import StorageError, open_db
-from storage import importing, labels as label_store, messages as message_store
+from storage import importing, labels as label_store
 
 from trainer.models import ModelError
 
@@ -85,9 +85,7 @@ def serve(ctx: Context, http: bool, host: str, port: int):
     settings = ctx.settings
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     http = http or not settings.slack_app_token
-    missing = [] if settings.slack_bot_token else ["SLACK_BOT_TOKEN"]
-    if http and not settings.slack_signing_secret:
-        missing.append("SLACK_SIGNING_SECRET (HTTP mode verifies every request)")
+    missing = settings.missing_for_slack(http=http)
     if missing:
         fail("cannot connect to Slack: missing " + "; ".join(missing) + ". See `supportbot settings`.")
     ctx.db  # migrate before serving
@@ -164,14 +162,21 @@ def import_(ctx: Context, file: Path, text_col: str, label_col: str, as_json: bo
 @cli.command()
 @click.option("--format", "fmt", type=click.Choice(["alpaca", "chatml"]), default="chatml", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Training config override that shapes the prompt (e.g. --set label_list_in_prompt=always).")
 @pass_ctx
-def export(ctx: Context, fmt: str, out: Path | None):
-    """Export labeled messages as JSONL, with the same prompt the trainer uses."""
-    from trainer.prompts import LabelInfo, to_alpaca, to_chatml
+def export(ctx: Context, fmt: str, out: Path | None, overrides: tuple[str, ...]):
+    """Export labeled messages as JSONL, with the prompt and answer a training run on them uses."""
+    from trainer.config import TrainConfig
+    from trainer.data import alpaca_row, chatml_row
+    from trainer.run import prompt_spec
 
-    defs = [LabelInfo(d.name, d.description) for d in label_store.list_label_defs(ctx.db)]
-    convert = to_alpaca if fmt == "alpaca" else to_chatml
-    rows = [convert(defs, m.text, m.label, m.subject) for m in label_store.labeled_messages(ctx.db)]
+    from .training import label_set, training_examples
+
+    examples = training_examples(ctx.db)
+    spec = prompt_spec(TrainConfig(**{**parse_overrides(overrides), "labels": label_set(ctx.db, examples)}))
+    convert = alpaca_row if fmt == "alpaca" else chatml_row
+    rows = [convert(spec, e) for e in examples]
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     if out:
         out.write_text(lines, encoding="utf-8")
@@ -217,8 +222,8 @@ def labels_add(ctx: Context, name: str, description: str):
 @pass_ctx
 def stats(ctx: Context, as_json: bool):
     """Messages, labeled messages and per-label counts."""
-    counts = label_store.label_counts(ctx.db)
-    result = {"messages": message_store.count_messages(ctx.db), "labeled": sum(counts.values()), "labels": counts}
+    result = label_store.stats(ctx.db)
+    counts = result["labels"]
     if as_json:
         click.echo(json.dumps(result))
         return

@@ -17,7 +17,11 @@ from .serving import recorded_choice
 log = logging.getLogger(__name__)
 
 LINK = re.compile(r"https?://[^/\s>]+/archives/(?P<channel>[A-Z0-9]+)/p(?P<ts>\d{10})(?P<micro>\d{6})")
-RETRAIN_USAGE = "Usage: `/retrain [epochs=N] [dry-run]`, `/retrain status`, `/retrain cancel`"
+RETRAIN_USAGE = ("Usage: `/retrain [epochs=N] [batch_size=N] [grad_accum=N] [gradient_checkpointing=true] "
+                 "[dry-run]`, `/retrain status`, `/retrain cancel`")
+# What /retrain may set in the run's training config, with the whole numbers each takes.
+RETRAIN_NUMBERS = {"epochs": range(1, 100), "batch_size": range(1, 65), "grad_accum": range(1, 65)}
+RETRAIN_SWITCHES = ("gradient_checkpointing",)
 
 
 def parse_link(text: str) -> tuple[str, str] | None:
@@ -50,16 +54,27 @@ def label_command(ctx: BotContext, command: dict) -> tuple[str, int | None]:
         if message is None:
             return "That message was not collected (only messages posted after the bot joined are).", None
     else:
-        row = db.execute(
-            """SELECT id FROM messages m WHERE channel = ? AND deleted_at IS NULL
-               AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.message_id = m.id) ORDER BY ts DESC LIMIT 1""",
-            [command.get("channel_id")]).fetchone()
-        if row is None:
+        message = messages.latest_unlabeled(db, command.get("channel_id"))
+        if message is None:
             return "No unlabeled message in this channel. Add a message link: `/label LABEL LINK`.", None
-        message = messages.get_message(db, row[0])
     labels.add_label(db, message.id, label, by=command["user_id"], method="slash_command")
     preview = (message.subject or message.clean_body)[:80]
     return f"Labeled `{label}`: _{preview}_", message.id
+
+
+def retrain_option(word: str) -> tuple[str, object]:
+    """(key, value) of one `/retrain` option like `batch_size=2`; ValueError says what is valid."""
+    key, sep, value = word.partition("=")
+    if sep and key in RETRAIN_NUMBERS:
+        allowed = RETRAIN_NUMBERS[key]
+        if value.isdigit() and int(value) in allowed:
+            return key, int(value)
+        raise ValueError(f"`{key}` takes a whole number from {allowed.start} to {allowed.stop - 1}, got `{value}`.")
+    if sep and key in RETRAIN_SWITCHES:
+        if value in ("true", "false"):
+            return key, value == "true"
+        raise ValueError(f"`{key}` takes `true` or `false`, got `{value}`.")
+    raise ValueError(f"Unknown option `{word}`.")
 
 
 def retrain_command(ctx: BotContext, command: dict) -> str:
@@ -82,10 +97,12 @@ def retrain_command(ctx: BotContext, command: dict) -> str:
     for word in words:
         if word == "dry-run":
             dry_run = True
-        elif re.fullmatch(r"epochs=\d{1,2}", word) and int(word.split("=")[1]) >= 1:
-            params["epochs"] = int(word.split("=")[1])
-        else:
-            return f"Unknown option `{word}`. {RETRAIN_USAGE}"
+            continue
+        try:
+            key, value = retrain_option(word)
+        except ValueError as exc:
+            return f"{exc} {RETRAIN_USAGE}"
+        params[key] = value
     examples = training_examples(db)
     counts = labels.label_counts(db)
     summary = ", ".join(f"`{n}` {c}" for n, c in counts.items() if c) or "nothing labeled yet"
@@ -197,9 +214,7 @@ def labels_command(ctx: BotContext, command: dict) -> str:
 
 def stats_payload(ctx: BotContext) -> list[dict]:
     db = ctx.db()
-    counts = labels.label_counts(db)
-    stats = {"messages": messages.count_messages(db), "labeled": sum(counts.values()), "labels": counts}
-    return blocks.stats_blocks(stats, predictions.live_accuracy(db), next(iter(runs.list_runs(db, 1)), None),
+    return blocks.stats_blocks(labels.stats(db), predictions.live_accuracy(db), next(iter(runs.list_runs(db, 1)), None),
                                adapters.current_adapter(db))
 
 

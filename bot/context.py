@@ -63,6 +63,9 @@ class BotContext:
         # so a backlog of model work never delays acknowledgements.
         self.listener_executor = TrackingExecutor(max_workers=10, thread_name_prefix="supportbot-listener")
         self.executor = TrackingExecutor(max_workers=settings.workers, thread_name_prefix="supportbot-work")
+        # Heavy data checks (/datacheck) get one thread of their own, and do their work in a child process
+        # (bot.datacheck): they neither hold up answers nor keep their memory in the bot.
+        self.check_executor = TrackingExecutor(max_workers=1, thread_name_prefix="supportbot-check")
         self.bot_user_id: str | None = None
         self.bot_id: str | None = None
         self._pending: set = set()
@@ -129,6 +132,7 @@ class BotContext:
         for _ in range(3):  # a listener may submit a job after we looked at the work pool
             self.listener_executor.wait(timeout)
             self.executor.wait(timeout)
+            self.check_executor.wait(timeout)
 
     def close(self, *, drop_queued: bool = False) -> None:
         """Finish the work in hand. `drop_queued` (a stopping server): queued answers are dropped, not
@@ -137,7 +141,9 @@ class BotContext:
         if drop_queued:
             self.listener_executor.shutdown(wait=True)
             self.executor.shutdown(wait=True, cancel_futures=True)
+            self.check_executor.shutdown(wait=True, cancel_futures=True)
             return
         self.drain()
         self.listener_executor.shutdown(wait=True)
         self.executor.shutdown(wait=True)
+        self.check_executor.shutdown(wait=True)

@@ -13,16 +13,13 @@ KEEP, CHANGE, EXCLUDE = "datacheck_keep", "datacheck_change", "datacheck_exclude
 SHOWN = 5
 
 
-def examples(db) -> list[dict]:
-    return [{"id": m.message_id, "text": m.text, "label": m.label, "labeled_by": m.labeled_by}
-            for m in labels.labeled_messages(db)]
-
-
 def run_check(db, fast: bool = False) -> dict:
     """All checks; `fast` keeps to those that need no model (exact duplicates, conflicts, thin labels)."""
     from trainer.datacheck import KINDS, check_data, exact_groups, label_counts
 
-    rows = examples(db)
+    from .training import training_examples
+
+    rows = training_examples(db)
     if not fast:
         return check_data(rows)
     findings = exact_groups(rows) + label_counts(rows, 2, 10.0)
@@ -68,9 +65,23 @@ def report_blocks(report: dict, names: list[str]) -> list[dict]:
     return blocks[:50]
 
 
+def in_child_process(fn, *args):
+    """`fn(*args)` in a fresh process (spawned, as this one has threads): its memory is returned when it ends."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
 def check_job(ctx: BotContext, respond) -> None:
+    """/datacheck's work, on the check thread: the checks themselves run in a child process."""
+    from trainer.datacheck import check_data
+
+    from .training import training_examples
+
     db = ctx.db()
-    report = run_check(db)
+    report = in_child_process(check_data, training_examples(db))
     names = [d.name for d in labels.list_label_defs(db)]
     respond(response_type="ephemeral", text=summary_line(report), blocks=report_blocks(report, names))
 
@@ -80,7 +91,7 @@ def register(app, ctx: BotContext) -> None:
     def datacheck(ack, respond):
         count = len(labels.labeled_messages(ctx.db()))
         ack(response_type="ephemeral", text=f"Checking {count} labeled messages...")
-        ctx.submit(check_job, ctx, respond)
+        ctx.check_executor.submit(check_job, ctx, respond)
 
     @app.action(KEEP)
     @app.action(CHANGE)

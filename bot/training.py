@@ -26,8 +26,10 @@ from .serving import recorded_choice
 from .settings import Settings
 
 RUN_BOOKKEEPING = ("retry_of",)  # run params for the queue, not for the trainer's config
-OOM_HINT = ("Out of memory. Try a smaller batch (`/retrain batch_size=2`, with more grad_accum), "
-            "gradient_checkpointing=true, or 4-bit quantization on a GPU host.")
+# Every option named here is one /retrain accepts (bot.commands.RETRAIN_NUMBERS and RETRAIN_SWITCHES).
+OOM_HINT = ("Out of memory. Try a smaller batch with more accumulation (same effective batch): "
+            "`/retrain batch_size=2 grad_accum=8`, or `/retrain gradient_checkpointing=true`; "
+            "on a CUDA host the base model is loaded in 4-bit by default.")
 
 
 @dataclass
@@ -43,7 +45,15 @@ def run_dir_for(settings: Settings, run_id: int) -> Path:
 
 
 def training_examples(db) -> list[dict]:
-    return [{"id": m.message_id, "text": m.text, "label": m.label} for m in labels.labeled_messages(db)]
+    """The labeled messages as the trainer and the data check read them (subject apart, as serving passes it)."""
+    return [{"id": m.message_id, "text": m.text, "subject": m.subject, "label": m.label, "labeled_by": m.labeled_by}
+            for m in labels.labeled_messages(db)]
+
+
+def label_set(db, examples: list[dict]) -> list[dict]:
+    """The labels a run on `examples` trains: those in use, with their descriptions (the prompt names them)."""
+    defs = {d.name: d.description for d in labels.list_label_defs(db)}
+    return [{"name": name, "description": defs.get(name, "")} for name in sorted({e["label"] for e in examples})]
 
 
 def prepare_run(settings: Settings, db, run: runs.Run) -> Path:
@@ -52,10 +62,8 @@ def prepare_run(settings: Settings, db, run: runs.Run) -> Path:
     shutil.rmtree(run_dir, ignore_errors=True)  # a re-queued run starts clean
     run_dir.mkdir(parents=True)
     examples = training_examples(db)
-    used = sorted({e["label"] for e in examples})
-    defs = {d.name: d.description for d in labels.list_label_defs(db)}
     current = adapters.current_adapter(db)
-    config = {"labels": [{"name": name, "description": defs.get(name, "")} for name in used],
+    config = {"labels": label_set(db, examples),
               "base_model": settings.base_model, "model_cache_dir": str(settings.model_cache_dir),
               "promotion_margin": settings.promotion_margin,
               "compare_adapter": current.path if current and Path(current.path).is_dir() else "",
@@ -82,10 +90,10 @@ def _die_with_parent() -> None:
 
 def start_trainer(run_dir: Path) -> subprocess.Popen:
     """The trainer as a child process in its own process group, its pid recorded in the run directory."""
-    log = open(run_dir / "trainer.log", "ab")
-    child = subprocess.Popen([sys.executable, "-m", "trainer", str(run_dir)], stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True, preexec_fn=_die_with_parent,
-                             env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    with open(run_dir / "trainer.log", "ab") as log:  # the child writes through its own copy of the handle
+        child = subprocess.Popen([sys.executable, "-m", "trainer", str(run_dir)], stdout=log,
+                                 stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
+                                 env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     (run_dir / PID_FILE).write_text(str(child.pid))
     return child
 

@@ -66,20 +66,24 @@ class Worker:
                 log.warning("killed the orphaned trainer of run %d", run.id)
             runs.finish_run(self.db, run.id, "interrupted",
                             error="the worker stopped during this run; nothing it produced was registered")
-            note = "The worker stopped during this run (restart or crash)."
-            if not run.params.get("retry_of"):
-                try:
-                    again = runs.queue_run(self.db, requested_by=run.requested_by,
-                                           params={**run.params, "retry_of": run.id})
-                    note += f" Queued again as run {again.id}."
-                except RunConflict as exc:  # someone queued a run meanwhile: it trains on the same data
-                    note += f" Not queued again: {exc}."
-            else:
-                note += f" It was already a retry of run {run.params['retry_of']}: not queued again."
+            note = "The worker stopped during this run (restart or crash). " + self._queue_again(run, once=True)
             self._say(f"run:{run.id}:report", reports.failure_payload(run.id, "interrupted", note))
             log.warning("run %d interrupted: %s", run.id, note)
             recovered.append(run.id)
         return recovered
+
+    def _queue_again(self, run, *, once: bool) -> str:
+        """Queue an interrupted run again as a retry of it (`retry_of`); returns what the report says about it.
+
+        `once`: a run that was itself a retry is not queued again (a crash that repeats is left for a person).
+        """
+        if once and run.params.get("retry_of"):
+            return f"It was already a retry of run {run.params['retry_of']}: not queued again."
+        try:
+            again = runs.queue_run(self.db, requested_by=run.requested_by, params={**run.params, "retry_of": run.id})
+        except RunConflict as exc:  # someone queued a run meanwhile: it trains on the same data
+            return f"Not queued again: {exc}."
+        return f"Queued again as run {again.id}."
 
     # -- the loop --------------------------------------------------------------------------------------------
     def run_forever(self) -> None:
@@ -130,11 +134,10 @@ class Worker:
                           kind="file", after_key=key)
             log.info("run %d succeeded: adapter v%d, promoted=%s", run.id, outcome.adapter.version, outcome.promoted)
             return
-        if run.status == "interrupted":
-            again = runs.queue_run(self.db, requested_by=run.requested_by, params=run.params)
-            self._say(key, reports.failure_payload(run.id, "interrupted",
-                                                   f"The worker was stopped; queued again as run {again.id}."))
-            log.warning("run %d interrupted by a stop; queued again as run %d", run.id, again.id)
+        if run.status == "interrupted":  # a stop (SIGTERM) is no fault of the run's: queued again even if a retry
+            note = "The worker was stopped. " + self._queue_again(run, once=False)
+            self._say(key, reports.failure_payload(run.id, "interrupted", note))
+            log.warning("run %d interrupted by a stop: %s", run.id, note)
             return
         self._say(key, reports.failure_payload(run.id, run.status, run.error))
         log.warning("run %d %s: %s", run.id, run.status, run.error)

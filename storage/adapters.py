@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from sqlite_utils import Database
 
-from .db import now, query, query_one, write
+from .db import now, query_one, write
 from .errors import NotFound
 
 
@@ -57,7 +57,7 @@ def current_adapter(db: Database) -> Adapter | None:
 
 
 def list_adapters(db: Database) -> list[Adapter]:
-    return [_adapter(r) for r in query(db, "SELECT * FROM adapters ORDER BY version DESC")]
+    return [_adapter(r) for r in db.query("SELECT * FROM adapters ORDER BY version DESC")]
 
 
 def promote(db: Database, version: int) -> Adapter:

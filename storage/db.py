@@ -70,13 +70,6 @@ def schema_version(db: Database) -> list[str]:
     return [m.name for m in MIGRATIONS.applied(db)]
 
 
-def query(db: Database, sql: str, params=()) -> list[dict]:
-    """Rows of a query as dicts keyed by column name."""
-    cursor = db.execute(sql, params)
-    columns = [d[0] for d in cursor.description]
-    return [dict(zip(columns, r)) for r in cursor.fetchall()]
-
-
 def query_one(db: Database, sql: str, params=()) -> dict | None:
-    found = query(db, sql, params)
-    return found[0] if found else None
+    """The first row of `db.query` (sqlite-utils: rows as dicts keyed by column name), or None."""
+    return next(db.query(sql, params), None)

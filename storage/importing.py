@@ -124,6 +124,8 @@ def _read_jsonl(path: str, content: str) -> list[Example]:
             raise ImportFormatError(
                 path, number, "neither Alpaca (instruction/input/output) nor ChatML (messages)"
             )
+        if isinstance(row.get("label"), str):  # `supportbot export` keeps the name beside a readable answer
+            label = row["label"]
         examples.append(_check(path, number, text, label))
     return examples
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from sqlite_utils import Database
 
-from .db import now, query, query_one, write
+from .db import now, query_one, write
 from .errors import InvalidLabelName, NotFound, UnknownLabel
-from .messages import get_message
+from .messages import count_messages, get_message
 
 METHODS = ("slash_command", "button", "shortcut", "import", "datacheck", "cli")
 # One word, so `/label NAME` can name it: visible characters, no spaces.
@@ -71,7 +71,7 @@ def get_label_def(db: Database, name: str) -> LabelDef:
 def list_label_defs(db: Database, *, active_only: bool = True) -> list[LabelDef]:
     where = " WHERE active = 1" if active_only else ""
     return [LabelDef(**{**r, "active": bool(r["active"])})
-            for r in query(db, "SELECT * FROM label_set" + where + " ORDER BY name")]
+            for r in db.query("SELECT * FROM label_set" + where + " ORDER BY name")]
 
 
 def resolve_label(db: Database, name: str) -> str:
@@ -112,7 +112,7 @@ def current_label(db: Database, message_id: int) -> LabelEvent | None:
 
 
 def label_history(db: Database, message_id: int) -> list[LabelEvent]:
-    return [_event(r) for r in query(db, "SELECT * FROM labels WHERE message_id = ? ORDER BY id", [message_id])]
+    return [_event(r) for r in db.query("SELECT * FROM labels WHERE message_id = ? ORDER BY id", [message_id])]
 
 
 @dataclass(frozen=True)
@@ -126,23 +126,28 @@ class LabeledMessage:
 
 def labeled_messages(db: Database) -> list[LabeledMessage]:
     """Every non-deleted, non-excluded message with its current label, in id order: the training data."""
-    rows = query(
-        db,
-        """SELECT m.id, m.subject, m.clean_body, c.label, c.labeled_by FROM messages m
+    rows = db.query("""SELECT m.id, m.subject, m.clean_body, c.label, c.labeled_by FROM messages m
             JOIN current_labels c ON c.message_id = m.id
-            WHERE m.deleted_at IS NULL AND c.excluded = 0 ORDER BY m.id""",
-    )
+            WHERE m.deleted_at IS NULL AND c.excluded = 0 ORDER BY m.id""")
     return [LabeledMessage(r["id"], r["subject"], r["clean_body"], r["label"], r["labeled_by"]) for r in rows]
 
 
 def label_counts(db: Database) -> dict[str, int]:
     """Current-label counts of non-deleted messages for every active label (zeros included)."""
     counts = {d.name: 0 for d in list_label_defs(db)}
-    for r in query(
-        db,
-        """SELECT c.label, COUNT(*) AS n FROM current_labels c
+    for r in db.query("""SELECT c.label, COUNT(*) AS n FROM current_labels c
             JOIN messages m ON m.id = c.message_id WHERE m.deleted_at IS NULL AND c.excluded = 0
-            GROUP BY c.label""",
-    ):
+            GROUP BY c.label"""):
         counts[r["label"]] = r["n"]
     return dict(sorted(counts.items()))
+
+
+def human_labels_since(db: Database, since: str) -> int:
+    """Labels people gave (anything but an import) after the timestamp `since` ('' for all of them)."""
+    return db.execute("SELECT COUNT(*) FROM labels WHERE method != 'import' AND created_at > ?", [since]).fetchone()[0]
+
+
+def stats(db: Database) -> dict:
+    """{"messages": N, "labeled": N, "labels": {name: count}}: what `/stats` and `supportbot stats` show."""
+    counts = label_counts(db)
+    return {"messages": count_messages(db), "labeled": sum(counts.values()), "labels": counts}

@@ -118,3 +118,11 @@ def count_messages(db: Database, *, include_deleted: bool = False) -> int:
     where = "" if include_deleted else " WHERE deleted_at IS NULL"
     return db.execute("SELECT COUNT(*) FROM messages" + where).fetchone()[0]
 
+
+
+def latest_unlabeled(db: Database, channel: str) -> Message | None:
+    """The newest non-deleted message in `channel` that has no label yet (what a bare `/label` labels)."""
+    row = query_one(db, """SELECT * FROM messages m WHERE channel = ? AND deleted_at IS NULL
+                           AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.message_id = m.id)
+                           ORDER BY ts DESC LIMIT 1""", [channel])
+    return Message(**row) if row else None

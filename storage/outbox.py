@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 
 from sqlite_utils import Database
 
-from .db import now, query, query_one, write
+from .db import now, query_one, write
 
 
 @dataclass(frozen=True)
@@ -62,12 +62,12 @@ def get(db: Database, key: str) -> OutboxItem | None:
 def claim_due(db: Database, limit: int = 20) -> list[OutboxItem]:
     """Mark due rows 'sending' and return them (oldest first); rows waiting on an unsent row stay."""
     with write(db):
-        rows = query(db, """
+        rows = list(db.query("""
             SELECT o.* FROM outbox o
             WHERE o.status = 'pending' AND o.next_attempt_at <= ?
               AND (o.after_key IS NULL OR EXISTS (SELECT 1 FROM outbox a WHERE a.key = o.after_key
                                                   AND a.status = 'sent'))
-            ORDER BY o.id LIMIT ?""", [now(), limit])
+            ORDER BY o.id LIMIT ?""", [now(), limit]))
         for row in rows:
             db.execute("UPDATE outbox SET status = 'sending', attempts = attempts + 1 WHERE id = ?", [row["id"]])
     return [_item({**r, "status": "sending", "attempts": r["attempts"] + 1}) for r in rows]
@@ -75,7 +75,7 @@ def claim_due(db: Database, limit: int = 20) -> list[OutboxItem]:
 
 def in_doubt(db: Database) -> list[OutboxItem]:
     """Rows left 'sending' by a relay that stopped mid-call: delivered or not, nobody knows yet."""
-    return [_item(r) for r in query(db, "SELECT * FROM outbox WHERE status = 'sending' ORDER BY id")]
+    return [_item(r) for r in db.query("SELECT * FROM outbox WHERE status = 'sending' ORDER BY id")]
 
 
 def mark_sent(db: Database, item: OutboxItem, ts: str | None) -> None:

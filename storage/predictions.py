@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from sqlite_utils import Database
 
-from .db import now, query, query_one, write
+from .db import now, query_one, write
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,23 @@ def latest_prediction(db: Database, message_id: int) -> Prediction | None:
 
 def live_accuracy(db: Database) -> dict:
     """Per adapter version: how often the latest prediction matched the human label given afterwards."""
-    rows = query(db, """
+    rows = db.query("""
         SELECT p.adapter_version AS version, COUNT(*) AS n, SUM(p.label = c.label) AS correct
         FROM predictions p
         JOIN current_labels c ON c.message_id = p.message_id AND c.created_at >= p.created_at
         WHERE p.id = (SELECT MAX(id) FROM predictions WHERE message_id = p.message_id)
         GROUP BY p.adapter_version ORDER BY p.adapter_version""")
     return {str(r["version"]): {"n": r["n"], "accuracy": r["correct"] / r["n"]} for r in rows}
+
+
+def least_sure(db: Database, *, since: str, limit: int = 5) -> list[dict]:
+    """Unlabeled, non-deleted messages received after `since`, least confident latest prediction first.
+
+    Each row: id, channel, ts, subject ('' when none), clean_body, label and confidence.
+    """
+    return list(db.query("""
+        SELECT m.id, m.channel, m.ts, COALESCE(m.subject, '') AS subject, m.clean_body, p.label, p.confidence
+        FROM messages m JOIN predictions p ON p.id = (SELECT MAX(id) FROM predictions WHERE message_id = m.id)
+        WHERE m.deleted_at IS NULL AND m.received_at > ?
+          AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.message_id = m.id)
+        ORDER BY p.confidence ASC LIMIT ?""", [since, limit]))

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 from sqlite_utils import Database
 
-from .db import now, query, query_one, write
+from .db import now, query_one, write
 
 
 def claim_reply(db: Database, message_id: int, channel: str) -> bool:
@@ -32,14 +32,9 @@ def get_reply(db: Database, message_id: int) -> dict | None:
     return query_one(db, "SELECT channel, ts FROM replies WHERE message_id = ? AND ts != ''", [message_id])
 
 
-def message_for_reply(db: Database, channel: str, ts: str) -> int | None:
-    row = query_one(db, "SELECT message_id FROM replies WHERE channel = ? AND ts = ?", [channel, ts])
-    return row["message_id"] if row else None
-
-
 def in_doubt(db: Database) -> list[dict]:
     """Claims whose post was never confirmed: a bot that stopped between claiming and recording the reply."""
-    return query(db, "SELECT message_id, channel FROM replies WHERE ts = '' ORDER BY message_id")
+    return list(db.query("SELECT message_id, channel FROM replies WHERE ts = '' ORDER BY message_id"))
 
 
 def unanswered(db: Database, *, older_than_s: float, within_hours: float = 24, max_attempts: int = 3) -> list[int]:
@@ -52,7 +47,7 @@ def unanswered(db: Database, *, older_than_s: float, within_hours: float = 24, m
     """
     stamp = lambda delta: (datetime.now(timezone.utc) - delta).isoformat(timespec="milliseconds")  # noqa: E731
     upper, lower = stamp(timedelta(seconds=older_than_s)), stamp(timedelta(hours=within_hours))
-    rows = query(db, """SELECT m.id FROM messages m
+    rows = db.query("""SELECT m.id FROM messages m
                         WHERE m.channel IS NOT NULL AND m.ts IS NOT NULL AND m.deleted_at IS NULL
                           AND m.received_at BETWEEN ? AND ?
                           AND NOT EXISTS (SELECT 1 FROM replies r WHERE r.message_id = m.id)

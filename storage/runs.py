@@ -12,10 +12,9 @@ from dataclasses import dataclass
 
 from sqlite_utils import Database
 
-from .db import now, query, query_one, write
+from .db import now, query_one, write
 from .errors import NotFound, RunConflict
 
-ACTIVE = ("queued", "running")
 FINISHED = ("succeeded", "failed", "cancelled", "interrupted")
 
 
@@ -68,7 +67,7 @@ def get_run(db: Database, run_id: int) -> Run:
 
 
 def list_runs(db: Database, limit: int = 20) -> list[Run]:
-    return [_run(r) for r in query(db, "SELECT * FROM runs ORDER BY id DESC LIMIT ?", [limit])]
+    return [_run(r) for r in db.query("SELECT * FROM runs ORDER BY id DESC LIMIT ?", [limit])]
 
 
 def active_run(db: Database) -> Run | None:
@@ -120,11 +119,6 @@ def finish_run(db: Database, run_id: int, status: str, *, error: str | None = No
     return get_run(db, run_id)
 
 
-def set_dataset_stats(db: Database, run_id: int, stats: dict) -> None:
-    with write(db):
-        db.execute("UPDATE runs SET dataset_stats = ? WHERE id = ?", [json.dumps(stats), run_id])
-
-
 def add_metrics(db: Database, run_id: int, metrics: list[dict]) -> int:
     """Store metric lines (as the trainer writes them); a line seen before is ignored. Returns how many were new."""
     added = 0
@@ -141,6 +135,6 @@ def add_metrics(db: Database, run_id: int, metrics: list[dict]) -> int:
 
 
 def run_metrics(db: Database, run_id: int) -> list[Metric]:
-    return [Metric(**r) for r in query(
-        db, "SELECT kind, step, epoch, train_loss, eval_loss, learning_rate FROM run_metrics "
-            "WHERE run_id = ? ORDER BY step, kind", [run_id])]
+    return [Metric(**r) for r in db.query(
+        "SELECT kind, step, epoch, train_loss, eval_loss, learning_rate FROM run_metrics "
+        "WHERE run_id = ? ORDER BY step, kind", [run_id])]

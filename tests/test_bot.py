@@ -263,7 +263,7 @@ def test_retrain_admins_only_queues_once_and_reports_status(bot):
     again = bot.command("/retrain", user=ADMIN)["text"]
     assert again.startswith("A training run is already active") and "Run 1: *queued*" in again
     assert "Run 1: *queued*" in bot.command("/retrain", "status", user=AGENT)["text"]
-    assert "Unknown option `epochs=lots`" in bot.command("/retrain", "epochs=lots", user=ADMIN)["text"]
+    assert "`epochs` takes a whole number from 1 to 99" in bot.command("/retrain", "epochs=lots", user=ADMIN)["text"]
     assert bot.command("/retrain", "cancel", user=ADMIN)["text"] == "Run 1 was queued; it is cancelled."
     assert runs.get_run(bot.db, 1).status == "cancelled"
 
@@ -518,3 +518,67 @@ def test_http_mode_refuses_oversized_non_utf8_and_malformed_bodies_before_parsin
         server.server_close()
         bot.settle()
     assert messages.count_messages(bot.db) == 1
+
+
+def test_retrain_takes_the_options_its_out_of_memory_advice_names(bot):
+    """The out-of-memory message suggests /retrain commands: each must be accepted and reach the run's config."""
+    import re
+
+    from bot.training import OOM_HINT
+
+    for i in range(3):
+        for name in ("complaint", "question"):
+            m, _ = messages.add_message(bot.db, source="import", external_id=f"i:{name}{i}", raw_body=f"{name} {i}")
+            labels.add_label(bot.db, m.id, name, by=ADMIN, method="cli")
+    suggested = re.findall(r"`/retrain ([^`]*)`", OOM_HINT)
+    assert len(suggested) == 2
+    for options in suggested:
+        answer = bot.command("/retrain", options, user=ADMIN)["text"]
+        assert answer.startswith("Queued training run"), answer
+        run = runs.active_run(bot.db)
+        expected = {k: (json.loads(v)) for k, v in (o.split("=") for o in options.split())}
+        assert run.params == expected
+        runs.finish_run(bot.db, run.id, "cancelled")
+    for bad, says in (("batch_size=0", "`batch_size` takes a whole number from 1 to 64, got `0`"),
+                      ("grad_accum=x", "`grad_accum` takes a whole number from 1 to 64"),
+                      ("gradient_checkpointing=maybe", "`gradient_checkpointing` takes `true` or `false`"),
+                      ("learning_rate=1", "Unknown option `learning_rate=1`")):
+        answer = bot.command("/retrain", bad, user=ADMIN)["text"]
+        assert answer.startswith(says) and "batch_size=N" in answer
+    assert runs.active_run(bot.db) is None
+
+
+def test_datacheck_is_answered_while_every_work_thread_is_busy(bot):
+    """The heavy check has its own thread and process: a work pool busy classifying does not hold it up."""
+    for i in range(3):
+        for name in ("complaint", "question"):
+            m, _ = messages.add_message(bot.db, source="import", external_id=f"i:{name}{i}",
+                                        raw_body=f"{name} number {i} about the app")
+            labels.add_label(bot.db, m.id, name, by=ADMIN, method="cli")
+    release = threading.Event()
+    for _ in range(bot.ctx.settings.workers):
+        bot.ctx.submit(release.wait, 120)
+    try:
+        assert bot.command("/datacheck")["text"] == "Checking 6 labeled messages..."
+        deadline = time.monotonic() + 90
+        while not bot.standin.responses and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert bot.standin.responses, "no /datacheck answer while the work pool was busy"
+        assert bot.standin.responses[-1]["text"].startswith("6 labeled messages checked")
+    finally:
+        release.set()
+
+
+def test_blank_email_is_answered_once_as_such_not_retried(bot):
+    from bot.intake import NOTHING_TO_CLASSIFY, answer_backlog
+
+    ts = bot.next_ts()
+    bot.event(payloads.email_event(INTAKE, ts, payloads.email_file("F0BLANK", subject="  ", sender="x@example.com",
+                                                                   body=" \n ")))
+    bot.settle()
+    stored = messages.find_message(bot.db, messages.slack_external_id(INTAKE, ts))
+    assert reply_to(bot, ts).params["text"] == NOTHING_TO_CLASSIFY
+    assert predictions.latest_prediction(bot.db, stored.id) is None
+    assert answer_backlog(bot.ctx, bot.app.client, older_than_s=0) == 0  # answered: the sweep leaves it
+    bot.settle()
+    reply_to(bot, ts)  # still the one answer

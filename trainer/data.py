@@ -155,6 +155,23 @@ def prompt_messages(spec: PromptSpec, text: str, subject: str | None = None) -> 
     return chat_messages(shown, text, subject, spec.max_body_chars)
 
 
+def chatml_row(spec: PromptSpec, example: dict) -> dict:
+    """An example as a ChatML row: the prompt training builds, and the answer the model learns.
+
+    `label` keeps the label's name where the answer is its readable form (`card arrival`).
+    """
+    answer = {"role": "assistant", "content": spec.answer(example["label"])}
+    return {"messages": prompt_messages(spec, example["text"], example.get("subject")) + [answer],
+            "label": example["label"]}
+
+
+def alpaca_row(spec: PromptSpec, example: dict) -> dict:
+    """An example as an Alpaca row (instruction: the system turn; input: the user turn), as `chatml_row`."""
+    system, user = prompt_messages(spec, example["text"], example.get("subject"))
+    return {"instruction": system["content"], "input": user["content"], "output": spec.answer(example["label"]),
+            "label": example["label"]}
+
+
 def prompt_ids(tokenizer, spec: PromptSpec, text: str, subject: str | None = None) -> list[int]:
     """Token ids of the chat prompt up to and including the assistant header."""
     ids = tokenizer.apply_chat_template(prompt_messages(spec, text, subject), add_generation_prompt=True,

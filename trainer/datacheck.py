@@ -14,6 +14,7 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 
+SEARCH_MEMORY_MB = 64  # the near-duplicate search works in chunks of this many MB of distances
 KINDS = ("conflict", "duplicate", "near_conflict", "near_duplicate", "too_few", "imbalance", "leakage",
          "suspected_mislabel")
 
@@ -53,7 +54,7 @@ def exact_groups(examples: list[dict]) -> list[Finding]:
 
 
 def vectors(texts: list[str]):
-    """Normalized sentence embeddings (MiniLM) when installed, else TF-IDF character n-grams."""
+    """Normalized sentence embeddings (MiniLM) when installed, else TF-IDF character n-grams (kept sparse)."""
     import numpy as np
 
     from .baseline import embed, minilm_path
@@ -65,24 +66,37 @@ def vectors(texts: list[str]):
     from sklearn.preprocessing import normalize as l2
 
     matrix = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5)).fit_transform(texts)
-    return l2(matrix).toarray(), "TF-IDF character n-grams"
+    return l2(matrix), "TF-IDF character n-grams"
+
+
+def similar_pairs(query, indexed, threshold: float) -> list[tuple[int, int, float]]:
+    """(i, j, cosine similarity) for rows i of `query` and j of `indexed` at least `threshold` alike.
+
+    A radius search (scikit-learn, brute force in chunks), so neither a dense TF-IDF matrix nor an
+    n x n similarity matrix is ever built; sparse input stays sparse. `query` None: `indexed`
+    against itself, each pair once (i < j).
+    """
+    from sklearn import config_context
+    from sklearn.neighbors import NearestNeighbors
+
+    radius = 1.0 - threshold + 1e-9  # cosine distance; the epsilon keeps pairs exactly at the threshold
+    search = NearestNeighbors(radius=radius, metric="cosine", algorithm="brute").fit(indexed)
+    with config_context(working_memory=SEARCH_MEMORY_MB):  # the size of each chunk of distances
+        distances, neighbours = search.radius_neighbors(query, return_distance=True)
+    return [(i, int(j), 1.0 - float(d)) for i, (row_d, row_j) in enumerate(zip(distances, neighbours))
+            for d, j in zip(row_d, row_j) if query is not None or i < j]
 
 
 def near_pairs(examples: list[dict], vecs, threshold: float) -> list[Finding]:
-    import numpy as np
-
-    similarity = vecs @ vecs.T
-    np.fill_diagonal(similarity, 0)
     findings = []
-    exact = {normalize(e["text"]) for e in examples}
-    for i, j in zip(*np.where(np.triu(similarity) >= threshold)):
+    for i, j, similarity in similar_pairs(None, vecs, threshold):
         a, b = examples[i], examples[j]
-        if normalize(a["text"]) == normalize(b["text"]) and normalize(a["text"]) in exact:
+        if normalize(a["text"]) == normalize(b["text"]):
             continue  # reported as an exact duplicate
         kind = "near_conflict" if a["label"] != b["label"] else "near_duplicate"
         findings.append(Finding(kind, f"\"{a['text'][:60]}\" ({a['label']}) and \"{b['text'][:60]}\" ({b['label']}) "
-                                      f"are {similarity[i, j]:.0%} alike", [a["id"], b["id"]],
-                                sorted({a["label"], b["label"]}), {"similarity": float(similarity[i, j])}))
+                                      f"are {similarity:.0%} alike", [a["id"], b["id"]],
+                                sorted({a["label"], b["label"]}), {"similarity": similarity}))
     return findings
 
 
@@ -100,15 +114,12 @@ def label_counts(examples: list[dict], min_per_label: int, imbalance_ratio: floa
 
 
 def leakage(train: list[dict], evaluation: list[dict], vecs_train, vecs_eval, threshold: float) -> list[Finding]:
-    import numpy as np
-
     findings = []
-    similarity = vecs_eval @ vecs_train.T
-    for i, j in zip(*np.where(similarity >= threshold)):
+    for i, j, similarity in similar_pairs(vecs_eval, vecs_train, threshold):
         e, t = evaluation[i], train[j]
-        findings.append(Finding("leakage", f"eval \"{e['text'][:60]}\" is {similarity[i, j]:.0%} like train "
+        findings.append(Finding("leakage", f"eval \"{e['text'][:60]}\" is {similarity:.0%} like train "
                                            f"\"{t['text'][:60]}\"", [e["id"], t["id"]], sorted({e["label"], t["label"]}),
-                                {"similarity": float(similarity[i, j])}))
+                                {"similarity": similarity}))
     return findings
 
 
@@ -162,8 +173,6 @@ def suspected_mislabels(examples: list[dict], vecs, *, folds: int = 5, seed: int
 def check_data(examples: list[dict], *, eval_examples: list[dict] | None = None, min_per_label: int = 2,
                imbalance_ratio: float = 10.0, near_threshold: float = 0.95, folds: int = 5, seed: int = 42) -> dict:
     """Every check over `examples` (and leakage against `eval_examples` when given)."""
-    import numpy as np
-
     findings = exact_groups(examples) + label_counts(examples, min_per_label, imbalance_ratio)
     method = None
     if len(examples) >= 2:
@@ -173,7 +182,7 @@ def check_data(examples: list[dict], *, eval_examples: list[dict] | None = None,
         findings += near_pairs(examples, own, near_threshold)
         if eval_examples:
             findings += leakage(examples, eval_examples, own, vecs[len(examples):], near_threshold)
-        findings += suspected_mislabels(examples, np.asarray(own), folds=folds, seed=seed)
+        findings += suspected_mislabels(examples, own, folds=folds, seed=seed)
     summary = Counter(f.kind for f in findings)
     return {"examples": len(examples), "method": method, "summary": {k: summary.get(k, 0) for k in KINDS},
             "findings": [f.to_dict() for f in findings]}

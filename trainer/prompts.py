@@ -1,4 +1,5 @@
-"""Prompt construction, shared by training, serving and export (one function each way).
+"""Prompt construction: what the system and user turns say. `trainer.data.prompt_messages` is the one
+builder training, serving and `supportbot export` call (through a `PromptSpec`).
 
 Pure Python: no torch, so the bot and CLI can import it at no cost. The chat
 template itself is applied by the tokenizer (`trainer.data`); this module
@@ -57,11 +58,3 @@ def chat_messages(labels: list[LabelInfo], text: str, subject: str | None = None
         {"role": "system", "content": system_prompt(labels)},
         {"role": "user", "content": user_prompt(text, subject, max_chars)},
     ]
-
-
-def to_chatml(labels: list[LabelInfo], text: str, label: str, subject: str | None = None) -> dict:
-    return {"messages": chat_messages(labels, text, subject) + [{"role": "assistant", "content": label}]}
-
-
-def to_alpaca(labels: list[LabelInfo], text: str, label: str, subject: str | None = None) -> dict:
-    return {"instruction": system_prompt(labels), "input": user_prompt(text, subject), "output": label}

@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from .evaluate import worst_classes
-from .metrics import epoch_table
 
 
 def promotion_decision(new: dict, serving: dict | None, margin: float) -> dict:

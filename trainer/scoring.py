@@ -160,7 +160,8 @@ class LabelScorer:
     """Scores all labels of `spec` for prompts, with the model as it is when called.
 
     Not thread-safe by itself: `trainer.classify.Classifier` serializes calls and
-    model changes. Call `reset()` after the model's weights change (adapter swap).
+    model changes. The system-prompt cache holds the weights of the first call: after the
+    weights change, use a new scorer (`Classifier` makes one at every adapter swap) or `reset()`.
     """
 
     def __init__(self, model, tokenizer, spec: PromptSpec, *, use_prefix_cache: bool = True,
@@ -319,7 +320,8 @@ class LabelScorer:
         return [j for j, (x, e) in enumerate(zip(result.logprobs, result.exact)) if not e and x > best]
 
     def _search(self, last_logits, context, mask, last_position, width: int) -> list[LabelScores]:
-        """Beam search over the label trie, then exact scoring of any label the beam could not rule out."""
+        """Beam search over the label trie; with `certify`, then exact scoring of any label the beam could not
+        rule out. Without it (serving) such labels keep their upper bound and the top label is not certified."""
         import torch
 
         batch = last_logits.shape[0]

@@ -134,7 +134,7 @@ def _sft_trainer_class():
     return LabelLossSFTTrainer
 
 
-def _callbacks(cfg: TrainConfig, sink: MetricsSink, run_dir: Path, max_steps_holder: dict):
+def _callbacks(cfg: TrainConfig, sink: MetricsSink, run_dir: Path):
     from transformers import EarlyStoppingCallback, TrainerCallback
 
     class Report(TrainerCallback):
@@ -145,7 +145,6 @@ def _callbacks(cfg: TrainConfig, sink: MetricsSink, run_dir: Path, max_steps_hol
             self.problem = None
 
         def on_train_begin(self, args, state, control, **kwargs):
-            max_steps_holder["max_steps"] = state.max_steps
             sink.write({"kind": "progress", "step": 0, "max_steps": state.max_steps, "epoch": 0.0})
 
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -190,8 +189,7 @@ def fit(model, tokenizer, cfg: TrainConfig, train_rows: list[dict], eval_rows: l
 
     set_seed(cfg.seed)
     peft_model = get_peft_model(model, lora_config(cfg))
-    holder: dict = {}
-    report, stopper = _callbacks(cfg, sink, run_dir, holder)
+    report, stopper = _callbacks(cfg, sink, run_dir)
     trainer = _sft_trainer_class()(
         model=peft_model,
         args=sft_config(cfg, run_dir / "checkpoints", len(train_rows), device),
