@@ -17,7 +17,7 @@ from storage import labels, messages, predictions, replies
 from trainer.cleaning import clean_email
 from trainer.text import EmptyText
 
-from . import blocks, metadata
+from . import blocks, metadata, mrkdwn
 from .context import BotContext
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ def refresh_reply(ctx: BotContext, client, message_id: int) -> None:
         return
     shown = _Shown(prediction)
     names = [d.name for d in labels.list_label_defs(db)]
-    client.chat_update(channel=reply["channel"], ts=reply["ts"], text=f"Labeled {human.label}",
+    client.chat_update(channel=reply["channel"], ts=reply["ts"], text=f"Labeled {mrkdwn.escape(human.label)}",
                        blocks=blocks.prediction_blocks(message_id, shown, names,
                                                        human={"label": human.label, "by": human.labeled_by}))
 

@@ -17,10 +17,11 @@ import logging
 from storage import RunConflict, labels, outbox, runs
 from storage.db import query
 
-from . import blocks
+from . import blocks, mrkdwn
 from .app import web_client
 from .context import BotContext
 from .intake import answer_backlog, recover_replies
+from .permissions import is_private
 from .relay import Relay
 
 log = logging.getLogger(__name__)
@@ -29,9 +30,9 @@ BACKLOG_AFTER_S = 60  # a message still unanswered this long after arriving is q
 
 
 def new_human_labels(db) -> int:
+    """Messages labeled by people since the last run (one message clicked 50 times counts once)."""
     last = next(iter(runs.list_runs(db, limit=1)), None)
-    since = last.queued_at if last else ""
-    return db.execute("SELECT COUNT(*) FROM labels WHERE method != 'import' AND created_at > ?", [since]).fetchone()[0]
+    return labels.new_human_labels(db, last.queued_at if last else "")
 
 
 def maybe_retrain(ctx: BotContext) -> str:
@@ -56,23 +57,37 @@ def least_sure(db, limit: int = 5, hours: int = 24) -> list[dict]:
         ORDER BY p.confidence ASC LIMIT ?""", [since, limit])
 
 
-def post_digest(ctx: BotContext) -> str:
+def digest_preview(ctx: BotContext, client, row: dict) -> str:
+    """A digest line's quote: the text of a message from a public channel (or the report channel itself);
+    for a private channel, only where it is, so the report channel never shows what its members cannot read."""
+    channel = row["channel"]
+    if channel and (channel == ctx.settings.report_channel or not is_private(ctx, client, channel)):
+        text = (row["subject"] + ": " if row["subject"] else "") + row["clean_body"]
+        return mrkdwn.quote(text, 200)
+    where = f"<#{channel}>" if channel else "an import"
+    return f">_(a message in {where}: its text is shown only there)_"
+
+
+def post_digest(ctx: BotContext, client=None) -> str:
     db = ctx.db()
     if not ctx.settings.report_channel:
         return "skipped: no report channel"
     rows = least_sure(db)
     if not rows:
         return "skipped: nothing unsure and unlabeled today"
+    client = client or web_client(ctx.settings)
     names = [d.name for d in labels.list_label_defs(db)]
     body = [{"type": "section", "text": {"type": "mrkdwn", "text": f"*Today's {len(rows)} least certain messages* "
-                                         "- a label on each teaches the model the most."}}]
+                                         "- a label on each teaches the model the most (members of a message's "
+                                         "channel can label it)."}}]
     for row in rows:
-        preview = (row["subject"] + ": " if row["subject"] else "") + row["clean_body"][:200]
-        body.append({"type": "section", "text": {"type": "mrkdwn",
-                                                 "text": f">{preview}\nguess `{row['label']}` ({row['confidence']:.0%})"},
+        text = f"{digest_preview(ctx, client, row)}\nguess {mrkdwn.code(row['label'])} ({row['confidence']:.0%})"
+        body.append({"type": "section", "text": {"type": "mrkdwn", "text": text},
                      "accessory": blocks.label_select(names, row["id"])})
     key = f"digest:{dt.date.today().isoformat()}"
-    outbox.put(db, key, ctx.settings.report_channel, {"text": "Messages that need a label", "blocks": body})
+    # message_ids: a click on the digest's pickers is accepted only for the messages it lists
+    outbox.put(db, key, ctx.settings.report_channel, {"text": "Messages that need a label", "blocks": body,
+                                                      "message_ids": [row["id"] for row in rows]})
     return f"queued digest of {len(rows)} messages"
 
 
@@ -96,7 +111,7 @@ def start_scheduler(ctx: BotContext, client):
         scheduler.add_job(lambda: log.info("scheduled retrain: %s", maybe_retrain(ctx)),
                           CronTrigger.from_crontab(ctx.settings.retrain_cron), id="retrain")
     if ctx.settings.digest_cron and ctx.settings.report_channel:
-        scheduler.add_job(lambda: log.info("digest: %s", post_digest(ctx)),
+        scheduler.add_job(lambda: log.info("digest: %s", post_digest(ctx, answers)),
                           CronTrigger.from_crontab(ctx.settings.digest_cron), id="digest")
     scheduler.start()
     return scheduler
