@@ -6,7 +6,10 @@
 - retrain (off unless SUPPORTBOT_RETRAIN_CRON is set: it costs GPU time): queues a run when at
   least SUPPORTBOT_RETRAIN_MIN_NEW_LABELS human labels arrived since the last run;
 - digest (SUPPORTBOT_DIGEST_CRON, needs a report channel): the unlabeled messages the model is
-  least sure of, with label pickers (the labels that teach the model most).
+  least sure of, with label pickers (the labels that teach the model most);
+- spool: stores events the database could not take when they came (at start, then every 5 s);
+- retention: daily, deletes the training data copied into finished runs' folders after
+  SUPPORTBOT_KEEP_RUN_INPUTS_DAYS.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from storage.db import query
 from . import blocks, mrkdwn
 from .app import web_client
 from .context import BotContext
-from .intake import answer_backlog, recover_replies
+from .intake import answer_backlog, recover_replies, replay_spool
 from .permissions import is_private
 from .relay import Relay
+from .retention import remove_old_run_inputs
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +104,19 @@ def start_scheduler(ctx: BotContext, client):
     relay.recover()
     answers = web_client(ctx.settings)  # thread replies retry 429/5xx in the call, like the app's
     found, released = recover_replies(ctx, answers)
+    replayed = replay_spool(ctx, answers)
+    if replayed:
+        log.info("stored %d events spooled while the database was busy", replayed)
     queued = answer_backlog(ctx, answers, older_than_s=0)
     if found or released or queued:
         log.info("answers at start: %d found posted, %d released, %d queued", found, released, queued)
     scheduler = BackgroundScheduler(daemon=True)
     scheduler.add_job(relay.deliver_due, "interval", seconds=2, id="relay", max_instances=1, coalesce=True)
+    scheduler.add_job(lambda: replay_spool(ctx, answers), "interval", seconds=5, id="spool", max_instances=1,
+                      coalesce=True)
+    scheduler.add_job(lambda: log.info("retention: %s", remove_old_run_inputs(ctx.settings, ctx.db())),
+                      "interval", hours=24, id="retention", max_instances=1, coalesce=True,
+                      next_run_time=dt.datetime.now(dt.timezone.utc))
     scheduler.add_job(lambda: answer_backlog(ctx, answers, older_than_s=BACKLOG_AFTER_S), "interval",
                       seconds=BACKLOG_AFTER_S, id="answers", max_instances=1, coalesce=True)
     if ctx.settings.retrain_cron:

@@ -141,7 +141,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("slack_api_url", "SLACK_API_URL", "https://slack.com/api/", _url,
             "Web API base URL (GovSlack, or a local stand-in)."),
     Setting("admins", "SUPPORTBOT_ADMINS", "", _users,
-            "Comma-separated user ids allowed to `/retrain` and `/model rollback`."),
+            "Comma-separated user ids who curate: `/labels add|describe|retire`, `/datacheck` and its fixes, "
+            "`/retrain` and `/model rollback`."),
     Setting("intake_channels", "SUPPORTBOT_INTAKE_CHANNELS", "", _channels,
             "Comma-separated channel ids whose messages and forwarded emails are collected."),
     Setting("report_channel", "SUPPORTBOT_REPORT_CHANNEL", "", _channel,
@@ -158,6 +159,9 @@ SETTINGS: tuple[Setting, ...] = (
             "When to post the least-certain messages with label pickers in the report channel; empty: off."),
     Setting("redact", "SUPPORTBOT_REDACT", "false", _bool,
             "Replace email addresses, phone and card-like numbers in cleaned text (what models see and train on)."),
+    Setting("keep_run_inputs_days", "SUPPORTBOT_KEEP_RUN_INPUTS_DAYS", "30", _positive_int,
+            "Days a finished training run keeps its copy of the labeled messages (`runs/run-N/*.jsonl`); "
+            "metrics, reports and adapters stay."),
     Setting("workers", "SUPPORTBOT_WORKERS", "4", _positive_int,
             "Threads that run model work and Web API calls after a request is acknowledged."),
     Setting("log_level", "SUPPORTBOT_LOG_LEVEL", "INFO", _log_level,
@@ -182,6 +186,7 @@ class Settings:
     retrain_min_new_labels: int = 50
     digest_cron: str = "0 9 * * 1-5"
     redact: bool = False
+    keep_run_inputs_days: int = 30
     workers: int = 4
     log_level: str = "INFO"
     extra: dict = field(default_factory=dict, compare=False, repr=False)

@@ -18,9 +18,10 @@ from .messages import get_message
 
 METHODS = ("slash_command", "button", "shortcut", "import", "datacheck", "cli")
 # One word, so `/label NAME` can name it, safe wherever it is shown (Slack, prompts, pictures, CSV cells):
-# ASCII letters and digits, then also `_`, `-` and `.`; at most 64 characters.
-LABEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-LABEL_NAME_RULE = "1-64 characters: letters a-z, digits, '_', '-' or '.', starting with a letter or digit"
+# ASCII letters and digits, then also `_ - . ? !`; at most 64 characters. Nothing that means something in
+# Slack's mrkdwn (`<>&*~` and backticks), to matplotlib ($ and backslash) or to a spreadsheet (a leading = + - @).
+LABEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.?!-]{0,63}")
+LABEL_NAME_RULE = "1-64 characters: letters a-z, digits, '_', '-', '.', '?' or '!', starting with a letter or digit"
 MAX_DESCRIPTION_CHARS = 300
 # Active labels at most: every label must fit one Slack picker (a static select holds 100 options).
 MAX_ACTIVE_LABELS = 100
