@@ -141,7 +141,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("slack_api_url", "SLACK_API_URL", "https://slack.com/api/", _url,
             "Web API base URL (GovSlack, or a local stand-in)."),
     Setting("admins", "SUPPORTBOT_ADMINS", "", _users,
-            "Comma-separated user ids who curate: `/labels add|describe|retire`, `/datacheck` and its fixes, "
+            "Comma-separated user ids who curate: `/labels add`, `describe` and `retire`, `/datacheck` and its fixes, "
             "`/retrain` and `/model rollback`."),
     Setting("intake_channels", "SUPPORTBOT_INTAKE_CHANNELS", "", _channels,
             "Comma-separated channel ids whose messages and forwarded emails are collected."),
