@@ -23,6 +23,7 @@ def quote(text, limit: int | None = None) -> str:
     body = str(text or "")
     if limit is not None and len(body) > limit:
         body = body[:limit] + "…"
+    # splitlines on purpose: it also breaks at U+2028 and friends, which a client may show as a line end
     return "\n".join(">" + escape(line) for line in body.splitlines() or [""])
 
 
