@@ -10,10 +10,10 @@ from storage import adapters, labels, messages, predictions, runs
 from trainer.text import EmptyText
 
 from . import blocks
-from .context import BotContext
-from .intake import refresh_reply
 from .mrkdwn import code, escape, joined, sections
 from .permissions import Refused, admins_line, require_admin, require_labeler
+from .context import BotContext
+from .intake import refresh_reply
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def model_command(ctx: BotContext, command: dict) -> str:
     if words[:1] == ["rollback"]:
         if not ctx.is_admin(command["user_id"]):
             log.info("refused /model rollback by %s: not an admin", command["user_id"])
-            return "Only admins can roll back the model."  # (the README's model: admins train and roll back)
+            return "Only admins can roll back the model."
         try:
             restored = adapters.rollback(db)
         except NotFound as exc:

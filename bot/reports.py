@@ -64,9 +64,9 @@ def report_payload(run_id: int, result: dict, adapter_version: int | None, promo
                     f"({metrics['macro_f1'] - sm['macro_f1']:+.3f})")
     lines = [compare + ".",
              f"Best epoch {training.get('best_epoch')}; stopped: "
-             f"{escape(STOP_REASONS.get(training['stop_reason'], training['stop_reason']))}; "
+             f"{STOP_REASONS.get(training['stop_reason'], training['stop_reason'])}; "
              f"{training['global_step']} steps in {training['train_seconds'] / 60:.1f} min.",
-             ("Promoted: " if promoted else "Not promoted: ") + escape(result["promotion"]["reason"]) + "."]
+             ("Promoted: " if promoted else "Not promoted: ") + result["promotion"]["reason"] + "."]
     worst = worst_classes(metrics, 3)
     if worst:
         lines.append("Weakest labels: " + ", ".join(f"{code(n)} F1 {f:.2f}" for n, f, _ in worst) + ".")

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Callable
 
 from storage import adapters, labels, runs
-from storage.db import private_folder
 from trainer.data import write_jsonl
 from trainer.metrics import read_metrics
 
@@ -50,6 +49,8 @@ def prepare_run(settings: Settings, db, run: runs.Run) -> Path:
     """Write config.json and train.jsonl for `run` (the trainer makes the stratified split)."""
     run_dir = Path(run.run_dir) if run.run_dir else run_dir_for(settings, run.id)
     shutil.rmtree(run_dir, ignore_errors=True)  # a re-queued run starts clean
+    from storage.db import private_folder
+
     private_folder(run_dir)  # 0700: it gets a copy of the labeled messages
     examples = training_examples(db)
     used = sorted({e["label"] for e in examples})
