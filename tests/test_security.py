@@ -256,6 +256,7 @@ def test_thread_reply_and_label_replies_never_carry_live_mrkdwn(bot):
     class Guess:
         label, confidence, needs_review, adapter_version, zero_shot = "a`<!here>`b", 0.4, True, None, True
         alternatives = [("x>y&<@U1>", 0.3)]
+        model, novel = "zero-shot", False  # other fields a reply may read
 
     shown = mrkdwn_texts(blocks.prediction_blocks(1, Guess(), ["a`<!here>`b"],
                                                   human={"label": "q`<!channel>", "by": "U0AGENT"}))
