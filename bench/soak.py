@@ -4,7 +4,11 @@ For `--duration` seconds (default 180) it keeps sending signed Slack requests to
 (channel messages, forwarded emails with and without their body, /label with message links, other
 slash commands) and meanwhile:
 - sends forged, replayed (timestamp 10 min old), malformed, oversized (1.5 MB) and non-UTF-8 requests,
-  unknown labels and commands, links into a channel the bot may not touch, messages in that channel;
+  unknown labels and commands, links into a channel the bot may not touch, messages in that channel,
+  label changes by an outsider (`/label` from another channel, a click on a reply's button), emails
+  whose subject and body carry `<!channel>`, a user mention and a disguised link, and emails with
+  U+2028/U+2029 in their text;
+- runs a long import (`supportbot import`, 30,000 unlabeled rows) while the traffic goes on;
 - redelivers events as Slack retries them (X-Slack-Retry-Num), and retries undelivered ones
   (Slack's schedule, compressed: after 1 s, 20 s and 60 s);
 - has the stand-in answer 429 or 5xx to a share of the bot's Web API calls (`--fault-rate`);
@@ -44,7 +48,9 @@ from slack_standin import payloads  # noqa: E402
 SECRET = "soak-signing-secret"
 TOKEN = "xoxb-soak"
 INTAKE, OTHER, REPORTS = "C0INTAKE", "C0OTHER", "C0REPORTS"
-ADMIN, AGENT = "U0ADMIN", "U0AGENT"
+ADMIN, AGENT, OUTSIDER = "U0ADMIN", "U0AGENT", "U0OUTSIDER"
+INJECTED = ("<!channel>", "<!here>", "<@U0ADMIN>", "<https://evil.example")  # must never reach Slack live
+IMPORT_ROWS = 30_000
 RETRY_AFTER_S = (1, 20, 60)  # Slack retries after ~0 s, 1 min and 5 min; compressed to keep runs short
 FAULTY_METHODS = ["chat.postMessage", "chat.update", "chat.postEphemeral", "files.info", "conversations.history",
                   "conversations.replies", "files.getUploadURLExternal", "files.completeUploadExternal"]
@@ -82,6 +88,10 @@ class System:
         self.standin = subprocess.Popen([sys.executable, "-m", "slack_standin", "--bot-token", TOKEN],
                                         stdout=subprocess.PIPE, text=True, cwd=REPO)
         self.standin_url = f"http://127.0.0.1:{self.standin.stdout.readline().split()[1]}/"
+        # Who is in which channel (conversations.members): the outsider is only in the channel outside intake.
+        http(self.standin_url + "_standin/channels", json.dumps({
+            INTAKE: {"members": [ADMIN, AGENT]}, OTHER: {"members": [AGENT, OUTSIDER]},
+            REPORTS: {"members": [ADMIN, AGENT]}}).encode())
         self.env = {**os.environ, "SUPPORTBOT_DATA_DIR": str(work / "data"), "SLACK_BOT_TOKEN": TOKEN,
                     "SLACK_SIGNING_SECRET": SECRET, "SLACK_API_URL": self.standin_url + "api/",
                     "SUPPORTBOT_ADMINS": ADMIN, "SUPPORTBOT_INTAKE_CHANNELS": INTAKE,
@@ -94,6 +104,22 @@ class System:
     def cli(self, *args) -> None:
         subprocess.run([sys.executable, "-m", "bot.cli", *args], env=self.env, cwd=REPO, check=True,
                        stdout=subprocess.DEVNULL)
+
+    def long_import(self, rows: int, texts: list[str]) -> dict:
+        """A large import through the CLI, as an admin would run it during the day. Its rows carry no label, so the
+        training runs of the soak keep their size (the write lock is what is being tested)."""
+        path = self.work / "long_import.csv"
+        rng = random.Random(rows)
+        with path.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["text", "label"])
+            for i in range(rows):
+                writer.writerow([f"{rng.choice(texts)} (import {i})", ""])
+        started = time.time()
+        done = subprocess.run([sys.executable, "-m", "bot.cli", "import", str(path), "--json"], env=self.env,
+                              cwd=REPO, capture_output=True, text=True)
+        return {"rows": rows, "seconds": round(time.time() - started, 1), "exit_code": done.returncode,
+                "stored": json.loads(done.stdout)["stored"] if done.returncode == 0 else done.stderr[-200:]}
 
     def _spawn(self, name: str, *args):
         log = open(self.work / f"{name}.log", "a")
@@ -180,8 +206,9 @@ class Traffic:
         for _, retry, kind, body, content_type in due:
             self.deliver_event(kind, body, content_type, json.loads(body)["event"]["ts"], retry)
 
-    def command(self, kind: str, expected: str, command: str, text: str, user: str = AGENT, **sign) -> tuple:
-        body, content_type = payloads.slash_command(command, text, user=user, channel=INTAKE,
+    def command(self, kind: str, expected: str, command: str, text: str, user: str = AGENT, channel: str = INTAKE,
+                **sign) -> tuple:
+        body, content_type = payloads.slash_command(command, text, user=user, channel=channel,
                                                     response_url=self.system.standin_url + "respond/soak")
         status, answer, seconds = http(self.system.bot_url, body.encode(),
                                        payloads.signed_headers(SECRET, body, content_type, **sign))
@@ -196,16 +223,23 @@ class Traffic:
         self.messages[ts] = {"kind": "message"}
         self.deliver_event("message", body, content_type, ts)
 
-    def email(self, with_body: bool) -> None:
+    def email(self, with_body: bool, kind: str = "") -> None:
         ts, text = self.ts(), self.rng.choice(self.texts)
-        file = payloads.email_file(f"F{ts.replace('.', '')}", subject=text[:40], sender="customer@example.com",
+        subject = text[:40]
+        if kind == "injected_mention":  # a hostile sender: a mention, a user ping and a disguised link
+            subject = "<!channel> URGENT <@U0ADMIN> " + subject
+            text = f"{text}\n<https://evil.example|re-enter your password> <!here>"
+        elif kind == "u2028":  # characters that some readers take for line ends
+            text = text.replace(" ", "\u2028", 1) + "\u2029 end\u0085"
+        file = payloads.email_file(f"F{ts.replace('.', '')}", subject=subject, sender="customer@example.com",
                                    sender_name="A Customer", body=f"Hello,\n\n{text}\n\nThanks\n--\nA Customer")
         if not with_body:  # the event leaves the body out; files.info has it
             http(self.system.standin_url + "_standin/files", json.dumps(file).encode())
             file = {k: v for k, v in file.items() if k != "plain_text"}
         body, content_type = payloads.event_callback(payloads.email_event(INTAKE, ts, file))
-        self.messages[ts] = {"kind": "email" if with_body else "email_files_info"}
-        self.deliver_event("email" if with_body else "email_files_info", body, content_type, ts)
+        kind = kind or ("email" if with_body else "email_files_info")
+        self.messages[ts] = {"kind": kind}
+        self.deliver_event(kind, body, content_type, ts)
 
     def redeliver(self) -> None:
         with self.lock:
@@ -226,6 +260,23 @@ class Traffic:
         if status == 200 and "Labeled" in answer:
             with self.lock:
                 self.labels_ok.append((ts, name))
+        if any(live in answer for live in INJECTED):  # the answer quotes the message: never as live mrkdwn
+            self.record("injected_mention_echoed", "reject", status, 0.0)
+
+    def outsider_click(self) -> None:
+        """Someone outside the intake channel clicks *Correct* under one of the bot's replies."""
+        replies = [m for m in self.system.state()["messages"] if m.get("channel") == INTAKE
+                   and (m.get("metadata") or {}).get("event_type") == "supportbot_reply" and m.get("blocks")]
+        if not replies:
+            return
+        reply = self.rng.choice(replies)
+        button = {**reply["blocks"][-1]["elements"][0], "block_id": "label_actions"}
+        body, content_type = payloads.block_action(
+            button, user=OUTSIDER, channel=INTAKE, message={k: reply[k] for k in ("type", "ts", "text", "blocks")},
+            response_url=self.system.standin_url + "respond/soak")
+        status, _, seconds = http(self.system.bot_url, body.encode(), payloads.signed_headers(SECRET, body,
+                                                                                              content_type))
+        self.record("outsider_click", "reject", status, seconds)
 
     def other_command(self) -> None:
         command = self.rng.choice(["/stats", "/labels", "/model", "/retrain status"])
@@ -234,7 +285,12 @@ class Traffic:
 
     def hostile(self) -> None:
         kind = self.rng.choice(["forged", "replayed", "malformed", "oversized", "non_utf8", "unknown_label",
-                                "unknown_command", "foreign_link", "foreign_channel"])
+                                "unknown_command", "foreign_link", "foreign_channel", "outsider_label",
+                                "outsider_click", "injected_mention", "u2028"])
+        if kind in ("injected_mention", "u2028"):  # hostile content, but real mail: stored and answered, safely
+            return self.email(True, kind)
+        if kind == "outsider_click":
+            return self.outsider_click()
         ts = self.ts()
         self.hostile_ts.add(ts)
         event, content_type = payloads.event_callback(payloads.message_event(INTAKE, AGENT, f"hostile {kind}", ts))
@@ -260,6 +316,16 @@ class Traffic:
             event, content_type = payloads.event_callback(payloads.message_event(OTHER, AGENT, "not for the bot", ts))
             status, _, seconds = http(self.system.bot_url, event.encode(),
                                       payloads.signed_headers(SECRET, event, content_type))
+        elif kind == "outsider_label":  # a real intake message, labeled from another channel by a non-member
+            with self.lock:
+                old = [ts for ts, _, _ in self.events]
+            if not old:
+                return
+            status, answer = self.command(kind, "reject", "/label", f"{self.labels[0]} {link(INTAKE, old[-1])}",
+                                          user=OUTSIDER, channel=OTHER)
+            if status == 200 and "Labeled" in answer:
+                self.record(kind + "_accepted", "reject", status, 0.0)
+            return
         else:
             command, text = {"unknown_label": ("/label", f"no_such_label {link(INTAKE, ts)}"),
                              "unknown_command": ("/frobnicate", "now"),
@@ -283,9 +349,16 @@ def link(channel: str, ts: str) -> str:
 
 
 def chaos(system: System, traffic: Traffic, duration: float, started: float, log: dict) -> None:
-    """Two /retrain at once, SIGKILL of the worker mid-run, a SIGTERM and a SIGKILL restart of the bot."""
+    """Two /retrain at once, SIGKILL of the worker mid-run, a long import, a SIGTERM and a SIGKILL restart of
+    the bot."""
     def at(fraction: float) -> None:
         time.sleep(max(0.0, started + duration * fraction - time.time()))
+
+    def long_import():
+        at(0.25)
+        log["long_import"] = system.long_import(IMPORT_ROWS, traffic.texts)
+
+    threading.Thread(target=long_import, daemon=True).start()
 
     at(0.1)
     barrier, answers = threading.Barrier(2), []
@@ -359,11 +432,18 @@ def check(system: System, traffic: Traffic, log: dict) -> dict:
                            MAX(created_at) FROM predictions GROUP BY adapter_version ORDER BY MIN(created_at)""").fetchall()
     requests = traffic.requests
     accepted = [r for r in requests if r["status"] is not None and 200 <= r["status"] < 300]
+    answered = ("unknown_label", "foreign_link", "foreign_channel", "outsider_label", "outsider_click")
     rejected = Counter(f"{r['kind']} ({r['status']})" for r in requests
-                       if r["expected"] == "reject" and not (r["status"] == 200 and r["kind"] in (
-                           "unknown_label", "foreign_link", "foreign_channel")))
+                       if r["expected"] == "reject" and not (r["status"] == 200 and r["kind"] in answered))
     refused_answers = Counter(r["kind"] for r in requests if r["expected"] == "reject" and r["status"] == 200
-                              and r["kind"] in ("unknown_label", "foreign_link", "foreign_channel"))
+                              and r["kind"] in answered)
+    outsider_labels = db.execute("SELECT COUNT(*) FROM labels WHERE labeled_by = ?", [OUTSIDER]).fetchone()[0]
+    posted = [json.dumps(m.get("blocks") or []) + (m.get("text") or "") for m in state["messages"]
+              if m.get("user") == "U0BOT" or m.get("bot_id")]
+    live = sum(1 for text in posted if any(x in text for x in INJECTED))
+    hostile_kinds = Counter(v["kind"] for v in traffic.messages.values())
+    special_stored = {kind: sum(1 for ts, v in traffic.messages.items() if v["kind"] == kind and ts in stored)
+                      for kind in ("injected_mention", "u2028")}
     forged = [r for r in requests if r["kind"] in ("forged", "replayed") and r["status"] is not None
               and 200 <= r["status"] < 300]
     acks = [r["seconds"] * 1000 for r in accepted if r["expected"] == "accept"]
@@ -377,6 +457,13 @@ def check(system: System, traffic: Traffic, log: dict) -> dict:
         "forged_or_replayed_accepted": len(forged),
         "hostile_requests_stored": sum(1 for ts in traffic.hostile_ts if ts in stored),
         "hostile_labels_accepted": sum(1 for r in requests if r["kind"].endswith("_accepted")),
+        "outsider_label_attempts": sum(1 for r in requests if r["kind"] in ("outsider_label", "outsider_click")),
+        "outsider_labels_stored": outsider_labels,
+        "injected_emails_sent": hostile_kinds.get("injected_mention", 0),
+        "injected_emails_stored": special_stored["injected_mention"],
+        "injected_mentions_live_in_slack": live + sum(1 for r in requests if r["kind"] == "injected_mention_echoed"),
+        "u2028_emails_sent": hostile_kinds.get("u2028", 0),
+        "u2028_emails_stored": special_stored["u2028"],
         "messages_sent": len(kept),
         "messages_acknowledged": len(kept & acked),
         "messages_stored": len(kept & set(stored)),
@@ -387,7 +474,9 @@ def check(system: System, traffic: Traffic, log: dict) -> dict:
         "messages_unanswered": sum(1 for ts in kept & set(stored) if not replies.get(ts)),
         "answers_duplicated": sum(n - 1 for n in replies.values() if n > 1),
         "labels_accepted": len(traffic.labels_ok),
-        "labels_lost": sum(max(0, n - labels.get(key, 0)) for key, n in wanted.items()),
+        # a label the bot confirmed and that is not stored (one user giving a message the same label twice is
+        # one label: the repeat is not a new row)
+        "labels_lost": sum(1 for key in wanted if labels.get(key, 0) == 0),
         "runs_finished": len(finished),
         "reports_lost": sum(1 for r in finished if keys.get(f"run:{r[0]}:report", 0) == 0),
         "reports_duplicated": sum(n - 1 for k, n in keys.items() if k and n > 1),

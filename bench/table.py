@@ -102,6 +102,16 @@ def soak(d: dict) -> str:
             ("forged or replayed requests accepted", d["forged_or_replayed_accepted"]),
             ("hostile requests that stored a message / a label", f"{d['hostile_requests_stored']} / "
                                                                   f"{d['hostile_labels_accepted']}"),
+            *([("label changes by an outsider: attempts / stored", f"{d['outsider_label_attempts']} / "
+                                                                    f"{d['outsider_labels_stored']}"),
+               ("emails with injected mentions / with U+2028: sent / stored",
+                f"{d['injected_emails_sent']} / {d['injected_emails_stored']}; "
+                f"{d['u2028_emails_sent']} / {d['u2028_emails_stored']}"),
+               ("injected mentions or links that reached Slack live", d["injected_mentions_live_in_slack"])]
+              if "outsider_labels_stored" in d else []),
+            *([("long import during traffic (rows, seconds, exit code)",
+                f"{d['long_import']['rows']}, {d['long_import']['seconds']} s, {d['long_import']['exit_code']}")]
+              if d.get("long_import") else []),
             ("messages sent / acknowledged / stored", f"{d['messages_sent']} / {d['messages_acknowledged']} / "
                                                      f"{d['messages_stored']}"),
             ("event redeliveries sent (X-Slack-Retry-Num)", d.get("redeliveries_sent", "-")),

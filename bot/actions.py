@@ -1,4 +1,8 @@
-"""Buttons, selects and the "Label this message" shortcut: corrections become human labels."""
+"""Buttons, selects and the "Label this message" shortcut: corrections become human labels.
+
+Every one checks who is asking (`permissions`): members of the message's channel label it,
+and a click counts only for the message it was shown under.
+"""
 
 from __future__ import annotations
 
@@ -8,25 +12,35 @@ import logging
 from storage import StorageError, labels, messages
 from trainer.cleaning import clean_email
 
-from . import blocks
+from . import blocks, mrkdwn
 from .context import BotContext
 from .intake import refresh_reply
+from .permissions import Refused, refuse, require_clicked, require_labeler
 
 log = logging.getLogger(__name__)
 
 
 def _choice(action: dict) -> tuple[int, str]:
     raw = action.get("value") or (action.get("selected_option") or {}).get("value") or "{}"
-    data = json.loads(raw)
-    return int(data["m"]), str(data["l"])
-
-
-def record(ctx: BotContext, client, message_id: int, label: str, user: str, method: str, channel: str | None):
     try:
+        data = json.loads(raw)
+        return int(data["m"]), str(data["l"])
+    except (ValueError, KeyError, TypeError):
+        raise Refused("That control carries no message to label; nothing was changed.") from None
+
+
+def record(ctx: BotContext, client, message_id: int, label: str, user: str, method: str, body: dict,
+           respond=None) -> None:
+    """Save `user`'s label for a message they may label, or tell them privately why not."""
+    try:
+        message = messages.get_message(ctx.db(), message_id)
+        require_labeler(ctx, client, user, message)
         labels.add_label(ctx.db(), message_id, label, by=user, method=method)
+    except Refused as exc:
+        refuse(client, body, user, str(exc), respond)
+        return
     except StorageError as exc:
-        if channel:
-            client.chat_postEphemeral(channel=channel, user=user, text=f"Could not save that label: {exc}")
+        refuse(client, body, user, f"Could not save that label: {mrkdwn.escape(exc)}", respond)
         return
     ctx.submit(refresh_reply, ctx, client, message_id)
 
@@ -34,11 +48,16 @@ def record(ctx: BotContext, client, message_id: int, label: str, user: str, meth
 def register(app, ctx: BotContext) -> None:
     @app.action(blocks.CONFIRM_ACTION)
     @app.action(blocks.PICK_ACTION)
-    def on_label_action(ack, body, action, client):
+    def on_label_action(ack, body, action, client, respond):
         ack()
-        message_id, label = _choice(action)
-        method = "button"
-        record(ctx, client, message_id, label, body["user"]["id"], method, (body.get("channel") or {}).get("id"))
+        user = body["user"]["id"]
+        try:
+            message_id, label = _choice(action)
+            require_clicked(ctx.db(), body, message_id)
+        except Refused as exc:
+            refuse(client, body, user, str(exc), respond)
+            return
+        record(ctx, client, message_id, label, user, "button", body, respond)
 
     @app.shortcut(blocks.SHORTCUT_CALLBACK)
     def on_shortcut(ack, shortcut, client):
@@ -50,6 +69,12 @@ def register(app, ctx: BotContext) -> None:
             log.info("refused shortcut by %s in %s: not an intake channel", user, channel)
             client.chat_postEphemeral(channel=channel, user=user,
                                       text="This channel is not an intake channel; its messages are not collected.")
+            return
+        existing = messages.find_message(ctx.db(), messages.slack_external_id(channel, target.get("ts") or ""))
+        try:  # membership first: an outsider can neither collect nor label a message
+            require_labeler(ctx, client, user, existing or _Unsaved(channel))
+        except Refused as exc:
+            client.chat_postEphemeral(channel=channel, user=user, text=str(exc))
             return
         text = target.get("text") or ""
         message, _ = messages.add_message(  # labeling an older message collects it
@@ -66,6 +91,21 @@ def register(app, ctx: BotContext) -> None:
         if not selected:
             ack(response_action="errors", errors={"label": "Pick a label"})
             return
+        try:
+            message_id, label = _choice({"value": selected["value"]})
+            opened_for = int(json.loads(view.get("private_metadata") or "{}").get("m", -1))
+            if opened_for != message_id:
+                raise Refused("That choice belongs to another message; nothing was changed.")
+            require_labeler(ctx, client, body["user"]["id"], messages.get_message(ctx.db(), message_id))
+        except (Refused, StorageError, ValueError) as exc:
+            ack(response_action="errors", errors={"label": str(exc)[:150]})  # shown to the user, in the modal
+            return
         ack()
-        message_id, label = _choice({"value": selected["value"]})
-        record(ctx, client, message_id, label, body["user"]["id"], "shortcut", None)
+        record(ctx, client, message_id, label, body["user"]["id"], "shortcut", body)
+
+
+class _Unsaved:
+    """A message not collected yet, as the permission check sees it: its channel."""
+
+    def __init__(self, channel: str):
+        self.id, self.channel = 0, channel

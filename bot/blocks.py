@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from .mrkdwn import code, escape, plain, quote, sections
+
 PICK_ACTION = "label_pick"
 CONFIRM_ACTION = "label_confirm"
 MODAL_CALLBACK = "label_modal"
@@ -15,9 +17,15 @@ def _mrkdwn(text: str) -> dict:
     return {"type": "mrkdwn", "text": text}
 
 
+def option_value(message_id: int, label: str) -> str:
+    """An option's value: the message and the label (label names are at most 64 ASCII characters, so this
+    stays within Slack's 150)."""
+    return json.dumps({"m": message_id, "l": label}, separators=(",", ":"))
+
+
 def label_select(labels: list[str], message_id: int, initial: str | None = None) -> dict:
-    options = [{"text": {"type": "plain_text", "text": name[:75]},
-                "value": json.dumps({"m": message_id, "l": name})} for name in labels[:MAX_OPTIONS]]
+    # storage keeps at most 100 labels active (a static select's limit), so every label is offered
+    options = [{"text": plain(name, 75), "value": option_value(message_id, name)} for name in labels[:MAX_OPTIONS]]
     element = {"type": "static_select", "action_id": PICK_ACTION,
                "placeholder": {"type": "plain_text", "text": "Change label"}, "options": options}
     if initial in labels[:MAX_OPTIONS]:
@@ -30,18 +38,18 @@ def prediction_blocks(message_id: int, prediction, labels: list[str], human: dic
     source = "zero-shot (no labels yet)" if prediction.model == "zero-shot" else prediction.model
     if prediction.novel:
         source += " · unlike any labelled message"
-    head = f"*Label:* `{prediction.label}`  ({prediction.confidence:.0%})"
+    head = f"*Label:* {code(prediction.label)}  ({prediction.confidence:.0%})"
     if prediction.needs_review:
-        head = f":warning: *Needs review* - best guess `{prediction.label}` ({prediction.confidence:.0%})"
-    alternatives = ", ".join(f"`{name}` {p:.0%}" for name, p in prediction.alternatives)
+        head = f":warning: *Needs review* - best guess {code(prediction.label)} ({prediction.confidence:.0%})"
+    alternatives = ", ".join(f"{code(name)} {p:.0%}" for name, p in prediction.alternatives)
     blocks = [{"type": "section", "block_id": "prediction", "text": _mrkdwn(head)},
               {"type": "context", "elements": [_mrkdwn(f"{source}" + (f" · next: {alternatives}" if alternatives
                                                                          else ""))]}]
     if human:
         blocks.append({"type": "section", "block_id": "human",
-                       "text": _mrkdwn(f":white_check_mark: Labeled `{human['label']}` by <@{human['by']}>")})
+                       "text": _mrkdwn(f":white_check_mark: Labeled {code(human['label'])} by <@{escape(human['by'])}>")})
     confirm = {"type": "button", "action_id": CONFIRM_ACTION, "text": {"type": "plain_text", "text": "Correct"},
-               "style": "primary", "value": json.dumps({"m": message_id, "l": prediction.label})}
+               "style": "primary", "value": option_value(message_id, prediction.label)}
     blocks.append({"type": "actions", "block_id": "label_actions",
                    "elements": [confirm, label_select(labels, message_id, human["label"] if human else None)]})
     return blocks
@@ -50,14 +58,14 @@ def prediction_blocks(message_id: int, prediction, labels: list[str], human: dic
 def prediction_text(prediction) -> str:
     """Fallback text (notifications, screen readers)."""
     review = " (needs review)" if prediction.needs_review else ""
-    return f"Label: {prediction.label} ({prediction.confidence:.0%}){review}"
+    return f"Label: {escape(prediction.label)} ({prediction.confidence:.0%}){review}"
 
 
 def label_modal(message_id: int, labels: list[str], preview: str) -> dict:
     return {"type": "modal", "callback_id": MODAL_CALLBACK, "private_metadata": json.dumps({"m": message_id}),
             "title": {"type": "plain_text", "text": "Label this message"},
             "submit": {"type": "plain_text", "text": "Save"},
-            "blocks": [{"type": "section", "text": _mrkdwn(f">{preview[:280]}")},
+            "blocks": [{"type": "section", "text": _mrkdwn(quote(preview, 280))},
                        {"type": "input", "block_id": "label", "label": {"type": "plain_text", "text": "Label"},
                         "element": {**label_select(labels, message_id), "action_id": "choice"}}]}
 
@@ -69,9 +77,9 @@ def stats_blocks(stats: dict, live: dict, last_run=None, adapter=None) -> list[d
                      f"macro-F1 {adapter.metrics.get('macro_f1', 0):.3f})")
     else:
         lines.append("*Serving:* zero-shot base model (no adapter trained yet)")
-    counts = "\n".join(f"`{name}` {n}" for name, n in stats["labels"].items()) or "(no labels yet)"
-    blocks = [{"type": "section", "text": _mrkdwn("\n".join(lines))},
-              {"type": "section", "text": _mrkdwn("*Per label*\n" + counts)}]
+    counts = [f"{code(name)} {n}" for name, n in stats["labels"].items()] or ["(no labels yet)"]
+    blocks = [{"type": "section", "text": _mrkdwn("\n".join(lines))}]
+    blocks += sections(["*Per label*"] + counts, max_blocks=40, more="`/labels` lists them all")
     if live:
         rows = "\n".join(f"v{v if v != 'None' else ' zero-shot'}: {x['accuracy']:.0%} of {x['n']}"
                          for v, x in live.items())
@@ -80,5 +88,5 @@ def stats_blocks(stats: dict, live: dict, last_run=None, adapter=None) -> list[d
     if last_run:
         blocks.append({"type": "context", "elements": [_mrkdwn(
             f"Last training run {last_run.id}: {last_run.status}"
-            + (f" - {last_run.error[:200]}" if last_run.error else ""))]})
+            + (f" - {escape(last_run.error[:200])}" if last_run.error else ""))]})
     return blocks

@@ -64,9 +64,12 @@ def init(ctx: Context):
     """Create the data folder and the database (or bring its schema up to date)."""
     from storage.db import schema_version
 
+    from storage.db import private_folder
+
     settings = ctx.settings
     for folder in (settings.data_dir, settings.adapters_dir, settings.runs_dir, settings.model_cache_dir):
-        folder.mkdir(parents=True, exist_ok=True)
+        private_folder(folder)
+    settings.data_dir.chmod(0o700)  # the database, runs and adapters hold customer text: owner only
     applied = schema_version(ctx.db)
     click.echo(f"Database ready at {settings.db_path} (schema: {applied[-1]}, {len(applied)} migrations)")
 
@@ -159,16 +162,40 @@ def import_(ctx: Context, file: Path, text_col: str, label_col: str, as_json: bo
         click.echo(f"New labels ({len(result.labels_added)}): {', '.join(result.labels_added)}")
 
 
+def open_new_file(out: Path, force: bool):
+    """`out` opened for writing, owner-only (0600), never through a symlink; an existing file only with `force`.
+    Fails with a one-line error otherwise."""
+    import os
+
+    if not out.parent.is_dir():
+        fail(f"cannot write {out}: folder {out.parent} does not exist")
+    if out.is_symlink():
+        fail(f"{out} is a symbolic link; not following it (give the real path)")
+    if out.exists():
+        if not force:
+            fail(f"{out} exists; use --force to replace it")
+        if not out.is_file():
+            fail(f"{out} is not a regular file")
+        out.unlink()
+    try:
+        fd = os.open(str(out), os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except OSError as exc:
+        fail(f"cannot write {out}: {exc.strerror}")
+    return os.fdopen(fd, "w", encoding="utf-8", newline="")
+
+
 @cli.command()
 @click.option("--format", "fmt", type=click.Choice(["alpaca", "chatml"]), default="chatml", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Training config override that shapes the prompt (e.g. --set label_list_in_prompt=always).")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @pass_ctx
-def export(ctx: Context, fmt: str, out: Path | None, overrides: tuple[str, ...]):
+def export(ctx: Context, fmt: str, out: Path | None, overrides: tuple[str, ...], force: bool):
     """Export labeled messages as JSONL, with the prompt and answer a training run on them uses."""
     from trainer.config import TrainConfig
     from trainer.data import alpaca_row, chatml_row
+    from trainer.jsonl import dumps_line
     from trainer.run import prompt_spec
 
     from .training import label_set, training_examples
@@ -177,9 +204,10 @@ def export(ctx: Context, fmt: str, out: Path | None, overrides: tuple[str, ...])
     spec = prompt_spec(TrainConfig(**{**parse_overrides(overrides), "labels": label_set(ctx.db, examples)}))
     convert = alpaca_row if fmt == "alpaca" else chatml_row
     rows = [convert(spec, e) for e in examples]
-    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    lines = "".join(dumps_line(r) for r in rows)
     if out:
-        out.write_text(lines, encoding="utf-8")
+        with open_new_file(out, force) as f:
+            f.write(lines)
         click.echo(f"Wrote {len(rows)} examples to {out}", err=True)
     else:
         click.echo(lines, nl=False)
@@ -212,9 +240,28 @@ def labels_list(ctx: Context, as_json: bool):
 @click.option("--description", default="", help="What the label means; the model reads it.")
 @pass_ctx
 def labels_add(ctx: Context, name: str, description: str):
-    """Add a label (or reactivate one)."""
+    """Add a label (or reactivate one). NAME: 1-64 of a-z A-Z 0-9 _ - . (starting with a letter or digit)."""
     d = label_store.add_label_def(ctx.db, name, description)
     click.echo(f"Label {d.name!r} is active" + (f": {d.description}" if d.description else ""))
+
+
+@labels.command("describe")
+@click.argument("name")
+@click.argument("description")
+@pass_ctx
+def labels_describe(ctx: Context, name: str, description: str):
+    """Replace a label's description (at most 300 characters; the model reads it)."""
+    d = label_store.describe_label(ctx.db, name, description)
+    click.echo(f"Label {d.name!r}: {d.description}")
+
+
+@labels.command("retire")
+@click.argument("name")
+@pass_ctx
+def labels_retire(ctx: Context, name: str):
+    """Retire a label: no longer offered or trained on; its history stays (`labels add` brings it back)."""
+    d = label_store.retire_label(ctx.db, name)
+    click.echo(f"Label {d.name!r} is retired")
 
 
 @cli.command()
@@ -317,6 +364,17 @@ def train(ctx: Context, epochs: int | None, overrides: tuple[str, ...], as_json:
         sys.exit(1)
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value):
+    """A CSV cell a spreadsheet shows as text: one starting like a formula (= + - @, tab, CR) gets a leading
+    apostrophe, so `=HYPERLINK(...)` in an email is not run when the file is opened."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
 def _prediction_dict(p) -> dict:
     return {"label": p.label, "confidence": round(p.confidence, 6), "needs_review": p.needs_review,
             "adapter_version": p.adapter_version, "zero_shot": p.zero_shot,
@@ -366,11 +424,12 @@ def classify(ctx: Context, text: str | None, in_file: Path | None, out: Path | N
         rows = list(csv.DictReader(f))
     fields = list(rows[0].keys()) + ["predicted_label", "confidence", "needs_review", "adapter_version"]
     with out.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
+        writer = csv.DictWriter(f, fieldnames=[spreadsheet_safe(name) for name in fields])
         writer.writeheader()
         for row, p in zip(rows, predictions):
-            writer.writerow({**row, "predicted_label": p.label, "confidence": f"{p.confidence:.4f}",
-                             "needs_review": p.needs_review, "adapter_version": p.adapter_version or ""})
+            cells = {**row, "predicted_label": p.label, "confidence": f"{p.confidence:.4f}",
+                     "needs_review": p.needs_review, "adapter_version": p.adapter_version or ""}
+            writer.writerow({spreadsheet_safe(k): spreadsheet_safe(v) for k, v in cells.items()})
     click.echo(f"Classified {len(predictions)} rows into {out}", err=True)
 
 
@@ -483,8 +542,22 @@ def settings_cmd(markdown: bool):
         click.echo(f"{s.var:30} {value if value not in ('', ()) else '(unset)'}")
 
 
+def undecodable_argument(argv: list[str]) -> int | None:
+    """Position of the first argument that was not valid UTF-8 (Python keeps such bytes as lone surrogates)."""
+    for i, arg in enumerate(argv[1:], start=1):
+        if any("\udc80" <= ch <= "\udcff" for ch in arg):
+            return i
+    return None
+
+
 def main():
     """Entry point: turns expected errors into one clear line and exit code 1."""
+    import os
+
+    os.umask(0o077)  # everything this process creates (database, runs, backups, exports) is its owner's only
+    bad = undecodable_argument(sys.argv)
+    if bad is not None:
+        fail(f"argument {bad} is not valid UTF-8 text")
     try:
         cli(standalone_mode=True)
     except (SettingsError, StorageError, NoLabels, ModelError) as exc:

@@ -10,6 +10,8 @@ from storage import adapters, labels, messages, predictions, runs, served
 from trainer.text import EmptyText
 
 from . import blocks
+from .mrkdwn import code, escape, joined, sections
+from .permissions import Refused, admins_line, require_admin, require_labeler
 from .context import BotContext
 from .intake import refresh_reply
 from .serving import recorded_choice
@@ -30,18 +32,25 @@ def parse_link(text: str) -> tuple[str, str] | None:
     return (found["channel"], f"{found['ts']}.{found['micro']}") if found else None
 
 
-def label_command(ctx: BotContext, command: dict) -> tuple[str, int | None]:
-    """Label the linked message, or the latest unlabeled one in this channel. Returns (answer, message id)."""
+def valid_labels(db) -> str:
+    """The active labels for a usage or error line, cut to fit a message."""
+    names = [code(d.name) for d in labels.list_label_defs(db)]
+    return joined(names, more="`/labels` lists them all") if names else "(none yet: an admin adds them with `/labels add`)"
+
+
+def label_command(ctx: BotContext, command: dict, client=None) -> tuple[str, int | None]:
+    """Label the linked message, or the latest unlabeled one in this channel. Returns (answer, message id).
+
+    Only members of the message's channel may label it (`permissions.require_labeler`)."""
     db = ctx.db()
     parts = (command.get("text") or "").split()
-    valid = ", ".join(f"`{d.name}`" for d in labels.list_label_defs(db)) or "(none yet: `/labels add NAME DESCRIPTION`)"
     if not parts:
-        return f"Usage: `/label LABEL [message link]`. Valid labels: {valid}", None
+        return f"Usage: `/label LABEL [message link]`. Valid labels: {valid_labels(db)}", None
     name, rest = parts[0], " ".join(parts[1:])
     try:
         label = labels.resolve_label(db, name)
     except UnknownLabel:
-        return f"Unknown label `{name}`. Valid labels: {valid}", None
+        return f"Unknown label {code(name[:64])}. Valid labels: {valid_labels(db)}", None
     if rest:
         target = parse_link(rest)
         if target is None:
@@ -57,9 +66,13 @@ def label_command(ctx: BotContext, command: dict) -> tuple[str, int | None]:
         message = messages.latest_unlabeled(db, command.get("channel_id"))
         if message is None:
             return "No unlabeled message in this channel. Add a message link: `/label LABEL LINK`.", None
+    try:
+        require_labeler(ctx, client, command["user_id"], message)
+    except Refused as exc:
+        return str(exc), None
     labels.add_label(db, message.id, label, by=command["user_id"], method="slash_command")
-    preview = (message.subject or message.clean_body)[:80]
-    return f"Labeled `{label}`: _{preview}_", message.id
+    preview = " ".join((message.subject or message.clean_body)[:80].split())
+    return f"Labeled {code(label)}: {escape(preview)}", message.id
 
 
 def retrain_option(word: str) -> tuple[str, object]:
@@ -69,12 +82,12 @@ def retrain_option(word: str) -> tuple[str, object]:
         allowed = RETRAIN_NUMBERS[key]
         if value.isdigit() and int(value) in allowed:
             return key, int(value)
-        raise ValueError(f"`{key}` takes a whole number from {allowed.start} to {allowed.stop - 1}, got `{value}`.")
+        raise ValueError(f"`{key}` takes a whole number from {allowed.start} to {allowed.stop - 1}, got {code(value[:20])}.")
     if sep and key in RETRAIN_SWITCHES:
         if value in ("true", "false"):
             return key, value == "true"
-        raise ValueError(f"`{key}` takes `true` or `false`, got `{value}`.")
-    raise ValueError(f"Unknown option `{word}`.")
+        raise ValueError(f"`{key}` takes `true` or `false`, got {code(value[:20])}.")
+    raise ValueError(f"Unknown option {code(word[:100])}.")
 
 
 def retrain_command(ctx: BotContext, command: dict) -> str:
@@ -89,8 +102,7 @@ def retrain_command(ctx: BotContext, command: dict) -> str:
         return run_status(db)
     if not ctx.is_admin(user):
         log.info("refused /retrain by %s: not an admin", user)
-        admins = ", ".join(f"<@{a}>" for a in ctx.settings.admins) or "nobody yet (set SUPPORTBOT_ADMINS)"
-        return f"Only admins can retrain or cancel. Admins: {admins}."
+        return f"Only admins can retrain or cancel. Admins: {admins_line(ctx)}."
     if words[:1] == ["cancel"]:
         return cancel_run(ctx, db)
     params, dry_run = {}, False
@@ -105,11 +117,11 @@ def retrain_command(ctx: BotContext, command: dict) -> str:
         params[key] = value
     examples = training_examples(db)
     counts = labels.label_counts(db)
-    summary = ", ".join(f"`{n}` {c}" for n, c in counts.items() if c) or "nothing labeled yet"
+    summary = joined([f"{code(n)} {c}" for n, c in counts.items() if c]) or "nothing labeled yet"
     try:
         check_examples(examples, sorted({e["label"] for e in examples}) or ["(none)"])
     except DataError as exc:
-        return f"Cannot train: {exc}. Labeled so far: {summary}."
+        return f"Cannot train: {escape(exc)}. Labeled so far: {summary}."
     from .datacheck import run_check, summary_line
 
     quick_check = run_check(db, fast=True)
@@ -140,7 +152,7 @@ def run_status(db) -> str:
     if evals:
         text += f", eval loss {evals[-1].eval_loss:.3f}"
     if active.error:
-        text += f"\n{active.error[:300]}"
+        text += f"\n{escape(active.error[:300])}"
     return text
 
 
@@ -191,25 +203,44 @@ def model_command(ctx: BotContext, command: dict) -> str:
     return "\n".join(lines)
 
 
-def labels_command(ctx: BotContext, command: dict) -> str:
+LABELS_USAGE = ("Usage: `/labels`, or (admins) `/labels add NAME DESCRIPTION`, `/labels describe NAME DESCRIPTION`, "
+                "`/labels retire NAME`")
+
+
+def labels_command(ctx: BotContext, command: dict) -> dict:
+    """List the labels (anyone), or change the label set (admins: add, describe, retire)."""
     db = ctx.db()
     words = (command.get("text") or "").split(maxsplit=2)
-    if words[:1] == ["add"]:
-        if len(words) < 2:
-            return "Usage: `/labels add NAME DESCRIPTION`"
+    verb = words[0] if words else ""
+    if verb in ("add", "describe", "retire"):
         try:
-            d = labels.add_label_def(db, words[1], words[2] if len(words) > 2 else "")
+            require_admin(ctx, command["user_id"], "add, describe or retire labels")
+        except Refused as exc:
+            return {"text": str(exc)}
+        if len(words) < 2:
+            return {"text": LABELS_USAGE}
+        description = words[2] if len(words) > 2 else ""
+        try:
+            if verb == "add":
+                d = labels.add_label_def(db, words[1], description)
+            elif verb == "describe":
+                d = labels.describe_label(db, words[1], description)
+            else:
+                d = labels.retire_label(db, words[1])
+                return {"text": f"Label {code(d.name)} is retired: it is no longer offered or trained on; "
+                                "its history stays (`/labels add` brings it back)."}
         except StorageError as exc:
-            return f"Cannot add that label: {exc}"
-        return f"Label `{d.name}` is active" + (f": {d.description}" if d.description else ".")
+            return {"text": f"Cannot {verb} that label: {escape(exc)}"}
+        return {"text": f"Label {code(d.name)} is active" + (f": {escape(d.description)}" if d.description else ".")}
     if words:
-        return "Usage: `/labels` or `/labels add NAME DESCRIPTION`"
+        return {"text": LABELS_USAGE}
     counts = labels.label_counts(db)
     defs = labels.list_label_defs(db)
     if not defs:
-        return "No labels yet. Add one: `/labels add complaint Customer is unhappy`"
-    return "\n".join(f"`{d.name}` ({counts.get(d.name, 0)})" + (f": {d.description}" if d.description else "")
-                     for d in defs)
+        return {"text": "No labels yet. An admin adds one: `/labels add complaint Customer is unhappy`"}
+    lines = [f"{code(d.name)} ({counts.get(d.name, 0)})" + (f": {escape(d.description)}" if d.description else "")
+             for d in defs]
+    return {"text": f"{len(defs)} labels", "blocks": sections(lines)}
 
 
 def stats_payload(ctx: BotContext) -> list[dict]:
@@ -226,8 +257,8 @@ def classify_job(ctx: BotContext, text: str, respond) -> None:
         return
     source = "zero-shot" if p.zero_shot else f"adapter v{p.adapter_version}"
     review = " - *needs review*" if p.needs_review else ""
-    alternatives = ", ".join(f"`{n}` {v:.0%}" for n, v in p.alternatives)
-    respond(text=f"`{p.label}` ({p.confidence:.0%}, {source}){review}. Next: {alternatives}",
+    alternatives = ", ".join(f"{code(n)} {v:.0%}" for n, v in p.alternatives)
+    respond(text=f"{code(p.label)} ({p.confidence:.0%}, {source}){review}. Next: {alternatives}",
             response_type="ephemeral")
 
 
@@ -240,7 +271,10 @@ def register(app, ctx: BotContext) -> None:
 
     app.command("/retrain")(quick(retrain_command))
     app.command("/model")(quick(model_command))
-    app.command("/labels")(quick(labels_command))
+
+    @app.command("/labels")
+    def labels_listener(ack, command):
+        ack(response_type="ephemeral", **labels_command(ctx, command))
 
     @app.command("/stats")
     def stats(ack):
@@ -257,7 +291,7 @@ def register(app, ctx: BotContext) -> None:
 
     @app.command("/label")
     def label(ack, command, client):
-        text, message_id = label_command(ctx, command)
+        text, message_id = label_command(ctx, command, client)
         ack(response_type="ephemeral", text=text)
         if message_id:
             ctx.submit(refresh_reply, ctx, client, message_id)  # show the human label under the message

@@ -1,13 +1,21 @@
-"""/datacheck and `supportbot datacheck`: data problems found before they cost a training run, fixed from Slack."""
+"""/datacheck and `supportbot datacheck`: data problems found before they cost a training run, fixed from Slack.
+
+Curating training data is for admins (README, "Security and data"): the command and its buttons refuse
+anyone else, and a finding about a message the admin cannot read (a channel they are not in) is shown
+without its text.
+"""
 
 from __future__ import annotations
 
 import json
 
-from storage import StorageError, labels
+from storage import StorageError, labels, messages
 
+from .blocks import option_value
 from .context import BotContext
 from .intake import refresh_reply
+from .mrkdwn import code, escape, fit, plain
+from .permissions import Refused, can_read, refuse, require_admin
 
 KEEP, CHANGE, EXCLUDE = "datacheck_keep", "datacheck_change", "datacheck_exclude"
 SHOWN = 5
@@ -32,36 +40,46 @@ def summary_line(report: dict) -> str:
     return f"{report['examples']} labeled messages checked: " + (", ".join(parts) if parts else "no problems found")
 
 
-def _value(message_id: int, label: str) -> str:
-    return json.dumps({"m": message_id, "l": label})
+_value = option_value
 
 
-def finding_blocks(finding: dict, names: list[str]) -> list[dict]:
+def shown_message(finding: dict, readable) -> str:
+    """A finding's text (escaped), or a description without message text when the viewer cannot read one."""
+    if all(readable(i) for i in finding["ids"]):
+        return escape(finding["message"])
+    labels_in = ", ".join(code(n) for n in finding.get("labels") or [])
+    return (f"messages {', '.join(map(str, finding['ids']))}" + (f" ({labels_in})" if labels_in else "")
+            + ": text hidden, some are in a channel you are not in")
+
+
+def finding_blocks(finding: dict, names: list[str], readable=lambda message_id: True) -> list[dict]:
     """One finding with its fixes: keep the label, change it, or leave the message(s) out of training."""
-    text = {"type": "section", "text": {"type": "mrkdwn", "text": f"*{finding['kind'].replace('_', ' ')}*: "
-                                                                  f"{finding['message']}"}}
+    text = {"type": "section", "text": {"type": "mrkdwn", "text": fit(
+        f"*{finding['kind'].replace('_', ' ')}*: {shown_message(finding, readable)}")}}
     first = finding["ids"][0]
     given = finding["detail"].get("given") or finding["labels"][0]
-    options = [{"text": {"type": "plain_text", "text": n[:75]}, "value": _value(first, n)} for n in names[:100]]
+    options = [{"text": plain(n, 75), "value": _value(first, n)} for n in names[:100]]
     actions = {"type": "actions", "block_id": f"datacheck_{first}", "elements": [
-        {"type": "button", "action_id": KEEP, "text": {"type": "plain_text", "text": f"Keep {given}"[:75]},
+        {"type": "button", "action_id": KEEP, "text": plain(f"Keep {given}", 75),
          "value": _value(first, given)},
         {"type": "static_select", "action_id": CHANGE, "placeholder": {"type": "plain_text", "text": "Change to"},
          "options": options},
         {"type": "button", "action_id": EXCLUDE, "style": "danger", "text": {"type": "plain_text", "text": "Exclude"},
-         "value": json.dumps({"m": finding["ids"], "l": given})}]}
+         "value": json.dumps({"m": finding["ids"], "l": given}, separators=(",", ":"))}]}
+    if len(actions["elements"][-1]["value"]) > 2000:  # Slack's limit for a button value
+        actions["elements"].pop()
     return [text, actions]
 
 
-def report_blocks(report: dict, names: list[str]) -> list[dict]:
+def report_blocks(report: dict, names: list[str], readable=lambda message_id: True) -> list[dict]:
     blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": "*Data check* - " + summary_line(report)}}]
     for kind in ("suspected_mislabel", "conflict", "near_conflict", "leakage"):
         for finding in [f for f in report["findings"] if f["kind"] == kind][:SHOWN]:
-            blocks += finding_blocks(finding, names)
+            blocks += finding_blocks(finding, names, readable)
     rest = [f for f in report["findings"] if f["kind"] in ("duplicate", "near_duplicate", "too_few", "imbalance")]
     if rest:
-        lines = "\n".join(f"• {f['message']}" for f in rest[:10])
-        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": lines[:2900]}]})
+        lines = "\n".join(f"• {shown_message(f, readable)}" for f in rest[:10])
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": fit(lines, 2900)}]})
     return blocks[:50]
 
 
@@ -74,7 +92,7 @@ def in_child_process(fn, *args):
         return pool.submit(fn, *args).result()
 
 
-def check_job(ctx: BotContext, respond) -> None:
+def check_job(ctx: BotContext, respond, client=None, user: str = "") -> None:
     """/datacheck's work, on the check thread: the checks themselves run in a child process."""
     from trainer.datacheck import check_data
 
@@ -83,33 +101,50 @@ def check_job(ctx: BotContext, respond) -> None:
     db = ctx.db()
     report = in_child_process(check_data, training_examples(db))
     names = [d.name for d in labels.list_label_defs(db)]
-    respond(response_type="ephemeral", text=summary_line(report), blocks=report_blocks(report, names))
+    seen: dict[int, bool] = {}
+
+    def readable(message_id: int) -> bool:
+        if message_id not in seen:
+            seen[message_id] = can_read(ctx, client, user, messages.get_message(db, message_id))
+        return seen[message_id]
+
+    respond(response_type="ephemeral", text=summary_line(report), blocks=report_blocks(report, names, readable))
 
 
 def register(app, ctx: BotContext) -> None:
     @app.command("/datacheck")
-    def datacheck(ack, respond):
+    def datacheck(ack, command, respond, client):
+        try:
+            require_admin(ctx, command["user_id"], "run the data check (it shows and fixes training data)")
+        except Refused as exc:
+            ack(response_type="ephemeral", text=str(exc))
+            return
         count = len(labels.labeled_messages(ctx.db()))
         ack(response_type="ephemeral", text=f"Checking {count} labeled messages...")
-        ctx.check_executor.submit(check_job, ctx, respond)
+        ctx.check_executor.submit(check_job, ctx, respond, client, command["user_id"])
 
     @app.action(KEEP)
     @app.action(CHANGE)
     @app.action(EXCLUDE)
     def fix(ack, body, action, client, respond):
         ack()
+        user = body["user"]["id"]
+        try:
+            require_admin(ctx, user, "change or exclude training data")
+        except Refused as exc:
+            refuse(client, body, user, str(exc), respond)
+            return
         raw = action.get("value") or (action.get("selected_option") or {}).get("value")
         data = json.loads(raw)
         ids = data["m"] if isinstance(data["m"], list) else [data["m"]]
-        user = body["user"]["id"]
         try:
             for message_id in ids:
                 labels.add_label(ctx.db(), int(message_id), data["l"], by=user, method="datacheck",
                                  excluded=action["action_id"] == EXCLUDE)
                 ctx.submit(refresh_reply, ctx, client, int(message_id))
         except StorageError as exc:
-            respond(response_type="ephemeral", replace_original=False, text=f"Could not save that: {exc}")
+            respond(response_type="ephemeral", replace_original=False, text=f"Could not save that: {escape(exc)}")
             return
-        done = {KEEP: f"kept `{data['l']}`", CHANGE: f"changed to `{data['l']}`",
+        done = {KEEP: f"kept {code(data['l'])}", CHANGE: f"changed to {code(data['l'])}",
                 EXCLUDE: f"excluded {len(ids)} message(s) from training"}[action["action_id"]]
         respond(response_type="ephemeral", replace_original=False, text=f"Data check: {done}.")

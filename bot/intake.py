@@ -10,6 +10,8 @@ sweep answers any collected message left without one (`recover_replies`, `answer
 from __future__ import annotations
 
 import logging
+import sqlite3
+import threading
 
 from slack_sdk.errors import SlackApiError
 
@@ -17,7 +19,7 @@ from storage import labels, messages, predictions, replies
 from trainer.cleaning import clean_email
 from trainer.text import EmptyText, require_text
 
-from . import blocks, metadata
+from . import blocks, metadata, mrkdwn
 from .context import BotContext
 
 log = logging.getLogger(__name__)
@@ -168,7 +170,7 @@ def refresh_reply(ctx: BotContext, client, message_id: int) -> None:
         return
     shown = _Shown(prediction)
     names = [d.name for d in labels.list_label_defs(db)]
-    client.chat_update(channel=reply["channel"], ts=reply["ts"], text=f"Labeled {human.label}",
+    client.chat_update(channel=reply["channel"], ts=reply["ts"], text=f"Labeled {mrkdwn.escape(human.label)}",
                        blocks=blocks.prediction_blocks(message_id, shown, names,
                                                        human={"label": human.label, "by": human.labeled_by}))
 
@@ -184,29 +186,58 @@ class _Shown:
         self.alternatives = [[k, v] for k, v in list(p.scores.items())[1:3]]
 
 
+def spool(ctx: BotContext):
+    """The process's intake spool (events the database could not take yet)."""
+    from .spool import Spool
+
+    with _spool_lock:
+        found = getattr(ctx, "_intake_spool", None)
+        if found is None:
+            found = ctx._intake_spool = Spool(ctx.settings.data_dir / "intake-spool.jsonl")
+        return found
+
+
+_spool_lock = threading.Lock()
+
+
+def replay_spool(ctx: BotContext, client) -> int:
+    """Store the events spooled while the database was busy. Returns how many were handled."""
+    return spool(ctx).replay(lambda record: handle_message(ctx, client, record["body"], record["event"]))
+
+
 def register(app, ctx: BotContext) -> None:
     @app.event("message")
     def on_message(body, event, client):
-        subtype = event.get("subtype")
-        if subtype == "message_changed":
-            edited = event.get("message") or {}
-            found = messages.find_message(ctx.db(), messages.slack_external_id(event.get("channel"), edited.get("ts")))
-            if found and edited.get("text") is not None and not email_file(edited):
-                clean = clean_email(edited["text"], redact_personal=ctx.settings.redact).body
-                messages.edit_message(ctx.db(), found.id, raw_body=edited["text"], clean_body=clean)
-            return
-        if subtype == "message_deleted":
-            found = messages.find_message(ctx.db(), messages.slack_external_id(event.get("channel"),
-                                                                              event.get("deleted_ts")))
-            if found:
-                messages.mark_deleted(ctx.db(), found.id)
-            return
-        if subtype not in NEW_MESSAGE_SUBTYPES:
-            return
-        stored = store_event(ctx, client, body, event)
-        if stored is None:
-            return
-        message, created = stored
-        if created:
-            log.info("stored %s %d from channel %s", message.source, message.id, message.channel)
-            answer(ctx, client, message.id)
+        try:
+            handle_message(ctx, client, body, event)
+        except sqlite3.OperationalError as exc:
+            # Acknowledged already: never lost. Kept on disk and stored when the database can take it.
+            spool(ctx).append({"body": {k: body.get(k) for k in ("team_id", "event_id")}, "event": event})
+            log.warning("database unavailable (%s): event %s spooled for replay", exc, body.get("event_id"))
+
+
+def handle_message(ctx: BotContext, client, body: dict, event: dict) -> None:
+    """A message event: a new message stored and answered, an edit or a deletion recorded."""
+    subtype = event.get("subtype")
+    if subtype == "message_changed":
+        edited = event.get("message") or {}
+        found = messages.find_message(ctx.db(), messages.slack_external_id(event.get("channel"), edited.get("ts")))
+        if found and edited.get("text") is not None and not email_file(edited):
+            clean = clean_email(edited["text"], redact_personal=ctx.settings.redact).body
+            messages.edit_message(ctx.db(), found.id, raw_body=edited["text"], clean_body=clean)
+        return
+    if subtype == "message_deleted":
+        found = messages.find_message(ctx.db(), messages.slack_external_id(event.get("channel"),
+                                                                          event.get("deleted_ts")))
+        if found:
+            messages.mark_deleted(ctx.db(), found.id)
+        return
+    if subtype not in NEW_MESSAGE_SUBTYPES:
+        return
+    stored = store_event(ctx, client, body, event)
+    if stored is None:
+        return
+    message, created = stored
+    if created:
+        log.info("stored %s %d from channel %s", message.source, message.id, message.channel)
+        answer(ctx, client, message.id)

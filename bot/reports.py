@@ -6,6 +6,8 @@ import time
 
 from trainer.evaluate import worst_classes
 
+from .mrkdwn import code, escape
+
 
 def _section(text: str) -> dict:
     return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
@@ -93,9 +95,12 @@ def report_payload(run_id: int, result: dict, adapter_version: int | None, promo
                      + ".")
     worst = worst_classes(metrics, 3)
     if worst:
-        lines.append("Weakest labels: " + ", ".join(f"`{n}` F1 {f:.2f}" for n, f, _ in worst) + ".")
+        lines.append("Weakest labels: " + ", ".join(f"{code(n)} F1 {f:.2f}" for n, f, _ in worst) + ".")
     if result.get("baseline"):
-        lines.append(result["verdict"])
+        lines.append(escape(result["verdict"]))
+    if result.get("picture_error"):
+        lines.append(f"The report picture could not be drawn ({escape(result['picture_error'][:200])}); "
+                     "the run itself succeeded.")
     blocks = [_section(head), _section("*Loss per epoch*\n" + loss_table(training["epochs"])),
               _section("\n".join(lines))]
     if gate:
@@ -106,5 +111,5 @@ def report_payload(run_id: int, result: dict, adapter_version: int | None, promo
 
 def failure_payload(run_id: int, status: str, error: str | None) -> dict:
     icon = ":no_entry_sign:" if status == "cancelled" else ":x:"
-    text = f"{icon} *Training run {run_id} {status}.* {error or ''}".strip()
+    text = f"{icon} *Training run {run_id} {status}.* {escape((error or '')[:1500])}".strip()
     return {"text": f"Training run {run_id} {status}", "blocks": [_section(text + "\nThe serving adapter is unchanged.")]}

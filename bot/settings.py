@@ -140,7 +140,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("slack_api_url", "SLACK_API_URL", "https://slack.com/api/", _url,
             "Web API base URL (GovSlack, or a local stand-in)."),
     Setting("admins", "SUPPORTBOT_ADMINS", "", _users,
-            "Comma-separated user ids allowed to `/retrain` and `/model rollback`."),
+            "Comma-separated user ids who curate: `/labels add`, `describe` and `retire`, `/datacheck` and its fixes, "
+            "`/retrain` and `/model rollback`."),
     Setting("intake_channels", "SUPPORTBOT_INTAKE_CHANNELS", "", _channels,
             "Comma-separated channel ids whose messages and forwarded emails are collected."),
     Setting("report_channel", "SUPPORTBOT_REPORT_CHANNEL", "", _channel,
@@ -159,6 +160,9 @@ SETTINGS: tuple[Setting, ...] = (
             "When to post the least-certain messages with label pickers in the report channel; empty: off."),
     Setting("redact", "SUPPORTBOT_REDACT", "false", _bool,
             "Replace email addresses, phone and card-like numbers in cleaned text (what models see and train on)."),
+    Setting("keep_run_inputs_days", "SUPPORTBOT_KEEP_RUN_INPUTS_DAYS", "30", _positive_int,
+            "Days a finished training run keeps its copy of the labeled messages (`runs/run-N/*.jsonl`); "
+            "metrics, reports and adapters stay."),
     Setting("workers", "SUPPORTBOT_WORKERS", "4", _positive_int,
             "Threads that run model work and Web API calls after a request is acknowledged."),
     Setting("log_level", "SUPPORTBOT_LOG_LEVEL", "INFO", _log_level,
@@ -186,6 +190,7 @@ class Settings:
     retrain_min_new_labels: int = _DEFAULTS["retrain_min_new_labels"]
     digest_cron: str = _DEFAULTS["digest_cron"]
     redact: bool = _DEFAULTS["redact"]
+    keep_run_inputs_days: int = _DEFAULTS["keep_run_inputs_days"]
     workers: int = _DEFAULTS["workers"]
     log_level: str = _DEFAULTS["log_level"]
 

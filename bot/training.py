@@ -60,7 +60,9 @@ def prepare_run(settings: Settings, db, run: runs.Run) -> Path:
     """Write config.json and train.jsonl for `run` (the trainer makes the stratified split)."""
     run_dir = Path(run.run_dir) if run.run_dir else run_dir_for(settings, run.id)
     shutil.rmtree(run_dir, ignore_errors=True)  # a re-queued run starts clean
-    run_dir.mkdir(parents=True)
+    from storage.db import private_folder
+
+    private_folder(run_dir)  # 0700: it gets a copy of the labeled messages
     examples = training_examples(db)
     current = adapters.current_adapter(db)
     config = {"labels": label_set(db, examples),

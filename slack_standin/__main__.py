@@ -4,7 +4,8 @@ Besides Slack's Web API it answers a small control API on the same port, for the
 that drives it (loopback only):
 - GET  /_standin/state: delivered messages, call counts per method, faults injected;
 - POST /_standin/faults {"rate": 0.1, "methods": [...], "seed": 1}: random 429/5xx answers;
-- POST /_standin/files {file}: what files.info answers for a file id.
+- POST /_standin/files {file}: what files.info answers for a file id;
+- POST /_standin/channels {"C123": {"members": [...], "private": false}}: who is in which channel.
 Prints "ready PORT" on stdout once it listens.
 """
 
@@ -36,10 +37,13 @@ def main() -> None:
 
     def handle(request):
         path = request.path.split("?")[0]
-        if path == "/_standin/faults" or path == "/_standin/files":
+        if path in ("/_standin/faults", "/_standin/files", "/_standin/channels"):
             body = json.loads(request.rfile.read(int(request.headers.get("Content-Length") or 0)) or b"{}")
             if path == "/_standin/faults":
                 standin.fail_randomly(float(body.get("rate", 0)), tuple(body.get("methods", ())), int(body.get("seed", 0)))
+            elif path == "/_standin/channels":
+                for channel, spec in body.items():
+                    standin.set_channel(channel, spec.get("members", ()), private=bool(spec.get("private")))
             else:
                 standin.add_file(body)
             return _reply(request, {"ok": True})

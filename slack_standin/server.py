@@ -8,6 +8,7 @@ a method answer 429 (with Retry-After) or 5xx.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import random
@@ -40,6 +41,7 @@ class SlackStandIn:
         self.uploads: dict[str, bytes] = {}     # bytes uploaded through files.getUploadURLExternal
         self.messages: dict[tuple[str, str], dict] = {}  # (channel, ts) -> message as last posted or updated
         self.responses: list[dict] = []         # bodies posted to response_url
+        self.conversations: dict[str, dict] = {}  # id -> {"name", "members": set, "private": bool} (`set_channel`)
         self._faults: dict[str, list[tuple[int, int | None]]] = {}
         self._random_faults: tuple[float, tuple[str, ...], random.Random] | None = None
         self.faults_injected: Counter = Counter()  # "method status" -> how many answers were faults
@@ -107,6 +109,12 @@ class SlackStandIn:
         """From now on, each call of `methods` answers 429 or a 5xx with probability `rate` (0 stops it)."""
         with self._lock:
             self._random_faults = (rate, tuple(methods), random.Random(seed)) if rate > 0 else None
+
+    def set_channel(self, channel: str, members, *, private: bool = False, name: str | None = None) -> None:
+        """Who is in `channel` (conversations.members) and whether it is private (conversations.info)."""
+        with self._lock:
+            self.conversations[channel] = {"name": name or channel.lower(), "members": set(members) | {self.bot_user_id},
+                                      "private": private}
 
     def add_file(self, file: dict) -> None:
         self.files[file["id"]] = file
@@ -215,8 +223,29 @@ class SlackStandIn:
                                      "is_bot": user == self.bot_user_id}}
 
     def _api_conversations_info(self, p):
-        return {"ok": True, "channel": {"id": p.get("channel"), "name": p.get("channel", "").lower(),
-                                        "is_member": True}}
+        channel = p.get("channel") or ""
+        known = self.conversations.get(channel)
+        if known is None and self.conversations:
+            return {"ok": False, "error": "channel_not_found"}
+        private = bool(known and known["private"])
+        return {"ok": True, "channel": {
+            "id": channel, "name": known["name"] if known else channel.lower(), "is_channel": not private,
+            "is_group": private, "is_im": False, "is_mpim": False, "is_private": private, "is_archived": False,
+            "is_general": False, "created": 1700000000, "creator": "U0CREATOR", "is_member": True,
+            "num_members": len(known["members"]) if known else None}}
+
+    def _api_conversations_members(self, p):
+        """Member ids of a channel, a page at a time (`limit`, `cursor`), as Slack pages them."""
+        known = self.conversations.get(p.get("channel") or "")
+        if known is None:
+            return {"ok": False, "error": "channel_not_found"}
+        members = sorted(known["members"])
+        start = int(base64.b64decode(p["cursor"]).decode().split(":")[1]) if p.get("cursor") else 0
+        limit = max(1, min(1000, int(p.get("limit") or 100)))
+        page = members[start:start + limit]
+        more = start + limit < len(members)
+        cursor = base64.b64encode(f"offset:{start + limit}".encode()).decode() if more else ""
+        return {"ok": True, "members": page, "response_metadata": {"next_cursor": cursor}}
 
     def _api_conversations_history(self, p):
         """Top-level messages of a channel, newest first (metadata only with include_all_metadata)."""

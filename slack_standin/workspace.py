@@ -36,6 +36,8 @@ class Workspace(SlackStandIn):
         self.deliveries: list[dict] = []  # every delivery attempt to the bot: kind, status, retry, ms
         self._changes = 0
         self._email_ids = iter(range(1, 10 ** 9))
+        for channel, name in channels.items():  # the page's one person is in every channel
+            self.set_channel(channel, {user}, name=name)
 
     # -- state for the page -----------------------------------------------------------------------------
     def _record(self, method, params, headers):

@@ -3,6 +3,7 @@ and the adapter registry's files, in one .tar.gz."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import tarfile
@@ -23,7 +24,9 @@ def backup(db_path: Path, adapters_dir: Path, out: Path) -> Path:
         source.close()
         target.close()
         out.parent.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(out, "w:gz") as archive:
+        fd = os.open(str(out), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # a copy of every message: private
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as archive:
             archive.add(snapshot, arcname="supportbot.db")
             if adapters_dir.is_dir():
                 for folder in sorted(adapters_dir.iterdir()):

@@ -6,6 +6,7 @@ every thread, listener or process calls `open_db` for its own.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -19,10 +20,29 @@ from .migrations import MIGRATIONS
 BUSY_TIMEOUT_S = 30.0
 
 
+def private_folder(folder: str | Path) -> Path:
+    """Create `folder` (and its parents) if needed; a folder created here is readable by its owner only (0700)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask
+    return folder
+
+
 def open_db(path: str | Path) -> Database:
-    """Open (creating if needed) the database at `path` and bring its schema up to date."""
+    """Open (creating if needed) the database at `path` and bring its schema up to date.
+
+    The file is its owner's only (0600; SQLite gives its -wal and -shm files the same mode), in a
+    folder created 0700: it holds every collected message."""
     if str(path) != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        private_folder(Path(path).parent)
+        if not Path(path).exists():
+            os.close(os.open(str(path), os.O_WRONLY | os.O_CREAT, 0o600))
+        elif Path(path).stat().st_mode & 0o077:
+            try:
+                os.chmod(path, 0o600)
+            except OSError:  # another user's file, opened to read: leave its mode alone
+                pass
     # The timeout is SQLite's busy handler: a writer waits for the lock instead of failing.
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S)
     db = Database(conn)

@@ -1,9 +1,12 @@
 """Importing labeled (or unlabeled) examples from CSV and JSONL files.
 
-An import is all-or-nothing: the whole file is parsed and checked first, and a
-malformed row raises `ImportFormatError` with its line number before anything
-is stored. Re-importing the same file stores nothing twice (each row's
-external id is the file's hash and the row's line).
+The whole file is parsed and checked first: a malformed row raises
+`ImportFormatError` with its line number before anything is stored. Rows are
+then stored in transactions of `CHUNK_ROWS`, so the write lock is never held
+for long and the bot keeps collecting messages during a large import.
+Re-importing the same file stores nothing twice (each row's external id is the
+file's hash and the row's line), so an import stopped halfway is finished by
+running it again.
 
 JSONL rows are told apart by content, row by row:
 - Alpaca: {"instruction": ..., "input": ..., "output": label}; the text is
@@ -23,12 +26,15 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
+from trainer.jsonl import JsonlError, read_rows
+
 from .db import now, write
 from .errors import ImportFormatError, InvalidLabelName
-from .labels import check_label_name
+from .labels import MAX_ACTIVE_LABELS, check_label_name
 from .messages import content_hash
 
 MAX_TEXT_CHARS = 100_000
+CHUNK_ROWS = 2_000  # rows per write transaction: a few milliseconds of lock each
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,15 @@ def _check(path: str, line: int, text, label) -> Example:
 
 def _read_csv(path: str, content: str, text_col: str, label_col: str | None) -> list[Example]:
     reader = csv.DictReader(io.StringIO(content, newline=""))
+    try:
+        return _csv_rows(path, reader, text_col, label_col)
+    except csv.Error as exc:  # a field over csv's size limit (128 KiB), a NUL byte, a broken quote
+        raise ImportFormatError(path, reader.line_num + 1 if reader.line_num else 1,
+                                f"unreadable CSV ({exc}); a text can have at most {MAX_TEXT_CHARS:,} characters") \
+            from None
+
+
+def _csv_rows(path: str, reader: csv.DictReader, text_col: str, label_col: str | None) -> list[Example]:
     header = reader.fieldnames or []
     if text_col not in header:
         raise ImportFormatError(path, 1, f"no column {text_col!r} (columns: {', '.join(header) or 'none'})")
@@ -106,13 +121,11 @@ def _read_csv(path: str, content: str, text_col: str, label_col: str | None) -> 
 
 def _read_jsonl(path: str, content: str) -> list[Example]:
     examples = []
-    for number, raw in enumerate(content.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ImportFormatError(path, number, f"not valid JSON ({exc.msg})") from None
+    try:
+        numbered = read_rows(path, content)
+    except JsonlError as exc:
+        raise ImportFormatError(path, exc.line, exc.reason) from None
+    for number, row in numbered:
         if not isinstance(row, dict):
             raise ImportFormatError(path, number, "each line must be a JSON object")
         if "messages" in row:
@@ -140,33 +153,42 @@ def _from_chatml(path: str, number: int, turns) -> tuple[str, str | None]:
     return users[-1], (assistants[-1] if assistants else None)
 
 
-def import_examples(db: Database, path: str | Path, examples: list[Example], *, by: str = "import") -> ImportResult:
-    """Store parsed examples in one transaction, adding unseen labels to the label set."""
+def import_examples(db: Database, path: str | Path, examples: list[Example], *, by: str = "import",
+                    chunk_rows: int = CHUNK_ROWS) -> ImportResult:
+    """Store parsed examples, adding unseen labels to the label set, `chunk_rows` rows per transaction."""
     file_hash = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
     stamp = now()
     stored = 0
+    used = sorted({e.label for e in examples if e.label})
     with write(db):
+        active = {r[0] for r in db.execute("SELECT name FROM label_set WHERE active = 1")}
         existing = {r[0] for r in db.execute("SELECT name FROM label_set")}
-        new_labels = sorted({e.label for e in examples if e.label} - existing)
+        if len(active | set(used)) > MAX_ACTIVE_LABELS:
+            raise ImportFormatError(str(path), 1, f"the file uses {len(set(used) - active)} labels that are not "
+                                                  f"active; with the {len(active)} active ones that is more than "
+                                                  f"{MAX_ACTIVE_LABELS} (retire some, or merge labels)")
+        new_labels = sorted(set(used) - existing)
         for name in new_labels:
             db.execute("INSERT INTO label_set (name, description, active, created_at) VALUES (?, '', 1, ?)",
                        [name, stamp])
         db.execute("UPDATE label_set SET active = 1 WHERE name IN (SELECT DISTINCT value FROM json_each(?))",
-                   [json.dumps([e.label for e in examples if e.label])])
-        for e in examples:
-            cursor = db.execute(
-                """INSERT INTO messages (source, external_id, raw_body, clean_body, subject, content_hash,
-                       received_at) VALUES ('import', ?, ?, ?, ?, ?, ?) ON CONFLICT(external_id) DO NOTHING""",
-                [f"import:{file_hash}:{e.line}", e.text, e.text, e.subject,
-                 content_hash(e.subject, e.text), stamp],
-            )
-            if cursor.rowcount == 1:
-                stored += 1
-                if e.label:
-                    db.execute(
-                        """INSERT INTO labels (message_id, label, labeled_by, method, created_at)
-                           VALUES (?, ?, ?, 'import', ?)""",
-                        [cursor.lastrowid, e.label, by, stamp],
-                    )
+                   [json.dumps(used)])
+    for start in range(0, len(examples), max(1, chunk_rows)):
+        with write(db):  # one short transaction per chunk: other writers get the lock in between
+            for e in examples[start:start + chunk_rows]:
+                cursor = db.execute(
+                    """INSERT INTO messages (source, external_id, raw_body, clean_body, subject, content_hash,
+                           received_at) VALUES ('import', ?, ?, ?, ?, ?, ?) ON CONFLICT(external_id) DO NOTHING""",
+                    [f"import:{file_hash}:{e.line}", e.text, e.text, e.subject,
+                     content_hash(e.subject, e.text), stamp],
+                )
+                if cursor.rowcount == 1:
+                    stored += 1
+                    if e.label:
+                        db.execute(
+                            """INSERT INTO labels (message_id, label, labeled_by, method, created_at)
+                               VALUES (?, ?, ?, 'import', ?)""",
+                            [cursor.lastrowid, e.label, by, stamp],
+                        )
     return ImportResult(rows=len(examples), stored=stored, already_present=len(examples) - stored,
                         labels_added=new_labels)

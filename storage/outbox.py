@@ -54,6 +54,12 @@ def put(db: Database, key: str, channel: str, payload: dict, *, kind: str = "mes
     return get(db, key)
 
 
+def find_sent(db: Database, channel: str, ts: str) -> OutboxItem | None:
+    """The outbox row that became the Slack message `ts` in `channel`, if any."""
+    row = query_one(db, "SELECT * FROM outbox WHERE channel = ? AND ts = ? ORDER BY id DESC LIMIT 1", [channel, ts])
+    return _item(row) if row else None
+
+
 def get(db: Database, key: str) -> OutboxItem | None:
     row = query_one(db, "SELECT * FROM outbox WHERE key = ?", [key])
     return _item(row) if row else None

@@ -17,8 +17,9 @@ from slack_standin.server import SlackStandIn
 from storage import adapters, labels, messages, predictions, runs
 
 SECRET = "test-signing-secret"
-INTAKE, OTHER = "C0INTAKE", "C0OTHER"
+INTAKE, OTHER, PRIVATE = "C0INTAKE", "C0OTHER", "G0PRIVATE"
 ADMIN, AGENT = "U0ADMIN", "U0AGENT"
+OUTSIDER, INSIDER = "U0OUTSIDER", "U0INSIDER"  # in a channel outside intake; in the private intake channel only
 
 
 class Bot:
@@ -63,11 +64,14 @@ class Bot:
 @pytest.fixture
 def bot(env, tiny_model_dir, monkeypatch):
     standin = SlackStandIn().start()
+    standin.set_channel(INTAKE, {ADMIN, AGENT})
+    standin.set_channel(OTHER, {OUTSIDER, AGENT})
+    standin.set_channel(PRIVATE, {INSIDER}, private=True)
     monkeypatch.setenv("SUPPORTBOT_BASE_MODEL", tiny_model_dir)
     settings = load_settings({"SUPPORTBOT_DATA_DIR": str(env / "data"), "SUPPORTBOT_BASE_MODEL": tiny_model_dir,
                               "SLACK_BOT_TOKEN": standin.bot_token, "SLACK_SIGNING_SECRET": SECRET,
                               "SLACK_API_URL": standin.api_url, "SUPPORTBOT_ADMINS": ADMIN,
-                              "SUPPORTBOT_INTAKE_CHANNELS": INTAKE, "SUPPORTBOT_REVIEW_THRESHOLD": "0.5"},
+                              "SUPPORTBOT_INTAKE_CHANNELS": f"{INTAKE},{PRIVATE}", "SUPPORTBOT_REVIEW_THRESHOLD": "0.5"},
                              env_file=None)
     ctx = BotContext(settings)
     for name, description in (("complaint", "Unhappy customer"), ("question", "Asks how or why"),
@@ -277,7 +281,7 @@ def test_datacheck_finds_conflicts_and_its_buttons_fix_them(bot):
         labels.add_label(bot.db, m.id, label, by=AGENT, method="cli")
     refused = bot.command("/retrain", user=ADMIN)["text"]
     assert refused.startswith("Cannot train: 8 labeled messages checked: 1 conflict") and runs.list_runs(bot.db) == []
-    assert bot.command("/datacheck")["text"] == "Checking 8 labeled messages..."
+    assert bot.command("/datacheck", user=ADMIN)["text"] == "Checking 8 labeled messages..."
     bot.settle()
     answer = bot.standin.responses[-1]
     blocks = json.dumps(answer["blocks"])
@@ -313,10 +317,10 @@ def test_classify_labels_and_stats_commands(bot):
     answer = bot.standin.responses[-1]
     assert answer["response_type"] == "ephemeral" and "zero-shot" in answer["text"]
     assert bot.command("/classify")["text"] == "Usage: `/classify TEXT`"
-    assert bot.command("/labels", "add refund Wants money back")["text"] == \
+    assert bot.command("/labels", "add refund Wants money back", user=ADMIN)["text"] == \
         "Label `refund` is active: Wants money back"
-    assert "`refund` (0): Wants money back" in bot.command("/labels")["text"]
-    assert "Cannot add that label" in bot.command("/labels", "add " + "x" * 70)["text"]
+    assert "`refund` (0): Wants money back" in json.dumps(bot.command("/labels")["blocks"])
+    assert "Cannot add that label" in bot.command("/labels", "add " + "x" * 70, user=ADMIN)["text"]
     bot.post("The invoice is wrong")
     bot.settle()
     stats = bot.command("/stats")
@@ -559,7 +563,7 @@ def test_datacheck_is_answered_while_every_work_thread_is_busy(bot):
     for _ in range(bot.ctx.settings.workers):
         bot.ctx.submit(release.wait, 120)
     try:
-        assert bot.command("/datacheck")["text"] == "Checking 6 labeled messages..."
+        assert bot.command("/datacheck", user=ADMIN)["text"] == "Checking 6 labeled messages..."
         deadline = time.monotonic() + 90
         while not bot.standin.responses and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -71,6 +71,12 @@ def test_classify_file_and_zero_shot_before_any_adapter(toy_workspace):
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 60 and all(r["predicted_label"] in ("complaint", "question", "feedback") for r in rows)
     assert all(r["adapter_version"] == "" for r in rows)  # zero-shot: no adapter yet
+    hostile = env / "hostile.csv"
+    hostile.write_text('text,note\n"=HYPERLINK(""http://evil.example"",""x"")",@SUM(A1)\nplain words,-2\n')
+    supportbot("classify", "--file", str(hostile), "--out", str(env / "hostile_out.csv"))
+    cells = list(csv.DictReader((env / "hostile_out.csv").open()))
+    assert cells[0]["text"].startswith("'=HYPERLINK(") and cells[0]["note"] == "'@SUM(A1)"
+    assert cells[1]["text"] == "plain words" and cells[1]["note"] == "'-2"
     assert json.loads(supportbot("classify", "--json", "hello there").stdout)["zero_shot"] is True
 
 

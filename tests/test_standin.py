@@ -145,3 +145,25 @@ def test_standin_process_injects_faults_at_the_set_rate_and_reports_its_state():
     assert 8 <= len(refused) <= 32 and set(refused) <= {429, 500, 503}
     assert sum(state["faults"].values()) == len(refused)
     assert len(state["messages"]) == outcomes.count("ok") and state["calls"]["auth.test"] == 1
+
+
+def test_conversations_members_pages_like_slack_and_info_says_private(standin):
+    from bot.permissions import is_member, is_private
+
+    class Ctx:
+        pass
+
+    members = {f"U{i:05d}" for i in range(1500)}
+    standin.set_channel("G0SECRET", members, private=True)
+    standin.set_channel("C0OPEN", {"U00001"})
+    client = WebClient(token=standin.bot_token, base_url=standin.api_url)
+    first = client.conversations_members(channel="G0SECRET", limit=1000)
+    assert len(first["members"]) == 1000 and first["response_metadata"]["next_cursor"]
+    second = client.conversations_members(channel="G0SECRET", cursor=first["response_metadata"]["next_cursor"])
+    assert len(second["members"]) == 100 and second["members"][0] == sorted(members | {"U0BOT"})[1000]
+    ctx = Ctx()
+    assert is_member(ctx, client, "U01400", "G0SECRET") and not is_member(ctx, client, "U99999", "G0SECRET")
+    assert is_private(ctx, client, "G0SECRET") and not is_private(ctx, client, "C0OPEN")
+    with pytest.raises(SlackApiError, match="channel_not_found"):
+        client.conversations_members(channel="C0NOWHERE")
+    assert not is_member(ctx, client, "U00001", "C0NOWHERE")  # Slack cannot say: no

@@ -169,7 +169,7 @@ def test_live_accuracy_counts_labels_given_after_prediction(db):
 
 
 def test_queries_the_bot_used_to_write_itself(db):
-    """latest_unlabeled (bare /label), human_labels_since (scheduled retrain), least_sure (the digest)."""
+    """latest_unlabeled (bare /label), new_human_labels (scheduled retrain), least_sure (the digest)."""
     labels.add_label_def(db, "complaint")
     ids = []
     for n, ts in enumerate(("1700000000.000100", "1700000000.000300", "1700000000.000200")):
@@ -182,11 +182,11 @@ def test_queries_the_bot_used_to_write_itself(db):
     labels.add_label(db, ids[1], "complaint", by="U1", method="button")
     assert messages.latest_unlabeled(db, "C1").id == ids[2]
     assert messages.latest_unlabeled(db, "C9") is None
-    assert labels.human_labels_since(db, "") == 1
+    assert labels.new_human_labels(db, "") == 1
     imported, _ = messages.add_message(db, source="import", external_id="csv:1", raw_body="imported")
     labels.add_label(db, imported.id, "complaint", by="cli", method="import")
-    assert labels.human_labels_since(db, "") == 1  # imports are not people's labels
-    assert labels.human_labels_since(db, "9999") == 0
+    assert labels.new_human_labels(db, "") == 1  # imports are not people's labels
+    assert labels.new_human_labels(db, "9999") == 0
     for message_id, confidence in ((ids[0], 0.9), (ids[1], 0.1), (ids[2], 0.4)):
         predictions.add_prediction(db, message_id=message_id, adapter_version=None, label="complaint",
                                    confidence=confidence, needs_review=False, scores={"complaint": confidence})

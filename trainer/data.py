@@ -7,12 +7,12 @@ scoring, so what the model learns is exactly what it is asked.
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from .jsonl import JsonlError, read_rows, write_jsonl  # noqa: F401 - write_jsonl is this module's too
 from .prompts import LabelInfo, chat_messages
 
 AUTO_LABEL_LIST_MAX = 30
@@ -23,22 +23,17 @@ class DataError(ValueError):
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
+    """Examples from a JSONL file (see `trainer.jsonl`: a line ends at "\n" only)."""
+    try:
+        numbered = read_rows(path)
+    except JsonlError as exc:
+        raise DataError(str(exc)) from None
     rows = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
+    for number, row in numbered:
         if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not isinstance(row.get("label"), str):
             raise DataError(f"{path}, line {number}: expected an object with text and label strings")
         rows.append(row)
     return rows
-
-
-def write_jsonl(path: str | Path, rows: list[dict]) -> None:
-    Path(path).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def check_examples(examples: list[dict], label_names: list[str], *, what: str = "training data",

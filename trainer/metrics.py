@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import Protocol
 
+from .jsonl import dumps_line, iter_lines
+
 
 class MetricsSink(Protocol):
     def write(self, record: dict) -> None: ...
@@ -36,7 +38,7 @@ class JsonlSink:
     def write(self, record: dict) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(clean) + "\n")
+            f.write(dumps_line(clean))
             f.flush()
 
 
@@ -49,7 +51,7 @@ def read_metrics(path: str | Path, offset: int = 0) -> tuple[list[dict], int]:
         f.seek(offset)
         data = f.read()
     end = data.rfind(b"\n") + 1
-    records = [json.loads(line) for line in data[:end].decode("utf-8").splitlines() if line.strip()]
+    records = [json.loads(line) for _, line in iter_lines(data[:end].decode("utf-8"))]
     return records, offset + end
 
 

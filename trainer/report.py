@@ -78,6 +78,8 @@ def summary_markdown(result: dict) -> str:
                   f"macro-F1 {baseline['macro_f1']:.3f}.", ""]
     if result.get("verdict"):
         lines += [result["verdict"], ""]
+    if result.get("picture_error"):
+        lines += [f"The report picture could not be drawn ({result['picture_error']}).", ""]
     promotion = result.get("promotion")
     if promotion and not gate:
         lines += [("Promoted: " if promotion["promote"] else "Not promoted: ") + promotion["reason"] + ".", ""]
@@ -95,10 +97,23 @@ def best_epoch(records: list[dict]) -> int | None:
 
 
 def draw_report(path: str | Path, records: list[dict], metrics: dict | None) -> None:
-    """Loss curves (train per step, eval per evaluation) beside the confusion matrix."""
+    """Loss curves (train per step, eval per evaluation) beside the confusion matrix.
+
+    Label names are drawn as written: math text (`$...$`) and TeX are off, so a name like
+    `$\\notacommand{$` is text, not a formula that fails to parse."""
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        try:
+            _draw(path, records, metrics)
+        finally:
+            plt.close("all")  # also when drawing failed: no figure is left open in a long-lived process
+
+
+def _draw(path: str | Path, records: list[dict], metrics: dict | None) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_cm) = plt.subplots(1, 2, figsize=(12, 5))

@@ -211,7 +211,11 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
     result["status"] = "succeeded"
     save_adapter(model, run_dir / "adapter", cfg, spec, result)
     result["adapter_dir"] = str(run_dir / "adapter")
-    draw_report(run_dir / "report.png", records, result["metrics"])
+    try:
+        draw_report(run_dir / "report.png", records, result["metrics"])
+    except Exception as exc:  # noqa: BLE001 - a picture must never fail a run whose adapter is saved
+        (run_dir / "report.png").unlink(missing_ok=True)
+        result["picture_error"] = f"{type(exc).__name__}: {exc}"[:500]
     (run_dir / "report.md").write_text(summary_markdown(result), encoding="utf-8")
     return result
 

@@ -1,0 +1,172 @@
+"""Who may change what (README, "Security and data"): checked in every handler that changes data.
+
+- Labeling a message (`/label`, the reply's buttons and picker, the digest's pickers, the shortcut)
+  is for members of the message's channel: they can read it. Imported messages belong to no
+  channel: only admins label them.
+- Curating the label set (`/labels add|describe|retire`), the data check and its fixes,
+  `/retrain` and `/model rollback` are for `SUPPORTBOT_ADMINS`.
+
+Membership is asked of Slack (`conversations.members`) and remembered for a minute, so an
+acknowledgement rarely waits for it. When Slack cannot be asked, the answer is no.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from slack_sdk.errors import SlackApiError
+
+from storage import outbox, replies
+
+from .context import BotContext
+
+log = logging.getLogger(__name__)
+
+CACHE_S = 60.0
+
+
+class Refused(Exception):
+    """A request this user may not make. The message (mrkdwn, escaped) tells them why."""
+
+
+class _Channels:
+    """Channel members and privacy, as Slack says, remembered for CACHE_S seconds."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._members: dict[str, tuple[float, frozenset]] = {}
+        self._private: dict[str, tuple[float, bool]] = {}
+
+    def members(self, client, channel: str) -> frozenset:
+        with self._lock:
+            hit = self._members.get(channel)
+        if hit and time.monotonic() - hit[0] < CACHE_S:
+            return hit[1]
+        found, cursor = set(), None
+        while True:
+            page = client.conversations_members(channel=channel, limit=1000, **({"cursor": cursor} if cursor else {}))
+            found.update(page.get("members") or [])
+            cursor = (page.get("response_metadata") or {}).get("next_cursor")
+            if not cursor:
+                break
+        with self._lock:
+            self._members[channel] = (time.monotonic(), frozenset(found))
+        return frozenset(found)
+
+    def private(self, client, channel: str) -> bool:
+        with self._lock:
+            hit = self._private.get(channel)
+        if hit and time.monotonic() - hit[0] < CACHE_S:
+            return hit[1]
+        info = client.conversations_info(channel=channel).get("channel") or {}
+        private = bool(info.get("is_private") or info.get("is_group") or info.get("is_im") or info.get("is_mpim"))
+        with self._lock:
+            self._private[channel] = (time.monotonic(), private)
+        return private
+
+
+_lock = threading.Lock()
+
+
+def _channels(ctx: BotContext) -> _Channels:
+    with _lock:
+        found = getattr(ctx, "_channel_cache", None)
+        if found is None:
+            found = ctx._channel_cache = _Channels()
+        return found
+
+
+def admins_line(ctx: BotContext) -> str:
+    return ", ".join(f"<@{a}>" for a in ctx.settings.admins) or "nobody yet (set SUPPORTBOT_ADMINS)"
+
+
+def require_admin(ctx: BotContext, user: str, what: str) -> None:
+    """Refused unless `user` is an admin; `what` completes "Only admins can ..."."""
+    if not ctx.is_admin(user):
+        log.info("refused %s by %s: not an admin", what, user)
+        raise Refused(f"Only admins can {what}. Admins: {admins_line(ctx)}.")
+
+
+def is_member(ctx: BotContext, client, user: str, channel: str | None) -> bool:
+    """Is `user` in `channel`, as Slack says now (within a minute)? False when Slack cannot tell."""
+    if not channel:
+        return False
+    try:
+        return user in _channels(ctx).members(client, channel)
+    except (SlackApiError, OSError) as exc:
+        error = exc.response.get("error") if isinstance(exc, SlackApiError) else str(exc)
+        log.warning("cannot list the members of %s: %s", channel, error)
+        return False
+
+
+def is_private(ctx: BotContext, client, channel: str | None) -> bool:
+    """Is `channel` private (or a DM)? True when Slack cannot tell: text stays hidden rather than leak."""
+    if not channel:
+        return False
+    try:
+        return _channels(ctx).private(client, channel)
+    except (SlackApiError, OSError) as exc:
+        log.warning("cannot look up channel %s: %s", channel, exc)
+        return True
+
+
+def can_read(ctx: BotContext, client, user: str, message) -> bool:
+    """May `user` see this message's text? Members of its channel; admins for imported messages."""
+    if message.channel is None:
+        return ctx.is_admin(user)
+    return is_member(ctx, client, user, message.channel)
+
+
+def require_labeler(ctx: BotContext, client, user: str, message) -> None:
+    """Refused unless `user` may label `message` (README: members of its intake channel)."""
+    if message.channel is None:
+        if ctx.is_admin(user):
+            return
+        log.info("refused label by %s on imported message %d: not an admin", user, message.id)
+        raise Refused("Imported messages are labeled by admins only. Admins: " + admins_line(ctx) + ".")
+    if not ctx.is_intake_channel(message.channel):
+        log.info("refused label by %s: channel %s is not an intake channel", user, message.channel)
+        raise Refused(f"<#{message.channel}> is not an intake channel, so its messages are not labeled here.")
+    if not is_member(ctx, client, user, message.channel):
+        log.info("refused label by %s on message %d: not a member of %s", user, message.id, message.channel)
+        raise Refused(f"Only members of <#{message.channel}> can label its messages, and you are not in it "
+                      "(or Slack could not confirm it: try again).")
+
+
+def require_clicked(db, body: dict, message_id: int) -> None:
+    """Refused unless `message_id` belongs to the message that was clicked: the bot's reply to that
+    message, or a digest listing it, in the channel the click came from."""
+    channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
+    ts = (body.get("message") or {}).get("ts") or (body.get("container") or {}).get("message_ts")
+    reply = replies.get_reply(db, message_id)
+    if reply and channel and (reply["channel"], reply["ts"]) == (channel, ts):
+        return
+    sent = outbox.find_sent(db, channel, ts) if channel and ts else None
+    if sent and message_id in (sent.payload.get("message_ids") or []):
+        return
+    log.info("refused click by %s: message %s is not under %s/%s", (body.get("user") or {}).get("id"), message_id,
+             channel, ts)
+    raise Refused("That button does not belong to this message; nothing was changed.")
+
+
+def refuse(client, body: dict, user: str, text: str, respond=None) -> None:
+    """Tell only `user` why nothing happened (an ephemeral message where they clicked)."""
+    channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
+    try:
+        if respond is not None and body.get("response_url"):
+            respond(response_type="ephemeral", replace_original=False, text=text)
+        elif channel:
+            client.chat_postEphemeral(channel=channel, user=user, text=text)
+        else:  # a modal: the user gets a direct message from the bot
+            client.chat_postMessage(channel=user, text=text)
+    except SlackApiError as exc:
+        log.warning("could not tell %s why a request was refused: %s", user, exc.response.get("error"))
+
+
+def hidden(message) -> str:
+    """What is shown instead of a message's text to someone who cannot read it."""
+    where = f"<#{message.channel}>" if message.channel else "an import"
+    return f"(message {message.id} from {where}: its text is shown only to members of that channel)"
+
