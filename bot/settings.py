@@ -76,6 +76,12 @@ def _positive_int(var, value):
     return int(value)
 
 
+def _count(var, value):
+    if not value.strip().isdigit():
+        raise SettingsError(f"{var}: expected a whole number (0 or more), got {value!r}")
+    return int(value)
+
+
 def _cron(var, value):
     if not value:
         return ""
@@ -158,6 +164,11 @@ SETTINGS: tuple[Setting, ...] = (
             "When to post the least-certain messages with label pickers in the report channel; empty: off."),
     Setting("redact", "SUPPORTBOT_REDACT", "false", _bool,
             "Replace email addresses, phone and card-like numbers in cleaned text (what models see and train on)."),
+    Setting("ray_address", "SUPPORTBOT_RAY_ADDRESS", "", _text,
+            "Ray cluster to train on (e.g. `gpu-host:6379`; needs the `ray` extra); empty: the worker trains "
+            "in a child process on its own machine."),
+    Setting("ray_num_gpus", "SUPPORTBOT_RAY_NUM_GPUS", "1", _count,
+            "GPUs a training run asks of the Ray cluster (0 for a CPU-only cluster)."),
     Setting("workers", "SUPPORTBOT_WORKERS", "4", _positive_int,
             "Threads that run model work and Web API calls after a request is acknowledged."),
     Setting("log_level", "SUPPORTBOT_LOG_LEVEL", "INFO", _log_level,
@@ -182,6 +193,8 @@ class Settings:
     retrain_min_new_labels: int = 50
     digest_cron: str = "0 9 * * 1-5"
     redact: bool = False
+    ray_address: str = ""
+    ray_num_gpus: int = 1
     workers: int = 4
     log_level: str = "INFO"
     extra: dict = field(default_factory=dict, compare=False, repr=False)

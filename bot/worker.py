@@ -4,16 +4,17 @@ It knows storage and the trainer, not Slack: what the channel should see goes
 into the outbox, and the bot's relay delivers it.
 
 - Claiming is atomic in SQLite, so two workers never take the same run.
-- The trainer is a child process that dies with the worker; a restarted worker
+- The trainer runs on a backend (bot.runs): a child process that dies with the
+  worker, or a Ray actor owned by it (SUPPORTBOT_RAY_ADDRESS). A restarted worker
   marks a run it finds "running" as interrupted (its partial adapter was never
-  registered, so the previous adapter keeps serving) and queues it again, once.
-- SIGTERM stops the child, marks the run interrupted and queues it again.
+  registered, so the previous adapter keeps serving) and queues it again, once;
+  so does a worker whose Ray run was lost with its node or Ray worker.
+- SIGTERM stops the run, marks the run interrupted and queues it again.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -23,7 +24,8 @@ from storage import RunConflict, open_db, outbox, runs
 
 from . import reports
 from .settings import Settings
-from .training import execute_run, kill_orphan, run_dir_for
+from .runs.local import kill_orphan
+from .training import execute_run, run_dir_for
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ class Worker:
         self.progress_every_s = progress_every_s
         self._local = threading.local()
         self.stop_requested = threading.Event()
-        self._child = None
+        self._handle = None  # the executing run's backend handle (bot.runs)
 
     @property
     def db(self):
@@ -66,20 +68,22 @@ class Worker:
                 log.warning("killed the orphaned trainer of run %d", run.id)
             runs.finish_run(self.db, run.id, "interrupted",
                             error="the worker stopped during this run; nothing it produced was registered")
-            note = "The worker stopped during this run (restart or crash)."
-            if not run.params.get("retry_of"):
-                try:
-                    again = runs.queue_run(self.db, requested_by=run.requested_by,
-                                           params={**run.params, "retry_of": run.id})
-                    note += f" Queued again as run {again.id}."
-                except RunConflict as exc:  # someone queued a run meanwhile: it trains on the same data
-                    note += f" Not queued again: {exc}."
-            else:
-                note += f" It was already a retry of run {run.params['retry_of']}: not queued again."
+            note = self._queue_again_once(run, "The worker stopped during this run (restart or crash).")
             self._say(f"run:{run.id}:report", reports.failure_payload(run.id, "interrupted", note))
             log.warning("run %d interrupted: %s", run.id, note)
             recovered.append(run.id)
         return recovered
+
+    def _queue_again_once(self, run, note: str) -> str:
+        """Queue a lost run again unless it already was a retry; returns `note` plus what was done."""
+        if not run.params.get("retry_of"):
+            try:
+                again = runs.queue_run(self.db, requested_by=run.requested_by,
+                                       params={**run.params, "retry_of": run.id})
+                return note + f" Queued again as run {again.id}."
+            except RunConflict as exc:  # someone queued a run meanwhile: it trains on the same data
+                return note + f" Not queued again: {exc}."
+        return note + f" It was already a retry of run {run.params['retry_of']}: not queued again."
 
     # -- the loop --------------------------------------------------------------------------------------------
     def run_forever(self) -> None:
@@ -105,12 +109,12 @@ class Worker:
                 last["at"] = time.time()
                 self._say(f"run:{run.id}:progress", reports.progress_payload(run.id, record, started, last["eval"]))
 
-        def remember(child) -> None:
-            self._child = child
+        def remember(handle) -> None:
+            self._handle = handle
 
         outcome = execute_run(self.settings, self.db, run, on_progress=progress, on_start=remember,
                               interrupted=self.stop_requested.is_set)
-        self._child = None
+        self._handle = None
         self._finish(outcome)
         return True
 
@@ -130,6 +134,11 @@ class Worker:
                           kind="file", after_key=key)
             log.info("run %d succeeded: adapter v%d, promoted=%s", run.id, outcome.adapter.version, outcome.promoted)
             return
+        if run.status == "interrupted" and not self.stop_requested.is_set():  # lost with its host or worker
+            note = self._queue_again_once(run, f"The run was lost: {run.error}.")
+            self._say(key, reports.failure_payload(run.id, "interrupted", note))
+            log.warning("run %d interrupted: %s", run.id, note)
+            return
         if run.status == "interrupted":
             again = runs.queue_run(self.db, requested_by=run.requested_by, params=run.params)
             self._say(key, reports.failure_payload(run.id, "interrupted",
@@ -141,11 +150,11 @@ class Worker:
 
     # -- signals ---------------------------------------------------------------------------------------------
     def handle_sigterm(self, signum, frame) -> None:
-        """Stop cleanly: the trainer child first, then the loop (the run is re-queued)."""
+        """Stop cleanly: the executing run first, then the loop (the run is re-queued)."""
         self.stop_requested.set()
-        child = self._child
-        if child is not None and child.poll() is None:
-            os.killpg(child.pid, signal.SIGTERM)
+        handle = self._handle
+        if handle is not None:
+            handle.stop()
 
 
 def main(settings: Settings) -> None:
