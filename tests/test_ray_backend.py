@@ -70,6 +70,15 @@ def streamed_metrics(settings, run_id):
                "training metrics to come back from Ray")
 
 
+def long_run_training(bot, worker, settings):
+    """Run 1, long, executing in a thread; returned once its first training metrics came back from Ray."""
+    queue(bot, {**FAST, "epochs": 200})
+    thread = threading.Thread(target=worker.run_once)
+    thread.start()
+    streamed_metrics(settings, 1)
+    return thread
+
+
 def test_backend_follows_the_settings():
     assert isinstance(backend_for(Settings()), LocalBackend)
     backend = backend_for(Settings(ray_address="gpu-host:6379", ray_num_gpus=2))
@@ -119,10 +128,7 @@ def test_retrain_through_ray_streams_progress_reports_and_promotes(on_ray):
 
 def test_cancel_through_ray_stops_the_run(on_ray):
     bot, worker, relay, settings, said = on_ray
-    queue(bot, {**FAST, "epochs": 200})
-    thread = threading.Thread(target=worker.run_once)
-    thread.start()
-    streamed_metrics(settings, 1)
+    thread = long_run_training(bot, worker, settings)
     assert bot.command("/retrain", "cancel", user=ADMIN)["text"] == "Run 1 will stop at its next training step."
     thread.join(120)
     run = runs.get_run(bot.db, 1)
@@ -137,10 +143,7 @@ def test_sigkill_of_the_ray_worker_interrupts_the_run_and_queues_it_again_once(o
     bot, worker, relay, settings, said = on_ray
     serving = adapters.register_adapter(bot.db, path="/prev", base_model="m", labels=["a"], metrics={})
     adapters.promote(bot.db, serving.version)
-    queue(bot, {**FAST, "epochs": 200})
-    thread = threading.Thread(target=worker.run_once)
-    thread.start()
-    streamed_metrics(settings, 1)
+    thread = long_run_training(bot, worker, settings)
     actor_pid = ray.get(worker._handle.actor.pid.remote())
     trainers = psutil.Process(actor_pid).children()
     assert trainers and "trainer" in trainers[0].cmdline()

@@ -109,9 +109,11 @@ class RemoteRun:
 
     def outputs(self) -> bytes:
         """Everything the trainer wrote but the metrics (already streamed): adapter, result, report, logs."""
-        data = pack(self.dir, skip=NOT_OUTPUTS)
+        return pack(self.dir, skip=NOT_OUTPUTS)
+
+    def discard(self) -> None:
+        """Remove the run directory from the node once its outputs are safe on the worker's side."""
         shutil.rmtree(self.dir, ignore_errors=True)
-        return data
 
 
 def connect(address: str) -> None:
@@ -187,6 +189,10 @@ class RayRun:
             if code is None:
                 return None
             unpack(ray.get(self.actor.outputs.remote()), self.run_dir)
+            ray.get(self.actor.discard.remote())
+        except ray.exceptions.ActorUnavailableError:  # a network blip: Ray says ActorDiedError if it is gone
+            self.pending = None
+            return None
         except ray.exceptions.RayError as exc:
             ending = _why(exc)
             log.warning("run in %s ended on Ray: %s (%s)", self.run_dir, ending.reason, exc)
