@@ -143,10 +143,32 @@ def demo_retrain(d: dict) -> str:
             f"picture after {d['seconds_to_picture']:.0f} s, {d['progress_updates']} progress updates in place.")
 
 
+def remote_training(d: dict) -> str:
+    killed = d["killed_worker"]
+    return "\n".join([
+        "| figure | value |", "| --- | --- |",
+        f"| run through Ray | {d['status']}, {num(d['ray_seconds'], 1)} s |",
+        f"| the same run on the local backend | {num(d['local_seconds'], 1)} s |",
+        f"| first progress with a training step, through Ray | {num(d['first_progress_seconds'], 1)} s |",
+        f"| `/retrain cancel` to the run ended, through Ray | {num(d['cancel_seconds'], 1)} s |",
+        f"| Ray worker SIGKILLed mid-run | run {killed['run_status']}; previous adapter "
+        f"{'still serving' if killed['serving_adapter_unchanged'] else 'NOT serving'} |"])
+
+
+def gpu_check(d: dict) -> str:
+    t, c, m = d["qlora_training"], d["classifier"], d["model"]
+    return (f"{m['architecture']} ({m['parameters'] / 1e9:.2f}B parameters) on {d['machine']['gpu']}: QLoRA "
+            f"({t['quantization']}), batch {t['batch']} x {t['sequence_length']} tokens: "
+            f"**{num(t['tokens_per_second'])} tokens/s**, peak GPU memory **{t['peak_gpu_memory_gb']} GB** "
+            f"({t['memory_after_load_gb']} GB after loading). Classifier on {c['device']}: "
+            f"{c['zero_shot']['messages_per_second']} messages/s zero-shot, "
+            f"{c['adapter']['messages_per_second']} with the adapter. Total {num(d['total_seconds'])} s.")
+
+
 RENDER = {"banking77": banking77, "banking77_recipes": recipes, "classify_speed": classify_speed,
           "classify_speed_unmerged": classify_speed,
           "sft_throughput": sft_throughput, "ack_latency": ack_latency, "mislabels": mislabels,
-          "demo_retrain": demo_retrain, "soak": soak}
+          "demo_retrain": demo_retrain, "soak": soak, "remote_training": remote_training, "gpu_check": gpu_check}
 
 if __name__ == "__main__":
     for name, render in RENDER.items():

@@ -75,6 +75,12 @@ def _positive_int(var, value):
     return int(value)
 
 
+def _count(var, value):
+    if not value.strip().isdigit():
+        raise SettingsError(f"{var}: expected a whole number (0 or more), got {value!r}")
+    return int(value)
+
+
 def _cron(var, value):
     if not value:
         return ""
@@ -163,6 +169,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("keep_run_inputs_days", "SUPPORTBOT_KEEP_RUN_INPUTS_DAYS", "30", _positive_int,
             "Days a finished training run keeps its copy of the labeled messages (`runs/run-N/*.jsonl`); "
             "metrics, reports and adapters stay."),
+    Setting("ray_address", "SUPPORTBOT_RAY_ADDRESS", "", _text,
+            "Ray cluster to train on (e.g. `gpu-host:6379`; needs the `ray` extra); empty: the worker trains "
+            "in a child process on its own machine."),
+    Setting("ray_num_gpus", "SUPPORTBOT_RAY_NUM_GPUS", "1", _count,
+            "GPUs a training run asks of the Ray cluster (0 for a CPU-only cluster)."),
     Setting("workers", "SUPPORTBOT_WORKERS", "4", _positive_int,
             "Threads that run model work and Web API calls after a request is acknowledged."),
     Setting("log_level", "SUPPORTBOT_LOG_LEVEL", "INFO", _log_level,
@@ -191,6 +202,8 @@ class Settings:
     digest_cron: str = _DEFAULTS["digest_cron"]
     redact: bool = _DEFAULTS["redact"]
     keep_run_inputs_days: int = _DEFAULTS["keep_run_inputs_days"]
+    ray_address: str = _DEFAULTS["ray_address"]
+    ray_num_gpus: int = _DEFAULTS["ray_num_gpus"]
     workers: int = _DEFAULTS["workers"]
     log_level: str = _DEFAULTS["log_level"]
 

@@ -1,18 +1,15 @@
-"""Glue between storage and the trainer: export a run, execute it as a child process, register the result.
+"""Glue between storage and the trainer: export a run, execute it on a run backend, register the result.
 
-The trainer runs in its own process (`python -m trainer RUN_DIR`), so a crash
-or an out-of-memory kill cannot take the caller down. Its metrics.jsonl is
-followed into storage as it grows. The CLI's `supportbot train` and the
-worker both use `execute_run`.
+The trainer runs in its own process (`python -m trainer RUN_DIR`), as a child
+of the caller or on a Ray cluster (bot.runs), so a crash or an out-of-memory
+kill cannot take the caller down. Its metrics.jsonl is followed into storage
+as it grows. The CLI's `supportbot train` and the worker both use `execute_run`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +18,9 @@ from typing import Callable
 from storage import adapters, labels, runs, served
 from trainer.data import write_jsonl
 from trainer.metrics import read_metrics
+from trainer.train import CANCEL_FILE
 
+from .runs.backend import Ending, RunBackend, RunHandle, backend_for
 from .serving import recorded_choice
 from .settings import Settings
 
@@ -76,70 +75,33 @@ def prepare_run(settings: Settings, db, run: runs.Run) -> Path:
     return run_dir
 
 
-PID_FILE = "trainer.pid"
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux to SIGKILL it when the worker dies (even by SIGKILL)."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass  # not Linux: recovery still kills orphans by their recorded pid
-
-
-def start_trainer(run_dir: Path) -> subprocess.Popen:
-    """The trainer as a child process in its own process group, its pid recorded in the run directory."""
-    with open(run_dir / "trainer.log", "ab") as log:  # the child writes through its own copy of the handle
-        child = subprocess.Popen([sys.executable, "-m", "trainer", str(run_dir)], stdout=log,
-                                 stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
-                                 env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-    (run_dir / PID_FILE).write_text(str(child.pid))
-    return child
-
-
-def kill_orphan(run_dir: str | Path) -> bool:
-    """Kill a trainer left running by a worker that died (its process group, if it is still a trainer)."""
-    import signal
-
-    pid_file = Path(run_dir) / PID_FILE
-    if not pid_file.exists():
-        return False
-    pid = int(pid_file.read_text() or 0)
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    if b"trainer" not in cmdline or str(run_dir).encode() not in cmdline:
-        return False  # the pid was reused by something else
-    os.killpg(pid, signal.SIGKILL)
-    return True
-
-
-def follow(db, run_id: int, run_dir: Path, child: subprocess.Popen, on_progress: Callable[[dict], None] | None = None,
-           poll_s: float = 0.5) -> int:
-    """Copy metric lines into storage while the child runs; returns its exit code."""
-    offset = 0
+def follow(db, run_id: int, run_dir: Path, handle: RunHandle, on_progress: Callable[[dict], None] | None = None,
+           poll_s: float = 0.5) -> Ending:
+    """Copy metric lines into storage while the run executes (and pass on a cancel); returns how it ended."""
+    offset, cancelled = 0, False
     while True:
+        if not cancelled and (run_dir / CANCEL_FILE).exists():
+            cancelled = True
+            handle.cancel()
         records, offset = read_metrics(run_dir / "metrics.jsonl", offset)
         if records:
             runs.add_metrics(db, run_id, [r for r in records if r["kind"] in ("train", "eval")])
             if on_progress:
                 on_progress(records[-1])
-        code = child.poll()
-        if code is not None:
+        ending = handle.poll()
+        if ending is not None:
             records, offset = read_metrics(run_dir / "metrics.jsonl", offset)
             runs.add_metrics(db, run_id, [r for r in records if r["kind"] in ("train", "eval")])
-            return code
+            return ending
         time.sleep(poll_s)
 
 
-def explain_failure(run_dir: Path, code: int, result: dict | None) -> str:
+def explain_failure(run_dir: Path, code: int | None, result: dict | None, reason: str = "") -> str:
     if result and result.get("error"):
         error = result["error"]
         return f"{error} {OOM_HINT}" if "out of memory" in error.lower() and OOM_HINT not in error else error
+    if reason:  # the backend knows more than an exit status says (a Ray task killed for memory, say)
+        return reason
     if code in (-9, 137):
         return f"the trainer was killed (signal 9), most likely by the out-of-memory killer. {OOM_HINT}"
     tail = ""
@@ -176,17 +138,19 @@ def register_result(settings: Settings, db, run: runs.Run, result: dict) -> tupl
 
 
 def execute_run(settings: Settings, db, run: runs.Run, on_progress=None, on_start=None,
-                interrupted: Callable[[], bool] = lambda: False) -> RunOutcome:
-    """Execute a claimed (running) run end to end and record how it ended.
+                interrupted: Callable[[], bool] = lambda: False, backend: RunBackend | None = None) -> RunOutcome:
+    """Execute a claimed (running) run end to end on `backend` (default: the settings') and record how it ended.
 
-    `interrupted()` true after the child exits means the worker stopped it (SIGTERM): the run is
-    marked interrupted rather than failed, and nothing it produced is registered.
+    `interrupted()` true after the run ends means the worker stopped it (SIGTERM): the run is
+    marked interrupted rather than failed, and nothing it produced is registered. So is a run
+    the backend lost (its host or worker died); its error says why.
     """
     run_dir = prepare_run(settings, db, run)
-    child = start_trainer(run_dir)
+    handle = (backend or backend_for(settings)).start(run_dir)
     if on_start:
-        on_start(child)
-    code = follow(db, run.id, run_dir, child, on_progress)
+        on_start(handle)
+    ending = follow(db, run.id, run_dir, handle, on_progress)
+    code = ending.code
     result_path = run_dir / "result.json"
     result = json.loads(result_path.read_text()) if result_path.exists() else None
     stats = (result or {}).get("data")
@@ -194,10 +158,14 @@ def execute_run(settings: Settings, db, run: runs.Run, on_progress=None, on_star
         finished = runs.finish_run(db, run.id, "interrupted", error="the worker was stopped during this run",
                                    dataset_stats=stats)
         return RunOutcome(finished, result or {}, None, False)
+    if ending.lost:
+        finished = runs.finish_run(db, run.id, "interrupted", error=ending.reason, dataset_stats=stats)
+        return RunOutcome(finished, result or {}, None, False)
     if code == 0 and result and result["status"] == "succeeded":
         adapter, promoted = register_result(settings, db, run, result)
         finished = runs.finish_run(db, run.id, "succeeded", adapter_version=adapter.version, dataset_stats=stats)
         return RunOutcome(finished, result, adapter, promoted)
     status = "cancelled" if result and result["status"] == "cancelled" else "failed"
-    finished = runs.finish_run(db, run.id, status, error=explain_failure(run_dir, code, result), dataset_stats=stats)
+    finished = runs.finish_run(db, run.id, status, error=explain_failure(run_dir, code, result, ending.reason),
+                               dataset_stats=stats)
     return RunOutcome(finished, result or {}, None, False)

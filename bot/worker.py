@@ -4,16 +4,17 @@ It knows storage and the trainer, not Slack: what the channel should see goes
 into the outbox, and the bot's relay delivers it.
 
 - Claiming is atomic in SQLite, so two workers never take the same run.
-- The trainer is a child process that dies with the worker; a restarted worker
+- The trainer runs on a backend (bot.runs): a child process that dies with the
+  worker, or a Ray actor owned by it (SUPPORTBOT_RAY_ADDRESS). A restarted worker
   marks a run it finds "running" as interrupted (its partial adapter was never
-  registered, so the previous adapter keeps serving) and queues it again, once.
-- SIGTERM stops the child, marks the run interrupted and queues it again.
+  registered, so the previous adapter keeps serving) and queues it again, once;
+  so does a worker whose Ray run was lost with its node or Ray worker.
+- SIGTERM stops the run, marks the run interrupted and queues it again.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -23,7 +24,8 @@ from storage import RunConflict, open_db, outbox, runs
 
 from . import reports
 from .settings import Settings
-from .training import execute_run, kill_orphan, run_dir_for
+from .runs.local import kill_orphan
+from .training import execute_run, run_dir_for
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ class Worker:
         self.progress_every_s = progress_every_s
         self._local = threading.local()
         self.stop_requested = threading.Event()
-        self._child = None
+        self._handle = None  # the executing run's backend handle (bot.runs)
 
     @property
     def db(self):
@@ -109,12 +111,12 @@ class Worker:
                 last["at"] = time.time()
                 self._say(f"run:{run.id}:progress", reports.progress_payload(run.id, record, started, last["eval"]))
 
-        def remember(child) -> None:
-            self._child = child
+        def remember(handle) -> None:
+            self._handle = handle
 
         outcome = execute_run(self.settings, self.db, run, on_progress=progress, on_start=remember,
                               interrupted=self.stop_requested.is_set)
-        self._child = None
+        self._handle = None
         self._finish(outcome)
         return True
 
@@ -134,6 +136,11 @@ class Worker:
                           kind="file", after_key=key)
             log.info("run %d succeeded: adapter v%d, promoted=%s", run.id, outcome.adapter.version, outcome.promoted)
             return
+        if run.status == "interrupted" and not self.stop_requested.is_set():  # lost with its host or worker
+            note = f"The run was lost: {run.error}. " + self._queue_again(run, once=True)
+            self._say(key, reports.failure_payload(run.id, "interrupted", note))
+            log.warning("run %d interrupted: %s", run.id, note)
+            return
         if run.status == "interrupted":  # a stop (SIGTERM) is no fault of the run's: queued again even if a retry
             note = "The worker was stopped. " + self._queue_again(run, once=False)
             self._say(key, reports.failure_payload(run.id, "interrupted", note))
@@ -144,11 +151,11 @@ class Worker:
 
     # -- signals ---------------------------------------------------------------------------------------------
     def handle_sigterm(self, signum, frame) -> None:
-        """Stop cleanly: the trainer child first, then the loop (the run is re-queued)."""
+        """Stop cleanly: the executing run first, then the loop (the run is re-queued)."""
         self.stop_requested.set()
-        child = self._child
-        if child is not None and child.poll() is None:
-            os.killpg(child.pid, signal.SIGTERM)
+        handle = self._handle
+        if handle is not None:
+            handle.stop()
 
 
 def main(settings: Settings) -> None:

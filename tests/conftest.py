@@ -36,14 +36,19 @@ TINY_VERSION = "tiny-llama-v1"
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(request):
-    """A tiny randomly initialised Llama (hidden 64, 2 layers) with the real SmolLM2 tokenizer.
+    """A tiny randomly initialised Llama (hidden 64, 2 layers) with the real SmolLM2 tokenizer (see build_tiny_model)."""
+    folder = Path(request.config.cache.mkdir(TINY_VERSION))
+    if (folder / "config.json").exists() and (folder / "tokenizer.json").exists():
+        return str(folder)
+    return build_tiny_model(folder)
+
+
+def build_tiny_model(folder: Path) -> str:
+    """Write the tiny Llama into `folder`. The benchmarks use it too.
 
     The weights use a larger init range than Llama's default so that logits can
     move far enough for a LoRA to learn a toy task in seconds.
     """
-    folder = Path(request.config.cache.mkdir(TINY_VERSION))
-    if (folder / "config.json").exists() and (folder / "tokenizer.json").exists():
-        return str(folder)
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 

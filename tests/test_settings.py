@@ -23,6 +23,12 @@ def test_values_parsed():
     assert s.missing_for_slack() == []
 
 
+def test_ray_settings_default_to_the_local_backend_and_one_gpu():
+    assert (load_settings({}, env_file=None).ray_address, load_settings({}, env_file=None).ray_num_gpus) == ("", 1)
+    s = load_settings({"SUPPORTBOT_RAY_ADDRESS": " gpu-host:6379 ", "SUPPORTBOT_RAY_NUM_GPUS": "0"}, env_file=None)
+    assert (s.ray_address, s.ray_num_gpus) == ("gpu-host:6379", 0)
+
+
 @pytest.mark.parametrize("var, value, expected", [
     ("SUPPORTBOT_ADMINS", "bob", "SUPPORTBOT_ADMINS: expected comma-separated Slack user ids"),
     ("SUPPORTBOT_INTAKE_CHANNELS", "#support", "SUPPORTBOT_INTAKE_CHANNELS: expected comma-separated Slack channel"),
@@ -33,6 +39,8 @@ def test_values_parsed():
     ("SUPPORTBOT_REVIEW_THRESHOLD", "high", "SUPPORTBOT_REVIEW_THRESHOLD: expected a number between 0 and 1"),
     ("SUPPORTBOT_REVIEW_THRESHOLD", "1.5", "SUPPORTBOT_REVIEW_THRESHOLD: expected a number between 0 and 1"),
     ("SUPPORTBOT_WORKERS", "0", "SUPPORTBOT_WORKERS: expected a whole number"),
+    ("SUPPORTBOT_RAY_NUM_GPUS", "-1", "SUPPORTBOT_RAY_NUM_GPUS: expected a whole number (0 or more)"),
+    ("SUPPORTBOT_RAY_NUM_GPUS", "one", "SUPPORTBOT_RAY_NUM_GPUS: expected a whole number (0 or more)"),
     ("SUPPORTBOT_DATA_DIR", " ", "SUPPORTBOT_DATA_DIR: expected a folder path"),
 ])
 def test_wrong_value_is_one_line_naming_the_variable(var, value, expected):

@@ -309,7 +309,7 @@ def test_starting_a_trainer_leaves_its_log_closed_in_the_worker(tmp_path):
     import gc
     import warnings
 
-    from bot.training import start_trainer
+    from bot.runs.local import start_trainer
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResourceWarning)
