@@ -33,7 +33,8 @@ from storage import adapters, outbox, runs  # noqa: E402
 from .test_bot import ADMIN  # noqa: E402
 from .test_worker import FAST, deliver_all, queue, relay_running, system, wait_until  # noqa: E402,F401
 
-pytestmark = pytest.mark.slow  # the module trains five times through Ray: about two minutes on two CPUs
+# The tests that use the cluster are marked slow: they train five times through Ray, about two minutes on
+# two CPUs (CI runs them with `make test`).
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +97,7 @@ def test_ray_errors_tell_lost_runs_from_failed_ones():
     assert node.lost and "node" in node.reason
 
 
+@pytest.mark.slow
 def test_retrain_through_ray_streams_progress_reports_and_promotes(on_ray):
     bot, worker, relay, settings, said = on_ray
     bot.command("/retrain", user=ADMIN)
@@ -126,6 +128,7 @@ def test_retrain_through_ray_streams_progress_reports_and_promotes(on_ray):
     assert bot.standin.calls_to("files.completeUploadExternal")  # the picture came back and was posted
 
 
+@pytest.mark.slow
 def test_cancel_through_ray_stops_the_run(on_ray):
     bot, worker, relay, settings, said = on_ray
     thread = long_run_training(bot, worker, settings)
@@ -137,6 +140,7 @@ def test_cancel_through_ray_stops_the_run(on_ray):
     assert any("Training run 1 cancelled" in c.params["text"] for c in bot.standin.calls_to("chat.postMessage"))
 
 
+@pytest.mark.slow
 def test_sigkill_of_the_ray_worker_interrupts_the_run_and_queues_it_again_once(on_ray):
     import psutil
 
@@ -158,6 +162,7 @@ def test_sigkill_of_the_ray_worker_interrupts_the_run_and_queues_it_again_once(o
     assert "Queued again as run 2" in outbox.get(bot.db, "run:1:report").payload["blocks"][0]["text"]["text"]
 
 
+@pytest.mark.slow
 def test_too_few_gpus_on_the_cluster_fails_the_run_saying_so(on_ray):
     bot, worker, relay, settings, said = on_ray
     worker.settings = dataclasses.replace(settings, ray_num_gpus=1)
@@ -168,6 +173,7 @@ def test_too_few_gpus_on_the_cluster_fails_the_run_saying_so(on_ray):
     assert "SUPPORTBOT_RAY_NUM_GPUS" in run.error
 
 
+@pytest.mark.slow
 def test_supportbot_worker_with_the_address_set_trains_on_ray_and_a_sigterm_requeues(on_ray, env, ray_head):
     bot, worker, relay, settings, said = on_ray
     queue(bot, {**FAST, "epochs": 200})

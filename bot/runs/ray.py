@@ -253,9 +253,14 @@ class RayBackend:
                                                  "pip install 'supportbot[ray]'"))
         try:
             connect(self.address)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            return Unstarted(Ending(None, lost=True, reason=f"cannot reach the Ray cluster at {self.address}: {exc}"))
-        gpus = ray.cluster_resources().get("GPU", 0)
+            gpus = ray.cluster_resources().get("GPU", 0)
+        except ray.exceptions.AuthenticationError as exc:  # trying again would not help
+            return Unstarted(Ending(None, reason=f"the Ray cluster at {self.address} refused the worker: {exc} "
+                                                 "(RAY_AUTH_MODE=token and RAY_AUTH_TOKEN from the cluster's head)"))
+        except Exception as exc:  # noqa: BLE001 - unreachable, not a node of it, ...: said in the run's error
+            first = (str(exc).splitlines() or [""])[0][:300]
+            return Unstarted(Ending(None, lost=True, reason=f"cannot reach the Ray cluster at {self.address}: "
+                                                            f"{type(exc).__name__}: {first}"))
         if gpus < self.num_gpus:
             return Unstarted(Ending(None, reason=f"the Ray cluster at {self.address} has {gpus:g} GPUs and a run asks "
                                                  f"for {self.num_gpus} (SUPPORTBOT_RAY_NUM_GPUS; 0 for a CPU cluster)"))
