@@ -139,7 +139,7 @@ def test_diverging_loss_stops_training_with_a_reason(tmp_path, losses, expected)
     from trainer.train import _callbacks
 
     cfg = TrainConfig(labels=[{"name": "a"}, {"name": "b"}])
-    report, _ = _callbacks(cfg, ListSink(), tmp_path, {})
+    report, _ = _callbacks(cfg, ListSink(), tmp_path)
     control = TrainerControl()
     for step, loss in enumerate(losses, start=1):
         report.on_log(None, SimpleNamespace(global_step=step, max_steps=10, epoch=step / 10), control,
