@@ -127,3 +127,36 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def add_serving(report: dict, train: list[dict], test: list[dict], result: dict, adapter_probs: np.ndarray | None,
+                columns: list[str], adapter_name: str) -> None:
+    """Append the embedding classifier, the ensemble and the served entry to `report` (banking77.json).
+
+    `result` is the default run's result.json (its gate chose on the run's own eval split);
+    `adapter_probs` the adapter's test-set probabilities, columns in `columns` order.
+    """
+    names = list(result["labels"])
+    gold = np.array([names.index(r["label"]) for r in test])
+    fitted, x_train, x_test, seconds = embedding_classifier(train, test, names)
+    adapter_logp = None
+    if adapter_probs is not None:
+        order = [columns.index(n) for n in names]
+        adapter_logp = np.log(np.clip(np.asarray(adapter_probs, dtype=np.float64)[:, order], 1e-30, None))
+    entries = candidate_entries(result["gate"], fitted, x_test, adapter_logp, gold, names, adapter_name)
+    for entry in entries:
+        entry.setdefault("train_seconds", seconds["fit_seconds"] if entry["kind"] == "embeddings" else None)
+        entry.setdefault("tokens_per_second", None)
+    served = served_entry(result["gate"], entries)
+    report["models"].extend(e for e in entries if e["kind"] != "adapter")  # the adapter has its own entry
+    if adapter_logp is not None:
+        calibrated = next(e for e in entries if e["kind"] == "adapter")
+        for model in report["models"]:
+            if model.get("default"):
+                model.update(ece_calibrated=calibrated["ece"], ece=_scores(
+                    "raw", "adapter", adapter_logp - np.log(np.exp(adapter_logp).sum(1, keepdims=True)), gold,
+                    names)["ece"])
+    report["models"].append(served)
+    report["gate"] = {k: result["gate"][k] for k in ("picked", "kind", "reason", "candidates")}
+    report["held_out_intents"] = held_out_intents(train, test, names, x_train, x_test)
+    report["embedding_seconds"] = seconds

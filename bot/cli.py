@@ -6,6 +6,7 @@ need them, so `supportbot --help` and the storage commands start fast.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -327,23 +328,21 @@ def train(ctx: Context, epochs: int | None, overrides: tuple[str, ...], as_json:
     if run is None:  # a running `supportbot worker` took it: it trains there and reports in Slack
         fail(f"run {queued.id} was taken by the worker; follow it with `/retrain status` "
              f"or in {run_dir_for(ctx.settings, queued.id)}")
-    bar = None
-
-    def progress(record):
-        nonlocal bar
-        if as_json or not record.get("max_steps"):
-            return
-        if bar is None:
-            bar = click.progressbar(length=record["max_steps"], label=f"Training run {run.id}", file=sys.stderr,
-                                    show_eta=True)
-            bar.__enter__()
-        bar.update(record["step"] - bar.pos)
-
     if not as_json:
         click.echo(f"Run {run.id}: {len(examples)} labeled examples; loading the base model...", err=True)
-    outcome = execute_run(ctx.settings, ctx.db, run, on_progress=progress)
-    if bar is not None:
-        bar.__exit__(None, None, None)
+    with contextlib.ExitStack() as bars:  # the bar opens when the trainer knows its step count, and always closes
+        bar = None
+
+        def progress(record):
+            nonlocal bar
+            if as_json or not record.get("max_steps"):
+                return
+            if bar is None:
+                bar = bars.enter_context(click.progressbar(length=record["max_steps"], label=f"Training run {run.id}",
+                                                           file=sys.stderr, show_eta=True))
+            bar.update(record["step"] - bar.pos)
+
+        outcome = execute_run(ctx.settings, ctx.db, run, on_progress=progress)
     result = outcome.result
     metrics = {k: result["metrics"][k] for k in ("accuracy", "macro_f1", "n")} if result.get("metrics") else {}
     if result.get("baseline"):

@@ -1,7 +1,9 @@
 """Running the app: Socket Mode (no public URL; the default when SLACK_APP_TOKEN is set) or HTTP.
 
 HTTP mode serves Bolt's single endpoint, /slack/events, for events, commands
-and interactivity, with request signatures verified.
+and interactivity, with request signatures verified, on waitress (a production
+WSGI server; one process, since the classifier and the schedule live in it)
+behind `guarded`, the middleware that refuses what is not a Slack request.
 """
 
 from __future__ import annotations
@@ -11,9 +13,8 @@ import json
 import logging
 import signal
 import threading
-from socketserver import ThreadingMixIn
+import time
 from urllib.parse import parse_qs
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from .app import create_app
 from .context import BotContext
@@ -21,23 +22,9 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    # socketserver's default backlog is 5: a burst of Slack requests (events plus retries plus commands)
-    # overflowed it and the kernel reset connections (found by bench/ack_latency.py at 50 at once).
-    request_queue_size = 256
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, *args):  # request lines would log user ids and paths at INFO
-        pass
-
-
 MAX_BODY_BYTES = 1 << 20  # Slack's requests are a few KB; anything near this is not from Slack
-
-
-DRAIN_LIMIT_BYTES = 16 << 20  # read (and drop) an oversized body up to this, so the client gets its 413
+READ_LIMIT_BYTES = 16 << 20  # the server reads a body up to this (so the guard can answer 413), refuses above
+HTTP_THREADS = 16  # requests handled at once: each only verifies, acknowledges and hands work to the pools
 
 
 def guarded(app):
@@ -55,15 +42,8 @@ def guarded(app):
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
             return refuse("400 Bad Request", "bad Content-Length")
-        if length > MAX_BODY_BYTES or length < 0:
+        if length > MAX_BODY_BYTES or length < 0:  # the server has read it already: the client gets the answer
             log.info("refused a %d-byte request (limit %d)", length, MAX_BODY_BYTES)
-            if 0 < length <= DRAIN_LIMIT_BYTES:  # unread, the client would see a reset instead of the answer
-                left = length
-                while left > 0:
-                    chunk = environ["wsgi.input"].read(min(left, 1 << 16))
-                    if not chunk:
-                        break
-                    left -= len(chunk)
             return refuse("413 Payload Too Large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
         body = environ["wsgi.input"].read(length) if length else b""
         try:
@@ -92,12 +72,37 @@ def well_formed(text: str, content_type: str) -> bool:
     return True
 
 
-def make_http_server(ctx: BotContext, host: str, port: int):
-    """A threaded WSGI server for the app (port 0: any free port)."""
+class HttpServer:
+    """waitress serving a WSGI app, with the start and stop the bot, the tests and the benchmarks use."""
+
+    def __init__(self, app, host: str, port: int):
+        from waitress.server import create_server
+
+        self._server = create_server(app, host=host, port=port, threads=HTTP_THREADS, backlog=256,
+                                     max_request_body_size=READ_LIMIT_BYTES, clear_untrusted_proxy_headers=True)
+        self.server_port = self._server.effective_port
+
+    def serve_forever(self) -> None:
+        self._server.run()
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop taking requests, let those in progress finish (up to `timeout`), then close the connections."""
+        server = self._server
+        server.accepting = False
+        server.task_dispatcher.shutdown(cancel_pending=False, timeout=timeout)
+        deadline = time.monotonic() + 1.0  # answers are written by the server's loop: let it send them
+        while time.monotonic() < deadline and any(getattr(channel, "total_outbufs_len", 0)
+                                                  for channel in list(server._map.values())):
+            time.sleep(0.01)
+        for channel in list(server._map.values()):  # an empty map ends serve_forever
+            channel.handle_close()
+
+
+def make_http_server(ctx: BotContext, host: str, port: int) -> HttpServer:
+    """The guarded app on waitress (port 0: any free port)."""
     from slack_bolt.adapter.wsgi import SlackRequestHandler
 
-    handler = guarded(SlackRequestHandler(create_app(ctx)))
-    return make_server(host, port, handler, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
+    return HttpServer(guarded(SlackRequestHandler(create_app(ctx))), host, port)
 
 
 def serve(settings: Settings, *, http: bool, host: str = "0.0.0.0", port: int = 3000) -> None:

@@ -358,12 +358,14 @@ def test_http_mode_serves_signed_requests_on_slack_events(bot):
     from bot.server import make_http_server
 
     server = make_http_server(bot.ctx, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
     try:
         body, content_type = payloads.event_callback(payloads.message_event(INTAKE, AGENT, "over http", "1700000500.1"))
         request = urllib.request.Request(f"http://127.0.0.1:{server.server_port}/slack/events", data=body.encode(),
                                          headers=payloads.signed_headers(SECRET, body, content_type), method="POST")
-        assert urllib.request.urlopen(request, timeout=10).status == 200
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200 and response.headers["Server"] == "waitress"  # not wsgiref's server
         bad = urllib.request.Request(request.full_url, data=body.encode(), method="POST",
                                      headers=payloads.signed_headers("nope", body, content_type))
         with pytest.raises(urllib.error.HTTPError) as err:
@@ -372,8 +374,9 @@ def test_http_mode_serves_signed_requests_on_slack_events(bot):
         bot.standin.wait_for("chat.postMessage")
     finally:
         server.shutdown()
-        server.server_close()
         bot.settle()
+    serving.join(10)
+    assert not serving.is_alive()  # shutdown ends serve_forever (SIGTERM relies on it)
     assert messages.count_messages(bot.db) == 1
 
 
@@ -399,7 +402,6 @@ def test_http_mode_takes_a_burst_of_50_concurrent_requests(bot):
             statuses = list(pool.map(send, range(50)))
     finally:
         server.shutdown()
-        server.server_close()
     assert statuses == [200] * 50
 
 
@@ -519,7 +521,6 @@ def test_http_mode_refuses_oversized_non_utf8_and_malformed_bodies_before_parsin
         assert status(body.encode(), payloads.signed_headers(SECRET, body, content_type)) == 200
     finally:
         server.shutdown()
-        server.server_close()
         bot.settle()
     assert messages.count_messages(bot.db) == 1
 

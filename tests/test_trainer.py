@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -138,7 +139,7 @@ def test_diverging_loss_stops_training_with_a_reason(tmp_path, losses, expected)
     from trainer.train import _callbacks
 
     cfg = TrainConfig(labels=[{"name": "a"}, {"name": "b"}])
-    report, _ = _callbacks(cfg, ListSink(), tmp_path, {})
+    report, _ = _callbacks(cfg, ListSink(), tmp_path)
     control = TrainerControl()
     for step, loss in enumerate(losses, start=1):
         report.on_log(None, SimpleNamespace(global_step=step, max_steps=10, epoch=step / 10), control,
@@ -252,3 +253,25 @@ def test_classification_metrics_list_each_label_once():
 
 def test_data_error_is_a_value_error():
     assert issubclass(DataError, ValueError) and issubclass(ConfigError, ValueError)
+
+
+def test_export_modelfile_paths_resolve_from_its_own_folder(trained, tiny_model_dir, tmp_path, monkeypatch):
+    """The bot names its model relative to its working directory; Ollama reads FROM relative to the Modelfile."""
+    import re
+
+    from trainer.export import export_adapter
+
+    run_dir, _, _ = trained
+    monkeypatch.chdir(Path(tiny_model_dir).parent)
+    out = tmp_path / "exported"
+    export_adapter(run_dir / "adapter", Path(tiny_model_dir).name, out, name="supportbot-v1")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    modelfile = (out / "Modelfile").read_text()
+    base = re.search(r"^FROM (.+)$", modelfile, re.M)[1]
+    adapter = re.search(r"^ADAPTER (.+)$", modelfile, re.M)[1]
+    assert ((out / base) / "config.json").is_file()  # as Ollama resolves it: from the Modelfile's folder
+    assert ((out / adapter) / "adapter_config.json").is_file()
+    served = (out / "vllm.txt").read_text().split()[2]
+    assert (Path(served) / "config.json").is_file()

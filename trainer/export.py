@@ -17,8 +17,14 @@ def system_prompt_of(adapter_dir: Path) -> str:
 
 def export_adapter(adapter_dir: str | Path, base_model_path: str, out_dir: str | Path, *, name: str,
                    merged: bool = False) -> list[Path]:
-    """Write `out_dir/adapter/`, `Modelfile`, `vllm.txt` and, with `merged`, `out_dir/merged/`. Returns the paths."""
+    """Write `out_dir/adapter/`, `Modelfile`, `vllm.txt` and, with `merged`, `out_dir/merged/`. Returns the paths.
+
+    Ollama reads the Modelfile's paths from the Modelfile's folder, not from where this runs: a local base
+    model is written as an absolute path (a hub id stays as it is), the adapter as `./adapter` beside it.
+    """
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
+    if Path(base_model_path).exists():
+        base_model_path = str(Path(base_model_path).resolve())
     out_dir.mkdir(parents=True, exist_ok=True)
     copied = out_dir / "adapter"
     shutil.rmtree(copied, ignore_errors=True)
