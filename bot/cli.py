@@ -376,7 +376,7 @@ def spreadsheet_safe(value):
 
 def _prediction_dict(p) -> dict:
     return {"label": p.label, "confidence": round(p.confidence, 6), "needs_review": p.needs_review,
-            "adapter_version": p.adapter_version, "zero_shot": p.zero_shot,
+            "adapter_version": p.adapter_version, "zero_shot": p.zero_shot, "model": p.model,
             "scores": {k: round(v, 6) for k, v in p.scores.items()}}
 
 
@@ -389,7 +389,7 @@ def _prediction_dict(p) -> dict:
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def classify(ctx: Context, text: str | None, in_file: Path | None, out: Path | None, text_col: str, as_json: bool):
-    """Classify TEXT, or every row of --file into --out, with the serving adapter (zero-shot before one exists)."""
+    """Classify TEXT, or every row of --file into --out, with the model that serves (README: which model answers)."""
     import csv
 
     from trainer.text import EmptyText
@@ -411,7 +411,7 @@ def classify(ctx: Context, text: str | None, in_file: Path | None, out: Path | N
         if as_json:
             click.echo(json.dumps(_prediction_dict(p)))
         else:
-            source = "zero-shot" if p.zero_shot else f"adapter v{p.adapter_version}"
+            source = p.model
             flag = "  (needs review)" if p.needs_review else ""
             click.echo(f"{p.label}  {p.confidence:.1%}  [{source}]{flag}")
             for name, prob in p.alternatives:
@@ -421,13 +421,13 @@ def classify(ctx: Context, text: str | None, in_file: Path | None, out: Path | N
     predictions = classifier.classify_many([e.text for e in examples])
     with in_file.open(newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
-    fields = list(rows[0].keys()) + ["predicted_label", "confidence", "needs_review", "adapter_version"]
+    fields = list(rows[0].keys()) + ["predicted_label", "confidence", "needs_review", "adapter_version", "model"]
     with out.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=[spreadsheet_safe(name) for name in fields])
         writer.writeheader()
         for row, p in zip(rows, predictions):
             cells = {**row, "predicted_label": p.label, "confidence": f"{p.confidence:.4f}",
-                     "needs_review": p.needs_review, "adapter_version": p.adapter_version or ""}
+                     "needs_review": p.needs_review, "adapter_version": p.adapter_version or "", "model": p.model}
             writer.writerow({spreadsheet_safe(k): spreadsheet_safe(v) for k, v in cells.items()})
     click.echo(f"Classified {len(predictions)} rows into {out}", err=True)
 
@@ -454,7 +454,7 @@ def eval_(ctx: Context, file: Path, text_col: str, label_col: str, as_json: bool
     if as_json:
         click.echo(json.dumps({k: metrics[k] for k in ("accuracy", "macro_f1", "n", "per_class")}))
         return
-    source = f"adapter v{classifier.adapter_version}" if classifier.adapter_version else "zero-shot base model"
+    source = classifier.state.name
     click.echo(f"{source}: accuracy {metrics['accuracy']:.1%}, macro-F1 {metrics['macro_f1']:.3f} "
                f"on {metrics['n']} messages")
     click.echo(f"{'label':32} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>7}")

@@ -37,10 +37,11 @@ def toy_workspace(env, monkeypatch, tiny_model_dir):
 
 def test_train_registers_and_serves_then_gates_the_next_run(toy_workspace):
     env, toy_csv = toy_workspace
-    first = json.loads(supportbot("train", "--json", *TINY_TRAINING).stdout)
+    # The first run without the other candidates: the adapter is promoted as it always was, and serves.
+    first = json.loads(supportbot("train", "--json", *TINY_TRAINING, "--set", "baseline=false").stdout)
     assert first["run"] == 1 and first["status"] == "succeeded" and first["promoted"]
     assert first["adapter_version"] == 1 and first["metrics"]["accuracy"] >= 0.75
-    assert set(first["metrics"]) >= {"accuracy", "macro_f1", "n", "baseline_accuracy"}
+    assert set(first["metrics"]) >= {"accuracy", "macro_f1", "n"}
 
     db = open_db(env / "data" / "supportbot.db")
     assert adapters.current_adapter(db).version == 1
@@ -49,35 +50,43 @@ def test_train_registers_and_serves_then_gates_the_next_run(toy_workspace):
 
     p = json.loads(supportbot("classify", "--json", "how when where can what").stdout)
     assert p["adapter_version"] == 1 and not p["zero_shot"] and p["label"] in ("complaint", "question", "feedback")
-    assert set(p) == {"label", "confidence", "needs_review", "adapter_version", "zero_shot", "scores"}
+    assert p["model"] == "adapter v1"
+    assert set(p) == {"label", "confidence", "needs_review", "adapter_version", "zero_shot", "model", "scores"}
 
     report = json.loads(supportbot("eval", str(toy_csv), "--json").stdout)
     assert report["n"] == 60 and report["accuracy"] >= 0.7 and set(report["per_class"]) == {
         "complaint", "question", "feedback"}
 
-    # A second run is compared with the serving adapter on the same split.
+    # The second run goes through the serving gate: the serving adapter, the new one, the embeddings and
+    # their ensemble on the same split; what the gate picks is what answers next.
     second = json.loads(supportbot("train", "--json", *TINY_TRAINING, "--set", "max_steps=1").stdout)
     result = json.loads((env / "data" / "runs" / "run-2" / "result.json").read_text())
     assert result["serving"]["path"].endswith("adapters/run-1")
-    assert second["promoted"] == result["promotion"]["promote"]
-    expected = 2 if second["promoted"] else 1
-    assert adapters.current_adapter(open_db(env / "data" / "supportbot.db")).version == expected
+    names = {c["name"] for c in result["gate"]["candidates"]}
+    assert names == {"new adapter", "embeddings", "new adapter + embeddings", "adapter v1"}
+    assert second["promoted"] == result["promotion"]["promote"] == result["gate"]["new"]
+    picked = {"new adapter": "adapter v2", "new adapter + embeddings": "adapter v2 + embeddings"}.get(
+        result["gate"]["picked"], result["gate"]["picked"])
+    assert json.loads(supportbot("classify", "--json", "how when where can what").stdout)["model"] == picked
 
 
-def test_classify_file_and_zero_shot_before_any_adapter(toy_workspace):
+def test_classify_file_with_the_embeddings_before_any_adapter(toy_workspace):
     env, toy_csv = toy_workspace
     out = env / "out.csv"
     supportbot("classify", "--file", str(toy_csv), "--out", str(out))
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 60 and all(r["predicted_label"] in ("complaint", "question", "feedback") for r in rows)
-    assert all(r["adapter_version"] == "" for r in rows)  # zero-shot: no adapter yet
+    # No adapter yet, but 60 labelled messages: the embedding classifier answers (and learned the toy task).
+    assert all(r["adapter_version"] == "" and r["model"] == "embeddings" for r in rows)
+    assert sum(r["predicted_label"] == r["label"] for r in rows) >= 55
     hostile = env / "hostile.csv"
     hostile.write_text('text,note\n"=HYPERLINK(""http://evil.example"",""x"")",@SUM(A1)\nplain words,-2\n')
     supportbot("classify", "--file", str(hostile), "--out", str(env / "hostile_out.csv"))
     cells = list(csv.DictReader((env / "hostile_out.csv").open()))
     assert cells[0]["text"].startswith("'=HYPERLINK(") and cells[0]["note"] == "'@SUM(A1)"
     assert cells[1]["text"] == "plain words" and cells[1]["note"] == "'-2"
-    assert json.loads(supportbot("classify", "--json", "hello there").stdout)["zero_shot"] is True
+    p = json.loads(supportbot("classify", "--json", "hello there").stdout)
+    assert p["model"] == "embeddings" and p["zero_shot"] is False
 
 
 def test_model_commands_refuse_bad_input_clearly(toy_workspace, monkeypatch):
@@ -86,6 +95,10 @@ def test_model_commands_refuse_bad_input_clearly(toy_workspace, monkeypatch):
         "Error: nothing to classify: the text is empty or only whitespace"
     result = supportbot("train", "--set", "lerning_rate=1", check=False)
     assert result.returncode == 2 and "expected KEY=VALUE with KEY one of" in result.stderr
+    # A workspace with labels but no labelled message answers zero-shot, which needs the base model.
+    monkeypatch.setenv("SUPPORTBOT_DATA_DIR", str(env / "fresh"))
+    supportbot("labels", "add", "complaint")
+    supportbot("labels", "add", "question")
     monkeypatch.setenv("SUPPORTBOT_BASE_MODEL", str(env / "missing-model"))
     result = supportbot("classify", "hello", check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr and "missing-model" in result.stderr
