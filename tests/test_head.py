@@ -107,3 +107,30 @@ def test_explicit_config_values_win_over_the_recipe(tmp_path):
     resolved = load_config(path).resolved(10, n_params=7e9)
     assert (resolved.method, resolved.target_modules, resolved.learning_rate) == ("scoring", ["q_proj"], 2e-4)
     assert resolved.recipe == "seed" and resolved.epochs == 4
+
+
+def test_the_report_says_where_early_stopping_stopped_and_counts_the_progress_steps():
+    from bot.reports import progress_payload, report_payload
+    from trainer.report import summary_markdown
+
+    training = {"stop_reason": "early_stopping", "best_step": 7, "global_step": 9, "max_steps": 12,
+                "best_epoch": 3, "train_seconds": 60, "epochs": [{"epoch": 3, "train_loss": 0.5, "eval_loss": 0.6}]}
+    result = {"status": "succeeded", "training": training, "promotion": {"promote": True, "reason": "first"},
+              "metrics": {"accuracy": 0.5, "macro_f1": 0.5, "n": 8, "per_class": {}}}
+    text = str(report_payload(1, result, 1, True)["blocks"])
+    assert "early stopping at step 9 of 12: the eval loss had not improved since step 7" in text
+    assert "9 steps" in text and "12 steps" not in text
+    finished = str(progress_payload(1, {"step": 9, "max_steps": 12, "finished": True}, 0.0, None))
+    assert "step 9/12" in finished and "stopped early at step 9 of 12" in finished
+    completed = {**training, "stop_reason": "completed", "global_step": 12}
+    report = summary_markdown({**result, "training": completed})
+    assert "all 12 steps done; best eval loss at step 7" in report and "early" not in report
+
+
+def test_head_run_progress_records_count_the_steps_the_report_counts(head_run):
+    run_dir, result = head_run
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert steps == list(range(1, result["training"]["global_step"] + 1))
+    assert all(r["max_steps"] == result["training"]["max_steps"] for r in records)
+    assert f"{result['training']['global_step']} steps" in (run_dir / "report.md").read_text()

@@ -93,6 +93,8 @@ class TrainConfig:
                          "which ends with a cue) or `mean` (the mean over the prompt's tokens).", default="last")
     head_init: str = _help("Head method: `probe` (fit the head on the base model's frozen features first, then "
                            "train it with LoRA) or `random`.", default="probe")
+    lora_layers: int = _help("LoRA on the top N transformer layers only (0 = every layer). Backpropagation then "
+                             "stops at the lowest adapted layer, so a training step costs less.", default=0)
     label_smoothing: float = _help("Head method: label smoothing of the cross-entropy.", default=0.0)
 
     def label_names(self) -> list[str]:
@@ -159,7 +161,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{name}: expected a whole number of at least 1, got {value!r}")
-    for name in ("epochs", "early_stopping_patience", "max_steps"):
+    for name in ("epochs", "early_stopping_patience", "max_steps", "lora_layers"):
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"{name}: expected a whole number of at least 0, got {value!r}")

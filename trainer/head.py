@@ -191,9 +191,9 @@ def fit_head(model, tokenizer, cfg: TrainConfig, spec: PromptSpec, train: list[d
 
     train_rows, train_y = encode(train)
     eval_rows, eval_y = encode(evaluation)
-    peft_model = get_peft_model(model, lora_config(cfg))
-    hidden = model.config.get_text_config().hidden_size if hasattr(model.config, "get_text_config") \
-        else model.config.hidden_size
+    text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    peft_model = get_peft_model(model, lora_config(cfg, text_config.num_hidden_layers))
+    hidden = text_config.hidden_size
     if cfg.head_init == "probe":  # LoRA starts as the identity, so these are the base model's features
         peft_model.eval()
         head = fit_probe(features(peft_model, train_rows, pad, cfg.pooling, cfg.batch_size * 2), train_y,
