@@ -110,10 +110,14 @@ def baselines(train: list[dict], test: list[dict]) -> list[dict]:
 
 
 def train_recipe(name: str, overrides: dict, train: list[dict], model_cache: Path, max_steps: int,
-                 folder: str = "banking77") -> dict:
+                 folder: str = "banking77", reuse: bool = False) -> dict:
     from trainer.data import write_jsonl
 
     run_dir = CACHE / folder / name
+    done = run_dir / "result.json"
+    if reuse and done.exists() and json.loads(done.read_text())["status"] == "succeeded":
+        print(f"  reusing the adapter trained in {run_dir}", flush=True)
+        return {"run_dir": run_dir, "result": json.loads(done.read_text()), "wall_seconds": None, "peak_rss_mb": None}
     if run_dir.exists():
         import shutil
 
@@ -188,6 +192,9 @@ def main() -> None:
     parser.add_argument("--search", action="store_true",
                         help="recipe search: 5 test messages per intent, rows added to banking77_recipes.json")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "banking77.json")
+    parser.add_argument("--reuse-search", action="store_true",
+                        help="evaluate the adapter the search trained for each recipe (same training data) instead "
+                             "of training it again")
     args = parser.parse_args()
 
     if args.search:
@@ -211,9 +218,12 @@ def main() -> None:
         print(f"Recipe {name}: training...", flush=True)
         overrides = RECIPES[name]
         # The search keeps its runs apart: classify_speed.py reads the full run's adapter.
-        folder = "banking77-search" if args.search else "banking77"
-        trained = train_recipe(name, overrides, train, model_cache, args.max_steps, folder=folder)
-        keep = CACHE / folder if name == DEFAULT and not args.search else None
+        folder = "banking77-search" if args.search or args.reuse_search else "banking77"
+        trained = train_recipe(name, overrides, train, model_cache, args.max_steps, folder=folder,
+                               reuse=args.reuse_search)
+        keep = CACHE / "banking77" if name == DEFAULT and not args.search else None
+        if keep:
+            keep.mkdir(parents=True, exist_ok=True)
         scores = evaluate_adapter(trained["run_dir"] / "adapter", model_cache, test, save_to=keep)
         training = trained["result"]["training"]
         config = trained["result"]["config"]
@@ -228,7 +238,7 @@ def main() -> None:
                "classify_seconds": scores["classify_seconds"], "certified_top_fraction": scores["certified_top"]}
         print(f"  {row['name']}: accuracy {row['accuracy']:.4f}, macro-F1 {row['macro_f1']:.4f}, "
               f"train {row['train_seconds']:.0f} s, {row['tokens_per_second']:.0f} tokens/s, "
-              f"peak {row['peak_rss_mb']:.0f} MB", flush=True)
+              f"peak {row['peak_rss_mb'] or 0:.0f} MB", flush=True)
         if name == DEFAULT:
             row["default"] = True
         report["models"].append(row)

@@ -21,6 +21,25 @@ sys.path.insert(0, str(REPO))
 from bench.banking77 import CACHE, DATA, machine, per_intent, read_csv  # noqa: E402
 
 
+def both_poolings(model, rows, pad_id, poolings, batch_size=32):
+    """Pooled hidden states of every row, for each pooling, from one forward pass."""
+    import torch
+
+    from trainer.head import body, pad_batch
+
+    out = {pooling: [] for pooling in poolings}
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            ids, mask = pad_batch(rows[start:start + batch_size], pad_id, "cpu")
+            hidden = body(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state.float()
+            weights = mask.unsqueeze(-1).float()
+            pooled = {"mean": (hidden * weights).sum(1) / weights.sum(1),
+                      "last": hidden[torch.arange(len(ids)), mask.sum(1) - 1]}
+            for pooling in poolings:
+                out[pooling].append(pooled[pooling])
+    return {pooling: torch.cat(parts) for pooling, parts in out.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="gemma3-270m,smollm2-135m")
@@ -33,7 +52,7 @@ def main() -> None:
 
     from trainer.data import PromptSpec
     from trainer.evaluate import classification_metrics
-    from trainer.head import features, fit_probe, head_prompt_ids
+    from trainer.head import fit_probe, head_prompt_ids
     from trainer.models import load_base_model, load_tokenizer, resolve_base_model
 
     train = per_intent(read_csv(DATA / "train.csv"), 10, seed=42)
@@ -49,13 +68,16 @@ def main() -> None:
         tokenizer, model = load_tokenizer(path), load_base_model(path, device="cpu").eval()
         rows = [head_prompt_ids(tokenizer, spec, r["text"], None, 128) for r in train]
         test_rows = [head_prompt_ids(tokenizer, spec, r["text"], None, 128) for r in test]
-        for pooling in args.poolings.split(","):
-            started = time.perf_counter()
-            x = features(model, rows, tokenizer.pad_token_id, pooling, 32)
-            seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        poolings = args.poolings.split(",")
+        train_x = both_poolings(model, rows, tokenizer.pad_token_id, poolings)  # one forward pass for every pooling
+        seconds = time.perf_counter() - started
+        test_x = both_poolings(model, test_rows, tokenizer.pad_token_id, poolings)
+        for pooling in poolings:
+            x = train_x[pooling]
             head = fit_probe(x, y, len(names))
             with torch.no_grad():
-                predicted = head(features(model, test_rows, tokenizer.pad_token_id, pooling, 32)).argmax(-1)
+                predicted = head(test_x[pooling]).argmax(-1)
             m = classification_metrics([r["label"] for r in test], [names[i] for i in predicted], names)
             row = {"name": f"{model_name} frozen + probe ({pooling})", "model": model_name, "pooling": pooling,
                    "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "features_seconds": seconds,

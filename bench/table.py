@@ -32,12 +32,15 @@ def banking77(data: dict) -> str:
 
 
 def recipes(data: dict) -> str:
-    rows = ["| recipe | overrides | accuracy | macro-F1 | epochs run | stopped | train time |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| recipe | base model | method | overrides | test rows | accuracy | macro-F1 | epochs run | stopped | "
+            "train time | tokens/s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for m in data["recipes"]:
-        rows.append(f"| {m['recipe']} | `{json.dumps(m['overrides'])}` | {pct(m['accuracy'])} | {m['macro_f1']:.4f} | "
-                    f"{num(m.get('epochs_run'), 2)} | {m.get('stop_reason')} | {num(m['train_seconds'])} s |")
-    return f"{data['protocol']}.\n\n" + "\n".join(rows)
+        rows.append(f"| {m['recipe']} | {m.get('base_model', 'smollm2-135m')} | {m.get('method', 'scoring')} | "
+                    f"`{json.dumps(m['overrides'])}` | {m.get('test_rows', '-')} | {pct(m['accuracy'])} | "
+                    f"{m['macro_f1']:.4f} | {num(m.get('epochs_run'), 2)} | {m.get('stop_reason', '-')} | "
+                    f"{num(m['train_seconds'])} s | {num(m.get('tokens_per_second'))} |")
+    notes = "".join(f"\n\n{note}" for note in data.get("notes", []))
+    return f"{data['protocol']}.\n\n" + "\n".join(rows) + notes
 
 
 def classify_speed(d: dict) -> str:
