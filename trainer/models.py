@@ -128,6 +128,14 @@ def use_4bit(quantization: str, device: str) -> bool:
     return quantization == "4bit" or (quantization == "auto" and device == "cuda")
 
 
+# Gemma's turn format, for tokenizers that come without a chat template (Gemma 3 270M's GGUF has none).
+# Label scoring (zero-shot, and the `scoring` method) builds its prompts with the chat template; a system
+# turn is written as a user turn, as Gemma has no system role.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else 'user' }}\n"
+    "{{ m['content'] }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
@@ -135,6 +143,8 @@ def load_tokenizer(path: str):
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if not getattr(tokenizer, "chat_template", None) and "<start_of_turn>" in tokenizer.get_vocab():
+        tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
     return tokenizer
 
 
