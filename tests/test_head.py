@@ -134,3 +134,18 @@ def test_head_run_progress_records_count_the_steps_the_report_counts(head_run):
     assert steps == list(range(1, result["training"]["global_step"] + 1))
     assert all(r["max_steps"] == result["training"]["max_steps"] for r in records)
     assert f"{result['training']['global_step']} steps" in (run_dir / "report.md").read_text()
+
+
+def test_lora_on_the_top_layers_only_adapts_those_layers(tiny_model_dir):
+    from peft import get_peft_model
+
+    from trainer.config import TrainConfig
+    from trainer.models import load_base_model
+    from trainer.train import lora_config
+
+    cfg = TrainConfig(labels=[{"name": "a"}, {"name": "b"}], lora_layers=1).resolved(10, n_params=1e6)
+    model = get_peft_model(load_base_model(tiny_model_dir, device="cpu"), lora_config(cfg, 2))
+    adapted = {name.split(".layers.")[1].split(".")[0] for name, _ in model.named_parameters() if "lora_" in name}
+    assert adapted == {"1"}  # the top one of the tiny model's 2 layers
+    assert TrainConfig(labels=[{"name": "a"}, {"name": "b"}]).resolved(10, n_params=135e6).lora_layers == 6
+    assert TrainConfig(labels=[{"name": "a"}, {"name": "b"}]).resolved(10, n_params=7e9).lora_layers == 0

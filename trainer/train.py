@@ -192,7 +192,7 @@ def fit(model, tokenizer, cfg: TrainConfig, train_rows: list[dict], eval_rows: l
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     set_seed(cfg.seed)
-    peft_model = get_peft_model(model, lora_config(cfg))
+    peft_model = get_peft_model(model, lora_config(cfg, model.config.get_text_config().num_hidden_layers))
     holder: dict = {}
     report, stopper = _callbacks(cfg, sink, run_dir, holder)
     trainer = _sft_trainer_class()(
