@@ -62,6 +62,8 @@ RECIPES = {
     "head-gemma-no-aug": {"method": "head", "base_model": "gemma3-270m", "injection_augmentation": 0.0},
     "head-gemma-2ep": {"method": "head", "base_model": "gemma3-270m", "epochs": 2},
     "head-gemma-top6-3ep": {"method": "head", "base_model": "gemma3-270m", "lora_layers": 6, "epochs": 3},
+    "head-gemma-top6-1ep-lr1e-4": {"method": "head", "base_model": "gemma3-270m", "lora_layers": 6, "epochs": 1,
+                                   "learning_rate": 1e-4},
     "head-gemma-top6-3ep-random-init": {"method": "head", "base_model": "gemma3-270m", "lora_layers": 6, "epochs": 3,
                                         "head_init": "random"},
 }

@@ -149,3 +149,12 @@ def test_lora_on_the_top_layers_only_adapts_those_layers(tiny_model_dir):
     assert adapted == {"1"}  # the top one of the tiny model's 2 layers
     assert TrainConfig(labels=[{"name": "a"}, {"name": "b"}]).resolved(10, n_params=135e6).lora_layers == 6
     assert TrainConfig(labels=[{"name": "a"}, {"name": "b"}]).resolved(10, n_params=7e9).lora_layers == 0
+
+
+def test_the_verdict_says_when_the_eval_split_is_too_small_to_tell():
+    from trainer.report import baseline_verdict
+
+    baseline = {"method": "MiniLM", "accuracy": 0.75}
+    small = baseline_verdict({"accuracy": 0.375, "n": 8}, baseline)
+    assert "beats the adapter by 37.5 points" in small and "With 8 held-out examples one message moves" in small
+    assert "held-out examples one message" not in baseline_verdict({"accuracy": 0.5, "n": 400}, baseline)

@@ -51,9 +51,17 @@ def baseline_verdict(adapter: dict, baseline: dict | None) -> str:
         return (f"The adapter and the cheap baseline ({baseline['method']}) are within 2 points "
                 f"({adapter['accuracy']:.1%} vs {baseline['accuracy']:.1%}): fine-tuning does not clearly earn "
                 f"its cost on this data yet.")
-    return (f"The cheap baseline ({baseline['method']}) beats the adapter by {-gap * 100:.1f} points "
-            f"({baseline['accuracy']:.1%} vs {adapter['accuracy']:.1%}): on this data fine-tuning does not earn "
-            f"its cost yet; more labeled examples or a larger base model may change that.")
+    verdict = (f"The cheap baseline ({baseline['method']}) beats the adapter by {-gap * 100:.1f} points "
+               f"({baseline['accuracy']:.1%} vs {adapter['accuracy']:.1%}): on this data fine-tuning does not earn "
+               f"its cost yet; more labeled examples or a larger base model may change that.")
+    n = adapter.get("n") or 0
+    if 0 < n < SMALL_EVAL:
+        verdict += (f" With {n} held-out examples one message moves accuracy by {100 / n:.1f} points, and "
+                    f"early stopping judges the adapter on those few: too few labeled messages to tell yet.")
+    return verdict
+
+
+SMALL_EVAL = 50  # held-out examples below which the verdict says how little they can tell
 
 
 def summary_markdown(result: dict) -> str:
