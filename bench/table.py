@@ -28,7 +28,8 @@ def banking77(data: dict) -> str:
                     if m.get("peak_rss_mb") else
                     f"| {m['name']} | {pct(m['accuracy'])} | {m['macro_f1']:.4f} | {num(m['train_seconds'], 1)} s | "
                     f"{num(m.get('tokens_per_second'))} | - |")
-    return f"{data['protocol']}.\n\n" + "\n".join(rows)
+    notes = "".join(f"\n\n{note}" for note in data.get("notes", []))
+    return f"{data['protocol']}.\n\n" + "\n".join(rows) + notes
 
 
 def recipes(data: dict) -> str:
