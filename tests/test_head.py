@@ -101,7 +101,7 @@ def test_explicit_config_values_win_over_the_recipe(tmp_path):
     cfg = TrainConfig(labels=[{"name": "a"}, {"name": "b"}], learning_rate=5e-4)
     small = cfg.resolved(10, n_params=135e6)
     assert small.learning_rate == 5e-4 and small.target_modules == ALL_LINEAR and small.method == "head"
-    assert TrainConfig(labels=[{"name": "a"}, {"name": "b"}]).resolved(10, n_params=135e6).learning_rate == 1e-3
+    assert TrainConfig(labels=[{"name": "a"}, {"name": "b"}]).resolved(10, n_params=135e6).learning_rate == 1e-4
     path = tmp_path / "config.json"
     path.write_text('{"labels": [{"name": "a"}, {"name": "b"}], "method": "scoring", "target_modules": ["q_proj"]}')
     resolved = load_config(path).resolved(10, n_params=7e9)
