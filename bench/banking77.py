@@ -1,4 +1,4 @@
-"""Banking77 few-shot benchmark: the embedded model's adapter against cheap baselines.
+"""Banking77 few-shot benchmark: fine-tuned adapters against cheap baselines.
 
 Protocol (issue: Trainer): 10 examples per intent drawn from train.csv with seed 42 (770),
 evaluated on test.csv (3,080 rows, or --test-per-intent N per intent for a quicker search).
@@ -8,8 +8,14 @@ early stopping); the baselines fit all 770.
 Each recipe trains in a child process (`python -m trainer RUN_DIR`, as the worker runs it)
 so its peak memory is its own. Writes bench/results/banking77.json (or --out).
 
+The default recipe's run also leaves, for adding other models to the same run without
+retraining, under bench/.cache/banking77/:
+  test_probabilities.npy   float32 [test rows in test.csv order, labels]: the adapter's probabilities
+  test_labels.json         {"labels": column order (sorted label names), "rows": number of test rows}
+  eval_predictions.jsonl   the trainer's eval split, each row with "scores" (probability per label)
+
     python bench/banking77.py                                   # default recipe, full test set
-    python bench/banking77.py --recipes seed,small-model --test-per-intent 10
+    python bench/banking77.py --search --recipes head-gemma,head-smollm2   # search: 385 test rows
 """
 
 from __future__ import annotations
@@ -32,14 +38,35 @@ sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data" / "banking77"
 CACHE = REPO / "bench" / ".cache"
 
-# Recipes tried (config overrides on top of the trainer's defaults).
+# Recipes tried (config overrides on top of the trainer's defaults). `default` is what an empty config gets.
+DEFAULT = "default"
 RECIPES = {
-    "seed": {"recipe": "seed"},
-    "seed-raw-labels": {"recipe": "seed", "label_verbalizer": "raw"},
-    "small-model": {"recipe": "small-model"},
-    "small-model-6ep": {"recipe": "small-model", "epochs": 6},
-    "small-model-r32": {"recipe": "small-model", "lora_r": 32, "lora_alpha": 64},
-    "small-model-no-aug": {"recipe": "small-model", "injection_augmentation": 0.0},
+    DEFAULT: {},
+    "seed": {"recipe": "seed", "method": "scoring", "base_model": "smollm2-135m"},
+    "seed-raw-labels": {"recipe": "seed", "method": "scoring", "label_verbalizer": "raw",
+                        "base_model": "smollm2-135m"},
+    "small-model": {"recipe": "small-model", "method": "scoring", "base_model": "smollm2-135m"},
+    "small-model-6ep": {"recipe": "small-model", "method": "scoring", "epochs": 6, "base_model": "smollm2-135m"},
+    "small-model-r32": {"recipe": "small-model", "method": "scoring", "lora_r": 32, "lora_alpha": 64,
+                        "base_model": "smollm2-135m"},
+    "small-model-no-aug": {"recipe": "small-model", "method": "scoring", "injection_augmentation": 0.0,
+                           "base_model": "smollm2-135m"},
+    "head-smollm2": {"method": "head", "base_model": "smollm2-135m"},
+    "head-gemma": {"method": "head", "base_model": "gemma3-270m"},
+    "head-gemma-seed7": {"method": "head", "base_model": "gemma3-270m", "seed": 7},
+    "head-gemma-mean": {"method": "head", "base_model": "gemma3-270m", "pooling": "mean"},
+    "head-gemma-random-init": {"method": "head", "base_model": "gemma3-270m", "head_init": "random"},
+    "head-gemma-lr3e-4": {"method": "head", "base_model": "gemma3-270m", "learning_rate": 3e-4},
+    "head-gemma-6ep": {"method": "head", "base_model": "gemma3-270m", "epochs": 6},
+    "head-gemma-smooth": {"method": "head", "base_model": "gemma3-270m", "label_smoothing": 0.1},
+    "head-gemma-no-aug": {"method": "head", "base_model": "gemma3-270m", "injection_augmentation": 0.0},
+    "head-gemma-2ep": {"method": "head", "base_model": "gemma3-270m", "epochs": 2},
+    "head-gemma-top6-3ep": {"method": "head", "base_model": "gemma3-270m", "lora_layers": 6, "epochs": 3,
+                            "learning_rate": 1e-3},
+    "head-gemma-top6-1ep-lr1e-4": {"method": "head", "base_model": "gemma3-270m", "lora_layers": 6, "epochs": 1,
+                                   "learning_rate": 1e-4},
+    "head-gemma-top6-3ep-random-init": {"method": "head", "base_model": "gemma3-270m", "lora_layers": 6, "epochs": 3,
+                                        "head_init": "random"},
 }
 
 
@@ -88,17 +115,21 @@ def baselines(train: list[dict], test: list[dict]) -> list[dict]:
 
 
 def train_recipe(name: str, overrides: dict, train: list[dict], model_cache: Path, max_steps: int,
-                 folder: str = "banking77") -> dict:
+                 folder: str = "banking77", reuse: bool = False) -> dict:
     from trainer.data import write_jsonl
 
     run_dir = CACHE / folder / name
+    done = run_dir / "result.json"
+    if reuse and done.exists() and json.loads(done.read_text())["status"] == "succeeded":
+        print(f"  reusing the adapter trained in {run_dir}", flush=True)
+        return {"run_dir": run_dir, "result": json.loads(done.read_text()), "wall_seconds": None, "peak_rss_mb": None}
     if run_dir.exists():
         import shutil
 
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     labels = sorted({r["label"] for r in train})
-    config = {"labels": [{"name": n} for n in labels], "base_model": "embedded", "model_cache_dir": str(model_cache),
+    config = {"labels": [{"name": n} for n in labels], "model_cache_dir": str(model_cache),
               "baseline": False, **overrides}
     if max_steps:
         config["max_steps"] = max_steps
@@ -116,17 +147,18 @@ def train_recipe(name: str, overrides: dict, train: list[dict], model_cache: Pat
             "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
-def evaluate_adapter(adapter_dir: Path, model_cache: Path, test: list[dict]) -> dict:
+def evaluate_adapter(adapter_dir: Path, model_cache: Path, test: list[dict], save_to: Path | None = None) -> dict:
+    """Test metrics of the adapter through the serving classifier; with `save_to`, its probability matrix too."""
     import torch
 
     from trainer.classify import Classifier
     from trainer.evaluate import classification_metrics
     from trainer.models import resolve_base_model
-
-    labels = json.loads((adapter_dir / "supportbot.json").read_text())["prompt"]["labels"]
     from trainer.prompts import LabelInfo
 
-    classifier = Classifier.load(resolve_base_model("embedded", model_cache),
+    meta = json.loads((adapter_dir / "supportbot.json").read_text())
+    labels = meta["prompt"]["labels"]
+    classifier = Classifier.load(resolve_base_model(meta["base_model"], model_cache),
                                  [LabelInfo(label["name"]) for label in labels], batch_size=32)
     classifier.use_adapter(adapter_dir, version=1)
     started = time.perf_counter()
@@ -134,20 +166,40 @@ def evaluate_adapter(adapter_dir: Path, model_cache: Path, test: list[dict]) -> 
         predictions = classifier.classify_many([r["text"] for r in test])
     seconds = time.perf_counter() - started
     m = classification_metrics([r["label"] for r in test], [p.label for p in predictions], classifier.labels)
+    if save_to is not None:
+        import shutil
+
+        import numpy as np
+
+        columns = sorted(classifier.labels)
+        matrix = np.array([[p.scores.get(name, 0.0) for name in columns] for p in predictions], dtype=np.float32)
+        np.save(save_to / "test_probabilities.npy", matrix)
+        (save_to / "test_labels.json").write_text(json.dumps({"labels": columns, "rows": len(test)}))
+        shutil.copy(adapter_dir.parent / "eval_predictions.jsonl", save_to / "eval_predictions.jsonl")
     return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "classify_seconds": seconds,
             "certified_top": sum(p.certified for p in predictions) / len(predictions)}
 
 
+def model_label(result: dict) -> str:
+    config = result["config"]
+    base = {"smollm2-135m": "SmolLM2-135M", "embedded": "SmolLM2-135M", "gemma3-270m": "Gemma 3 270M"}.get(
+        config["base_model"], config["base_model"])
+    return f"{base} LoRA + {'head' if config['method'] == 'head' else 'label scoring'}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipes", default="small-model", help=f"comma-separated, from: {', '.join(RECIPES)}")
+    parser.add_argument("--recipes", default=DEFAULT, help=f"comma-separated, from: {', '.join(RECIPES)}")
     parser.add_argument("--per-intent", type=int, default=10)
     parser.add_argument("--test-per-intent", type=int, default=0, help="0 = the whole test set")
     parser.add_argument("--max-steps", type=int, default=0, help="cap optimizer steps (smoke runs)")
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--search", action="store_true",
-                        help="recipe search: 1 epoch each, 5 test messages per intent, results to banking77_recipes.json")
+                        help="recipe search: 5 test messages per intent, rows added to banking77_recipes.json")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "banking77.json")
+    parser.add_argument("--reuse-search", action="store_true",
+                        help="evaluate the adapter the search trained for each recipe (same training data) instead "
+                             "of training it again")
     args = parser.parse_args()
 
     if args.search:
@@ -161,20 +213,28 @@ def main() -> None:
     if args.test_per_intent:
         test = per_intent(test, args.test_per_intent, seed=42)
     print(f"Banking77: {len(train)} training examples, {len(test)} test rows", flush=True)
-    protocol = (f"{args.per_intent} per intent from train.csv (seed 42); {len(test)} test rows"
-                + ("; recipe search: 1 epoch each" if args.search else ""))
+    protocol = f"{args.per_intent} per intent from train.csv (seed 42); {len(test)} test rows"
     report = {"benchmark": "banking77", "protocol": protocol, "machine": machine(), "models": [], "recipes": []}
+    if args.search and args.out.exists():  # the search adds to the variants measured before
+        report["recipes"] = json.loads(args.out.read_text()).get("recipes", [])
     if not args.no_baselines:
-        report["models"].extend(baselines(train, test))
+        report["models"].extend({**row, "role": "baseline"} for row in baselines(train, test))
     for name in args.recipes.split(","):
         print(f"Recipe {name}: training...", flush=True)
-        overrides = {**RECIPES[name], "epochs": 1} if args.search else RECIPES[name]
+        overrides = RECIPES[name]
         # The search keeps its runs apart: classify_speed.py reads the full run's adapter.
-        trained = train_recipe(name, overrides, train, model_cache, args.max_steps,
-                               folder="banking77-search" if args.search else "banking77")
-        scores = evaluate_adapter(trained["run_dir"] / "adapter", model_cache, test)
+        folder = "banking77-search" if args.search or args.reuse_search else "banking77"
+        trained = train_recipe(name, overrides, train, model_cache, args.max_steps, folder=folder,
+                               reuse=args.reuse_search)
+        keep = CACHE / "banking77" if name == DEFAULT and not args.search else None
+        if keep:
+            keep.mkdir(parents=True, exist_ok=True)
+        scores = evaluate_adapter(trained["run_dir"] / "adapter", model_cache, test, save_to=keep)
         training = trained["result"]["training"]
-        row = {"name": f"SmolLM2-135M LoRA ({name})", "recipe": name, "overrides": overrides,
+        config = trained["result"]["config"]
+        row = {"name": f"{model_label(trained['result'])} ({name})", "role": "adapter", "recipe": name,
+               "overrides": overrides, "method": config["method"], "base_model": config["base_model"],
+               "test_rows": len(test),
                "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"],
                "train_seconds": training["train_seconds"], "tokens_per_second": training["tokens_per_second"],
                "peak_rss_mb": trained["peak_rss_mb"], "epochs_run": (training["epochs"] or [{}])[-1].get("epoch"),
@@ -183,8 +243,11 @@ def main() -> None:
                "classify_seconds": scores["classify_seconds"], "certified_top_fraction": scores["certified_top"]}
         print(f"  {row['name']}: accuracy {row['accuracy']:.4f}, macro-F1 {row['macro_f1']:.4f}, "
               f"train {row['train_seconds']:.0f} s, {row['tokens_per_second']:.0f} tokens/s, "
-              f"peak {row['peak_rss_mb']:.0f} MB", flush=True)
+              f"peak {row['peak_rss_mb'] or 0:.0f} MB", flush=True)
+        if name == DEFAULT:
+            row["default"] = True
         report["models"].append(row)
+        report["recipes"] = [r for r in report["recipes"] if (r["recipe"], r.get("test_rows")) != (name, len(test))]
         report["recipes"].append(row)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2))

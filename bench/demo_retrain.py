@@ -1,4 +1,5 @@
-"""How long the first /retrain on the demo set takes with the embedded 135M model on CPU (the local workspace).
+"""How long the first /retrain on the demo set takes with the default base model on CPU (the local workspace),
+and how its adapter compares with the baseline on its own split.
 
 Starts the local stack (workspace, bot, worker) on a fresh data folder, types /retrain as the page does,
 and waits for the report and its picture in #training. Writes bench/results/demo_retrain.json.
@@ -27,8 +28,9 @@ def main():
     settings = load_settings({"SUPPORTBOT_DATA_DIR": str(data)}, env_file=None)
     models = data / "models"
     models.mkdir(parents=True)
-    if (converted / "smollm2-135m-instruct").exists():
-        (models / "smollm2-135m-instruct").symlink_to((converted / "smollm2-135m-instruct").resolve())
+    for folder in ("smollm2-135m-instruct", "gemma-3-270m"):
+        if (converted / folder).exists():
+            (models / folder).symlink_to((converted / folder).resolve())
     stack = LocalStack(settings, port=0).start()
     try:
         started = time.perf_counter()
@@ -49,7 +51,15 @@ def main():
                       if ch == REPORTS and ("finished" in m["text"] or "failed" in m["text"])), {})
     finally:
         stack.stop()
+    run = next(iter(sorted(data.rglob("result.json"))), None)
+    outcome = json.loads(run.read_text()) if run else {}
+    baseline = outcome.get("baseline") or {}
     result = {"benchmark": "demo_retrain", "machine": machine(), "examples": 36,
+              "base_model": settings.base_model, "method": (outcome.get("config") or {}).get("method"),
+              "adapter_accuracy": (outcome.get("metrics") or {}).get("accuracy"),
+              "baseline_accuracy": baseline.get("accuracy"), "baseline": baseline.get("method"),
+              "eval_examples": (outcome.get("metrics") or {}).get("n"), "verdict": outcome.get("verdict"),
+              "train_seconds": (outcome.get("training") or {}).get("train_seconds"),
               "seconds_to_first_progress": first_progress, "seconds_to_report": report,
               "seconds_to_picture": picture, "progress_updates": updates, "report": final.get("text")}
     out = REPO / "bench" / "results" / "demo_retrain.json"

@@ -28,16 +28,20 @@ def banking77(data: dict) -> str:
                     if m.get("peak_rss_mb") else
                     f"| {m['name']} | {pct(m['accuracy'])} | {m['macro_f1']:.4f} | {num(m['train_seconds'], 1)} s | "
                     f"{num(m.get('tokens_per_second'))} | - |")
-    return f"{data['protocol']}.\n\n" + "\n".join(rows)
+    notes = "".join(f"\n\n{note}" for note in data.get("notes", []))
+    return f"{data['protocol']}.\n\n" + "\n".join(rows) + notes
 
 
 def recipes(data: dict) -> str:
-    rows = ["| recipe | overrides | accuracy | macro-F1 | epochs run | stopped | train time |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| recipe | base model | method | overrides | test rows | accuracy | macro-F1 | epochs run | stopped | "
+            "train time | tokens/s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for m in data["recipes"]:
-        rows.append(f"| {m['recipe']} | `{json.dumps(m['overrides'])}` | {pct(m['accuracy'])} | {m['macro_f1']:.4f} | "
-                    f"{num(m.get('epochs_run'), 2)} | {m.get('stop_reason')} | {num(m['train_seconds'])} s |")
-    return f"{data['protocol']}.\n\n" + "\n".join(rows)
+        rows.append(f"| {m['recipe']} | {m.get('base_model', 'smollm2-135m')} | {m.get('method', 'scoring')} | "
+                    f"`{json.dumps(m['overrides'])}` | {m.get('test_rows', '-')} | {pct(m['accuracy'])} | "
+                    f"{m['macro_f1']:.4f} | {num(m.get('epochs_run'), 2)} | {m.get('stop_reason', '-')} | "
+                    f"{num(m['train_seconds'])} s | {num(m.get('tokens_per_second'))} |")
+    notes = "".join(f"\n\n{note}" for note in data.get("notes", []))
+    return f"{data['protocol']}.\n\n" + "\n".join(rows) + notes
 
 
 def classify_speed(d: dict) -> str:
@@ -138,9 +142,15 @@ def soak(d: dict) -> str:
 
 
 def demo_retrain(d: dict) -> str:
-    return (f"First `/retrain` on the {d['examples']} demo emails in the local workspace, embedded 135M model on CPU: "
-            f"first progress after {d['seconds_to_first_progress']:.0f} s, report after {d['seconds_to_report']:.0f} s, "
-            f"picture after {d['seconds_to_picture']:.0f} s, {d['progress_updates']} progress updates in place.")
+    model = f"{d['base_model']}, {d['method']}" if d.get("base_model") else "embedded 135M model"
+    text = (f"First `/retrain` on the {d['examples']} demo emails in the local workspace ({model}) on CPU: "
+            f"first progress after {num(d['seconds_to_first_progress'])} s, report after "
+            f"{num(d['seconds_to_report'])} s, picture after {num(d['seconds_to_picture'])} s, "
+            f"{d['progress_updates']} progress updates in place.")
+    if d.get("adapter_accuracy") is not None:
+        text += (f" Adapter {pct(d['adapter_accuracy'])} on its {d['eval_examples']} held-out emails, baseline "
+                 f"({d['baseline']}) {pct(d['baseline_accuracy'])}. {d.get('verdict') or ''}")
+    return text
 
 
 def remote_training(d: dict) -> str:
@@ -165,7 +175,15 @@ def gpu_check(d: dict) -> str:
             f"{c['adapter']['messages_per_second']} with the adapter. Total {num(d['total_seconds'])} s.")
 
 
-RENDER = {"banking77": banking77, "banking77_recipes": recipes, "classify_speed": classify_speed,
+def probe(data: dict) -> str:
+    rows = ["| base model (frozen) | pooling | accuracy | macro-F1 |", "| --- | --- | --- | --- |"]
+    for m in data["models"]:
+        rows.append(f"| {m['model']} | {m['pooling']} | {pct(m['accuracy'])} | {m['macro_f1']:.4f} |")
+    notes = "".join(f"\n\n{note}" for note in data.get("notes", []))
+    return f"{data['protocol']}.\n\n" + "\n".join(rows) + notes
+
+
+RENDER = {"banking77": banking77, "banking77_recipes": recipes, "banking77_probe": probe, "classify_speed": classify_speed,
           "classify_speed_unmerged": classify_speed,
           "sft_throughput": sft_throughput, "ack_latency": ack_latency, "mislabels": mislabels,
           "demo_retrain": demo_retrain, "soak": soak, "remote_training": remote_training, "gpu_check": gpu_check}

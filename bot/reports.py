@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from trainer.evaluate import worst_classes
+from trainer.report import stop_text
 
 from .mrkdwn import code, escape
 
@@ -22,8 +23,8 @@ def progress_payload(run_id: int, record: dict, started: float, last_eval: float
     step, total = record.get("step") or 0, record.get("max_steps") or 0
     fraction = step / total if total else 0.0
     elapsed = time.time() - started
-    if fraction >= 1:
-        eta = "done"
+    if fraction >= 1 or record.get("finished"):  # finished: also when early stopping ended it before the last step
+        eta = "done" if fraction >= 1 else f"done: stopped early at step {step} of {total}"
     elif fraction > 0.02:
         eta = f"{(elapsed / fraction - elapsed) / 60:.0f} min left"
     else:
@@ -48,8 +49,6 @@ def loss_table(epochs: list[dict]) -> str:
     return "```\n" + "\n".join(rows) + "\n```"
 
 
-STOP_REASONS = {"early_stopping": "eval loss stopped improving (early stopping)", "completed": "all epochs done",
-                "max_steps": "step limit reached", "cancelled": "cancelled"}
 
 
 def named(name: str, adapter_version: int | None) -> str:
@@ -83,7 +82,7 @@ def report_payload(run_id: int, result: dict, adapter_version: int | None, promo
                     f"({metrics['macro_f1'] - sm['macro_f1']:+.3f})")
     lines = [compare + ".",
              f"Best epoch {training.get('best_epoch')}; stopped: "
-             f"{STOP_REASONS.get(training['stop_reason'], training['stop_reason'])}; "
+             f"{stop_text(training)}; "
              f"{training['global_step']} steps in {training['train_seconds'] / 60:.1f} min.",
              ("Serving " if gate else ("Promoted: " if promoted else "Not promoted: "))
              + named(result["promotion"]["reason"], adapter_version) + "."]

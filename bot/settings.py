@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlparse
 
-from trainer.models import EMBEDDED
+from trainer.models import DEFAULT_BASE_MODEL
 
 
 class SettingsError(ValueError):
@@ -133,9 +133,9 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("data_dir", "SUPPORTBOT_DATA_DIR", "./data", _path,
             "Folder for the database, adapters, training runs and the model cache."),
-    Setting("base_model", "SUPPORTBOT_BASE_MODEL", EMBEDDED, _text,
-            "Base model: `embedded` (SmolLM2-135M-Instruct shipped with the package), "
-            "a Hugging Face hub id, or a local folder."),
+    Setting("base_model", "SUPPORTBOT_BASE_MODEL", DEFAULT_BASE_MODEL, _text,
+            "Base model: `gemma3-270m` (Gemma 3 270M, Gemma Terms of Use), `smollm2-135m` or `embedded` "
+            "(SmolLM2-135M-Instruct), both shipped as packages; a Hugging Face hub id, or a local folder."),
     Setting("slack_bot_token", "SLACK_BOT_TOKEN", "", _token("xoxb-"),
             "Bot token (`xoxb-...`) from the Slack app's OAuth page.", secret=True),
     Setting("slack_app_token", "SLACK_APP_TOKEN", "", _token("xapp-"),

@@ -126,8 +126,9 @@ class Worker:
         if run.status == "succeeded":
             result = outcome.result
             self._say(f"run:{run.id}:progress", reports.progress_payload(
-                run.id, {"step": result["training"]["max_steps"], "max_steps": result["training"]["max_steps"],
-                         "epoch": (result["training"]["epochs"] or [{}])[-1].get("epoch")}, time.time(), None))
+                run.id, {"step": result["training"]["global_step"], "max_steps": result["training"]["max_steps"],
+                         "epoch": (result["training"]["epochs"] or [{}])[-1].get("epoch"), "finished": True},
+                time.time(), None))
             self._say(key, reports.report_payload(run.id, result, outcome.adapter.version, outcome.promoted))
             picture = Path(result["adapter_dir"]).parent / "report.png"
             if picture.exists():

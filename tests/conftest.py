@@ -86,7 +86,7 @@ def toy_config(base_model, **overrides):
     config = {"labels": [{"name": n, "description": f"{n} messages"} for n in TOY_WORDS], "base_model": base_model,
               "learning_rate": 1e-2, "epochs": 8, "grad_accum": 1, "lora_dropout": 0.0, "baseline": False,
               "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-              "early_stopping_patience": 0}
+              "early_stopping_patience": 0, "method": "scoring"}
     config.update(overrides)
     return config
 

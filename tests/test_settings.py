@@ -1,12 +1,12 @@
 import pytest
 
 from bot.settings import SettingsError, load_settings, settings_table
-from trainer.models import EMBEDDED
+from trainer.models import DEFAULT_BASE_MODEL
 
 
 def test_defaults(tmp_path):
     s = load_settings({}, env_file=None)
-    assert s.base_model == EMBEDDED
+    assert s.base_model == DEFAULT_BASE_MODEL
     assert str(s.data_dir) == "data" and s.db_path.name == "supportbot.db"
     assert s.slack_api_url == "https://slack.com/api/"
     assert s.missing_for_slack()[0] == "SLACK_BOT_TOKEN"

@@ -1,6 +1,7 @@
-"""The real embedded model (SmolLM2-135M-Instruct): a few training steps in full precision and in 4-bit.
+"""The real packaged models: SmolLM2-135M-Instruct (label scoring, full precision and 4-bit) and
+Gemma 3 270M (the head method): a few training steps each, then classification.
 
-Marked slow (each loads the 135M model; about a minute or two on 2 CPU cores). CI runs them: they are the
+Marked slow (each loads a real model; about a minute or two on 2 CPU cores, more the first time). CI runs them: they are the
 only check that the real model, its chat template and the QLoRA path work end to end.
 """
 
@@ -23,7 +24,7 @@ def model_cache(request):
 
 @pytest.mark.parametrize("quantization", ["none", "4bit"])
 def test_real_model_trains_a_few_steps_and_classifies(tmp_path, model_cache, quantization):
-    config = toy_config("embedded", model_cache_dir=model_cache, quantization=quantization, max_steps=2,
+    config = toy_config("smollm2-135m", model_cache_dir=model_cache, quantization=quantization, max_steps=2,
                         learning_rate=1e-3, batch_size=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
     run_dir = make_run_dir(tmp_path / "run", config, toy_examples(per_label=6))
     result = run(run_dir)
@@ -49,3 +50,23 @@ def test_real_model_trains_a_few_steps_and_classifies(tmp_path, model_cache, qua
         classifier.use_adapter(run_dir / "adapter", version=1)
         tuned = classifier.classify("Where can I find my invoice?")
         assert tuned.adapter_version == 1 and tuned.scores != zero_shot.scores
+
+
+@pytest.mark.parametrize("base_model", ["gemma3-270m", "smollm2-135m"])
+def test_real_model_trains_a_head_and_serves_it(tmp_path, model_cache, base_model):
+    from trainer.classify import Classifier
+    from trainer.models import resolve_base_model
+    from trainer.prompts import LabelInfo
+
+    config = toy_config(base_model, model_cache_dir=model_cache, method="head", max_steps=2, learning_rate=1e-3)
+    run_dir = make_run_dir(tmp_path / "run", config, toy_examples(per_label=6))
+    result = run(run_dir)
+    assert result["status"] == "succeeded", result.get("error")
+    assert result["training"]["global_step"] == 2 and result["config"]["method"] == "head"
+    labels = [LabelInfo("complaint"), LabelInfo("question"), LabelInfo("feedback")]
+    classifier = Classifier.load(resolve_base_model(base_model, model_cache), labels)
+    classifier.use_adapter(run_dir / "adapter", version=1)
+    prediction = classifier.classify("Where can I find my invoice?")
+    assert classifier.method == "head" and prediction.adapter_version == 1
+    assert set(prediction.scores) == {"complaint", "question", "feedback"}
+    assert sum(prediction.scores.values()) == pytest.approx(1.0, abs=1e-5)

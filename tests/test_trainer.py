@@ -208,14 +208,16 @@ def test_check_examples_accepts_good_data():
 def test_config_defaults_are_the_seed_recipe_and_epochs_follow_data_size():
     cfg = validate(TrainConfig(labels=[{"name": "a"}, {"name": "b"}]))
     assert (cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) == (16, 32, 0.05)
-    assert cfg.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
-    assert (cfg.learning_rate, cfg.lr_scheduler, cfg.warmup_ratio) == (2e-4, "cosine", 0.03)
+    assert (cfg.method, cfg.target_modules, cfg.learning_rate) == (None, None, None)  # the recipe decides
+    assert (cfg.lr_scheduler, cfg.warmup_ratio) == ("cosine", 0.03)
     assert (cfg.batch_size, cfg.grad_accum, cfg.seed, cfg.eval_fraction) == (4, 4, 42, 0.2)
-    assert cfg.resolved(999).epochs == 4 and cfg.resolved(1000).epochs == 2
     assert cfg.recipe == "auto"
-    assert cfg.resolved(10, n_params=7_000_000_000).learning_rate == 2e-4  # 7B-class: the seed recipe
-    small = cfg.resolved(10, n_params=135_000_000)  # the embedded model: what measured best for it
-    assert small.learning_rate == 1e-3 and "down_proj" in small.target_modules and small.recipe == "small-model"
+    seed = cfg.resolved(10, n_params=7_000_000_000)  # 7B-class: the seed recipe
+    assert (seed.learning_rate, seed.method, seed.recipe) == (2e-4, "head", "seed")
+    assert seed.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert cfg.resolved(999, n_params=7e9).epochs == 4 and cfg.resolved(1000, n_params=7e9).epochs == 2
+    small = cfg.resolved(10, n_params=135_000_000)  # the packaged models: what measured best for them
+    assert small.method == "head" and "down_proj" in small.target_modules and small.recipe == "small-model"
 
 
 def test_a_recipe_never_overrides_what_config_json_says(tmp_path):

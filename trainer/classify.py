@@ -89,7 +89,8 @@ def predict(scorer: LabelScorer, items: list[tuple[str, str | None]], *, thresho
 class _State:
     version: int | None
     adapter_name: str | None
-    scorer: LabelScorer
+    scorer: LabelScorer       # or a trainer.head.HeadScorer (same interface)
+    method: str = "scoring"
 
     @property
     def zero_shot(self) -> bool:
@@ -128,11 +129,24 @@ class Classifier:
     def labels(self) -> list[str]:
         return self._state.scorer.spec.names
 
+    @property
+    def trained_labels(self) -> list[str] | None:
+        """The labels the serving adapter was trained on (None zero-shot). A head adapter predicts only
+        these: a label added after its training gets no score until the next retrain."""
+        return None if self._state.zero_shot else list(self._state.scorer.spec.names)
+
+    @property
+    def method(self) -> str:
+        """`zero-shot`, or how the serving adapter classifies: `head` or `scoring` (trainer.adapters)."""
+        return "zero-shot" if self._state.zero_shot else self._state.method
+
     def use_adapter(self, path: str | Path, version: int) -> None:
         """Serve the adapter at `path` from the next classification on (waits for one in flight)."""
         from peft import PeftModel
 
-        spec = PromptSpec.from_dict(read_adapter_meta(path)["prompt"])
+        from .adapters import adapter_method, make_scorer
+
+        meta = read_adapter_meta(path)
         name = f"v{version}"
         with self._lock:
             self._unmerge()
@@ -149,7 +163,8 @@ class Classifier:
             if old and old != name and old in self._model.peft_config:
                 self._model.delete_adapter(old)
             self._merge()
-            self._state = _State(version, name, LabelScorer(self._model, self.tokenizer, spec))
+            self._state = _State(version, name, make_scorer(self._model, self.tokenizer, meta, path),
+                                 adapter_method(meta))
 
     def use_zero_shot(self, labels: list[LabelInfo]) -> None:
         """Serve the base model alone, prompted with the label descriptions (before any adapter exists)."""

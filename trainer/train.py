@@ -32,11 +32,14 @@ class FitOutcome:
     train_tokens: int         # real (non-padding) tokens seen in training, for tokens/s
 
 
-def lora_config(cfg: TrainConfig):
+def lora_config(cfg: TrainConfig, n_layers: int | None = None):
     from peft import LoraConfig, TaskType
 
+    top = {}
+    if cfg.lora_layers and n_layers and cfg.lora_layers < n_layers:
+        top = {"layers_to_transform": list(range(n_layers - cfg.lora_layers, n_layers)), "layers_pattern": "layers"}
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.target_modules), bias="none", task_type=TaskType.CAUSAL_LM)
+                      target_modules=list(cfg.target_modules), bias="none", task_type=TaskType.CAUSAL_LM, **top)
 
 
 def steps_per_epoch(cfg: TrainConfig, n_train: int) -> int:
@@ -188,7 +191,7 @@ def fit(model, tokenizer, cfg: TrainConfig, train_rows: list[dict], eval_rows: l
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     set_seed(cfg.seed)
-    peft_model = get_peft_model(model, lora_config(cfg))
+    peft_model = get_peft_model(model, lora_config(cfg, model.config.get_text_config().num_hidden_layers))
     report, stopper = _callbacks(cfg, sink, run_dir)
     trainer = _sft_trainer_class()(
         model=peft_model,

@@ -1,0 +1,298 @@
+"""The head method: LoRA on the LM body and a linear head on its hidden states.
+
+The model reads the message (subject, then the body cut in the middle when long)
+followed by a short cue, and a linear layer maps one pooled hidden state (the
+last token's, or the mean over the tokens) to one logit per label. One forward
+pass per message and no label list in the prompt, so it trains and serves
+faster than label scoring, whatever the number of labels.
+
+The head's label set is fixed when it is trained: a label added afterwards has
+no row in it, so that adapter never predicts it until the next retrain
+(`Classifier.trained_labels` says which labels an adapter covers).
+
+The adapter folder holds the LoRA weights (peft, the same kind of adapter as
+label scoring, so either kind swaps into one loaded base model) and
+`head.safetensors` (weight [labels, hidden], bias [labels]); `supportbot.json`
+says `"method": "head"`, the labels in row order and the pooling.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+
+from .config import TrainConfig
+from .data import PromptSpec
+from .metrics import MetricsSink
+from .prompts import user_prompt
+from .scoring import LabelScores
+
+HEAD_FILE = "head.safetensors"
+CUE = "\nCategory:"  # the last token then summarizes the message for the head
+
+
+class _Stop(Exception):
+    pass
+
+
+def head_prompt_ids(tokenizer, spec: PromptSpec, text: str, subject: str | None, max_length: int) -> list[int]:
+    """The tokens the head reads: the message and the cue; a long one loses its middle, never the cue."""
+    ids = list(tokenizer(user_prompt(text, subject, spec.max_body_chars) + CUE)["input_ids"])
+    if len(ids) > max_length:
+        head = max_length * 2 // 3
+        ids = ids[:head] + ids[len(ids) - (max_length - head):]
+    return ids
+
+
+def body(model):
+    """The decoder stack (embeddings, layers, final norm) of a causal LM, under a peft wrapper or not.
+
+    LoRA layers live inside its modules, so it runs with the active adapter.
+    """
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return causal.get_decoder()
+
+
+def pad_batch(rows: list[list[int]], pad_id: int, device):
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):  # right padding: the last real token is at mask.sum() - 1
+        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, :len(row)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def pooled(model, ids, mask, pooling: str):
+    """One vector per row (float32): the last real token's hidden state, or the mean over real tokens."""
+    import torch
+
+    hidden = body(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state.float()
+    if pooling == "mean":
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), mask.sum(1) - 1]
+
+
+def features(model, rows: list[list[int]], pad_id: int, pooling: str, batch_size: int):
+    import torch
+
+    device = next(model.parameters()).device
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths together: less padding
+    out = [None] * len(rows)
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            vectors = pooled(model, *pad_batch([rows[i] for i in chunk], pad_id, device), pooling)
+            for i, vector in zip(chunk, vectors):
+                out[i] = vector
+    return torch.stack(out)
+
+
+def fit_probe(x, y, n_labels: int, steps: int = 300):
+    """A linear head fitted on frozen features: L2-regularized logistic regression (like sklearn's C=1).
+
+    Features are standardized for the fit (LM hidden states have a few very large
+    dimensions), and the standardization is folded back into the weights, so the
+    result reads raw hidden states.
+    """
+    import torch
+
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-4)
+    z = (x - mean) / std
+    linear = torch.nn.Linear(x.shape[1], n_labels)
+    torch.nn.init.zeros_(linear.weight)
+    torch.nn.init.zeros_(linear.bias)
+    optimizer = torch.optim.Adam(linear.parameters(), lr=0.05)
+    l2 = 1.0 / (2 * len(y))
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(linear(z), y) + l2 * linear.weight.pow(2).sum()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        weight = linear.weight / std
+        linear.bias -= weight @ mean
+        linear.weight.copy_(weight)
+    return linear
+
+
+def save_head(head, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"weight": head.weight.detach().float().cpu().contiguous(),
+               "bias": head.bias.detach().float().cpu().contiguous()}, str(folder / HEAD_FILE))
+
+
+def load_head(folder: str | Path, device):
+    import torch
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(Path(folder) / HEAD_FILE))
+    head = torch.nn.Linear(tensors["weight"].shape[1], tensors["weight"].shape[0])
+    with torch.no_grad():
+        head.weight.copy_(tensors["weight"])
+        head.bias.copy_(tensors["bias"])
+    return head.to(device).eval()
+
+
+class HeadScorer:
+    """Scores messages with a head adapter: a log-probability for every label the head was trained on.
+
+    Same interface as `trainer.scoring.LabelScorer` (`spec`, `score`), so serving and evaluation
+    use either. Every score is exact, so every top label is certified.
+    """
+
+    def __init__(self, model, tokenizer, spec: PromptSpec, head, pooling: str, max_length: int):
+        self.model, self.tokenizer, self.spec, self.head = model, tokenizer, spec, head
+        self.pooling, self.max_length = pooling, max_length
+
+    def score(self, items: list[tuple[str, str | None]], batch_size: int = 16) -> list[LabelScores]:
+        import torch
+
+        rows = [head_prompt_ids(self.tokenizer, self.spec, text, subject, self.max_length) for text, subject in items]
+        if not rows:
+            return []
+        with torch.no_grad():
+            x = features(self.model, rows, self.tokenizer.pad_token_id, self.pooling, batch_size)
+            logprobs = torch.log_softmax(self.head(x.to(self.head.weight.device)), dim=-1).tolist()
+        n = len(self.spec.names)
+        return [LabelScores(row, [True] * n, True) for row in logprobs]
+
+
+def fit_head(model, tokenizer, cfg: TrainConfig, spec: PromptSpec, train: list[dict], evaluation: list[dict],
+             run_dir: Path, sink: MetricsSink):
+    """Train LoRA on `model`'s body and a head on its pooled hidden states. Returns (peft model, head, FitOutcome).
+
+    A plain loop: batches of `batch_size`, `grad_accum` of them per optimizer step, AdamW
+    with the configured schedule, an evaluation `evals_per_epoch` times an epoch, the best
+    weights by eval loss kept (in memory: LoRA and head together are a few MB), early stopping,
+    and the same cancel, divergence and metrics records as the scoring trainer.
+    """
+    import torch
+    import torch.nn.functional as F
+    from peft import get_peft_model
+    from transformers import get_scheduler, set_seed
+
+    from .train import CANCEL_FILE, FitOutcome, TrainingError, lora_config, steps_per_epoch
+
+    set_seed(cfg.seed)
+    device = next(model.parameters()).device
+    index = {name: i for i, name in enumerate(spec.names)}
+    pad = tokenizer.pad_token_id
+
+    def encode(examples):
+        return ([head_prompt_ids(tokenizer, spec, e["text"], e.get("subject"), cfg.max_length) for e in examples],
+                torch.tensor([index[e["label"]] for e in examples], device=device))
+
+    train_rows, train_y = encode(train)
+    eval_rows, eval_y = encode(evaluation)
+    text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    peft_model = get_peft_model(model, lora_config(cfg, text_config.num_hidden_layers))
+    hidden = text_config.hidden_size
+    if cfg.head_init == "probe":  # LoRA starts as the identity, so these are the base model's features
+        peft_model.eval()
+        head = fit_probe(features(peft_model, train_rows, pad, cfg.pooling, cfg.batch_size * 2), train_y,
+                         len(spec.names)).to(device)
+    else:
+        head = torch.nn.Linear(hidden, len(spec.names)).to(device)
+    trainable = [p for p in peft_model.parameters() if p.requires_grad] + list(head.parameters())
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=0.0)
+    per_epoch = steps_per_epoch(cfg, len(train_rows))
+    max_steps = per_epoch * cfg.epochs
+    if cfg.max_steps:
+        max_steps = min(max_steps, cfg.max_steps)
+    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * max_steps),
+                              num_training_steps=max_steps)
+    eval_every = max(1, per_epoch // cfg.evals_per_epoch)
+
+    def evaluate() -> float:
+        peft_model.eval()
+        with torch.no_grad():
+            x = features(peft_model, eval_rows, pad, cfg.pooling, cfg.batch_size * 2)
+            return float(F.cross_entropy(head(x), eval_y))
+
+    def snapshot() -> dict:
+        state = {f"lora.{n}": p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad}
+        state.update({f"head.{n}": p.detach().clone() for n, p in head.named_parameters()})
+        return state
+
+    rng = random.Random(cfg.seed)
+    step, first_loss, problem, stop = 0, None, None, None
+    best_loss, best_step, best_state, bad_evals = math.inf, None, None, 0
+    tokens, micro = 0, cfg.batch_size
+    sink.write({"kind": "progress", "step": 0, "max_steps": max_steps, "epoch": 0.0})
+    started = time.perf_counter()
+    try:
+        while step < max_steps:
+            order = list(range(len(train_rows)))
+            rng.shuffle(order)
+            per_step = micro * cfg.grad_accum
+            for start in range(0, len(order), per_step):
+                if step >= max_steps:
+                    break
+                if (run_dir / CANCEL_FILE).exists():
+                    raise _Stop("cancelled")
+                peft_model.train()
+                group = order[start:start + per_step]
+                optimizer.zero_grad()
+                total = 0.0
+                for m in range(0, len(group), micro):
+                    chunk = group[m:m + micro]
+                    rows = [train_rows[i] for i in chunk]
+                    tokens += sum(len(r) for r in rows)
+                    logits = head(pooled(peft_model, *pad_batch(rows, pad, device), cfg.pooling))
+                    loss = F.cross_entropy(logits, train_y[chunk], label_smoothing=cfg.label_smoothing)
+                    (loss * len(chunk) / len(group)).backward()
+                    total += loss.item() * len(chunk) / len(group)
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                epoch = step / per_epoch
+                base = {"step": step, "max_steps": max_steps, "epoch": epoch}
+                sink.write({**base, "kind": "train", "train_loss": total,
+                            "learning_rate": scheduler.get_last_lr()[0]})
+                first_loss = total if first_loss is None and math.isfinite(total) else first_loss
+                # Measured against a uniform guess too: a probe-initialized head starts near zero loss.
+                reference = max(first_loss or 0.0, math.log(len(spec.names)))
+                if not math.isfinite(total):
+                    problem = f"the training loss became {total} at step {step}"
+                elif total > cfg.divergence_factor * reference:
+                    problem = (f"the training loss rose to {total:.3f} at step {step}, "
+                               f"{total / reference:.1f}x the larger of its first value and a uniform guess's "
+                               f"({reference:.3f})")
+                if problem:
+                    raise TrainingError(f"training diverged: {problem}. Try a lower learning_rate.")
+                if step % eval_every == 0 or step == max_steps:
+                    eval_loss = evaluate()
+                    sink.write({**base, "kind": "eval", "eval_loss": eval_loss})
+                    if eval_loss < best_loss:
+                        best_loss, best_step, best_state, bad_evals = eval_loss, step, snapshot(), 0
+                    else:
+                        bad_evals += 1
+                        if cfg.early_stopping_patience and bad_evals >= cfg.early_stopping_patience \
+                                and step < max_steps:
+                            raise _Stop("early_stopping")
+    except _Stop as reason:
+        stop = str(reason)
+    elapsed = time.perf_counter() - started
+    if stop is None:
+        stop = "max_steps" if cfg.max_steps and step >= cfg.max_steps else "completed"
+    if best_state is not None and stop != "cancelled":
+        with torch.no_grad():
+            for n, p in peft_model.named_parameters():
+                if f"lora.{n}" in best_state:
+                    p.copy_(best_state[f"lora.{n}"])
+            for n, p in head.named_parameters():
+                p.copy_(best_state[f"head.{n}"])
+    peft_model.eval()
+    head.eval()
+    outcome = FitOutcome(stop_reason=stop, best_step=best_step,
+                         best_eval_loss=best_loss if math.isfinite(best_loss) else None, global_step=step,
+                         max_steps=max_steps, train_seconds=elapsed, train_tokens=tokens)
+    return peft_model, head, outcome
