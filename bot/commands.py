@@ -46,6 +46,11 @@ def label_command(ctx: BotContext, command: dict, client=None) -> tuple[str, int
         label = labels.resolve_label(db, name)
     except UnknownLabel:
         return f"Unknown label {code(name[:64])}. Valid labels: {valid_labels(db)}", None
+    if not rest:  # this channel's latest unlabeled message: members only, checked before anything is looked up
+        try:
+            require_channel_labeler(ctx, client, command["user_id"], command.get("channel_id"))
+        except Refused as exc:
+            return str(exc), None
     if rest:
         target = parse_link(rest)
         if target is None:
@@ -62,10 +67,6 @@ def label_command(ctx: BotContext, command: dict, client=None) -> tuple[str, int
         if message is None:
             return "That message was not collected (only messages posted after the bot joined are).", None
     else:
-        try:
-            require_channel_labeler(ctx, client, command["user_id"], command.get("channel_id"))
-        except Refused as exc:
-            return str(exc), None
         row = db.execute(
             """SELECT id FROM messages m WHERE channel = ? AND deleted_at IS NULL
                AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.message_id = m.id) ORDER BY ts DESC LIMIT 1""",
