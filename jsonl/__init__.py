@@ -1,4 +1,6 @@
-"""JSON Lines, written and read by one set of rules (training data, exports, imports, metrics).
+"""JSON Lines, written and read by one set of rules (training data, exports, imports, metrics, the spool).
+
+Its own package, so that trainer/ and storage/ (which may not import each other) share it.
 
 A line ends at "\\n" and nowhere else. U+2028, U+2029 and U+0085 are characters
 that Python's `str.splitlines` (and some editors) treat as line ends, so they are
