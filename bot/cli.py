@@ -193,7 +193,7 @@ def open_new_file(out: Path, force: bool):
 @pass_ctx
 def export(ctx: Context, fmt: str, out: Path | None, force: bool):
     """Export labeled messages as JSONL, with the same prompt the trainer uses (read back by `import`)."""
-    from jsonl import dumps_line
+    from trainer.jsonl import dumps_line
     from trainer.prompts import LabelInfo, to_alpaca, to_chatml
 
     defs = [LabelInfo(d.name, d.description) for d in label_store.list_label_defs(ctx.db)]

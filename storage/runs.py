@@ -70,7 +70,7 @@ def get_run(db: Database, run_id: int) -> Run:
 def finished_before(db: Database, cutoff: str) -> list[Run]:
     """Runs that finished (in any way) before the ISO timestamp `cutoff`."""
     return [_run(r) for r in db.query("SELECT * FROM runs WHERE finished_at IS NOT NULL AND finished_at < ? "
-                                      "ORDER BY id", [cutoff])]
+                                       "ORDER BY id", [cutoff])]
 
 
 def list_runs(db: Database, limit: int = 20) -> list[Run]:
