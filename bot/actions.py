@@ -15,7 +15,7 @@ from trainer.cleaning import clean_email
 from . import blocks, mrkdwn
 from .context import BotContext
 from .intake import refresh_reply
-from .permissions import Refused, refuse, require_clicked, require_labeler
+from .permissions import Refused, refuse, require_channel_labeler, require_clicked, require_labeler
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,8 @@ def register(app, ctx: BotContext) -> None:
             client.chat_postEphemeral(channel=channel, user=user,
                                       text="This channel is not an intake channel; its messages are not collected.")
             return
-        existing = messages.find_message(ctx.db(), messages.slack_external_id(channel, target.get("ts") or ""))
         try:  # membership first: an outsider can neither collect nor label a message
-            require_labeler(ctx, client, user, existing or _Unsaved(channel))
+            require_channel_labeler(ctx, client, user, channel)
         except Refused as exc:
             client.chat_postEphemeral(channel=channel, user=user, text=str(exc))
             return
@@ -102,10 +101,3 @@ def register(app, ctx: BotContext) -> None:
             return
         ack()
         record(ctx, client, message_id, label, body["user"]["id"], "shortcut", body)
-
-
-class _Unsaved:
-    """A message not collected yet, as the permission check sees it: its channel."""
-
-    def __init__(self, channel: str):
-        self.id, self.channel = 0, channel

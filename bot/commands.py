@@ -11,7 +11,7 @@ from trainer.text import EmptyText
 
 from . import blocks
 from .mrkdwn import code, escape, joined, sections
-from .permissions import Refused, admins_line, require_admin, require_labeler
+from .permissions import Refused, admins_line, require_admin, require_channel_labeler, require_labeler
 from .context import BotContext
 from .intake import refresh_reply
 from .serving import recorded_choice
@@ -51,6 +51,11 @@ def label_command(ctx: BotContext, command: dict, client=None) -> tuple[str, int
         label = labels.resolve_label(db, name)
     except UnknownLabel:
         return f"Unknown label {code(name[:64])}. Valid labels: {valid_labels(db)}", None
+    if not rest:  # this channel's latest unlabeled message: members only, checked before anything is looked up
+        try:
+            require_channel_labeler(ctx, client, command["user_id"], command.get("channel_id"))
+        except Refused as exc:
+            return str(exc), None
     if rest:
         target = parse_link(rest)
         if target is None:
@@ -59,6 +64,10 @@ def label_command(ctx: BotContext, command: dict, client=None) -> tuple[str, int
         if not ctx.is_intake_channel(channel):
             log.info("refused /label by %s: channel %s is not an intake channel", command.get("user_id"), channel)
             return f"<#{channel}> is not an intake channel, so its messages are not collected.", None
+        try:
+            require_channel_labeler(ctx, client, command["user_id"], channel)
+        except Refused as exc:
+            return str(exc), None
         message = messages.find_message(db, messages.slack_external_id(channel, ts))
         if message is None:
             return "That message was not collected (only messages posted after the bot joined are).", None

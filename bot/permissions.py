@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from types import SimpleNamespace
 
 from slack_sdk.errors import SlackApiError
 
@@ -133,6 +134,12 @@ def require_labeler(ctx: BotContext, client, user: str, message) -> None:
         log.info("refused label by %s on message %d: not a member of %s", user, message.id, message.channel)
         raise Refused(f"Only members of <#{message.channel}> can label its messages, and you are not in it "
                       "(or Slack could not confirm it: try again).")
+
+
+def require_channel_labeler(ctx: BotContext, client, user: str, channel: str | None) -> None:
+    """`require_labeler` for any message of `channel` (checked before looking a message up, so an outsider
+    does not even learn whether it was collected)."""
+    require_labeler(ctx, client, user, SimpleNamespace(id=0, channel=channel))
 
 
 def require_clicked(db, body: dict, message_id: int) -> None:

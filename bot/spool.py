@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from trainer.jsonl import JsonlError, dumps_line, read_rows
+from jsonl import JsonlError, dumps_line, read_rows
 
 log = logging.getLogger(__name__)
 

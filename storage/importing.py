@@ -26,7 +26,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from trainer.jsonl import JsonlError, read_rows
+from jsonl import JsonlError, read_rows
 
 from .db import now, write
 from .errors import ImportFormatError, InvalidLabelName

@@ -14,7 +14,7 @@ import pytest
 from slack_standin import payloads
 from storage import ImportFormatError, importing, labels, messages, open_db, runs
 from trainer.data import read_jsonl, write_jsonl
-from trainer.jsonl import dumps_line
+from jsonl import dumps_line
 
 from .conftest import make_run_dir, toy_config, toy_examples
 from .test_bot import AGENT, INTAKE, bot  # noqa: F401

@@ -67,6 +67,8 @@ def test_label_command_is_for_members_of_the_message_channel(bot):
     assert outsider["text"].startswith("Only members of <#C0INTAKE> can label its messages")
     leaked = bot.command("/label", f"complaint {link(PRIVATE, private)}", user=AGENT, channel=INTAKE)["text"]
     assert leaked.startswith("Only members of <#G0PRIVATE>") and "salary" not in leaked and "4242" not in leaked
+    never = bot.command("/label", f"complaint {link(PRIVATE, '1690000000.000100')}", user=AGENT)["text"]
+    assert never.startswith("Only members of <#G0PRIVATE>")  # not "not collected": outsiders learn nothing
     admin = bot.command("/label", f"complaint {link(PRIVATE, private)}", user=ADMIN, channel=INTAKE)["text"]
     assert admin.startswith("Only members of <#G0PRIVATE>")  # admins curate; they do not read private channels
     # Without a link, the latest unlabeled message of the channel the command came from: also members only.

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Protocol
 
-from .jsonl import dumps_line, iter_lines
+from jsonl import dumps_line, iter_lines
 
 
 class MetricsSink(Protocol):
