@@ -115,7 +115,7 @@ def baselines(train: list[dict], test: list[dict]) -> list[dict]:
 
 
 def train_recipe(name: str, overrides: dict, train: list[dict], model_cache: Path, max_steps: int,
-                 folder: str = "banking77", reuse: bool = False) -> dict:
+                 folder: str = "banking77", reuse: bool = False, gate: bool = False) -> dict:
     from trainer.data import write_jsonl
 
     run_dir = CACHE / folder / name
@@ -130,7 +130,7 @@ def train_recipe(name: str, overrides: dict, train: list[dict], model_cache: Pat
     run_dir.mkdir(parents=True)
     labels = sorted({r["label"] for r in train})
     config = {"labels": [{"name": n} for n in labels], "model_cache_dir": str(model_cache),
-              "baseline": False, **overrides}
+              "baseline": gate, **overrides}  # gate: the run also scores the other candidates and chooses
     if max_steps:
         config["max_steps"] = max_steps
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
@@ -224,9 +224,9 @@ def main() -> None:
         overrides = RECIPES[name]
         # The search keeps its runs apart: classify_speed.py reads the full run's adapter.
         folder = "banking77-search" if args.search or args.reuse_search else "banking77"
-        trained = train_recipe(name, overrides, train, model_cache, args.max_steps, folder=folder,
-                               reuse=args.reuse_search)
         keep = CACHE / "banking77" if name == DEFAULT and not args.search else None
+        trained = train_recipe(name, overrides, train, model_cache, args.max_steps, folder=folder,
+                               reuse=args.reuse_search, gate=keep is not None)
         if keep:
             keep.mkdir(parents=True, exist_ok=True)
         scores = evaluate_adapter(trained["run_dir"] / "adapter", model_cache, test, save_to=keep)
@@ -247,6 +247,18 @@ def main() -> None:
         if name == DEFAULT:
             row["default"] = True
         report["models"].append(row)
+        if keep and trained["result"].get("gate"):
+            # What the run's own gate serves, and every candidate, on the same test rows (bench/served.py).
+            import numpy as np
+
+            from served import add_serving
+
+            columns = json.loads((keep / "test_labels.json").read_text())["labels"]
+            add_serving(report, train, test, trained["result"], np.load(keep / "test_probabilities.npy"), columns,
+                        row["name"])
+            for m in report["models"][-3:]:
+                print(f"  {m['name']}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, "
+                      f"ECE {m.get('ece', float('nan')):.4f}", flush=True)
         report["recipes"] = [r for r in report["recipes"] if (r["recipe"], r.get("test_rows")) != (name, len(test))]
         report["recipes"].append(row)
         args.out.parent.mkdir(parents=True, exist_ok=True)

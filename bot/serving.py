@@ -312,11 +312,7 @@ class ServedClassifier:
 
 
 def _label_signature(db) -> tuple:
-    """Changes whenever a label, a label definition or a message's deletion changes (cheap to read)."""
-    row = next(db.query("""SELECT (SELECT COUNT(*) FROM labels) AS events, (SELECT MAX(id) FROM labels) AS last,
-                                  (SELECT COUNT(*) FROM label_set WHERE active = 1) AS defs,
-                                  (SELECT COUNT(*) FROM messages WHERE deleted_at IS NOT NULL) AS deleted"""))
-    return tuple(row.values())
+    return labels.change_signature(db)
 
 
 def _prediction(names: list[str], logp, state: State, threshold: float, latency_ms: float, *,

@@ -202,3 +202,12 @@ def stats(db: Database) -> dict:
     """{"messages": N, "labeled": N, "labels": {name: count}}: what `/stats` and `supportbot stats` show."""
     counts = label_counts(db)
     return {"messages": count_messages(db), "labeled": sum(counts.values()), "labels": counts}
+
+
+def change_signature(db: Database) -> tuple:
+    """A value that changes whenever a label, the label set or a message's deletion changes (cheap to read):
+    the serving model refits its embedding classifier when it moves."""
+    row = next(db.query("""SELECT (SELECT COUNT(*) FROM labels) AS events, (SELECT MAX(id) FROM labels) AS last,
+                                  (SELECT COUNT(*) FROM label_set WHERE active = 1) AS defs,
+                                  (SELECT COUNT(*) FROM messages WHERE deleted_at IS NOT NULL) AS deleted"""))
+    return tuple(row.values())
