@@ -428,8 +428,9 @@ def check(system: System, traffic: Traffic, log: dict) -> dict:
     interrupted = [r[0] for r in finished if r[1] == "interrupted"]
     recovered = [i for i in interrupted if any(json.loads(r[2]).get("retry_of") == i and r[1] == "succeeded"
                                                for r in finished)]
-    served = db.execute("""SELECT COALESCE('v' || adapter_version, 'zero-shot'), COUNT(*), MIN(created_at),
-                           MAX(created_at) FROM predictions GROUP BY adapter_version ORDER BY MIN(created_at)""").fetchall()
+    # Which model answered (embeddings, adapter vN, adapter vN + embeddings, zero-shot), in the order they served.
+    served = db.execute("""SELECT COALESCE(model, 'v' || adapter_version, 'zero-shot') AS m, COUNT(*), MIN(created_at),
+                           MAX(created_at) FROM predictions GROUP BY m ORDER BY MIN(created_at)""").fetchall()
     requests = traffic.requests
     accepted = [r for r in requests if r["status"] is not None and 200 <= r["status"] < 300]
     answered = ("unknown_label", "foreign_link", "foreign_channel", "outsider_label", "outsider_click")

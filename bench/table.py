@@ -128,7 +128,7 @@ def soak(d: dict) -> str:
             ("runs interrupted / recovered (retry succeeded)", f"{d['runs_interrupted']} / "
                                                                f"{d['runs_interrupted_and_recovered']}"),
             ("run statuses", ", ".join(f"{k}: {v}" for k, v in d["run_statuses"].items())),
-            ("adapter that served", "; ".join(f"{a['adapter']}: {a['predictions']} predictions "
+            ("model that answered", "; ".join(f"{a['adapter']}: {a['predictions']} predictions "
                                               f"({a['from'][11:19]}-{a['to'][11:19]} UTC)" for a in d["adapter_served"])),
             ("Web API faults injected (429/500/503)", d["web_api_faults_injected"]),
             ("bot restarts (seconds down)", ", ".join(f"{r['signal']} ({r['seconds_down']} s)"

@@ -88,7 +88,8 @@ def report_payload(run_id: int, result: dict, adapter_version: int | None, promo
              + named(result["promotion"]["reason"], adapter_version) + "."]
     if gate:
         kept = next((r for r in gate["selective"] if r["threshold"] == 0.5), None)
-        lines.append(f"Confidence calibrated on held-out messages: expected calibration error {gate['ece']:.3f}"
+        lines.append(f"Confidence calibrated on held-out messages: expected calibration error {gate['ece']:.3f} "
+                     f"on these {metrics['n']}" + (" (too few to judge calibration)" if metrics["n"] < 100 else "")
                      + (f"; at a review threshold of 50%, {kept['kept']:.0%} answered without review, "
                         f"{kept['accuracy']:.0%} of them right" if kept and kept["accuracy"] is not None else "")
                      + ".")
