@@ -156,6 +156,13 @@ def add_labelled(db, text, label, n=[0]):
     return m
 
 
+def label_two_of_each(db):
+    """Two labelled messages for complaint and question: enough for the embedding classifier to serve."""
+    for text, label in (("broken refund", "complaint"), ("angry late", "complaint"), ("how when", "question"),
+                        ("what which", "question")):
+        add_labelled(db, text, label)
+
+
 def test_embeddings_serve_as_soon_as_two_labels_have_two_examples(workspace):
     from bot.serving import ServedClassifier
 
@@ -182,9 +189,7 @@ def test_label_changes_refit_once_after_the_burst(workspace):
     from bot.serving import ServedClassifier
 
     settings, db, _ = workspace
-    for text, label in (("broken refund", "complaint"), ("angry late", "complaint"), ("how when", "question"),
-                        ("what which", "question")):
-        add_labelled(db, text, label)
+    label_two_of_each(db)
     classifier = ServedClassifier(settings, debounce_s=0.4)
     classifier.refit(db)
     classifier.sync(db)
@@ -223,9 +228,7 @@ def test_an_adapter_that_lacks_a_new_label_gives_way_to_the_embeddings(workspace
     from bot.serving import ServedClassifier
 
     settings, db, _ = workspace
-    for text, label in (("broken refund", "complaint"), ("angry late", "complaint"), ("how when", "question"),
-                        ("what which", "question")):
-        add_labelled(db, text, label)
+    label_two_of_each(db)
     a = adapters.register_adapter(db, path="/nowhere", base_model="m", labels=["complaint", "question"],
                                   metrics={"accuracy": 0.9, "macro_f1": 0.9, "n": 4})
     adapters.promote(db, a.version)
