@@ -22,10 +22,10 @@ from pathlib import Path
 
 from storage import RunConflict, open_db, outbox, runs
 
-from . import reports
-from .settings import Settings
-from .runs.local import kill_orphan
-from .training import execute_run, run_dir_for
+from ..slack import reports
+from ..settings import Settings
+from .local import kill_orphan
+from .execute import execute_run, run_dir_for
 
 log = logging.getLogger(__name__)
 

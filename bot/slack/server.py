@@ -17,7 +17,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from .app import create_app
 from .context import BotContext
-from .settings import Settings
+from ..settings import Settings
 
 log = logging.getLogger(__name__)
 
