@@ -62,8 +62,9 @@ def label_toy_data(settings) -> None:
 def timed_worker(settings):
     """A worker whose channel messages are time-stamped as they are put in the outbox."""
     from bot.runs.worker import Worker
+    from bot.slack import reports
 
-    worker = Worker(settings, poll_s=0.1, progress_every_s=0.0)
+    worker = Worker(settings, reports, poll_s=0.1, progress_every_s=0.0)
     said, put = [], worker._say
 
     def record(key, payload, **kwargs):

@@ -102,10 +102,11 @@ def worker(ctx: Context):
     import logging
 
     from .runs.worker import main as run_worker
+    from .slack import reports
 
     logging.basicConfig(level=ctx.settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ctx.db  # migrate before working
-    run_worker(ctx.settings)
+    run_worker(ctx.settings, reports)  # the run pipeline records; the Slack face's reports format it
 
 
 @cli.command()

@@ -12,6 +12,7 @@ import pytest
 from bot.slack.relay import Relay, relay_client
 from bot.settings import load_settings
 from bot.runs.worker import Worker
+from bot.slack import reports
 from storage import adapters, labels, messages, open_db, outbox, runs
 
 from .conftest import toy_examples
@@ -48,7 +49,7 @@ def system(env, tiny_model_dir, monkeypatch):
     app = create_app(ctx, WebClient(token=standin.bot_token, base_url=standin.api_url))
     bot = Bot(app, ctx, standin)
     relay = Relay(ctx.db, relay_client(settings))
-    yield bot, Worker(settings, poll_s=0.1, progress_every_s=0.0), relay, settings
+    yield bot, Worker(settings, reports, poll_s=0.1, progress_every_s=0.0), relay, settings
     ctx.close()
     standin.stop()
 
@@ -284,7 +285,7 @@ def test_a_stopped_run_is_queued_again_like_a_crashed_one(env, monkeypatch):
     from bot.runs.execute import RunOutcome
 
     monkeypatch.setenv("SUPPORTBOT_REPORT_CHANNEL", REPORTS)
-    worker = Worker(load_settings())
+    worker = Worker(load_settings(), reports)
     db = worker.db
 
     def stopped_run():
