@@ -1,7 +1,7 @@
 """Remote training: the same /retrain through a local Ray head and on the local backend, cancel, a killed Ray worker.
 
 One machine plays both hosts: a one-node Ray cluster (CPU only, 2 CPUs) started here, and the worker
-(`bot.worker.Worker`, as `supportbot worker` runs it) with SUPPORTBOT_RAY_ADDRESS pointing at it. The
+(`bot.runs.worker.Worker`, as `supportbot worker` runs it) with SUPPORTBOT_RAY_ADDRESS pointing at it. The
 model is the tests' tiny Llama on the toy task (60 labeled messages, 3 epochs), so what is measured is
 the backend's cost around a short run, not training speed.
 
@@ -61,9 +61,10 @@ def label_toy_data(settings) -> None:
 
 def timed_worker(settings):
     """A worker whose channel messages are time-stamped as they are put in the outbox."""
-    from bot.worker import Worker
+    from bot.runs.worker import Worker
+    from bot.slack import reports
 
-    worker = Worker(settings, poll_s=0.1, progress_every_s=0.0)
+    worker = Worker(settings, reports, poll_s=0.1, progress_every_s=0.0)
     said, put = [], worker._say
 
     def record(key, payload, **kwargs):

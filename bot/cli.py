@@ -84,7 +84,7 @@ def serve(ctx: Context, http: bool, host: str, port: int):
     """Run the Slack bot: Socket Mode when SLACK_APP_TOKEN is set, else (or with --http) HTTP mode."""
     import logging
 
-    from .server import serve as run_server
+    from .slack.server import serve as run_server
 
     settings = ctx.settings
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -102,11 +102,12 @@ def worker(ctx: Context):
     """Run the training worker: executes queued runs (from /retrain or the schedule) one at a time."""
     import logging
 
-    from .worker import main as run_worker
+    from .runs.worker import main as run_worker
+    from .slack import reports
 
     logging.basicConfig(level=ctx.settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ctx.db  # migrate before working
-    run_worker(ctx.settings)
+    run_worker(ctx.settings, reports)  # the run pipeline records; the Slack face's reports format it
 
 
 @cli.command()
@@ -199,7 +200,7 @@ def export(ctx: Context, fmt: str, out: Path | None, overrides: tuple[str, ...],
     from trainer.jsonl import dumps_line
     from trainer.run import prompt_spec
 
-    from .training import label_set, training_examples
+    from .runs.execute import label_set, training_examples
 
     examples = training_examples(ctx.db)
     spec = prompt_spec(TrainConfig(**{**parse_overrides(overrides), "labels": label_set(ctx.db, examples)}))
@@ -313,7 +314,7 @@ def train(ctx: Context, epochs: int | None, overrides: tuple[str, ...], as_json:
     from storage import runs
     from trainer.data import DataError, check_examples
 
-    from .training import execute_run, run_dir_for, training_examples
+    from .runs.execute import execute_run, run_dir_for, training_examples
 
     params = parse_overrides(overrides)
     if epochs:
@@ -468,7 +469,7 @@ def eval_(ctx: Context, file: Path, text_col: str, label_col: str, as_json: bool
 @pass_ctx
 def datacheck(ctx: Context, as_json: bool):
     """Find duplicates, conflicting labels, thin labels, leakage and suspected mislabels in the labeled data."""
-    from .datacheck import run_check, summary_line
+    from .slack.listeners.datacheck import run_check, summary_line
 
     report = run_check(ctx.db)
     if as_json:

@@ -69,10 +69,10 @@ class LocalStack:
         self.server = self.scheduler = self.ctx = self.worker = None
 
     def start(self) -> "LocalStack":
-        from .context import BotContext
-        from .relay import relay_client
-        from .scheduler import start_scheduler
-        from .server import make_http_server
+        from .slack.context import BotContext
+        from .slack.relay import relay_client
+        from .slack.scheduler import start_scheduler
+        from .slack.server import make_http_server
 
         db = open_db(self.settings.db_path)
         seeded = seed_demo(db)

@@ -9,8 +9,8 @@ import pytest
 from slack_bolt.request import BoltRequest
 from slack_sdk import WebClient
 
-from bot.app import create_app
-from bot.context import BotContext
+from bot.slack.app import create_app
+from bot.slack.context import BotContext
 from bot.settings import load_settings
 from slack_standin import payloads
 from slack_standin.server import SlackStandIn
@@ -355,7 +355,7 @@ def test_forged_and_expired_requests_are_rejected_and_nothing_is_stored(bot, sig
 
 
 def test_http_mode_serves_signed_requests_on_slack_events(bot):
-    from bot.server import make_http_server
+    from bot.slack.server import make_http_server
 
     server = make_http_server(bot.ctx, "127.0.0.1", 0)
     serving = threading.Thread(target=server.serve_forever, daemon=True)
@@ -383,7 +383,7 @@ def test_http_mode_serves_signed_requests_on_slack_events(bot):
 def test_http_mode_takes_a_burst_of_50_concurrent_requests(bot):
     from concurrent.futures import ThreadPoolExecutor
 
-    from bot.server import make_http_server
+    from bot.slack.server import make_http_server
 
     server = make_http_server(bot.ctx, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -446,7 +446,7 @@ def thread_replies(bot, ts):
 
 
 def test_failed_answer_is_retried_by_the_backlog_sweep_once(bot):
-    from bot.intake import answer_backlog
+    from bot.slack.listeners.intake import answer_backlog
 
     bot.standin.fail("chat.postMessage", 500, times=1)  # this client does not retry: the answer fails
     ts = bot.post("The invoice total is wrong again")
@@ -465,7 +465,7 @@ def test_failed_answer_is_retried_by_the_backlog_sweep_once(bot):
 
 
 def test_bot_stopped_between_claim_and_post_answers_after_restart_exactly_once(bot):
-    from bot.intake import answer_backlog, recover_replies
+    from bot.slack.listeners.intake import answer_backlog, recover_replies
     from storage import replies
 
     # Two messages whose answers were claimed by a bot that then died: one never posted,
@@ -493,7 +493,7 @@ def test_bot_stopped_between_claim_and_post_answers_after_restart_exactly_once(b
 
 
 def test_http_mode_refuses_oversized_non_utf8_and_malformed_bodies_before_parsing(bot):
-    from bot.server import MAX_BODY_BYTES, make_http_server
+    from bot.slack.server import MAX_BODY_BYTES, make_http_server
 
     server = make_http_server(bot.ctx, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -529,7 +529,7 @@ def test_retrain_takes_the_options_its_out_of_memory_advice_names(bot):
     """The out-of-memory message suggests /retrain commands: each must be accepted and reach the run's config."""
     import re
 
-    from bot.training import OOM_HINT
+    from bot.runs.execute import OOM_HINT
 
     for i in range(3):
         for name in ("complaint", "question"):
@@ -575,7 +575,7 @@ def test_datacheck_is_answered_while_every_work_thread_is_busy(bot):
 
 
 def test_blank_email_is_answered_once_as_such_not_retried(bot):
-    from bot.intake import NOTHING_TO_CLASSIFY, answer_backlog
+    from bot.slack.listeners.intake import NOTHING_TO_CLASSIFY, answer_backlog
 
     ts = bot.next_ts()
     bot.event(payloads.email_event(INTAKE, ts, payloads.email_file("F0BLANK", subject="  ", sender="x@example.com",

@@ -1,8 +1,9 @@
 """The layout's boundaries, enforced: what each package may import, and where SQL lives.
 
-trainer/ knows no Slack and no SQL; storage/ no Slack and no torch; the bot's listeners start without torch
-(model work imports it inside the functions that need it). Every import statement counts, including those
-inside functions.
+trainer/ knows no Slack and no SQL; storage/ no Slack and no torch; the run pipeline (bot/runs/) knows no
+Slack (what the channel sees is formatted by bot/slack/, handed to the worker at start-up); the bot's
+listeners start without torch (model work imports it inside the functions that need it). Every import
+statement counts, including those inside functions.
 """
 
 import ast
@@ -16,12 +17,16 @@ from .conftest import REPO
 FORBIDDEN = {
     "trainer": ("bot", "storage", "slack_bolt", "slack_sdk", "sqlite3", "sqlite_utils"),
     "storage": ("bot", "trainer", "torch", "transformers", "peft", "slack_bolt", "slack_sdk"),
+    "bot.runs": ("bot.slack", "slack_bolt", "slack_sdk"),
 }
 SQL_WORDS = ("SELECT ", "INSERT ", "UPDATE ", "DELETE ", "CREATE ", "PRAGMA ")
 
 
 def imported_modules(path, package_parts):
-    """(line, absolute module name) of every import in the file at `path`."""
+    """(line, absolute module name) of every import in the file at `path`.
+
+    `from X import a` counts as importing `X.a` (a may be a module: `from .. import slack`).
+    """
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -33,11 +38,12 @@ def imported_modules(path, package_parts):
                 name = ".".join(base + ([node.module] if node.module else []))
             else:
                 name = node.module
-            yield node.lineno, name
+            for alias in node.names:
+                yield node.lineno, f"{name}.{alias.name}"
 
 
 def package_files(package):
-    for path in sorted((REPO / package).rglob("*.py")):
+    for path in sorted(REPO.joinpath(*package.split(".")).rglob("*.py")):
         yield path, list(path.relative_to(REPO).parts[:-1])  # the package a relative import starts from
 
 
@@ -45,8 +51,7 @@ def violations(package, forbidden):
     found = []
     for path, package_parts in package_files(package):
         for line, name in imported_modules(path, package_parts):
-            top = name.split(".")[0]
-            if top in forbidden:
+            if any(name == f or name.startswith(f + ".") for f in forbidden):
                 found.append(f"{path.relative_to(REPO)}:{line} imports {name}")
     return found
 
@@ -54,6 +59,14 @@ def violations(package, forbidden):
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_package_imports_stay_inside_its_boundary(package):
     assert violations(package, FORBIDDEN[package]) == []
+
+
+def test_a_forbidden_import_is_found(tmp_path, monkeypatch):
+    """The checker itself: a relative import of the Slack face from the run pipeline is caught."""
+    (tmp_path / "bot" / "runs").mkdir(parents=True)
+    (tmp_path / "bot" / "runs" / "w.py").write_text("def f():\n    from .. import slack\n", encoding="utf-8")
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    assert violations("bot.runs", FORBIDDEN["bot.runs"]) == ["bot/runs/w.py:2 imports bot.slack"]
 
 
 def test_sql_lives_in_storage_only():
@@ -68,7 +81,9 @@ def test_sql_lives_in_storage_only():
 
 
 def test_the_bots_listeners_start_without_torch():
-    code = ("import sys; import bot.app, bot.server, bot.scheduler, bot.worker, bot.cli; "
+    """Every module of the Slack face, the worker and the CLI import without torch and its kin."""
+    code = ("import importlib, pkgutil, sys; import bot.slack, bot.runs.worker, bot.cli; "
+            "[importlib.import_module(m.name) for m in pkgutil.walk_packages(bot.slack.__path__, 'bot.slack.')]; "
             "print(sorted(m for m in ('torch', 'transformers', 'peft', 'sklearn') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr

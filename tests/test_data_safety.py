@@ -41,7 +41,7 @@ def test_jsonl_round_trips_line_breaking_characters(tmp_path):
 
 def test_labeled_message_with_u2028_trains_after_export_and_import(db, tmp_path):
     """The training data the bot writes for a run, and an export imported elsewhere, read back whole."""
-    from bot.training import training_examples
+    from bot.runs.execute import training_examples
 
     labels.add_label_def(db, "complaint")
     for i in range(3):
@@ -116,7 +116,7 @@ def test_event_arriving_while_another_connection_holds_the_write_lock_is_spooled
     """A long import (or anything) holds the write lock past the busy timeout: the acknowledged event waits on
     disk and is stored and answered once the lock is free."""
     import storage.db
-    from bot.intake import replay_spool, spool
+    from bot.slack.listeners.intake import replay_spool, spool
 
     monkeypatch.setattr(storage.db, "BUSY_TIMEOUT_S", 0.3)  # the listener's connection gives up quickly
     bot.ctx._local = threading.local()  # connections opened from now on use it
@@ -142,7 +142,7 @@ def test_event_arriving_while_another_connection_holds_the_write_lock_is_spooled
 
 def test_data_folder_database_backup_and_run_files_are_private(tmp_path):
     from bot.settings import Settings
-    from bot.training import prepare_run
+    from bot.runs.execute import prepare_run
     from storage.backup import backup
 
     data = tmp_path / "data"
@@ -161,7 +161,7 @@ def test_data_folder_database_backup_and_run_files_are_private(tmp_path):
 
 
 def test_run_inputs_are_deleted_after_the_retention_setting(db, tmp_path):
-    from bot.retention import remove_old_run_inputs
+    from bot.runs.retention import remove_old_run_inputs
     from bot.settings import Settings
 
     settings = Settings(data_dir=tmp_path / "data", keep_run_inputs_days=30)

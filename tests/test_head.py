@@ -110,7 +110,7 @@ def test_explicit_config_values_win_over_the_recipe(tmp_path):
 
 
 def test_the_report_says_where_early_stopping_stopped_and_counts_the_progress_steps():
-    from bot.reports import progress_payload, report_payload
+    from bot.slack.reports import progress_payload, report_payload
     from trainer.report import summary_markdown
 
     training = {"stop_reason": "early_stopping", "best_step": 7, "global_step": 9, "max_steps": 12,

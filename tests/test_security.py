@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from bot.relay import Relay
+from bot.slack.relay import Relay
 from slack_standin import payloads
 from storage import labels, messages, outbox, predictions, replies
 
@@ -103,7 +103,7 @@ def test_reply_buttons_and_picker_refuse_outsiders_and_clicks_from_another_messa
 
 
 def test_repeated_identical_corrections_count_once_for_the_retrain_trigger(bot):
-    from bot.scheduler import new_human_labels
+    from bot.slack.scheduler import new_human_labels
 
     ts = bot.post("Thanks, the new dashboard is lovely")
     bot.settle()
@@ -152,7 +152,7 @@ def test_label_set_changes_are_for_admins(bot, user):
 
 
 def test_admin_retires_a_label_it_is_no_longer_offered_or_trained_on_and_history_stays(bot):
-    from bot.training import training_examples
+    from bot.runs.execute import training_examples
 
     ts = bot.post("You charged me twice!")
     bot.settle()
@@ -217,7 +217,7 @@ def test_datacheck_hides_text_of_channels_the_admin_is_not_in(bot):
 def test_digest_hides_private_text_escapes_the_rest_and_its_pickers_check_membership(bot):
     from dataclasses import replace
 
-    from bot.scheduler import post_digest
+    from bot.slack.scheduler import post_digest
 
     bot.ctx.settings = replace(bot.ctx.settings, report_channel="C0REPORTS")
     bot.standin.set_channel("C0REPORTS", {ADMIN, AGENT, OUTSIDER})
@@ -253,7 +253,7 @@ def test_digest_hides_private_text_escapes_the_rest_and_its_pickers_check_member
 
 
 def test_thread_reply_and_label_replies_never_carry_live_mrkdwn(bot):
-    from bot import blocks
+    from bot.slack import blocks
 
     class Guess:
         label, confidence, needs_review, adapter_version, zero_shot = "a`<!here>`b", 0.4, True, None, True

@@ -277,7 +277,7 @@ def test_a_run_scores_every_candidate_on_eval_and_records_the_gates_choice(tiny_
 
 def test_the_worker_records_what_the_gate_chose(env, tmp_path):
     from bot.settings import load_settings
-    from bot.training import register_result
+    from bot.runs.execute import register_result
     from storage import open_db, runs
 
     settings = load_settings({"SUPPORTBOT_DATA_DIR": str(env / "data")}, env_file=None)

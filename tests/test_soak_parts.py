@@ -22,7 +22,7 @@ class InProcessSystem:
 
 def test_soak_hostile_mix_is_refused_stored_and_escaped(bot, monkeypatch):
     from bench import soak
-    from bot.server import make_http_server
+    from bot.slack.server import make_http_server
 
     monkeypatch.setattr(soak, "SECRET", SECRET)  # the app under test's signing secret
     bot.standin.set_channel(soak.OTHER, {soak.AGENT, soak.OUTSIDER})

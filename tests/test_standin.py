@@ -148,7 +148,7 @@ def test_standin_process_injects_faults_at_the_set_rate_and_reports_its_state():
 
 
 def test_conversations_members_pages_like_slack_and_info_says_private(standin):
-    from bot.permissions import is_member, is_private
+    from bot.slack.permissions import is_member, is_private
 
     class Ctx:
         pass

@@ -9,9 +9,10 @@ import time
 
 import pytest
 
-from bot.relay import Relay, relay_client
+from bot.slack.relay import Relay, relay_client
 from bot.settings import load_settings
-from bot.worker import Worker
+from bot.runs.worker import Worker
+from bot.slack import reports
 from storage import adapters, labels, messages, open_db, outbox, runs
 
 from .conftest import toy_examples
@@ -26,8 +27,8 @@ def system(env, tiny_model_dir, monkeypatch):
     """Bot (in-process app), worker (in-process), relay, and the stand-in they talk to."""
     from slack_sdk import WebClient
 
-    from bot.app import create_app
-    from bot.context import BotContext
+    from bot.slack.app import create_app
+    from bot.slack.context import BotContext
     from slack_standin.server import SlackStandIn
 
     standin = SlackStandIn().start()
@@ -48,7 +49,7 @@ def system(env, tiny_model_dir, monkeypatch):
     app = create_app(ctx, WebClient(token=standin.bot_token, base_url=standin.api_url))
     bot = Bot(app, ctx, standin)
     relay = Relay(ctx.db, relay_client(settings))
-    yield bot, Worker(settings, poll_s=0.1, progress_every_s=0.0), relay, settings
+    yield bot, Worker(settings, reports, poll_s=0.1, progress_every_s=0.0), relay, settings
     ctx.close()
     standin.stop()
 
@@ -281,10 +282,10 @@ def test_permanent_errors_are_recorded_not_retried_forever(system):
 
 def test_a_stopped_run_is_queued_again_like_a_crashed_one(env, monkeypatch):
     """Both re-queue paths mark the retry and survive a run queued meanwhile (RunConflict is reported)."""
-    from bot.training import RunOutcome
+    from bot.runs.execute import RunOutcome
 
     monkeypatch.setenv("SUPPORTBOT_REPORT_CHANNEL", REPORTS)
-    worker = Worker(load_settings())
+    worker = Worker(load_settings(), reports)
     db = worker.db
 
     def stopped_run():

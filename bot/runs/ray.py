@@ -143,7 +143,7 @@ def _why(exc: Exception) -> Ending:
 
     text = str(exc)
     if isinstance(exc, rx.OutOfMemoryError) or any(mark in text for mark in RUNNING_LOW_ON_MEMORY):
-        from ..training import OOM_HINT
+        from .execute import OOM_HINT
 
         return Ending(None, reason=f"Ray killed the training run: its node was running low on memory. {OOM_HINT}")
     if isinstance(exc, rx.RayActorError) and exc.actor_init_failed:

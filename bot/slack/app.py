@@ -8,7 +8,7 @@ from slack_bolt import App
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler, ServerErrorRetryHandler
 
-from . import actions, commands, datacheck, home, intake
+from .listeners import actions, commands, datacheck, home, intake
 from .context import BotContext
 
 log = logging.getLogger(__name__)

@@ -20,12 +20,12 @@ from trainer.data import write_jsonl
 from trainer.metrics import read_metrics
 from trainer.train import CANCEL_FILE
 
-from .runs.backend import Ending, RunBackend, RunHandle, backend_for
-from .serving import recorded_choice
-from .settings import Settings
+from .backend import Ending, RunBackend, RunHandle, backend_for
+from ..serving import recorded_choice
+from ..settings import Settings
 
 RUN_BOOKKEEPING = ("retry_of",)  # run params for the queue, not for the trainer's config
-# Every option named here is one /retrain accepts (bot.commands.RETRAIN_NUMBERS and RETRAIN_SWITCHES).
+# Every option named here is one /retrain accepts (bot.slack.listeners.commands.RETRAIN_NUMBERS and RETRAIN_SWITCHES).
 OOM_HINT = ("Out of memory. Try a smaller batch with more accumulation (same effective batch): "
             "`/retrain batch_size=2 grad_accum=8`, or `/retrain gradient_checkpointing=true`; "
             "on a CUDA host the base model is loaded in 4-bit by default.")

@@ -12,10 +12,10 @@ import logging
 from storage import StorageError, labels, messages
 from trainer.cleaning import clean_email
 
-from . import blocks, mrkdwn
-from .context import BotContext
+from .. import blocks, mrkdwn
+from ..context import BotContext
 from .intake import refresh_reply
-from .permissions import Refused, refuse, require_channel_labeler, require_clicked, require_labeler
+from ..permissions import Refused, refuse, require_channel_labeler, require_clicked, require_labeler
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from storage import open_db
 
-from .settings import Settings
+from ..settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class BotContext:
         self.listener_executor = TrackingExecutor(max_workers=10, thread_name_prefix="supportbot-listener")
         self.executor = TrackingExecutor(max_workers=settings.workers, thread_name_prefix="supportbot-work")
         # Heavy data checks (/datacheck) get one thread of their own, and do their work in a child process
-        # (bot.datacheck): they neither hold up answers nor keep their memory in the bot.
+        # (bot.slack.listeners.datacheck): they neither hold up answers nor keep their memory in the bot.
         self.check_executor = TrackingExecutor(max_workers=1, thread_name_prefix="supportbot-check")
         self.bot_user_id: str | None = None
         self.bot_id: str | None = None
@@ -80,7 +80,7 @@ class BotContext:
 
     def classifier(self):
         """The process's one classifier, loaded on first use, switched to the registry's current adapter."""
-        from .serving import load_classifier, sync_classifier
+        from ..serving import load_classifier, sync_classifier
 
         with self._classifier_lock:
             if self._classifier is None:

@@ -11,11 +11,11 @@ import json
 
 from storage import StorageError, labels, messages
 
-from .blocks import option_value
-from .context import BotContext
+from ..blocks import option_value
+from ..context import BotContext
 from .intake import refresh_reply
-from .mrkdwn import code, escape, fit, plain
-from .permissions import Refused, can_read, refuse, require_admin
+from ..mrkdwn import code, escape, fit, plain
+from ..permissions import Refused, can_read, refuse, require_admin
 
 KEEP, CHANGE, EXCLUDE = "datacheck_keep", "datacheck_change", "datacheck_exclude"
 SHOWN = 5
@@ -25,7 +25,7 @@ def run_check(db, fast: bool = False) -> dict:
     """All checks; `fast` keeps to those that need no model (exact duplicates, conflicts, thin labels)."""
     from trainer.datacheck import KINDS, check_data, exact_groups, label_counts
 
-    from .training import training_examples
+    from ...runs.execute import training_examples
 
     rows = training_examples(db)
     if not fast:
@@ -96,7 +96,7 @@ def check_job(ctx: BotContext, respond, client=None, user: str = "") -> None:
     """/datacheck's work, on the check thread: the checks themselves run in a child process."""
     from trainer.datacheck import check_data
 
-    from .training import training_examples
+    from ...runs.execute import training_examples
 
     db = ctx.db()
     report = in_child_process(check_data, training_examples(db))

@@ -9,12 +9,12 @@ from storage import NotFound, RunConflict, StorageError, UnknownLabel
 from storage import adapters, labels, messages, predictions, runs, served
 from trainer.text import EmptyText
 
-from . import blocks
-from .mrkdwn import code, escape, joined, sections
-from .permissions import Refused, admins_line, require_admin, require_channel_labeler, require_labeler
-from .context import BotContext
+from .. import blocks
+from ..mrkdwn import code, escape, joined, sections
+from ..permissions import Refused, admins_line, require_admin, require_channel_labeler, require_labeler
+from ..context import BotContext
 from .intake import refresh_reply
-from .serving import recorded_choice
+from ...serving import recorded_choice
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def retrain_option(word: str) -> tuple[str, object]:
 def retrain_command(ctx: BotContext, command: dict) -> str:
     from trainer.data import DataError, check_examples
 
-    from .training import training_examples
+    from ...runs.execute import training_examples
 
     user = command["user_id"]
     words = (command.get("text") or "").split()

@@ -1,7 +1,9 @@
 """The training worker (`supportbot worker`): executes queued runs, one at a time, crash-safe.
 
 It knows storage and the trainer, not Slack: what the channel should see goes
-into the outbox, and the bot's relay delivers it.
+into the outbox, and the bot's relay delivers it. The messages themselves are
+made by the `reports` the worker is given at start-up (the Slack face's
+bot.slack.reports): the run pipeline records what happened, Slack formats it.
 
 - Claiming is atomic in SQLite, so two workers never take the same run.
 - The trainer runs on a backend (bot.runs): a child process that dies with the
@@ -19,20 +21,29 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Protocol
 
 from storage import RunConflict, open_db, outbox, runs
 
-from . import reports
-from .settings import Settings
-from .runs.local import kill_orphan
-from .training import execute_run, run_dir_for
+from ..settings import Settings
+from .local import kill_orphan
+from .execute import execute_run, run_dir_for
 
 log = logging.getLogger(__name__)
 
 
+class Reports(Protocol):
+    """What the channel sees of a run, as outbox payloads (bot.slack.reports is one)."""
+
+    def progress_payload(self, run_id: int, record: dict, started: float, last_eval: float | None) -> dict: ...
+    def report_payload(self, run_id: int, result: dict, adapter_version: int | None, promoted: bool) -> dict: ...
+    def failure_payload(self, run_id: int, status: str, error: str | None) -> dict: ...
+
+
 class Worker:
-    def __init__(self, settings: Settings, *, poll_s: float = 2.0, progress_every_s: float = 5.0):
+    def __init__(self, settings: Settings, reports: Reports, *, poll_s: float = 2.0, progress_every_s: float = 5.0):
         self.settings = settings
+        self.reports = reports
         self.poll_s = poll_s
         self.progress_every_s = progress_every_s
         self._local = threading.local()
@@ -69,7 +80,7 @@ class Worker:
             runs.finish_run(self.db, run.id, "interrupted",
                             error="the worker stopped during this run; nothing it produced was registered")
             note = "The worker stopped during this run (restart or crash). " + self._queue_again(run, once=True)
-            self._say(f"run:{run.id}:report", reports.failure_payload(run.id, "interrupted", note))
+            self._say(f"run:{run.id}:report", self.reports.failure_payload(run.id, "interrupted", note))
             log.warning("run %d interrupted: %s", run.id, note)
             recovered.append(run.id)
         return recovered
@@ -102,14 +113,15 @@ class Worker:
             return False
         log.info("run %d claimed (asked by %s)", run.id, run.requested_by)
         started, last = time.time(), {"at": 0.0, "eval": None}
-        self._say(f"run:{run.id}:progress", reports.progress_payload(run.id, {"step": 0}, started, None))
+        self._say(f"run:{run.id}:progress", self.reports.progress_payload(run.id, {"step": 0}, started, None))
 
         def progress(record: dict) -> None:
             if record.get("kind") == "eval":
                 last["eval"] = record.get("eval_loss")
             if time.time() - last["at"] >= self.progress_every_s:  # throttled: well inside chat.update limits
                 last["at"] = time.time()
-                self._say(f"run:{run.id}:progress", reports.progress_payload(run.id, record, started, last["eval"]))
+                self._say(f"run:{run.id}:progress",
+                          self.reports.progress_payload(run.id, record, started, last["eval"]))
 
         def remember(handle) -> None:
             self._handle = handle
@@ -125,11 +137,11 @@ class Worker:
         key = f"run:{run.id}:report"
         if run.status == "succeeded":
             result = outcome.result
-            self._say(f"run:{run.id}:progress", reports.progress_payload(
+            self._say(f"run:{run.id}:progress", self.reports.progress_payload(
                 run.id, {"step": result["training"]["global_step"], "max_steps": result["training"]["max_steps"],
                          "epoch": (result["training"]["epochs"] or [{}])[-1].get("epoch"), "finished": True},
                 time.time(), None))
-            self._say(key, reports.report_payload(run.id, result, outcome.adapter.version, outcome.promoted))
+            self._say(key, self.reports.report_payload(run.id, result, outcome.adapter.version, outcome.promoted))
             picture = Path(result["adapter_dir"]).parent / "report.png"
             if picture.exists():
                 self._say(f"run:{run.id}:picture", {"path": str(picture), "title": f"Training run {run.id}",
@@ -139,15 +151,15 @@ class Worker:
             return
         if run.status == "interrupted" and not self.stop_requested.is_set():  # lost with its host or worker
             note = f"The run was lost: {run.error}. " + self._queue_again(run, once=True)
-            self._say(key, reports.failure_payload(run.id, "interrupted", note))
+            self._say(key, self.reports.failure_payload(run.id, "interrupted", note))
             log.warning("run %d interrupted: %s", run.id, note)
             return
         if run.status == "interrupted":  # a stop (SIGTERM) is no fault of the run's: queued again even if a retry
             note = "The worker was stopped. " + self._queue_again(run, once=False)
-            self._say(key, reports.failure_payload(run.id, "interrupted", note))
+            self._say(key, self.reports.failure_payload(run.id, "interrupted", note))
             log.warning("run %d interrupted by a stop: %s", run.id, note)
             return
-        self._say(key, reports.failure_payload(run.id, run.status, run.error))
+        self._say(key, self.reports.failure_payload(run.id, run.status, run.error))
         log.warning("run %d %s: %s", run.id, run.status, run.error)
 
     # -- signals ---------------------------------------------------------------------------------------------
@@ -159,8 +171,8 @@ class Worker:
             handle.stop()
 
 
-def main(settings: Settings) -> None:
-    worker = Worker(settings)
+def main(settings: Settings, reports: Reports) -> None:
+    worker = Worker(settings, reports)
     signal.signal(signal.SIGTERM, worker.handle_sigterm)
     signal.signal(signal.SIGINT, worker.handle_sigterm)
     worker.run_forever()

@@ -19,8 +19,8 @@ from storage import labels, messages, predictions, replies
 from trainer.cleaning import clean_email
 from trainer.text import EmptyText, require_text
 
-from . import blocks, metadata, mrkdwn
-from .context import BotContext
+from .. import blocks, metadata, mrkdwn
+from ..context import BotContext
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class _Shown:
 
 def spool(ctx: BotContext):
     """The process's intake spool (events the database could not take yet)."""
-    from .spool import Spool
+    from ..spool import Spool
 
     with _spool_lock:
         found = getattr(ctx, "_intake_spool", None)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .commands import stats_payload
-from .context import BotContext
+from ..context import BotContext
 
 
 def register(app, ctx: BotContext) -> None:

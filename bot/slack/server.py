@@ -18,7 +18,7 @@ from urllib.parse import parse_qs
 
 from .app import create_app
 from .context import BotContext
-from .settings import Settings
+from ..settings import Settings
 
 log = logging.getLogger(__name__)
 
