@@ -21,15 +21,36 @@ def num(x, digits=0):
 
 
 def banking77(data: dict) -> str:
-    rows = ["| model | accuracy | macro-F1 | train time | tokens/s | peak memory |", "| --- | --- | --- | --- | --- | --- |"]
+    rows = ["| role | model | accuracy | macro-F1 | ECE | train time | tokens/s | peak memory |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for m in data["models"]:
-        rows.append(f"| {m['name']} | {pct(m['accuracy'])} | {m['macro_f1']:.4f} | {num(m['train_seconds'])} s | "
-                    f"{num(m.get('tokens_per_second'))} | {num(m.get('peak_rss_mb'))} MB |"
-                    if m.get("peak_rss_mb") else
-                    f"| {m['name']} | {pct(m['accuracy'])} | {m['macro_f1']:.4f} | {num(m['train_seconds'], 1)} s | "
-                    f"{num(m.get('tokens_per_second'))} | - |")
+        ece = m.get("ece_calibrated", m.get("ece"))
+        seconds = f"{num(m['train_seconds'], 1)} s" if m.get("train_seconds") is not None else "-"
+        rows.append(f"| {m.get('role', '-')}{' (default)' if m.get('default') else ''} | {m['name']} | "
+                    f"{pct(m['accuracy'])} | {m['macro_f1']:.4f} | {num(ece, 3) if ece is not None else '-'} | "
+                    f"{seconds} | {num(m.get('tokens_per_second'))} | "
+                    f"{num(m.get('peak_rss_mb')) + ' MB' if m.get('peak_rss_mb') else '-'} |")
+    out = f"{data['protocol']}.\n\n" + "\n".join(rows)
+    if data.get("gate"):
+        out += (f"\n\nThe default run's gate (on its own 154-message eval split; the test rows chose nothing) "
+                f"picked **{data['gate']['picked']}**: {data['gate']['reason']}.")
+    served = next((m for m in data["models"] if m.get("role") == "served"), None)
+    if served:
+        out += ("\n\nSelective accuracy of the served model (answers kept without review at each threshold, "
+                "and how many of those are right):\n\n| threshold | " + " | ".join(
+                    f"{r['threshold']:.2f}" for r in served["selective"]) + " |\n| --- |" + " --- |" * len(
+                    served["selective"]) + "\n| kept | " + " | ".join(pct(r["kept"]) for r in served["selective"])
+                + " |\n| right | " + " | ".join(pct(r["accuracy"]) for r in served["selective"]) + " |")
+    held = data.get("held_out_intents")
+    if held:
+        out += (f"\n\nMessages that fit no label: the embedding classifier fitted without {len(held['held_out'])} "
+                f"intents ({held['out_of_scope_rows']} test messages of those, {held['in_scope_rows']} in scope); "
+                "share flagged *Needs review*:\n\n| threshold | rule | out of scope flagged | in scope flagged |\n"
+                "| --- | --- | --- | --- |\n" + "\n".join(
+                    f"| {r['threshold'] if r['threshold'] is not None else '-'} | {r['rule']} | "
+                    f"{pct(r['out_of_scope_flagged'])} | {pct(r['in_scope_flagged'])} |" for r in held["rows"]))
     notes = "".join(f"\n\n{note}" for note in data.get("notes", []))
-    return f"{data['protocol']}.\n\n" + "\n".join(rows) + notes
+    return out + notes
 
 
 def recipes(data: dict) -> str:
