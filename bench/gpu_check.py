@@ -93,8 +93,10 @@ def train_steps(folder: Path, device: str, *, steps: int, batch: int, seq: int, 
                             gradient_checkpointing=gradient_checkpointing)
     load_seconds = time.time() - started
     loaded_gb = torch.cuda.memory_allocated() / 2**30 if cuda else None
-    cfg = TrainConfig(labels=[{"name": n, "description": d} for n, d in LABELS], base_model=str(folder))
-    model = get_peft_model(model, lora_config(cfg))
+    # The seed recipe, as a 7B-class model gets it: QLoRA r=16, alpha 32 on q/k/v/o, lr 2e-4.
+    cfg = TrainConfig(labels=[{"name": n, "description": d} for n, d in LABELS], base_model=str(folder),
+                      recipe="seed").resolved(1000, n_params=sum(p.numel() for p in model.parameters()))
+    model = get_peft_model(model, lora_config(cfg, model.config.num_hidden_layers))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
     generator = torch.Generator().manual_seed(0)
