@@ -46,7 +46,8 @@ def main():
     path = resolve_base_model("embedded", CACHE / "models")
     tokenizer = load_tokenizer(path)
     spec = PromptSpec(tuple(LabelInfo(n) for n in names), False, 1500, verbalize=True)
-    cfg = TrainConfig(labels=[{"name": n} for n in names], max_steps=args.steps, epochs=1)
+    cfg = TrainConfig(labels=[{"name": n} for n in names], max_steps=args.steps, epochs=1, recipe="seed",
+                      method="scoring").resolved(len(train))
     rows = tokenize_examples(tokenizer, spec, train, cfg.max_length)
     tokens_per_example = sum(len(r["input_ids"]) for r in rows) / len(rows)
     examples_seen = args.steps * cfg.batch_size * cfg.grad_accum
