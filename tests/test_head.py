@@ -15,7 +15,8 @@ TOY_LABELS = [LabelInfo(name, f"{name} messages") for name in TOY_WORDS]
 
 @pytest.fixture(scope="module")
 def head_run(tiny_model_dir, tmp_path_factory):
-    run_dir = make_run_dir(tmp_path_factory.mktemp("head"), toy_config(tiny_model_dir, method="head", epochs=4),
+    run_dir = make_run_dir(tmp_path_factory.mktemp("head"), toy_config(tiny_model_dir, method="head", epochs=4,
+                                                                                      dev_fraction=0.0),
                            toy_examples())
     return run_dir, run(run_dir)
 

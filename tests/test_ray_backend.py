@@ -73,7 +73,8 @@ def streamed_metrics(settings, run_id):
 
 def long_run_training(bot, worker, settings):
     """Run 1, long, executing in a thread; returned once its first training metrics came back from Ray."""
-    queue(bot, {**FAST, "epochs": 200})
+    # No early stopping: the run must still be training when the test acts on it.
+    queue(bot, {**FAST, "epochs": 200, "early_stopping_patience": 0})
     thread = threading.Thread(target=worker.run_once)
     thread.start()
     streamed_metrics(settings, 1)
@@ -101,7 +102,8 @@ def test_ray_errors_tell_lost_runs_from_failed_ones():
 def test_retrain_through_ray_streams_progress_reports_and_promotes(on_ray):
     bot, worker, relay, settings, said = on_ray
     bot.command("/retrain", user=ADMIN)
-    bot.db.execute("UPDATE runs SET params = ? WHERE id = 1", [json.dumps(FAST)])
+    bot.db.execute("UPDATE runs SET params = ? WHERE id = 1",
+                   [json.dumps({**FAST, "epochs": 6, "early_stopping_patience": 0})])  # long enough to report progress
     bot.db.conn.commit()
     with relay_running(relay):
         assert worker.run_once()
@@ -176,7 +178,7 @@ def test_too_few_gpus_on_the_cluster_fails_the_run_saying_so(on_ray):
 @pytest.mark.slow
 def test_supportbot_worker_with_the_address_set_trains_on_ray_and_a_sigterm_requeues(on_ray, env, ray_head):
     bot, worker, relay, settings, said = on_ray
-    queue(bot, {**FAST, "epochs": 200})
+    queue(bot, {**FAST, "epochs": 200, "early_stopping_patience": 0})
     process = subprocess.Popen([sys.executable, "-m", "bot.cli", "worker"], cwd=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE,
                                env={**os.environ, "SUPPORTBOT_RAY_ADDRESS": ray_head, "SUPPORTBOT_RAY_NUM_GPUS": "0"})
@@ -185,6 +187,7 @@ def test_supportbot_worker_with_the_address_set_trains_on_ray_and_a_sigterm_requ
     process.send_signal(signal.SIGTERM)
     assert process.wait(60) == 0, process.stderr.read().decode()[-2000:]
     first, again = runs.get_run(bot.db, 1), runs.get_run(bot.db, 2)
-    assert first.status == "interrupted" and again.status == "queued" and again.params == first.params
+    assert first.status == "interrupted" and again.status == "queued"
+    assert again.params == {**first.params, "retry_of": 1}  # a stop re-queues it as a retry (one path for both)
     # The actor went with the worker: the cluster's CPU is free again.
     wait_until(lambda: ray.available_resources().get("CPU", 0) == 2, 30, "the run's actor to be released")
