@@ -74,7 +74,7 @@ def streamed_metrics(settings, run_id):
 def long_run_training(bot, worker, settings):
     """Run 1, long, executing in a thread; returned once its first training metrics came back from Ray."""
     # No early stopping: the run must still be training when the test acts on it.
-    queue(bot, {**FAST, "epochs": 200, "early_stopping_patience": 0})
+    queue(bot, {**FAST, "learning_rate": 1e-3, "epochs": 200, "early_stopping_patience": 0})
     thread = threading.Thread(target=worker.run_once)
     thread.start()
     streamed_metrics(settings, 1)
@@ -103,7 +103,7 @@ def test_retrain_through_ray_streams_progress_reports_and_promotes(on_ray):
     bot, worker, relay, settings, said = on_ray
     bot.command("/retrain", user=ADMIN)
     bot.db.execute("UPDATE runs SET params = ? WHERE id = 1",
-                   [json.dumps({**FAST, "epochs": 6, "early_stopping_patience": 0})])  # long enough to report progress
+                   [json.dumps({**FAST, "learning_rate": 1e-3, "epochs": 20, "early_stopping_patience": 0})])  # seconds of steps: progress
     bot.db.conn.commit()
     with relay_running(relay):
         assert worker.run_once()
@@ -178,7 +178,7 @@ def test_too_few_gpus_on_the_cluster_fails_the_run_saying_so(on_ray):
 @pytest.mark.slow
 def test_supportbot_worker_with_the_address_set_trains_on_ray_and_a_sigterm_requeues(on_ray, env, ray_head):
     bot, worker, relay, settings, said = on_ray
-    queue(bot, {**FAST, "epochs": 200, "early_stopping_patience": 0})
+    queue(bot, {**FAST, "learning_rate": 1e-3, "epochs": 200, "early_stopping_patience": 0})
     process = subprocess.Popen([sys.executable, "-m", "bot.cli", "worker"], cwd=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE,
                                env={**os.environ, "SUPPORTBOT_RAY_ADDRESS": ray_head, "SUPPORTBOT_RAY_NUM_GPUS": "0"})
