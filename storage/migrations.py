@@ -215,6 +215,8 @@ def m005_embeddings_and_served_models(db):
             created_at TEXT NOT NULL,
             CHECK ((kind = 'embeddings') = (adapter_version IS NULL))
         );
+        -- The serving model watches the newest deletion (storage.labels.change_signature) at every answer.
+        CREATE INDEX messages_deleted_at ON messages(deleted_at);
         -- What answered ("embeddings", "adapter v3 + embeddings"...), beside the adapter version.
         ALTER TABLE predictions ADD COLUMN model TEXT;
         """,
