@@ -56,7 +56,7 @@ def main():
                    "SUPPORTBOT_ADMINS": "U0ADMIN", "SUPPORTBOT_INTAKE_CHANNELS": "C0INTAKE"}
     converted = CACHE / "models" / "smollm2-135m-instruct"
     if (converted / "config.json").exists():  # the benchmarks' converted model: no second conversion
-        environment["SUPPORTBOT_BASE_MODEL"] = str(converted)
+        environment["SUPPORTBOT_BASE_MODEL"] = environment["SUPPORTBOT_ZERO_SHOT_MODEL"] = str(converted)
     ctx = BotContext(load_settings(environment, env_file=None))
     names = sorted({r["label"] for r in read_csv(DATA / "train.csv")})[:10]
     for name in names:

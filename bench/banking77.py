@@ -2,8 +2,9 @@
 
 Protocol (issue: Trainer): 10 examples per intent drawn from train.csv with seed 42 (770),
 evaluated on test.csv (3,080 rows, or --test-per-intent N per intent for a quicker search).
-The adapter trains on the trainer's own stratified 80/20 split of those 770 (the 20% drives
-early stopping); the baselines fit all 770.
+The adapter trains on the trainer's own split of those 770 (train, dev for early stopping, eval
+for the gate); a recipe that refits (the default) then trains again on all 770 for as long as
+early stopping chose, and that adapter is the one tested. The baselines fit all 770.
 
 Each recipe trains in a child process (`python -m trainer RUN_DIR`, as the worker runs it)
 so its peak memory is its own. Writes bench/results/banking77.json (or --out).
@@ -67,6 +68,10 @@ RECIPES = {
                                    "learning_rate": 1e-4},
     "head-gemma-top6-3ep-random-init": {"method": "head", "base_model": "gemma3-270m", "lora_layers": 6, "epochs": 3,
                                         "head_init": "random"},
+    # The default since the encoder recipe: all-MiniLM-L6-v2 with LoRA and a head, refitted on all 770.
+    "head-minilm-seed7": {"base_model": "minilm", "seed": 7},
+    "head-minilm-no-refit": {"base_model": "minilm", "refit": False},
+    "head-minilm-lr5e-4": {"base_model": "minilm", "learning_rate": 5e-4},
 }
 
 
@@ -182,7 +187,8 @@ def evaluate_adapter(adapter_dir: Path, model_cache: Path, test: list[dict], sav
 
 def model_label(result: dict) -> str:
     config = result["config"]
-    base = {"smollm2-135m": "SmolLM2-135M", "embedded": "SmolLM2-135M", "gemma3-270m": "Gemma 3 270M"}.get(
+    base = {"smollm2-135m": "SmolLM2-135M", "embedded": "SmolLM2-135M", "gemma3-270m": "Gemma 3 270M",
+            "minilm": "all-MiniLM-L6-v2"}.get(
         config["base_model"], config["base_model"])
     return f"{base} LoRA + {'head' if config['method'] == 'head' else 'label scoring'}"
 
@@ -232,11 +238,17 @@ def main() -> None:
         scores = evaluate_adapter(trained["run_dir"] / "adapter", model_cache, test, save_to=keep)
         training = trained["result"]["training"]
         config = trained["result"]["config"]
+        refit = trained["result"].get("refit") or {}
         row = {"name": f"{model_label(trained['result'])} ({name})", "role": "adapter", "recipe": name,
                "overrides": overrides, "method": config["method"], "base_model": config["base_model"],
                "test_rows": len(test),
                "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"],
-               "train_seconds": training["train_seconds"], "tokens_per_second": training["tokens_per_second"],
+               # What a team waits for: the first training and, when the recipe refits, the second.
+               "train_seconds": training["train_seconds"] + refit.get("train_seconds", 0),
+               "tokens_per_second": (training["train_tokens"] + refit.get("train_tokens", 0))
+               / (training["train_seconds"] + refit.get("train_seconds", 0)),
+               "first_training_seconds": training["train_seconds"], "refit": refit or None,
+               "wall_seconds": trained["wall_seconds"],
                "peak_rss_mb": trained["peak_rss_mb"], "epochs_run": (training["epochs"] or [{}])[-1].get("epoch"),
                "stop_reason": training["stop_reason"], "best_epoch": training["best_epoch"],
                "eval_split_accuracy": trained["result"]["metrics"]["accuracy"],

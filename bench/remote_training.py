@@ -45,6 +45,7 @@ def make_settings(data_dir: Path, model: str, **extra):
     from bot.settings import load_settings
 
     return load_settings({"SUPPORTBOT_DATA_DIR": str(data_dir), "SUPPORTBOT_BASE_MODEL": model,
+                          "SUPPORTBOT_ZERO_SHOT_MODEL": model,
                           "SUPPORTBOT_REPORT_CHANNEL": "C0REPORTS", **extra}, env_file=None)
 
 

@@ -97,7 +97,7 @@ class System:
                     "SUPPORTBOT_ADMINS": ADMIN, "SUPPORTBOT_INTAKE_CHANNELS": INTAKE,
                     "SUPPORTBOT_REPORT_CHANNEL": REPORTS, "SUPPORTBOT_LOG_LEVEL": "INFO"}
         if model:
-            self.env["SUPPORTBOT_BASE_MODEL"] = model
+            self.env["SUPPORTBOT_BASE_MODEL"] = self.env["SUPPORTBOT_ZERO_SHOT_MODEL"] = model
         self.bot = self.worker = None
         self.bot_url = f"http://127.0.0.1:{self.bot_port}/slack/events"
 

@@ -338,8 +338,12 @@ def train(ctx: Context, epochs: int | None, overrides: tuple[str, ...], as_json:
             nonlocal bar
             if as_json or not record.get("max_steps"):
                 return
+            if bar is not None and record.get("phase") == "refit" and bar.label.startswith("Training"):
+                bar.render_finish()  # the refit on every labelled example gets a bar of its own
+                bar = None
             if bar is None:
-                bar = bars.enter_context(click.progressbar(length=record["max_steps"], label=f"Training run {run.id}",
+                label = f"{'Refitting' if record.get('phase') == 'refit' else 'Training'} run {run.id}"
+                bar = bars.enter_context(click.progressbar(length=record["max_steps"], label=label,
                                                            file=sys.stderr, show_eta=True))
             bar.update(record["step"] - bar.pos)
 

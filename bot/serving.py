@@ -36,10 +36,11 @@ def label_infos(db) -> list[LabelInfo]:
     return [LabelInfo(d.name, d.description) for d in labels.list_label_defs(db)]
 
 
-def base_model_path(settings: Settings) -> str:
+def base_model_path(settings: Settings, name: str | None = None) -> str:
+    """Where the base model `name` (default: the one `/retrain` fine-tunes) loads from."""
     from trainer.models import resolve_base_model
 
-    return resolve_base_model(settings.base_model, settings.model_cache_dir)
+    return resolve_base_model(name or settings.base_model, settings.model_cache_dir)
 
 
 class NoLabels(RuntimeError):
@@ -55,6 +56,7 @@ class State:
     adapter_version: int | None = None
     adapter_path: str | None = None
     details: dict | None = None     # temperatures and the mix, from the gate
+    base_model: str | None = None   # the adapter's base model (it loads on that one)
     note: str = ""                  # why this differs from the recorded choice, if it does
 
 
@@ -95,7 +97,7 @@ class ServedClassifier:
         self.settings = settings
         self.threshold = settings.review_threshold
         self._llm_factory = llm_factory
-        self._llm = None
+        self._models: dict[str, object] = {}  # base model name -> trainer.classify.Classifier, loaded on use
         self._llm_lock = threading.Lock()
         self._embeddings = None          # trainer.embeddings.EmbeddingClassifier, or None before enough labels
         self._embed_lock = threading.Lock()
@@ -120,7 +122,7 @@ class ServedClassifier:
     def labels(self) -> list[str]:
         if self._state.kind == "embeddings" and self._embeddings is not None:
             return list(self._embeddings.labels)
-        return self._language_model().labels
+        return self._model_for(self._state).labels
 
     def sync(self, db) -> bool:
         """Bring the serving state in line with the registry and the label set. Returns True on a change."""
@@ -133,11 +135,11 @@ class ServedClassifier:
             if wanted == self._state:
                 return False
             if wanted.kind in ("adapter", "ensemble"):
-                llm = self._language_model(db)
+                llm = self._model_for(wanted, db)
                 if llm.adapter_version != wanted.adapter_version:
                     llm.use_adapter(wanted.adapter_path, wanted.adapter_version)
-            elif wanted.kind == "zero-shot" and self._llm is not None:
-                self._llm.use_zero_shot(label_infos(db))
+            elif wanted.kind == "zero-shot" and self._key(wanted) in self._models:
+                self._models[self._key(wanted)].use_zero_shot(label_infos(db))
             self._state = wanted
             log.info("serving %s%s", wanted.name, f" ({wanted.note})" if wanted.note else "")
             return True
@@ -165,21 +167,31 @@ class ServedClassifier:
             return State("embeddings", "embeddings",
                          note=f"adapter v{version} was trained before label(s) {', '.join(missing)}")
         if choice_kind == "ensemble" and fitted is not None and not set(adapter.labels) - set(fitted.labels):
-            return State("ensemble", f"adapter v{version} + embeddings", version, adapter.path, details)
-        return State("adapter", f"adapter v{version}", version, adapter.path, details)
+            return State("ensemble", f"adapter v{version} + embeddings", version, adapter.path, details,
+                         base_model=adapter.base_model)
+        return State("adapter", f"adapter v{version}", version, adapter.path, details, base_model=adapter.base_model)
 
-    def _language_model(self, db=None):
+    def _model_for(self, state: State, db=None):
+        """The loaded model that answers for `state`: the adapter's base model, or the zero-shot LM.
+
+        One per base model, loaded on first use: adapters of one base swap in place on it.
+        """
+        name = self._key(state)
         with self._llm_lock:
-            if self._llm is None:
+            if name not in self._models:
                 from trainer.classify import Classifier
 
                 own_db = db or open_db(self.settings.db_path)
                 if self._llm_factory is not None:
-                    self._llm = self._llm_factory(self.settings, own_db)
+                    self._models[name] = self._llm_factory(self.settings, own_db)
                 else:
-                    self._llm = Classifier.load(base_model_path(self.settings), label_infos(own_db),
-                                                threshold=self.threshold)
-            return self._llm
+                    self._models[name] = Classifier.load(base_model_path(self.settings, name), label_infos(own_db),
+                                                         threshold=self.threshold)
+            return self._models[name]
+
+    def _key(self, state: State) -> str:
+        # An injected factory (tests, benchmarks) makes the one model that stands in for every base model.
+        return "factory" if self._llm_factory is not None else state.base_model or self.settings.zero_shot_model
 
     # -- answering --------------------------------------------------------------------------------------
 
@@ -218,7 +230,7 @@ class ServedClassifier:
             names = fitted.labels
             certified = True
         else:
-            llm = self._language_model()
+            llm = self._model_for(state)
             made = llm.classify_many(cleaned) if len(cleaned) > 1 else [llm.classify(*cleaned[0])]
             if any(p.adapter_version != state.adapter_version for p in made):
                 return None  # an adapter swap came in between: answer again with the new state

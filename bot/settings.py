@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlparse
 
-from trainer.models import DEFAULT_BASE_MODEL
+from trainer.models import DEFAULT_BASE_MODEL, ZERO_SHOT_MODEL
 
 
 class SettingsError(ValueError):
@@ -134,8 +134,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("data_dir", "SUPPORTBOT_DATA_DIR", "./data", _path,
             "Folder for the database, adapters, training runs and the model cache."),
     Setting("base_model", "SUPPORTBOT_BASE_MODEL", DEFAULT_BASE_MODEL, _text,
-            "Base model: `gemma3-270m` (Gemma 3 270M, Gemma Terms of Use), `smollm2-135m` or `embedded` "
-            "(SmolLM2-135M-Instruct), both shipped as packages; a Hugging Face hub id, or a local folder."),
+            "Base model `/retrain` fine-tunes: `minilm` (all-MiniLM-L6-v2, a sentence encoder, Apache-2.0), "
+            "`gemma3-270m` (Gemma 3 270M, Gemma Terms of Use), `smollm2-135m` or `embedded` "
+            "(SmolLM2-135M-Instruct), all shipped as packages; a Hugging Face hub id, or a local folder."),
+    Setting("zero_shot_model", "SUPPORTBOT_ZERO_SHOT_MODEL", ZERO_SHOT_MODEL, _text,
+            "Causal LM that answers from the label descriptions alone, before two labels have two labelled "
+            "messages each (the same names as the base model; a sentence encoder cannot)."),
     Setting("slack_bot_token", "SLACK_BOT_TOKEN", "", _token("xoxb-"),
             "Bot token (`xoxb-...`) from the Slack app's OAuth page.", secret=True),
     Setting("slack_app_token", "SLACK_APP_TOKEN", "", _token("xapp-"),
@@ -188,6 +192,7 @@ _DEFAULTS = {s.attr: s.parse(s.var, s.default) for s in SETTINGS}  # each defaul
 class Settings:
     data_dir: Path = _DEFAULTS["data_dir"]
     base_model: str = _DEFAULTS["base_model"]
+    zero_shot_model: str = _DEFAULTS["zero_shot_model"]
     slack_bot_token: str = _DEFAULTS["slack_bot_token"]
     slack_app_token: str = _DEFAULTS["slack_app_token"]
     slack_signing_secret: str = _DEFAULTS["slack_signing_secret"]

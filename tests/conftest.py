@@ -100,3 +100,26 @@ def make_run_dir(folder, config, examples, eval_examples=None):
     if eval_examples is not None:
         (folder / "eval.jsonl").write_text("".join(json.dumps(e) + "\n" for e in eval_examples))
     return folder
+
+
+TINY_ENCODER_VERSION = "tiny-bert-v1"
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(request):
+    """A tiny randomly initialised BERT encoder (hidden 32, 2 layers) with all-MiniLM-L6-v2's tokenizer."""
+    folder = Path(request.config.cache.mkdir(TINY_ENCODER_VERSION))
+    if (folder / "config.json").exists() and (folder / "tokenizer.json").exists():
+        return str(folder)
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from trainer.embeddings import model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path())
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=2, max_position_embeddings=512, initializer_range=0.2)
+    torch.manual_seed(0)
+    BertModel(config, add_pooling_layer=False).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)

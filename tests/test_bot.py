@@ -68,7 +68,9 @@ def bot(env, tiny_model_dir, monkeypatch):
     standin.set_channel(OTHER, {OUTSIDER, AGENT})
     standin.set_channel(PRIVATE, {INSIDER}, private=True)
     monkeypatch.setenv("SUPPORTBOT_BASE_MODEL", tiny_model_dir)
+    monkeypatch.setenv("SUPPORTBOT_ZERO_SHOT_MODEL", tiny_model_dir)
     settings = load_settings({"SUPPORTBOT_DATA_DIR": str(env / "data"), "SUPPORTBOT_BASE_MODEL": tiny_model_dir,
+                              "SUPPORTBOT_ZERO_SHOT_MODEL": tiny_model_dir,
                               "SLACK_BOT_TOKEN": standin.bot_token, "SLACK_SIGNING_SECRET": SECRET,
                               "SLACK_API_URL": standin.api_url, "SUPPORTBOT_ADMINS": ADMIN,
                               "SUPPORTBOT_INTAKE_CHANNELS": f"{INTAKE},{PRIVATE}", "SUPPORTBOT_REVIEW_THRESHOLD": "0.5"},

@@ -88,7 +88,8 @@ def test_the_whole_loop_in_a_browser(env, tiny_model_dir):
 
     from bot.local import LocalStack
 
-    settings = load_settings({"SUPPORTBOT_DATA_DIR": str(env / "data"), "SUPPORTBOT_BASE_MODEL": tiny_model_dir},
+    settings = load_settings({"SUPPORTBOT_DATA_DIR": str(env / "data"), "SUPPORTBOT_BASE_MODEL": tiny_model_dir,
+                              "SUPPORTBOT_ZERO_SHOT_MODEL": tiny_model_dir},
                              env_file=None)
     stack = LocalStack(settings, port=0).start()
     driver = browser()

@@ -25,6 +25,7 @@ def supportbot(*args, check=True):
 @pytest.fixture
 def toy_workspace(env, monkeypatch, tiny_model_dir):
     monkeypatch.setenv("SUPPORTBOT_BASE_MODEL", tiny_model_dir)
+    monkeypatch.setenv("SUPPORTBOT_ZERO_SHOT_MODEL", tiny_model_dir)
     path = env / "toy.csv"
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -95,11 +96,11 @@ def test_model_commands_refuse_bad_input_clearly(toy_workspace, monkeypatch):
         "Error: nothing to classify: the text is empty or only whitespace"
     result = supportbot("train", "--set", "lerning_rate=1", check=False)
     assert result.returncode == 2 and "expected KEY=VALUE with KEY one of" in result.stderr
-    # A workspace with labels but no labelled message answers zero-shot, which needs the base model.
+    # A workspace with labels but no labelled message answers zero-shot, which needs the zero-shot model.
     monkeypatch.setenv("SUPPORTBOT_DATA_DIR", str(env / "fresh"))
     supportbot("labels", "add", "complaint")
     supportbot("labels", "add", "question")
-    monkeypatch.setenv("SUPPORTBOT_BASE_MODEL", str(env / "missing-model"))
+    monkeypatch.setenv("SUPPORTBOT_ZERO_SHOT_MODEL", str(env / "missing-model"))
     result = supportbot("classify", "hello", check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr and "missing-model" in result.stderr
 

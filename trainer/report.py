@@ -38,6 +38,16 @@ def stop_text(training: dict) -> str:
     return str(reason)
 
 
+def refit_text(result: dict) -> str:
+    """What the saved adapter is when it was refitted on every labelled example (trainer.run.refit); else ''."""
+    refit = result.get("refit")
+    if not refit:
+        return ""
+    return (f"The saved adapter was then trained again on all {refit['examples']} labelled examples "
+            f"({refit['steps']} steps in {refit['train_seconds']:.0f} s); the scores here are the first "
+            f"training's, measured on messages it never saw.")
+
+
 def baseline_verdict(adapter: dict, baseline: dict | None) -> str:
     """Does fine-tuning earn its cost on this data? Answered with the run's own numbers."""
     if not baseline:
@@ -90,6 +100,8 @@ def summary_markdown(result: dict) -> str:
         worst = worst_classes(metrics)
         if worst:
             lines += ["Worst classes: " + ", ".join(f"{n} (F1 {f:.2f}, {s} ex.)" for n, f, s in worst) + ".", ""]
+    if refit_text(result):
+        lines += [refit_text(result), ""]
     gate = result.get("gate")
     if gate:
         lines += ["| candidate | accuracy | macro-F1 | ECE |", "| --- | --- | --- | --- |"]

@@ -147,14 +147,20 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
                   data={"train": len(train), "dev": len(dev), "eval": len(evaluation),
                         "per_label": dict(sorted(Counter(e["label"] for e in train).items()))})
 
-    from .models import load_base_model, load_tokenizer, pick_device, resolve_base_model
+    from .models import is_encoder, load_base_model, load_tokenizer, pick_device, resolve_base_model
 
     device = pick_device()
     path = resolve_base_model(cfg.base_model, cfg.model_cache_dir)
     tokenizer = load_tokenizer(path)
-    model = load_base_model(path, quantization=cfg.quantization, dtype=cfg.compute_dtype, device=device,
-                            for_training=True, gradient_checkpointing=cfg.gradient_checkpointing)
-    cfg = cfg.resolved(len(train), n_params=sum(p.numel() for p in model.parameters()))
+
+    def load():
+        return load_base_model(path, quantization=cfg.quantization, dtype=cfg.compute_dtype, device=device,
+                               for_training=True, gradient_checkpointing=cfg.gradient_checkpointing)
+
+    model = load()
+    encoder = is_encoder(model.config)
+    cfg = cfg.resolved(len(train), n_params=sum(p.numel() for p in model.parameters()), encoder=encoder)
+    check_fits_model(cfg, encoder)
     result["config"] = json.loads(cfg.to_json())
     augmented = augment_with_injections(train, spec.names, cfg.injection_augmentation, cfg.seed)
     # Early stopping watches dev (held out from training), leaving eval to the serving gate alone.
@@ -225,6 +231,13 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
             result["metrics"], result["serving"]["metrics"] if result["serving"] else None, cfg.promotion_margin)
     result["verdict"] = baseline_verdict(result["metrics"], result["baseline"])
 
+    if cfg.refit and head is not None:
+        model, head = refit(load, tokenizer, cfg, spec, train + dev + evaluation, augmented, outcome, run_dir, sink,
+                            result)
+        if result["refit"]["stop_reason"] == "cancelled":
+            result.update(status="cancelled", error="cancelled on request")
+            return result
+
     # Save.
     result["status"] = "succeeded"
     save_adapter(model, run_dir / "adapter", cfg, spec, result, head)
@@ -236,6 +249,51 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
         result["picture_error"] = f"{type(exc).__name__}: {exc}"[:500]
     (run_dir / "report.md").write_text(summary_markdown(result), encoding="utf-8")
     return result
+
+
+def check_fits_model(cfg: TrainConfig, encoder: bool) -> None:
+    """An encoder has no LM head to score labels with, and the encoder recipe names BERT's layers."""
+    if encoder and cfg.method == "scoring":
+        raise ConfigError(f"method: {cfg.base_model} is a sentence encoder, which trains a head only "
+                          f"(method head), not label scoring")
+    if not encoder and cfg.recipe == "encoder":
+        raise ConfigError(f"recipe: encoder is for sentence encoders; {cfg.base_model} is a causal LM "
+                          f"(use auto, small-model or seed)")
+
+
+def refit(load, tokenizer, cfg: TrainConfig, spec: PromptSpec, everything: list[dict], augmented_train: list[dict],
+          outcome, run_dir: Path, sink: MetricsSink, result: dict):
+    """Train the head adapter again on every labelled example, as long as early stopping found best (in epochs).
+
+    The gate's numbers were measured on eval with the adapter trained without it; this one has seen
+    eval and dev too, so it has no held-out score of its own, and no early stopping (its length comes
+    from the first run). Its progress records say `"phase": "refit"`.
+    """
+    import math
+    from dataclasses import replace
+
+    from .head import fit_head
+    from .train import steps_per_epoch
+
+    augmented = augment_with_injections(everything, spec.names, cfg.injection_augmentation, cfg.seed)
+    best = outcome.best_step or outcome.global_step
+    steps = max(1, round(best * steps_per_epoch(cfg, len(augmented)) / steps_per_epoch(cfg, len(augmented_train))))
+    again = replace(cfg, max_steps=steps, epochs=max(1, math.ceil(steps / steps_per_epoch(cfg, len(augmented)))),
+                    early_stopping_patience=0)
+    model, head, second = fit_head(load(), tokenizer, again, spec, augmented, [], run_dir, _Phase(sink, "refit"))
+    result["refit"] = {"examples": len(everything), "steps": second.global_step, "train_seconds": second.train_seconds,
+                       "train_tokens": second.train_tokens, "stop_reason": second.stop_reason}
+    return model, head
+
+
+class _Phase:
+    """Tags every record of a second training with its phase, so followers tell it from the first."""
+
+    def __init__(self, sink: MetricsSink, phase: str):
+        self.sink, self.phase = sink, phase
+
+    def write(self, record: dict) -> None:
+        self.sink.write({**record, "phase": self.phase})
 
 
 def split_dev(train: list[dict], cfg: TrainConfig) -> tuple[list[dict], list[dict]]:

@@ -32,14 +32,16 @@ class FitOutcome:
     train_tokens: int         # real (non-padding) tokens seen in training, for tokens/s
 
 
-def lora_config(cfg: TrainConfig, n_layers: int | None = None):
+def lora_config(cfg: TrainConfig, n_layers: int | None = None, encoder: bool = False):
     from peft import LoraConfig, TaskType
 
     top = {}
     if cfg.lora_layers and n_layers and cfg.lora_layers < n_layers:
-        top = {"layers_to_transform": list(range(n_layers - cfg.lora_layers, n_layers)), "layers_pattern": "layers"}
+        top = {"layers_to_transform": list(range(n_layers - cfg.lora_layers, n_layers)),
+               "layers_pattern": "layer" if encoder else "layers"}  # BERT: encoder.layer.N; Llama: layers.N
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.target_modules), bias="none", task_type=TaskType.CAUSAL_LM, **top)
+                      target_modules=list(cfg.target_modules), bias="none",
+                      task_type=TaskType.FEATURE_EXTRACTION if encoder else TaskType.CAUSAL_LM, **top)
 
 
 def steps_per_epoch(cfg: TrainConfig, n_train: int) -> int:

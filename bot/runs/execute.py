@@ -70,6 +70,8 @@ def prepare_run(settings: Settings, db, run: runs.Run) -> Path:
               "compare_adapter": current.path if current and Path(current.path).is_dir() else "",
               "serving_model": recorded_choice(db)}
     config.update({k: v for k, v in run.params.items() if k not in RUN_BOOKKEEPING})
+    if current and current.base_model != config["base_model"]:
+        config["compare_adapter"] = ""  # an adapter loads on its own base model only; the gate goes without it
     (run_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     write_jsonl(run_dir / "train.jsonl", examples)
     return run_dir

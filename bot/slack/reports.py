@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from trainer.evaluate import worst_classes
-from trainer.report import stop_text
+from trainer.report import refit_text, stop_text
 
 from .mrkdwn import code, escape
 
@@ -30,6 +30,9 @@ def progress_payload(run_id: int, record: dict, started: float, last_eval: float
     else:
         eta = "estimating..."
     parts = [f"step {step}/{total}", f"epoch {record.get('epoch') or 0:.2f}"]
+    if record.get("phase") == "refit":  # the second training, on every labelled example (trainer.run.refit)
+        parts.insert(0, "refitting on every labelled example")
+        last_eval = None
     if record.get("train_loss") is not None:
         parts.append(f"train loss {record['train_loss']:.3f}")
     if last_eval is not None:
@@ -83,7 +86,8 @@ def report_payload(run_id: int, result: dict, adapter_version: int | None, promo
     lines = [compare + ".",
              f"Best epoch {training.get('best_epoch')}; stopped: "
              f"{stop_text(training)}; "
-             f"{training['global_step']} steps in {training['train_seconds'] / 60:.1f} min.",
+             f"{training['global_step']} steps in {training['train_seconds'] / 60:.1f} min."
+             + (" " + refit_text(result) if refit_text(result) else ""),
              ("Serving " if gate else ("Promoted: " if promoted else "Not promoted: "))
              + named(result["promotion"]["reason"], adapter_version) + "."]
     if gate:

@@ -1,0 +1,142 @@
+"""The default base model's path on a tiny random BERT: a sentence encoder with LoRA and a head, refitted."""
+
+import json
+
+import pytest
+
+from trainer.classify import Classifier
+from trainer.config import ConfigError, ENCODER_LINEAR, TrainConfig
+from trainer.models import ModelError
+from trainer.prompts import LabelInfo
+from trainer.run import run
+
+from .conftest import TOY_WORDS, make_run_dir, toy_config, toy_examples
+
+TOY_LABELS = [LabelInfo(name, f"{name} messages") for name in TOY_WORDS]
+
+
+def encoder_config(path, **overrides):
+    config = toy_config(path, method=None, target_modules=None, learning_rate=None, epochs=4, dev_fraction=0.0)
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope="module")
+def encoder_run(tiny_encoder_dir, tmp_path_factory):
+    run_dir = make_run_dir(tmp_path_factory.mktemp("encoder"), encoder_config(tiny_encoder_dir, learning_rate=1e-2),
+                           toy_examples())
+    return run_dir, run(run_dir)
+
+
+def _classifier(path):
+    from trainer.models import load_base_model, load_tokenizer
+
+    model = load_base_model(path, device="cpu")
+    model.eval()
+    return Classifier(model, load_tokenizer(path), TOY_LABELS, batch_size=8)
+
+
+def test_an_encoder_gets_the_encoder_recipe_learns_and_is_refitted_on_every_example(encoder_run):
+    from safetensors.torch import load_file
+
+    run_dir, result = encoder_run
+    assert result["status"] == "succeeded", result.get("error")
+    config = result["config"]
+    assert config["recipe"] == "encoder" and config["method"] == "head" and config["pooling"] == "mean"
+    assert config["target_modules"] == ENCODER_LINEAR and config["refit"] is True
+    assert result["metrics"]["accuracy"] >= 0.9
+    # The saved adapter was trained again on train + eval (dev is 0 here), for as long as the first one's best.
+    assert result["refit"]["examples"] == result["data"]["train"] + result["data"]["eval"] == 60
+    assert result["refit"]["steps"] >= 1 and result["refit"]["stop_reason"] == "max_steps"
+    weights = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+    assert any("query" in name for name in weights) and any("dense" in name for name in weights)
+    assert all(t.abs().sum() > 0 for name, t in weights.items() if "lora_B" in name)
+    head = load_file(str(run_dir / "adapter" / "head.safetensors"))
+    assert head["weight"].shape == (3, 32)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    refit = [r for r in records if r.get("phase") == "refit"]
+    assert refit and refit[-1]["step"] == result["refit"]["steps"] and not any(r["kind"] == "eval" for r in refit)
+    assert "trained again on all 60 labelled examples" in (run_dir / "report.md").read_text()
+
+
+def test_the_refitted_encoder_adapter_reloads_and_answers_like_the_saved_one(encoder_run, tiny_encoder_dir):
+    import torch
+
+    from trainer.adapters import make_scorer
+    from trainer.classify import read_adapter_meta
+    from trainer.models import load_base_model, load_tokenizer
+    from peft import PeftModel
+
+    run_dir, _ = encoder_run
+    texts = ["broken refund angry late", "how when where can", "love great thanks nice"]
+    classifier = _classifier(tiny_encoder_dir)
+    classifier.use_adapter(run_dir / "adapter", version=1)
+    assert classifier.method == "head" and classifier.merged
+    served = classifier.classify_many(texts)
+    # The same adapter, unmerged, through its own scorer: the same probabilities.
+    base = load_base_model(tiny_encoder_dir, device="cpu").eval()
+    model = PeftModel.from_pretrained(base, str(run_dir / "adapter")).eval()
+    scorer = make_scorer(model, load_tokenizer(tiny_encoder_dir), read_adapter_meta(run_dir / "adapter"),
+                         run_dir / "adapter")
+    with torch.no_grad():
+        direct = scorer.score([(t, None) for t in texts])
+    for prediction, scores in zip(served, direct):
+        probabilities = torch.tensor(scores.logprobs).exp().tolist()
+        assert max(abs(prediction.scores[n] - p) for n, p in zip(TOY_WORDS, probabilities)) < 1e-4
+    # The refit saw every example: the saved adapter is the trained one, not a fresh head.
+    examples = toy_examples()
+    fitted = classifier.classify_many([e["text"] for e in examples])
+    assert sum(p.label == e["label"] for p, e in zip(fitted, examples)) >= 0.9 * len(examples)
+
+
+def test_an_encoder_cannot_answer_zero_shot_and_says_so(tiny_encoder_dir):
+    classifier = _classifier(tiny_encoder_dir)
+    assert classifier.encoder and classifier.method == "zero-shot"
+    with pytest.raises(ModelError, match="sentence encoder"):
+        classifier.classify("where is my refund")
+
+
+def test_a_label_added_after_training_is_left_to_the_next_retrain(encoder_run, tiny_encoder_dir):
+    run_dir, _ = encoder_run
+    classifier = _classifier(tiny_encoder_dir)
+    classifier.use_adapter(run_dir / "adapter", version=1)
+    assert classifier.trained_labels == list(TOY_WORDS)
+    assert all("billing" not in p.scores for p in classifier.classify_many(["billing invoice charge"]))
+
+
+def test_the_recipe_must_fit_the_model(tiny_encoder_dir, tiny_model_dir, tmp_path):
+    scoring = make_run_dir(tmp_path / "scoring", encoder_config(tiny_encoder_dir, method="scoring"), toy_examples())
+    result = run(scoring)
+    assert result["status"] == "failed" and result["bad_input"] and "sentence encoder" in result["error"]
+    wrong = make_run_dir(tmp_path / "wrong", toy_config(tiny_model_dir, recipe="encoder"), toy_examples())
+    result = run(wrong)
+    assert result["status"] == "failed" and result["bad_input"] and "causal LM" in result["error"]
+
+
+def test_the_encoder_recipe_fills_only_what_is_unset():
+    cfg = TrainConfig(labels=[{"name": "a"}, {"name": "b"}])
+    resolved = cfg.resolved(770, n_params=22_000_000, encoder=True)
+    assert (resolved.recipe, resolved.learning_rate, resolved.epochs, resolved.refit) == ("encoder", 1e-3, 10, True)
+    assert cfg.resolved(1000, n_params=22e6, encoder=True).epochs == 4
+    mine = TrainConfig(labels=[{"name": "a"}, {"name": "b"}], refit=False, pooling="last", learning_rate=5e-4)
+    kept = mine.resolved(770, encoder=True)
+    assert (kept.refit, kept.pooling, kept.learning_rate) == (False, "last", 5e-4)
+    decoder = cfg.resolved(770, n_params=135e6)
+    assert (decoder.recipe, decoder.refit, decoder.pooling) == ("small-model", False, "last")
+
+
+def test_the_refit_progress_is_named_in_the_channel():
+    from bot.slack.reports import progress_payload
+
+    first = progress_payload(3, {"step": 5, "max_steps": 10, "epoch": 1.0}, 0.0, 0.5)
+    second = progress_payload(3, {"step": 5, "max_steps": 10, "epoch": 1.0, "phase": "refit"}, 0.0, 0.5)
+    text = lambda p: json.dumps(p["blocks"])  # noqa: E731
+    assert "refitting on every labelled example" in text(second) and "refitting" not in text(first)
+    assert "eval loss" in text(first) and "eval loss" not in text(second)
+
+
+def test_config_rejects_unknown_pooling():
+    from trainer.config import validate
+
+    with pytest.raises(ConfigError, match="pooling"):
+        validate(TrainConfig(labels=[{"name": "a"}, {"name": "b"}], pooling="max"))
