@@ -221,7 +221,7 @@ def main() -> None:
     print(f"Banking77: {len(train)} training examples, {len(test)} test rows", flush=True)
     protocol = f"{args.per_intent} per intent from train.csv (seed 42); {len(test)} test rows"
     report = {"benchmark": "banking77", "protocol": protocol, "machine": machine(), "models": [], "recipes": []}
-    if args.search and args.out.exists():  # the search adds to the variants measured before
+    if args.out.exists():  # every variant measured before stays in the table; a rerun replaces its own row
         report["recipes"] = json.loads(args.out.read_text()).get("recipes", [])
     if not args.no_baselines:
         report["models"].extend({**row, "role": "baseline"} for row in baselines(train, test))

@@ -204,7 +204,15 @@ def probe(data: dict) -> str:
     return f"{data['protocol']}.\n\n" + "\n".join(rows) + notes
 
 
-RENDER = {"banking77": banking77, "banking77_recipes": recipes, "banking77_probe": probe, "classify_speed": classify_speed,
+def classify_speed_default(d: dict) -> str:
+    return "\n".join([
+        "| adapter | p50 one message | p95 one message | batched msgs/s | accuracy | load | peak memory |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| {d['base_model']} + {d['method']} (the default) | {d['p50_ms']:.1f} ms | {d['p95_ms']:.1f} ms | "
+        f"{d['batched_msgs_per_s']:.1f} | {pct(d['accuracy'])} | {d['load_seconds']:.1f} s | {num(d['peak_rss_mb'])} MB |"])
+
+
+RENDER = {"classify_speed_default": classify_speed_default, "banking77": banking77, "banking77_recipes": recipes, "banking77_probe": probe, "classify_speed": classify_speed,
           "classify_speed_unmerged": classify_speed,
           "sft_throughput": sft_throughput, "ack_latency": ack_latency, "mislabels": mislabels,
           "demo_retrain": demo_retrain, "soak": soak, "remote_training": remote_training, "gpu_check": gpu_check}

@@ -514,7 +514,7 @@ def restore_cmd(ctx: Context, archive: Path, force: bool):
 @click.option("--merged", is_flag=True, help="Also write the base model with the adapter merged in (full precision).")
 @pass_ctx
 def export_model(ctx: Context, version: int | None, out: Path, merged: bool):
-    """Export an adapter for Ollama or vLLM (Modelfile, command line), optionally merged into the base model."""
+    """Export an adapter: for Ollama or vLLM (label scoring), or with how to load it (a head); optionally merged."""
     from storage import adapters
     from trainer.export import export_adapter
 
@@ -523,8 +523,8 @@ def export_model(ctx: Context, version: int | None, out: Path, merged: bool):
     adapter = adapters.get_adapter(ctx.db, version) if version else adapters.current_adapter(ctx.db)
     if adapter is None:
         fail("no adapter is serving yet; train one first (supportbot train)")
-    written = export_adapter(adapter.path, base_model_path(ctx.settings), out, name=f"supportbot-v{adapter.version}",
-                             merged=merged)
+    written = export_adapter(adapter.path, base_model_path(ctx.settings, adapter.base_model), out,
+                             name=f"supportbot-v{adapter.version}", merged=merged)
     for path in written:
         click.echo(f"wrote {path}")
 

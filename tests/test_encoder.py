@@ -140,3 +140,63 @@ def test_config_rejects_unknown_pooling():
 
     with pytest.raises(ConfigError, match="pooling"):
         validate(TrainConfig(labels=[{"name": "a"}, {"name": "b"}], pooling="max"))
+
+
+def test_a_head_adapter_exports_with_its_head_and_no_text_generation_files(encoder_run, tiny_encoder_dir, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from trainer.export import export_adapter
+    from trainer.head import features, head_prompt_ids, load_head
+    from trainer.models import load_base_model, load_tokenizer
+
+    run_dir, _ = encoder_run
+    written = export_adapter(run_dir / "adapter", tiny_encoder_dir, tmp_path / "out", name="v1", merged=True)
+    names = {p.name for p in written}
+    assert names == {"adapter", "merged", "HOW-TO-LOAD.md"}  # no Modelfile, no vLLM line: a head generates nothing
+    assert (tmp_path / "out" / "merged" / "head.safetensors").is_file()
+    assert "Ollama and vLLM cannot serve it" in (tmp_path / "out" / "HOW-TO-LOAD.md").read_text()
+    # The merged encoder and the head give the served probabilities.
+    text = "broken refund angry terrible late"
+    classifier = _classifier(tiny_encoder_dir)
+    classifier.use_adapter(run_dir / "adapter", version=1)
+    served = classifier.classify(text)
+    merged = load_base_model(str(tmp_path / "out" / "merged"), device="cpu").eval()
+    tokenizer = load_tokenizer(str(tmp_path / "out" / "merged"))
+    head = load_head(tmp_path / "out" / "merged", "cpu")
+    meta = json.loads((run_dir / "adapter" / "supportbot.json").read_text())
+    from trainer.data import PromptSpec
+
+    ids = head_prompt_ids(tokenizer, PromptSpec.from_dict(meta["prompt"]), text, None, 512, encoder=True)
+    with torch.no_grad():
+        probabilities = torch.softmax(head(features(merged, [ids], tokenizer.pad_token_id, "mean", 1)), -1)[0]
+    assert max(abs(served.scores[n] - float(p)) for n, p in zip(TOY_WORDS, probabilities)) < 1e-4
+    assert load_file(str(tmp_path / "out" / "merged" / "head.safetensors"))["weight"].shape == (3, 32)
+
+
+def test_the_bot_answers_zero_shot_with_the_llm_then_with_an_adapter_on_the_encoder(
+        encoder_run, env, tiny_encoder_dir, tiny_model_dir):
+    """Each base model loads once, on first use: the zero-shot LM, and the encoder the adapter was trained on."""
+    from bot.serving import ServedClassifier
+    from bot.settings import load_settings
+    from storage import adapters, labels, open_db
+
+    run_dir, result = encoder_run
+    settings = load_settings({"SUPPORTBOT_DATA_DIR": str(env / "data"), "SUPPORTBOT_BASE_MODEL": tiny_encoder_dir,
+                              "SUPPORTBOT_ZERO_SHOT_MODEL": tiny_model_dir}, env_file=None)
+    db = open_db(settings.db_path)
+    for name in TOY_WORDS:
+        labels.add_label_def(db, name, f"{name} messages")
+    served = ServedClassifier(settings, debounce_s=0.05)
+    served.sync(db)
+    first = served.classify("how when where can")
+    assert first.model == "zero-shot" and served.state.kind == "zero-shot"
+    adapter = adapters.register_adapter(db, path=str(run_dir / "adapter"), base_model=tiny_encoder_dir,
+                                        labels=list(TOY_WORDS), metrics=result["metrics"])
+    adapters.promote(db, adapter.version)
+    assert served.sync(db)
+    answer = served.classify("how when where can which")
+    assert answer.model == "adapter v1" and served.state.base_model == tiny_encoder_dir
+    assert set(served._models) == {tiny_model_dir, tiny_encoder_dir}
+    assert served._models[tiny_encoder_dir].encoder and not served._models[tiny_model_dir].encoder
+    served.close()
