@@ -212,7 +212,17 @@ def classify_speed_default(d: dict) -> str:
         f"{d['batched_msgs_per_s']:.1f} | {pct(d['accuracy'])} | {d['load_seconds']:.1f} s | {num(d['peak_rss_mb'])} MB |"])
 
 
-RENDER = {"classify_speed_default": classify_speed_default, "banking77": banking77, "banking77_recipes": recipes, "banking77_probe": probe, "classify_speed": classify_speed,
+def encoder_probe(d: dict) -> str:
+    rows = ["| what trains | lr | epochs | contrastive weight | frozen baseline | fine-tuned | train time |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in d["rows"]:
+        rows.append(f"| {'whole encoder' if r['full'] else 'LoRA r=16'} + head | {r['lr']:g} | {r['epochs']} | "
+                    f"{r['supcon'] or '-'} | {pct(r['frozen_accuracy'])} | {pct(r['tuned_accuracy'])} | "
+                    f"{num(r['train_seconds'])} s |")
+    return f"{d['protocol']}.\n\n" + "\n".join(rows)
+
+
+RENDER = {"encoder_probe": encoder_probe, "classify_speed_default": classify_speed_default, "banking77": banking77, "banking77_recipes": recipes, "banking77_probe": probe, "classify_speed": classify_speed,
           "classify_speed_unmerged": classify_speed,
           "sft_throughput": sft_throughput, "ack_latency": ack_latency, "mislabels": mislabels,
           "demo_retrain": demo_retrain, "soak": soak, "remote_training": remote_training, "gpu_check": gpu_check}

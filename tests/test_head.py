@@ -159,3 +159,8 @@ def test_the_verdict_says_when_the_eval_split_is_too_small_to_tell():
     small = baseline_verdict({"accuracy": 0.375, "n": 8}, baseline)
     assert "beats the adapter by 37.5 points" in small and "With 8 held-out examples one message moves" in small
     assert "held-out examples one message" not in baseline_verdict({"accuracy": 0.5, "n": 400}, baseline)
+    # A win on eight messages is no surer than a loss on eight: no claim that fine-tuning earns its cost.
+    won = baseline_verdict({"accuracy": 0.875, "n": 8}, baseline)
+    assert "earns its cost here" not in won and "87.5% against the cheap baseline's 75.0%" in won
+    assert "With 8 held-out examples one message moves accuracy by 12.5 points" in won
+    assert "earns its cost here" in baseline_verdict({"accuracy": 0.9, "n": 400}, baseline)

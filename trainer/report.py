@@ -49,24 +49,29 @@ def refit_text(result: dict) -> str:
 
 
 def baseline_verdict(adapter: dict, baseline: dict | None) -> str:
-    """Does fine-tuning earn its cost on this data? Answered with the run's own numbers."""
+    """Does fine-tuning earn its cost on this data? Answered with the run's own numbers, and no surer than they are."""
     if not baseline:
         return "No baseline was scored."
     gap = adapter["accuracy"] - baseline["accuracy"]
-    if gap > 0.02:
-        return (f"The fine-tuned adapter beats the cheap baseline ({baseline['method']}) by {gap * 100:.1f} "
-                f"accuracy points: fine-tuning earns its cost here.")
-    if gap >= -0.02:
-        return (f"The adapter and the cheap baseline ({baseline['method']}) are within 2 points "
-                f"({adapter['accuracy']:.1%} vs {baseline['accuracy']:.1%}): fine-tuning does not clearly earn "
-                f"its cost on this data yet.")
-    verdict = (f"The cheap baseline ({baseline['method']}) beats the adapter by {-gap * 100:.1f} points "
-               f"({baseline['accuracy']:.1%} vs {adapter['accuracy']:.1%}): on this data fine-tuning does not earn "
-               f"its cost yet; more labeled examples or a larger base model may change that.")
     n = adapter.get("n") or 0
-    if 0 < n < SMALL_EVAL:
+    few = 0 < n < SMALL_EVAL
+    if gap > 0.02 and few:
+        verdict = (f"The fine-tuned adapter scored {adapter['accuracy']:.1%} against the cheap baseline's "
+                   f"{baseline['accuracy']:.1%} ({baseline['method']}) on these held-out messages.")
+    elif gap > 0.02:
+        verdict = (f"The fine-tuned adapter beats the cheap baseline ({baseline['method']}) by {gap * 100:.1f} "
+                   f"accuracy points: fine-tuning earns its cost here.")
+    elif gap >= -0.02:
+        verdict = (f"The adapter and the cheap baseline ({baseline['method']}) are within 2 points "
+                   f"({adapter['accuracy']:.1%} vs {baseline['accuracy']:.1%}): fine-tuning does not clearly earn "
+                   f"its cost on this data yet.")
+    else:
+        verdict = (f"The cheap baseline ({baseline['method']}) beats the adapter by {-gap * 100:.1f} points "
+                   f"({baseline['accuracy']:.1%} vs {adapter['accuracy']:.1%}): on this data fine-tuning does not "
+                   f"earn its cost yet; more labeled examples or a larger base model may change that.")
+    if few:
         verdict += (f" With {n} held-out examples one message moves accuracy by {100 / n:.1f} points, and "
-                    f"early stopping judges the adapter on those few: too few labeled messages to tell yet.")
+                    f"early stopping judges the adapter on a few more: too few labeled messages to tell yet.")
     return verdict
 
 

@@ -207,7 +207,7 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
                 [{**e, "predicted": p.label, "confidence": p.confidence, "scores": p.scores}
                  for e, p in zip(evaluation, predictions)])
     dev_predictions = evaluate_with(scorer, dev, batch)[1] if dev else None
-    result["serving"], serving_predictions = None, None
+    result["serving"], serving_predictions, serving_scorer = None, None, None
     if cfg.compare_adapter:
         from .classify import read_adapter_meta
 
@@ -232,6 +232,7 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
     result["verdict"] = baseline_verdict(result["metrics"], result["baseline"])
 
     if cfg.refit and head is not None:
+        del scorer, serving_scorer, model  # the refit loads the base model afresh: never hold two copies
         model, head = refit(load, tokenizer, cfg, spec, train + dev + evaluation, augmented, outcome, run_dir, sink,
                             result)
         if result["refit"]["stop_reason"] == "cancelled":
