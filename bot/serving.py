@@ -97,7 +97,8 @@ class ServedClassifier:
         self.settings = settings
         self.threshold = settings.review_threshold
         self._llm_factory = llm_factory
-        self._models: dict[str, object] = {}  # base model name -> trainer.classify.Classifier, loaded on use
+        self._models: dict[str, object] = {}  # base model folder -> trainer.classify.Classifier, loaded on use
+        self._paths: dict[str, str] = {}      # base model name -> the folder it loads from
         self._llm_lock = threading.Lock()
         self._embeddings = None          # trainer.embeddings.EmbeddingClassifier, or None before enough labels
         self._embed_lock = threading.Lock()
@@ -138,8 +139,10 @@ class ServedClassifier:
                 llm = self._model_for(wanted, db)
                 if llm.adapter_version != wanted.adapter_version:
                     llm.use_adapter(wanted.adapter_path, wanted.adapter_version)
-            elif wanted.kind == "zero-shot" and self._key(wanted) in self._models:
-                self._models[self._key(wanted)].use_zero_shot(label_infos(db))
+            elif wanted.kind == "zero-shot" and self._key(wanted, resolve=False) in self._models:
+                self._models[self._key(wanted, resolve=False)].use_zero_shot(label_infos(db))
+            if wanted.kind != "embeddings":  # the embeddings need no language model, but one may serve again soon
+                self._let_go_of_others(wanted)
             self._state = wanted
             log.info("serving %s%s", wanted.name, f" ({wanted.note})" if wanted.note else "")
             return True
@@ -174,24 +177,37 @@ class ServedClassifier:
     def _model_for(self, state: State, db=None):
         """The loaded model that answers for `state`: the adapter's base model, or the zero-shot LM.
 
-        One per base model, loaded on first use: adapters of one base swap in place on it.
+        One per base model (by the folder it loads from, so two names of one model share it), loaded on
+        first use: adapters of one base swap in place on it. A model no longer needed is let go at the
+        next change of base (`sync`).
         """
-        name = self._key(state)
+        key = self._key(state)
         with self._llm_lock:
-            if name not in self._models:
+            if key not in self._models:
                 from trainer.classify import Classifier
 
                 own_db = db or open_db(self.settings.db_path)
                 if self._llm_factory is not None:
-                    self._models[name] = self._llm_factory(self.settings, own_db)
+                    self._models[key] = self._llm_factory(self.settings, own_db)
                 else:
-                    self._models[name] = Classifier.load(base_model_path(self.settings, name), label_infos(own_db),
-                                                         threshold=self.threshold)
-            return self._models[name]
+                    self._models[key] = Classifier.load(key, label_infos(own_db), threshold=self.threshold)
+            return self._models[key]
 
-    def _key(self, state: State) -> str:
-        # An injected factory (tests, benchmarks) makes the one model that stands in for every base model.
-        return "factory" if self._llm_factory is not None else state.base_model or self.settings.zero_shot_model
+    def _key(self, state: State, resolve: bool = True) -> str | None:
+        """The folder `state`'s model loads from (resolving a packaged name converts it once, so
+        `resolve=False` answers None for a name not resolved yet instead)."""
+        if self._llm_factory is not None:  # tests, benchmarks: one model stands in for every base model
+            return "factory"
+        name = state.base_model or self.settings.zero_shot_model
+        if name not in self._paths and resolve:
+            self._paths[name] = base_model_path(self.settings, name)
+        return self._paths.get(name)
+
+    def _let_go_of_others(self, state: State) -> None:
+        keep = self._key(state, resolve=False)
+        with self._llm_lock:
+            for key in [k for k in self._models if k != keep]:
+                del self._models[key]  # a classification still using it keeps its own reference
 
     # -- answering --------------------------------------------------------------------------------------
 

@@ -47,7 +47,16 @@ def test_an_encoder_gets_the_encoder_recipe_learns_and_is_refitted_on_every_exam
     assert result["metrics"]["accuracy"] >= 0.9
     # The saved adapter was trained again on train + eval (dev is 0 here), for as long as the first one's best.
     assert result["refit"]["examples"] == result["data"]["train"] + result["data"]["eval"] == 60
-    assert result["refit"]["steps"] >= 1 and result["refit"]["stop_reason"] == "max_steps"
+    # As many epochs as the first training's best: its best step, scaled by the larger data's steps per epoch.
+    from trainer.config import TrainConfig
+    from trainer.train import steps_per_epoch
+
+    cfg = TrainConfig(**result["config"])
+    with_copies = lambda n: n + round(n * cfg.injection_augmentation)  # noqa: E731 - the injection copies
+    first = steps_per_epoch(cfg, with_copies(result["data"]["train"]))
+    every = steps_per_epoch(cfg, with_copies(60))
+    assert result["refit"]["steps"] == round(result["training"]["best_step"] * every / first)
+    assert result["refit"]["stop_reason"] == "max_steps"
     weights = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
     assert any("query" in name for name in weights) and any("dense" in name for name in weights)
     assert all(t.abs().sum() > 0 for name, t in weights.items() if "lora_B" in name)
@@ -87,6 +96,10 @@ def test_the_refitted_encoder_adapter_reloads_and_answers_like_the_saved_one(enc
     examples = toy_examples()
     fitted = classifier.classify_many([e["text"] for e in examples])
     assert sum(p.label == e["label"] for p, e in zip(fitted, examples)) >= 0.9 * len(examples)
+    # ... and it is the refitted one, not the first training's (whose eval probabilities the run recorded).
+    first = [json.loads(line) for line in (run_dir / "eval_predictions.jsonl").read_text().splitlines()]
+    again = classifier.classify_many([e["text"] for e in first])
+    assert max(abs(p.scores[n] - e["scores"][n]) for p, e in zip(again, first) for n in TOY_WORDS) > 1e-3
 
 
 def test_an_encoder_cannot_answer_zero_shot_and_says_so(tiny_encoder_dir):
@@ -182,7 +195,8 @@ def test_the_bot_answers_zero_shot_with_the_llm_then_with_an_adapter_on_the_enco
     from storage import adapters, labels, open_db
 
     run_dir, result = encoder_run
-    settings = load_settings({"SUPPORTBOT_DATA_DIR": str(env / "data"), "SUPPORTBOT_BASE_MODEL": tiny_encoder_dir,
+    # The setting names another base model than the adapter's: the adapter must load on its own.
+    settings = load_settings({"SUPPORTBOT_DATA_DIR": str(env / "data"), "SUPPORTBOT_BASE_MODEL": tiny_model_dir,
                               "SUPPORTBOT_ZERO_SHOT_MODEL": tiny_model_dir}, env_file=None)
     db = open_db(settings.db_path)
     for name in TOY_WORDS:
@@ -197,6 +211,51 @@ def test_the_bot_answers_zero_shot_with_the_llm_then_with_an_adapter_on_the_enco
     assert served.sync(db)
     answer = served.classify("how when where can which")
     assert answer.model == "adapter v1" and served.state.base_model == tiny_encoder_dir
-    assert set(served._models) == {tiny_model_dir, tiny_encoder_dir}
-    assert served._models[tiny_encoder_dir].encoder and not served._models[tiny_model_dir].encoder
+    assert list(served._models) == [tiny_encoder_dir] and served._models[tiny_encoder_dir].encoder  # the LM let go
     served.close()
+
+
+def test_a_failed_refit_keeps_the_adapter_the_gate_measured(tiny_encoder_dir, tmp_path, monkeypatch):
+    from trainer import head as head_module
+
+    real, calls = head_module.fit_head, []
+
+    def second_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise MemoryError("out of memory in the refit")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(head_module, "fit_head", second_fails)
+    run_dir = make_run_dir(tmp_path / "run", encoder_config(tiny_encoder_dir, learning_rate=1e-2), toy_examples())
+    result = run(run_dir)
+    assert result["status"] == "succeeded" and "out of memory" in result["refit"]["error"]
+    assert (run_dir / "adapter" / "head.safetensors").is_file()
+    assert "failed (MemoryError" in (run_dir / "report.md").read_text()
+    # The saved adapter is the first training's: it answers eval as the run recorded.
+    first = [json.loads(line) for line in (run_dir / "eval_predictions.jsonl").read_text().splitlines()]
+    classifier = _classifier(tiny_encoder_dir)
+    classifier.use_adapter(run_dir / "adapter", version=1)
+    again = classifier.classify_many([e["text"] for e in first])
+    assert max(abs(p.scores[n] - e["scores"][n]) for p, e in zip(again, first) for n in TOY_WORDS) < 1e-3
+
+
+def test_encoders_are_told_from_decoders_by_model_type(tiny_encoder_dir, tiny_model_dir):
+    from transformers import AutoConfig, LlamaConfig, MistralConfig
+
+    from trainer.models import is_encoder
+
+    assert is_encoder(AutoConfig.from_pretrained(tiny_encoder_dir))
+    assert not is_encoder(AutoConfig.from_pretrained(tiny_model_dir))
+    assert not is_encoder(LlamaConfig()) and not is_encoder(MistralConfig(architectures=["MistralModel"]))
+    # A large encoder does not get the small-encoder recipe.
+    assert TrainConfig(labels=[{"name": "a"}, {"name": "b"}]).resolved(10, n_params=7e9, encoder=True).recipe == "seed"
+
+
+def test_lora_targets_the_model_lacks_are_named_with_the_ones_it_has(tiny_encoder_dir, tmp_path):
+    run_dir = make_run_dir(tmp_path / "run", encoder_config(tiny_encoder_dir, target_modules=["q_lin", "query"]),
+                           toy_examples())
+    result = run(run_dir)
+    assert result["status"] == "failed" and result["bad_input"]
+    assert "target_modules: q_lin not in this model" in result["error"] and "intermediate" not in result["error"]
+    assert "query" in result["error"] and "dense" in result["error"]

@@ -112,10 +112,11 @@ class TrainConfig:
                                 "unit length for an encoder). None: the recipe decides (encoder: mean, else last).",
                                 default=None)
     refit: bool | None = _help("After the gate has measured the adapter on eval, train it again from the start on "
-                               "every labelled example (train, dev and eval) for the number of steps early stopping "
+                               "every labelled example (train, dev and eval) for as many epochs as early stopping "
                                "chose, and save that one: with ten examples a label, the two held-out splits are "
-                               "a third of the data. The recorded metrics stay those measured on eval. None: the "
-                               "recipe decides (encoder: yes, since a retrain takes a minute or two; else no).",
+                               "a third of the data. The recorded metrics, temperature and ensemble weight stay "
+                               "those of the first training. If the refit fails, the first adapter is kept. None: "
+                               "the recipe decides (encoder: yes, since a retrain takes a minute or two; else no).",
                                default=None)
     head_init: str = _help("Head method: `probe` (fit the head on the base model's frozen features first, then "
                            "train it with LoRA) or `random`.", default="probe")
@@ -136,7 +137,7 @@ class TrainConfig:
         values = asdict(self)
         if self.recipe != "auto":
             recipe = self.recipe
-        elif encoder:
+        elif encoder and (n_params is None or n_params < SMALL_MODEL_PARAMS):
             recipe = "encoder"
         else:
             recipe = "small-model" if n_params is not None and n_params < SMALL_MODEL_PARAMS else "seed"

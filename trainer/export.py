@@ -89,7 +89,9 @@ not by generating text, so Ollama and vLLM cannot serve it. In Python, with supp
     classifier.use_adapter("adapter", version=1)
     classifier.classify("My card was charged twice")
 
-Without supportbot: load the base model (AutoModel for a sentence encoder, else AutoModelForCausalLM), then
+Without supportbot: the input is the message as supportbot reads it (for a sentence encoder: the subject, a
+newline and the body, at most 256 tokens with the tokenizer's own special tokens; for a decoder: the prompt
+in trainer/head.py). Load the base model (AutoModel for a sentence encoder, else AutoModelForCausalLM), then
 `peft.PeftModel.from_pretrained(base, "adapter")` (or load `merged/` when exported with --merged), pool the
 last hidden state as `head.pooling` says (`mean`: the mean over the tokens, scaled to unit length for an
 encoder; `last`: the last token after the cue "\\nCategory:"), and apply the head.

@@ -215,6 +215,19 @@ class HeadScorer:
         return [LabelScores(row, [True] * n, True) for row in logprobs]
 
 
+def check_targets(model, targets: list[str]) -> None:
+    """Every LoRA target names a linear layer of this model; else a ConfigError that lists the ones it has."""
+    import torch
+
+    from .config import ConfigError
+
+    linear = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    missing = [t for t in targets if t not in linear]
+    if missing:
+        raise ConfigError(f"target_modules: {', '.join(missing)} not in this model; its linear layers are "
+                          f"{', '.join(sorted(linear))}")
+
+
 def fit_head(model, tokenizer, cfg: TrainConfig, spec: PromptSpec, train: list[dict], evaluation: list[dict],
              run_dir: Path, sink: MetricsSink):
     """Train LoRA on `model`'s body and a head on its pooled hidden states. Returns (peft model, head, FitOutcome).
@@ -246,6 +259,7 @@ def fit_head(model, tokenizer, cfg: TrainConfig, spec: PromptSpec, train: list[d
     train_rows, train_y = encode(train)
     eval_rows, eval_y = encode(evaluation)
     text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    check_targets(model, cfg.target_modules)
     peft_model = get_peft_model(model, lora_config(cfg, text_config.num_hidden_layers, encoder=encoder))
     hidden = text_config.hidden_size
     if cfg.head_init == "probe":  # LoRA starts as the identity, so these are the base model's features

@@ -160,10 +160,15 @@ def load_tokenizer(path: str):
 
 
 def is_encoder(config) -> bool:
-    """An encoder (BERT-like, read through AutoModel) rather than a causal LM: it has a head adapter only."""
-    return not getattr(config, "is_decoder", False) and not any(
-        name.endswith(("ForCausalLM", "ForConditionalGeneration", "LMHeadModel"))
-        for name in (getattr(config, "architectures", None) or []))
+    """A bidirectional encoder (BERT-like, read through AutoModel) rather than a causal LM: head adapters only.
+
+    Decided by the model type: the families transformers pretrains with masked language modelling
+    (BERT, RoBERTa, MPNet, DeBERTa...). Decoders, decoder-based embedding models and classifiers
+    built on decoders are not among them.
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return getattr(config, "model_type", None) in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
 def load_base_model(path: str, *, quantization: str = "auto", dtype: str = "auto", device: str | None = None,

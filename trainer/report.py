@@ -43,9 +43,12 @@ def refit_text(result: dict) -> str:
     refit = result.get("refit")
     if not refit:
         return ""
+    if refit.get("error"):
+        return (f"Training again on every labelled example failed ({refit['error']}); the saved adapter is the "
+                f"one measured here.")
     return (f"The saved adapter was then trained again on all {refit['examples']} labelled examples "
-            f"({refit['steps']} steps in {refit['train_seconds']:.0f} s); the scores here are the first "
-            f"training's, measured on messages it never saw.")
+            f"({refit['steps']} steps in {refit['train_seconds']:.0f} s); the scores, temperature and mix here "
+            f"are the first training's, measured on messages it never saw.")
 
 
 def baseline_verdict(adapter: dict, baseline: dict | None) -> str:

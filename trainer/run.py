@@ -93,12 +93,18 @@ customer-support messages into {len(spec.names)} labels {HOW[cfg.method]}.
 - Training examples: {data['train']}; evaluation examples: {data['eval']}
 - Accuracy {metrics['accuracy']:.1%}, macro-F1 {metrics['macro_f1']:.3f} on the evaluation split
 - Learning rate {cfg.learning_rate}, {cfg.epochs} epochs max, batch {cfg.batch_size} x {cfg.grad_accum}, seed {cfg.seed}
-- Stopped: {result['training']['stop_reason']}
+- Stopped: {result['training']['stop_reason']}{refit_line(result)}
 
 | label | train examples | eval F1 |
 | --- | --- | --- |
 {rows}
 """
+
+
+def refit_line(result: dict) -> str:
+    from .report import refit_text
+
+    return f"\n- {refit_text(result)}" if refit_text(result) else ""
 
 
 def evaluate_with(scorer, examples: list[dict], batch_size: int) -> tuple[dict, list]:
@@ -231,17 +237,21 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
             result["metrics"], result["serving"]["metrics"] if result["serving"] else None, cfg.promotion_margin)
     result["verdict"] = baseline_verdict(result["metrics"], result["baseline"])
 
-    if cfg.refit and head is not None:
-        del scorer, serving_scorer, model  # the refit loads the base model afresh: never hold two copies
-        model, head = refit(load, tokenizer, cfg, spec, train + dev + evaluation, augmented, outcome, run_dir, sink,
-                            result)
-        if result["refit"]["stop_reason"] == "cancelled":
-            result.update(status="cancelled", error="cancelled on request")
-            return result
-
-    # Save.
+    # Save: the adapter the gate measured first, so that a refit that fails leaves it in place.
     result["status"] = "succeeded"
     save_adapter(model, run_dir / "adapter", cfg, spec, result, head)
+    if cfg.refit and head is not None:
+        del scorer, serving_scorer, model  # the refit loads the base model afresh: never hold two copies
+        try:
+            model, head = refit(load, tokenizer, cfg, spec, train + dev + evaluation, augmented, outcome, run_dir,
+                                sink, result)
+        except Exception as exc:  # noqa: BLE001 - out of memory, divergence: the measured adapter still serves
+            result["refit"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        else:
+            if result["refit"]["stop_reason"] == "cancelled":
+                result.update(status="cancelled", error="cancelled on request")
+                return result
+            save_adapter(model, run_dir / "adapter", cfg, spec, result, head)
     result["adapter_dir"] = str(run_dir / "adapter")
     try:
         draw_report(run_dir / "report.png", records, result["metrics"])

@@ -25,6 +25,8 @@ def progress_payload(run_id: int, record: dict, started: float, last_eval: float
     elapsed = time.time() - started
     if fraction >= 1 or record.get("finished"):  # finished: also when early stopping ended it before the last step
         eta = "done" if fraction >= 1 else f"done: stopped early at step {step} of {total}"
+    elif record.get("phase") == "refit":  # the clock started with the first training: no honest estimate
+        eta = "the report follows the refit"
     elif fraction > 0.02:
         eta = f"{(elapsed / fraction - elapsed) / 60:.0f} min left"
     else:
