@@ -259,3 +259,38 @@ def test_lora_targets_the_model_lacks_are_named_with_the_ones_it_has(tiny_encode
     assert result["status"] == "failed" and result["bad_input"]
     assert "target_modules: q_lin not in this model" in result["error"] and "intermediate" not in result["error"]
     assert "query" in result["error"] and "dense" in result["error"]
+
+
+def test_a_serving_adapter_on_another_base_model_is_named_as_not_scored(env, tiny_encoder_dir, monkeypatch):
+    """An existing adapter on the old default (a decoder) cannot load on the new base: the report says so."""
+    import numpy as np
+
+    from bot.runs.execute import prepare_run
+    from bot.settings import load_settings
+    from storage import adapters, labels, messages, open_db, runs
+    from trainer import candidates
+    from trainer.config import load_config
+
+    from .test_serving import fake_embed
+
+    settings = load_settings({"SUPPORTBOT_DATA_DIR": str(env / "data"), "SUPPORTBOT_BASE_MODEL": tiny_encoder_dir},
+                             env_file=None)
+    db = open_db(settings.db_path)
+    for name in TOY_WORDS:
+        labels.add_label_def(db, name, f"{name} messages")
+    for i, example in enumerate(toy_examples(per_label=4)):
+        m, _ = messages.add_message(db, source="slack_message", external_id=f"m{i}", raw_body=example["text"],
+                                    clean_body=example["text"])
+        labels.add_label(db, m.id, example["label"], by="U1", method="cli")
+    (env / "old").mkdir()
+    old = adapters.register_adapter(db, path=str(env / "old"), base_model="gemma3-270m", labels=list(TOY_WORDS),
+                                    metrics={})
+    adapters.promote(db, old.version)
+    config = load_config(prepare_run(settings, db, runs.queue_run(db, requested_by="test")) / "config.json")
+    assert config.compare_adapter == "" and "another base model, gemma3-270m" in config.serving_model["not_comparable"]
+    monkeypatch.setattr(candidates, "embed_examples", lambda rows: fake_embed([r["text"] for r in rows]))
+    rows = toy_examples(per_label=9)
+    gate = candidates.evaluate_candidates(list(TOY_WORDS), rows[0::3], rows[1::3], rows[2::3],
+                                          np.zeros((9, 3)), np.zeros((9, 3)), margin=0.01,
+                                          serving=config.serving_model)
+    assert "was not scored: it was trained on another base model, gemma3-270m" in gate["reason"]

@@ -84,7 +84,12 @@ def evaluate_candidates(names: list[str], train: list[dict], dev: list[dict], ev
             logp = log_softmax(serving_eval / float(details.get("temperature") or 1.0))
         candidates.append(score(serving.get("name") or "serving adapter", serving_kind, logp, gold_eval, names,
                                 serving=True, details=details))
+    if serving_kind in ("adapter", "ensemble") and serving_eval is None and (serving or {}).get("not_comparable"):
+        reason_suffix = f" ({serving.get('name') or 'the serving adapter'} was not scored: {serving['not_comparable']})"
+    else:
+        reason_suffix = ""
     picked, reason = choose(candidates, margin)
+    reason += reason_suffix
     return {"candidates": [_summary(c) for c in candidates], "picked": picked.name, "kind": picked.kind,
             "new": not picked.serving and picked.kind in ("adapter", "ensemble"), "reason": reason,
             "details": picked.details, "ece": picked.metrics["ece"], "selective": picked.metrics["selective"]}

@@ -92,7 +92,8 @@ class TrainConfig:
                                 "used only to compare candidates. 0: early stopping on eval, no ensemble.",
                                 default=0.125)
     serving_model: dict = _help("What answers now, for the serving gate: {kind, name, details}; kind is "
-                                "embeddings, adapter or ensemble (the adapter's folder is compare_adapter).",
+                                "embeddings, adapter or ensemble (the adapter's folder is compare_adapter); "
+                                "`not_comparable` says why an adapter that serves cannot be scored here.",
                                 default_factory=dict)
     divergence_factor: float = _help("Stop with an error when the training loss exceeds this multiple of its "
                                      "first value.", default=4.0)

@@ -72,6 +72,8 @@ def prepare_run(settings: Settings, db, run: runs.Run) -> Path:
     config.update({k: v for k, v in run.params.items() if k not in RUN_BOOKKEEPING})
     if current and current.base_model != config["base_model"]:
         config["compare_adapter"] = ""  # an adapter loads on its own base model only; the gate goes without it
+        config["serving_model"] = {**config["serving_model"], "not_comparable": (
+            f"it was trained on another base model, {current.base_model}")}
     (run_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     write_jsonl(run_dir / "train.jsonl", examples)
     return run_dir
