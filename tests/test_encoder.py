@@ -294,3 +294,29 @@ def test_a_serving_adapter_on_another_base_model_is_named_as_not_scored(env, tin
                                           np.zeros((9, 3)), np.zeros((9, 3)), margin=0.01,
                                           serving=config.serving_model)
     assert "was not scored: it was trained on another base model, gemma3-270m" in gate["reason"]
+
+
+def test_with_a_refit_the_gate_compares_models_trained_on_the_same_examples(monkeypatch):
+    """The adapter trained on train alone (dev only stopped it): so is the embedding candidate, when both refit."""
+    import numpy as np
+
+    from trainer import candidates, embeddings
+
+    from .test_serving import fake_embed
+
+    monkeypatch.setattr(candidates, "embed_examples", lambda rows: fake_embed([r["text"] for r in rows]))
+    sizes, real = [], embeddings.EmbeddingClassifier.fit
+
+    def recording(vectors, gold, names, *args, **kwargs):
+        sizes.append(len(gold))
+        return real(vectors, gold, names, *args, **kwargs)
+
+    monkeypatch.setattr(embeddings.EmbeddingClassifier, "fit", staticmethod(recording))
+    rows = toy_examples(per_label=12)
+    train, dev, evaluation = rows[0::3], rows[1::3], rows[2::3]
+    scores = np.zeros((12, 3))
+    for same_data, expected in ((True, len(train)), (False, len(train) + len(dev))):
+        sizes.clear()
+        candidates.evaluate_candidates(list(TOY_WORDS), train, dev, evaluation, scores, scores, margin=0.01,
+                                       same_data=same_data)
+        assert sizes[0] == expected  # the embedding candidate scored on eval

@@ -45,11 +45,14 @@ def embed_examples(examples: list[dict]) -> np.ndarray:
 
 def evaluate_candidates(names: list[str], train: list[dict], dev: list[dict], evaluation: list[dict],
                         adapter_dev: np.ndarray | None, adapter_eval: np.ndarray, *, margin: float,
-                        serving: dict | None = None, serving_eval: np.ndarray | None = None) -> dict:
+                        serving: dict | None = None, serving_eval: np.ndarray | None = None,
+                        same_data: bool = False) -> dict:
     """Score the candidates on `evaluation` and choose. Arrays are the adapter's log-scores, (n, labels).
 
     `serving` describes the model answering now ({kind, name, details}); `serving_eval` is its
     adapter's log-scores on eval when it has one. Returns {candidates, picked, reason, details}.
+    `same_data`: the embedding candidate fits on train alone, as the adapter trained (both are then
+    refitted on everything to serve); else on train and dev, as the adapter also used dev (to stop).
     """
     from .embeddings import EmbeddingClassifier
     from .ensemble import Mix, fit_mix
@@ -65,7 +68,8 @@ def evaluate_candidates(names: list[str], train: list[dict], dev: list[dict], ev
     adapter_t = fit_temperature(adapter_dev, gold_dev) if adapter_dev is not None and len(dev) else 1.0
     candidates.append(score("new adapter", "adapter", log_softmax(adapter_eval / adapter_t), gold_eval, names,
                             details={"temperature": adapter_t}))
-    fitted = EmbeddingClassifier.fit(np.concatenate([x_train, x_dev]), y_train + y_dev, names)
+    fitted = EmbeddingClassifier.fit(x_train, y_train, names) if same_data else \
+        EmbeddingClassifier.fit(np.concatenate([x_train, x_dev]), y_train + y_dev, names)
     serving_kind = (serving or {}).get("kind")
     candidates.append(score("embeddings", "embeddings", fitted.log_probs(x_eval), gold_eval, names,
                             serving=serving_kind == "embeddings",

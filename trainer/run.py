@@ -335,7 +335,8 @@ def _gate(cfg: TrainConfig, names: list[str], train, dev, evaluation, prediction
             names, train, dev, evaluation,
             probability_matrix(dev_predictions, names) if dev_predictions else None,
             probability_matrix(predictions, names), margin=cfg.promotion_margin, serving=serving,
-            serving_eval=probability_matrix(serving_predictions, serving_names) if serving_predictions else None)
+            serving_eval=probability_matrix(serving_predictions, serving_names) if serving_predictions else None,
+            same_data=bool(cfg.refit))
     except EmbedderMissing:
         return None
     gate["seconds"] = time.perf_counter() - started
