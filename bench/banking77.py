@@ -224,7 +224,10 @@ def main() -> None:
         protocol = f"{args.per_intent} per intent from train.csv (seed 42); test rows as each row says"
     report = {"benchmark": "banking77", "protocol": protocol, "machine": machine(), "models": [], "recipes": []}
     if args.out.exists():  # every variant measured before stays in the table; a rerun replaces its own row
-        report["recipes"] = json.loads(args.out.read_text()).get("recipes", [])
+        previous = json.loads(args.out.read_text())
+        report["recipes"] = previous.get("recipes", [])
+        if previous.get("notes"):
+            report["notes"] = previous["notes"]
     if not args.no_baselines:
         report["models"].extend({**row, "role": "baseline"} for row in baselines(train, test))
     for name in args.recipes.split(","):
