@@ -2,8 +2,8 @@
 
 Which one serves is the newest `served_models` row (the gate's choice after each run, or a
 rollback). Before any: the current adapter if one exists, else the embedding classifier as soon as
-two labels have two labelled messages each, else the base model zero-shot over the label
-descriptions. An adapter knows only the labels it was trained on: while the label set has a label
+two labels have two labelled messages each, else the zero-shot model (a causal LM, not the base model
+`/retrain` fine-tunes, which is an encoder by default) over the label descriptions. An adapter knows only the labels it was trained on: while the label set has a label
 it lacks, the embedding classifier (which learns a label from its first two examples) answers, and
 the reply says so.
 
