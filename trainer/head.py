@@ -89,13 +89,13 @@ def pad_batch(rows: list[list[int]], pad_id: int, device):
 
 
 def pooled(model, ids, mask, pooling: str):
-    """One vector per row (float32): the last real token's hidden state, or the mean over real tokens."""
+    """One vector per row (float32): the last real token's hidden state, or the mean over real tokens
+    (scaled to unit length for an encoder, as its sentence embeddings are)."""
     import torch
 
-    stack = body(model)
-    encoder = stack is (model.get_base_model() if hasattr(model, "get_base_model") else model)
-    kwargs = {} if encoder else {"use_cache": False}
-    hidden = stack(input_ids=ids, attention_mask=mask, **kwargs).last_hidden_state.float()
+    encoder = is_encoder_model(model)
+    kwargs = {} if encoder else {"use_cache": False}  # an encoder keeps no cache
+    hidden = body(model)(input_ids=ids, attention_mask=mask, **kwargs).last_hidden_state.float()
     if pooling == "mean":
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         mean = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
