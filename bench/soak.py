@@ -83,7 +83,7 @@ def http(url: str, data: bytes | None = None, headers: dict | None = None, timeo
 class System:
     """The three processes, started and stopped the way production does."""
 
-    def __init__(self, work: Path, model: str | None):
+    def __init__(self, work: Path, zero_shot_model: str | None):
         self.work, self.bot_port = work, free_port()
         self.standin = subprocess.Popen([sys.executable, "-m", "slack_standin", "--bot-token", TOKEN],
                                         stdout=subprocess.PIPE, text=True, cwd=REPO)
@@ -96,8 +96,8 @@ class System:
                     "SLACK_SIGNING_SECRET": SECRET, "SLACK_API_URL": self.standin_url + "api/",
                     "SUPPORTBOT_ADMINS": ADMIN, "SUPPORTBOT_INTAKE_CHANNELS": INTAKE,
                     "SUPPORTBOT_REPORT_CHANNEL": REPORTS, "SUPPORTBOT_LOG_LEVEL": "INFO"}
-        if model:
-            self.env["SUPPORTBOT_BASE_MODEL"] = self.env["SUPPORTBOT_ZERO_SHOT_MODEL"] = model
+        if zero_shot_model:  # the benchmarks' converted SmolLM2: no conversion inside the soak
+            self.env["SUPPORTBOT_ZERO_SHOT_MODEL"] = zero_shot_model  # /retrain trains the default base model
         self.bot = self.worker = None
         self.bot_url = f"http://127.0.0.1:{self.bot_port}/slack/events"
 

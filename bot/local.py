@@ -80,8 +80,9 @@ class LocalStack:
         if seeded:
             log.info("seeded %d labeled demo emails", seeded)
         self.ctx = BotContext(self.settings)
-        print("Loading the base model (the first start converts it: about a minute)...", flush=True)
-        self.ctx.classifier()  # so the first email is answered in seconds, not after a conversion
+        print("Loading the model that answers (a packaged language model, when one is needed, is converted "
+              "once on first use: about a minute)...", flush=True)
+        self.ctx.classifier()  # so the first email is answered in seconds, not after a load
         self.server = make_http_server(self.ctx, self.host, 0)
         threading.Thread(target=self.server.serve_forever, daemon=True, name="bot-http").start()
         self.workspace.bot_url = f"http://{self.host}:{self.server.server_port}/slack/events"
