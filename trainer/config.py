@@ -4,7 +4,7 @@
 cannot silently fall back to a default). Fields whose default is None (and
 `epochs` = 0) are left to the recipe: `resolved()` fills them in, and a value
 the caller sets is never replaced, because it is not None. Which recipe
-applies depends on the base model's size:
+applies depends on the base model: whether it is a sentence encoder, and its size:
 
 - `seed`, for models of 1B parameters and more (a 7B-class model on a GPU
   host): LoRA r=16, alpha=32 on q/k/v/o, lr 2e-4, 4-bit NF4 with double
@@ -15,8 +15,8 @@ applies depends on the base model's size:
 - `encoder`, for a sentence encoder (the default base model, all-MiniLM-L6-v2):
   a head on the mean-pooled, unit-length embedding, started from the embedding
   classifier's own logistic regression, with LoRA on every linear layer at lr
-  1e-3 for 10 epochs under 1,000 examples (4 above); then refitted on every
-  labelled example (`refit`).
+  1e-3 for up to 10 epochs under 1,000 examples (4 above; early stopping on
+  dev); then refitted on every labelled example (`refit`).
 
 Shared by all: cosine schedule, warmup 3%, batch 4 x accumulation 4.
 """
