@@ -123,3 +123,15 @@ def tiny_encoder_dir(request):
     BertModel(config, add_pooling_layer=False).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+def toy_classifier(path):
+    """The serving classifier on the model at `path` (tiny Llama or tiny BERT), with the toy labels."""
+    from trainer.classify import Classifier
+    from trainer.models import load_base_model, load_tokenizer
+    from trainer.prompts import LabelInfo
+
+    model = load_base_model(path, device="cpu")
+    model.eval()
+    return Classifier(model, load_tokenizer(path), [LabelInfo(name, f"{name} messages") for name in TOY_WORDS],
+                      batch_size=8)

@@ -4,15 +4,11 @@ import json
 
 import pytest
 
-from trainer.classify import Classifier
 from trainer.config import ConfigError, ENCODER_LINEAR, TrainConfig
 from trainer.models import ModelError
-from trainer.prompts import LabelInfo
 from trainer.run import run
 
-from .conftest import TOY_WORDS, make_run_dir, toy_config, toy_examples
-
-TOY_LABELS = [LabelInfo(name, f"{name} messages") for name in TOY_WORDS]
+from .conftest import TOY_WORDS, make_run_dir, toy_classifier, toy_config, toy_examples
 
 
 def encoder_config(path, **overrides):
@@ -26,14 +22,6 @@ def encoder_run(tiny_encoder_dir, tmp_path_factory):
     run_dir = make_run_dir(tmp_path_factory.mktemp("encoder"), encoder_config(tiny_encoder_dir, learning_rate=1e-2),
                            toy_examples())
     return run_dir, run(run_dir)
-
-
-def _classifier(path):
-    from trainer.models import load_base_model, load_tokenizer
-
-    model = load_base_model(path, device="cpu")
-    model.eval()
-    return Classifier(model, load_tokenizer(path), TOY_LABELS, batch_size=8)
 
 
 def test_an_encoder_gets_the_encoder_recipe_learns_and_is_refitted_on_every_example(encoder_run):
@@ -78,7 +66,7 @@ def test_the_refitted_encoder_adapter_reloads_and_answers_like_the_saved_one(enc
 
     run_dir, _ = encoder_run
     texts = ["broken refund angry late", "how when where can", "love great thanks nice"]
-    classifier = _classifier(tiny_encoder_dir)
+    classifier = toy_classifier(tiny_encoder_dir)
     classifier.use_adapter(run_dir / "adapter", version=1)
     assert classifier.method == "head" and classifier.merged
     served = classifier.classify_many(texts)
@@ -103,7 +91,7 @@ def test_the_refitted_encoder_adapter_reloads_and_answers_like_the_saved_one(enc
 
 
 def test_an_encoder_cannot_answer_zero_shot_and_says_so(tiny_encoder_dir):
-    classifier = _classifier(tiny_encoder_dir)
+    classifier = toy_classifier(tiny_encoder_dir)
     assert classifier.encoder and classifier.method == "zero-shot"
     with pytest.raises(ModelError, match="sentence encoder"):
         classifier.classify("where is my refund")
@@ -111,7 +99,7 @@ def test_an_encoder_cannot_answer_zero_shot_and_says_so(tiny_encoder_dir):
 
 def test_a_label_added_after_training_is_left_to_the_next_retrain(encoder_run, tiny_encoder_dir):
     run_dir, _ = encoder_run
-    classifier = _classifier(tiny_encoder_dir)
+    classifier = toy_classifier(tiny_encoder_dir)
     classifier.use_adapter(run_dir / "adapter", version=1)
     assert classifier.trained_labels == list(TOY_WORDS)
     assert all("billing" not in p.scores for p in classifier.classify_many(["billing invoice charge"]))
@@ -171,7 +159,7 @@ def test_a_head_adapter_exports_with_its_head_and_no_text_generation_files(encod
     assert "Ollama and vLLM cannot serve it" in (tmp_path / "out" / "HOW-TO-LOAD.md").read_text()
     # The merged encoder and the head give the served probabilities.
     text = "broken refund angry terrible late"
-    classifier = _classifier(tiny_encoder_dir)
+    classifier = toy_classifier(tiny_encoder_dir)
     classifier.use_adapter(run_dir / "adapter", version=1)
     served = classifier.classify(text)
     merged = load_base_model(str(tmp_path / "out" / "merged"), device="cpu").eval()
@@ -234,7 +222,7 @@ def test_a_failed_refit_keeps_the_adapter_the_gate_measured(tiny_encoder_dir, tm
     assert "failed (MemoryError" in (run_dir / "report.md").read_text()
     # The saved adapter is the first training's: it answers eval as the run recorded.
     first = [json.loads(line) for line in (run_dir / "eval_predictions.jsonl").read_text().splitlines()]
-    classifier = _classifier(tiny_encoder_dir)
+    classifier = toy_classifier(tiny_encoder_dir)
     classifier.use_adapter(run_dir / "adapter", version=1)
     again = classifier.classify_many([e["text"] for e in first])
     assert max(abs(p.scores[n] - e["scores"][n]) for p, e in zip(again, first) for n in TOY_WORDS) < 1e-3

@@ -4,13 +4,9 @@ import json
 
 import pytest
 
-from trainer.classify import Classifier
-from trainer.prompts import LabelInfo
 from trainer.run import run
 
-from .conftest import TOY_WORDS, make_run_dir, toy_config, toy_examples
-
-TOY_LABELS = [LabelInfo(name, f"{name} messages") for name in TOY_WORDS]
+from .conftest import TOY_WORDS, make_run_dir, toy_classifier, toy_config, toy_examples
 
 
 @pytest.fixture(scope="module")
@@ -19,14 +15,6 @@ def head_run(tiny_model_dir, tmp_path_factory):
                                                                                       dev_fraction=0.0),
                            toy_examples())
     return run_dir, run(run_dir)
-
-
-def _classifier(tiny_model_dir):
-    from trainer.models import load_base_model, load_tokenizer
-
-    model = load_base_model(tiny_model_dir, device="cpu")
-    model.eval()
-    return Classifier(model, load_tokenizer(tiny_model_dir), TOY_LABELS, batch_size=8)
 
 
 def test_head_training_changes_the_head_and_the_adapter_and_learns(head_run, tiny_model_dir):
@@ -54,7 +42,7 @@ def test_head_training_changes_the_head_and_the_adapter_and_learns(head_run, tin
 def test_head_adapter_reloads_with_the_same_predictions(head_run, tiny_model_dir):
     run_dir, result = head_run
     evaluated = [json.loads(line) for line in (run_dir / "eval_predictions.jsonl").read_text().splitlines()]
-    classifier = _classifier(tiny_model_dir)
+    classifier = toy_classifier(tiny_model_dir)
     classifier.use_adapter(run_dir / "adapter", version=1)
     assert classifier.method == "head" and classifier.merged
     reloaded = classifier.classify_many([e["text"] for e in evaluated])
@@ -70,7 +58,7 @@ def test_head_and_scoring_adapters_swap_on_one_base_model(head_run, tiny_model_d
     run_dir, _ = head_run
     scoring_dir = make_run_dir(tmp_path / "scoring", toy_config(tiny_model_dir, epochs=3), toy_examples())
     assert run(scoring_dir)["status"] == "succeeded"
-    classifier = _classifier(tiny_model_dir)
+    classifier = toy_classifier(tiny_model_dir)
     model = classifier._model
     text = "broken refund angry terrible damaged"
     classifier.use_adapter(run_dir / "adapter", version=1)
@@ -86,7 +74,7 @@ def test_head_and_scoring_adapters_swap_on_one_base_model(head_run, tiny_model_d
 
 def test_a_label_added_after_training_is_not_predicted_until_the_next_retrain(head_run, tiny_model_dir):
     run_dir, _ = head_run
-    classifier = _classifier(tiny_model_dir)
+    classifier = toy_classifier(tiny_model_dir)
     assert classifier.trained_labels is None  # zero-shot: no adapter, nothing trained
     classifier.use_adapter(run_dir / "adapter", version=1)
     assert classifier.trained_labels == list(TOY_WORDS)
