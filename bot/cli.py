@@ -308,8 +308,8 @@ def parse_overrides(pairs: tuple[str, ...]) -> dict:
 def train(ctx: Context, epochs: int | None, overrides: tuple[str, ...], as_json: bool):
     """Train an adapter on the labeled messages now (no Slack needed), evaluate it, register it.
 
-    Runs the trainer as a child process, shows its progress, and promotes the new adapter if it is not worse
-    than the serving one by more than SUPPORTBOT_PROMOTION_MARGIN.
+    Runs the trainer as a child process, shows its progress, and serves what the serving gate chooses (README:
+    which model answers; SUPPORTBOT_PROMOTION_SIGNIFICANCE).
     """
     from storage import runs
     from trainer.data import DataError, check_examples

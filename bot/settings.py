@@ -160,8 +160,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Below this calibrated confidence (the share of such answers that are right) a prediction is shown "
             "as \"needs review\"."),
     Setting("promotion_margin", "SUPPORTBOT_PROMOTION_MARGIN", "0.01", _fraction,
-            "The serving gate counts candidates within this macro-F1 of the best as just as good and serves the "
-            "cheapest of them."),
+            "First run only (nothing trained serves yet): the serving gate counts candidates within this macro-F1 "
+            "of the best as just as good and serves the cheapest of them."),
+    Setting("promotion_significance", "SUPPORTBOT_PROMOTION_SIGNIFICANCE", "0.05", _fraction,
+            "After that, what serves changes only when a candidate got more of the same held-out messages right "
+            "than the serving model with a paired test (one-sided exact McNemar) p-value below this."),
     Setting("retrain_cron", "SUPPORTBOT_RETRAIN_CRON", "", _cron,
             "Retrain on this cron schedule (e.g. `0 3 * * *`) when enough new labels arrived; empty: off."),
     Setting("retrain_min_new_labels", "SUPPORTBOT_RETRAIN_MIN_NEW_LABELS", "50", _positive_int,
@@ -202,6 +205,7 @@ class Settings:
     report_channel: str = _DEFAULTS["report_channel"]
     review_threshold: float = _DEFAULTS["review_threshold"]
     promotion_margin: float = _DEFAULTS["promotion_margin"]
+    promotion_significance: float = _DEFAULTS["promotion_significance"]
     retrain_cron: str = _DEFAULTS["retrain_cron"]
     retrain_min_new_labels: int = _DEFAULTS["retrain_min_new_labels"]
     digest_cron: str = _DEFAULTS["digest_cron"]

@@ -10,7 +10,8 @@ Three splits of the team's labelled messages, all stratified:
 
 Candidates: the new adapter (calibrated), the embedding classifier (fitted on train + dev, as the
 bot will fit it on everything), their ensemble, and the model serving now. Each gets accuracy,
-macro-F1 and expected calibration error on eval; `trainer.gate.choose` picks.
+macro-F1 and expected calibration error on eval, and which eval messages it got right (the gate's
+paired test); `trainer.gate.choose` picks.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 
 from .calibration import expected_calibration_error, fit_temperature, log_softmax, selective_accuracy
 from .evaluate import classification_metrics
-from .gate import Candidate, choose
+from .gate import SIGNIFICANCE, Candidate, choose
 
 
 def probability_matrix(predictions: list, names: list[str]) -> np.ndarray:
@@ -34,7 +35,8 @@ def score(name: str, kind: str, logp: np.ndarray, gold: np.ndarray, names: list[
     metrics = classification_metrics([names[i] for i in gold], predicted, names)
     metrics["ece"] = expected_calibration_error(probs, gold)
     metrics["selective"] = selective_accuracy(probs, gold)
-    return Candidate(name, kind, metrics, serving=serving, details=details or {})
+    return Candidate(name, kind, metrics, serving=serving, details=details or {},
+                     correct=tuple(bool(x) for x in probs.argmax(axis=1) == gold))
 
 
 def embed_examples(examples: list[dict]) -> np.ndarray:
@@ -46,13 +48,16 @@ def embed_examples(examples: list[dict]) -> np.ndarray:
 def evaluate_candidates(names: list[str], train: list[dict], dev: list[dict], evaluation: list[dict],
                         adapter_dev: np.ndarray | None, adapter_eval: np.ndarray, *, margin: float,
                         serving: dict | None = None, serving_eval: np.ndarray | None = None,
-                        same_data: bool = False) -> dict:
+                        same_data: bool = False, significance: float = SIGNIFICANCE,
+                        embeddings: bool = True) -> dict:
     """Score the candidates on `evaluation` and choose. Arrays are the adapter's log-scores, (n, labels).
 
     `serving` describes the model answering now ({kind, name, details}); `serving_eval` is its
     adapter's log-scores on eval when it has one. Returns {candidates, picked, reason, details}.
     `same_data`: the embedding candidate fits on train alone, as the adapter trained (both are then
     refitted on everything to serve); else on train and dev, as the adapter also used dev (to stop).
+    `embeddings`: False (no baseline configured, or the embedder is not installed) leaves out the
+    embedding classifier and the ensemble; the same rule then chooses among the adapters.
     """
     from .embeddings import EmbeddingClassifier
     from .ensemble import Mix, fit_mix
@@ -60,29 +65,32 @@ def evaluate_candidates(names: list[str], train: list[dict], dev: list[dict], ev
     index = {n: i for i, n in enumerate(names)}
     gold_eval = np.array([index[e["label"]] for e in evaluation])
     gold_dev = np.array([index[e["label"]] for e in dev])
-    vectors = embed_examples(train + dev + evaluation)
-    x_train, x_dev, x_eval = vectors[:len(train)], vectors[len(train):len(train) + len(dev)], vectors[len(train) + len(dev):]
-    y_train, y_dev = [e["label"] for e in train], [e["label"] for e in dev]
-
+    serving_kind = (serving or {}).get("kind")
     candidates = []
     adapter_t = fit_temperature(adapter_dev, gold_dev) if adapter_dev is not None and len(dev) else 1.0
     candidates.append(score("new adapter", "adapter", log_softmax(adapter_eval / adapter_t), gold_eval, names,
                             details={"temperature": adapter_t}))
-    fitted = EmbeddingClassifier.fit(x_train, y_train, names) if same_data else \
-        EmbeddingClassifier.fit(np.concatenate([x_train, x_dev]), y_train + y_dev, names)
-    serving_kind = (serving or {}).get("kind")
-    candidates.append(score("embeddings", "embeddings", fitted.log_probs(x_eval), gold_eval, names,
-                            serving=serving_kind == "embeddings",
-                            details={"temperature": fitted.temperature}))
-    if adapter_dev is not None and len(dev):
-        # The ensemble weight: adapter held-out on dev, embeddings fitted on train alone, never eval.
-        on_train = EmbeddingClassifier.fit(x_train, y_train, names)
-        mix = fit_mix(adapter_dev, on_train.logits(x_dev), gold_dev, embedding_temperature=on_train.temperature)
-        candidates.append(score("new adapter + embeddings", "ensemble", mix.log_probs(adapter_eval, fitted.logits(x_eval)),
-                                gold_eval, names, details={"mix": mix.to_dict()}))
+    fitted = None
+    if embeddings:
+        vectors = embed_examples(train + dev + evaluation)
+        x_train, x_dev = vectors[:len(train)], vectors[len(train):len(train) + len(dev)]
+        x_eval = vectors[len(train) + len(dev):]
+        y_train, y_dev = [e["label"] for e in train], [e["label"] for e in dev]
+        fitted = EmbeddingClassifier.fit(x_train, y_train, names) if same_data else \
+            EmbeddingClassifier.fit(np.concatenate([x_train, x_dev]), y_train + y_dev, names)
+        candidates.append(score("embeddings", "embeddings", fitted.log_probs(x_eval), gold_eval, names,
+                                serving=serving_kind == "embeddings",
+                                details={"temperature": fitted.temperature}))
+        if adapter_dev is not None and len(dev):
+            # The ensemble weight: adapter held-out on dev, embeddings fitted on train alone, never eval.
+            on_train = EmbeddingClassifier.fit(x_train, y_train, names)
+            mix = fit_mix(adapter_dev, on_train.logits(x_dev), gold_dev, embedding_temperature=on_train.temperature)
+            candidates.append(score("new adapter + embeddings", "ensemble",
+                                    mix.log_probs(adapter_eval, fitted.logits(x_eval)), gold_eval, names,
+                                    details={"mix": mix.to_dict()}))
     if serving_kind in ("adapter", "ensemble") and serving_eval is not None:
         details = serving.get("details") or {}
-        if serving_kind == "ensemble" and details.get("mix"):
+        if serving_kind == "ensemble" and details.get("mix") and fitted is not None:
             logp = Mix.from_dict(details["mix"]).log_probs(serving_eval, fitted.logits(x_eval))
         else:
             logp = log_softmax(serving_eval / float(details.get("temperature") or 1.0))
@@ -92,15 +100,16 @@ def evaluate_candidates(names: list[str], train: list[dict], dev: list[dict], ev
         reason_suffix = f" ({serving.get('name') or 'the serving adapter'} was not scored: {serving['not_comparable']})"
     else:
         reason_suffix = ""
-    picked, reason = choose(candidates, margin)
-    reason += reason_suffix
+    decision = choose(candidates, margin, significance, serving_kind=serving_kind)
+    picked, reason = decision.picked, decision.reason + reason_suffix
     return {"candidates": [_summary(c) for c in candidates], "picked": picked.name, "kind": picked.kind,
             "new": not picked.serving and picked.kind in ("adapter", "ensemble"), "reason": reason,
+            "p_value": decision.p_value, "significance": significance,
             "details": picked.details, "ece": picked.metrics["ece"], "selective": picked.metrics["selective"]}
 
 
 def _summary(candidate: Candidate) -> dict:
     m = candidate.metrics
     return {"name": candidate.name, "kind": candidate.kind, "serving": candidate.serving,
-            "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "ece": m["ece"], "n": m["n"],
+            "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "ece": m["ece"], "n": m["n"], "right": candidate.right,
             "details": candidate.details}

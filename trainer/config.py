@@ -99,11 +99,15 @@ class TrainConfig:
                                      "first value.", default=4.0)
     compare_adapter: str = _help("Folder of the adapter now serving; evaluated on the same split for the "
                                  "promotion gate.", default="")
-    promotion_margin: float = _help("Promote unless macro-F1 is worse than the serving adapter's by more.",
+    promotion_margin: float = _help("First run only (nothing trained serves yet): candidates within this "
+                                    "macro-F1 of the best count as just as good, and the cheapest serves.",
                                     default=0.01)
-    baseline: bool = _help("Also score the other candidates on the same split (the embedding classifier, "
-                           "the ensemble) and let the serving gate choose; without the embedding model, "
-                           "a TF-IDF baseline.", default=True)
+    promotion_significance: float = _help("What serves changes only when a candidate got more eval messages "
+                                          "right than it, with a one-sided exact McNemar p-value below this.",
+                                          default=0.05)
+    baseline: bool = _help("Also score the embedding classifier and its ensemble with the adapter on the same "
+                           "split for the serving gate (false, or without the embedding model: the gate "
+                           "chooses among the adapters; a TF-IDF baseline is reported).", default=True)
     injection_augmentation: float = _help("Share of training examples copied with an appended instruction to "
                                           "answer another label (true label kept), so the adapter learns to "
                                           "ignore instructions inside emails.", default=0.3)
@@ -219,6 +223,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         value = getattr(config, name)
         if not (isinstance(value, (int, float)) and 0 <= value < 1):
             raise ConfigError(f"{name}: expected a number in [0, 1), got {value!r}")
+    if not (isinstance(config.promotion_significance, (int, float)) and 0 <= config.promotion_significance <= 1):
+        raise ConfigError(f"promotion_significance: expected a number in [0, 1], got {config.promotion_significance!r}")
     if not (isinstance(config.dev_fraction, (int, float)) and 0 <= config.dev_fraction < 1):
         raise ConfigError(f"dev_fraction: expected a number in [0, 1), got {config.dev_fraction!r}")
     if config.refit is not None and not isinstance(config.refit, bool):

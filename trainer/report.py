@@ -10,18 +10,6 @@ from pathlib import Path
 from .evaluate import worst_classes
 
 
-def promotion_decision(new: dict, serving: dict | None, margin: float) -> dict:
-    """Promote unless the new adapter's macro-F1 is worse than the serving one's by more than `margin`."""
-    if serving is None:
-        return {"promote": True, "reason": "no adapter is serving yet"}
-    delta = new["macro_f1"] - serving["macro_f1"]
-    if delta >= -margin:
-        return {"promote": True, "reason": f"macro-F1 {new['macro_f1']:.3f} vs serving {serving['macro_f1']:.3f} "
-                                           f"({delta:+.3f}, within the allowed -{margin:.3f})"}
-    return {"promote": False, "reason": f"macro-F1 {new['macro_f1']:.3f} is worse than serving "
-                                        f"{serving['macro_f1']:.3f} by {-delta:.3f} (allowed: {margin:.3f})"}
-
-
 def stop_text(training: dict) -> str:
     """Why training stopped, in the run's own step numbers (the progress bar counts the same steps)."""
     reason, step, total = training.get("stop_reason"), training.get("global_step"), training.get("max_steps")
@@ -112,21 +100,18 @@ def summary_markdown(result: dict) -> str:
         lines += [refit_text(result), ""]
     gate = result.get("gate")
     if gate:
-        lines += ["| candidate | accuracy | macro-F1 | ECE |", "| --- | --- | --- | --- |"]
-        lines += [f"| {c['name']}{' (serving)' if c['serving'] else ''} | {c['accuracy']:.1%} | "
-                  f"{c['macro_f1']:.3f} | {c['ece']:.3f} |" for c in gate["candidates"]]
+        lines += ["| candidate | right | accuracy | macro-F1 | ECE |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {c['name']}{' (serving)' if c['serving'] else ''} | {c.get('right', '')}/{c['n']} | "
+                  f"{c['accuracy']:.1%} | {c['macro_f1']:.3f} | {c['ece']:.3f} |" for c in gate["candidates"]]
         lines += ["", f"Serving {gate['picked']}: {gate['reason']}.", ""]
     baseline = result.get("baseline")
-    if baseline and not gate:
+    if baseline and not any(c["kind"] == "embeddings" for c in (gate or {}).get("candidates", [])):
         lines += [f"Baseline ({baseline['method']}): accuracy {baseline['accuracy']:.1%}, "
                   f"macro-F1 {baseline['macro_f1']:.3f}.", ""]
     if result.get("verdict"):
         lines += [result["verdict"], ""]
     if result.get("picture_error"):
         lines += [f"The report picture could not be drawn ({result['picture_error']}).", ""]
-    promotion = result.get("promotion")
-    if promotion and not gate:
-        lines += [("Promoted: " if promotion["promote"] else "Not promoted: ") + promotion["reason"] + ".", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -186,7 +186,7 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
         model, outcome = fit(model, tokenizer, cfg, train_rows, eval_rows, run_dir, sink, device)
     records, _ = read_metrics(run_dir / "metrics.jsonl") if isinstance(sink, JsonlSink) else (
         getattr(sink, "records", []), 0)
-    from .report import baseline_verdict, best_epoch, draw_report, promotion_decision, summary_markdown
+    from .report import baseline_verdict, best_epoch, draw_report, summary_markdown
 
     result["training"] = {
         "stop_reason": outcome.stop_reason, "best_step": outcome.best_step, "best_eval_loss": outcome.best_eval_loss,
@@ -226,15 +226,13 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
         result["serving"] = {"path": cfg.compare_adapter, "metrics": serving_metrics}
     result["gate"] = _gate(cfg, spec.names, train, dev, evaluation, predictions, dev_predictions,
                            serving_predictions)
-    if result["gate"]:
-        embeddings = next(c for c in result["gate"]["candidates"] if c["kind"] == "embeddings")
+    embeddings = next((c for c in result["gate"]["candidates"] if c["kind"] == "embeddings"), None)
+    if embeddings:
         result["baseline"] = {"method": "MiniLM embeddings + logistic regression", "accuracy": embeddings["accuracy"],
                               "macro_f1": embeddings["macro_f1"], "seconds": result["gate"]["seconds"]}
-        result["promotion"] = {"promote": result["gate"]["new"], "reason": result["gate"]["reason"]}
     else:
         result["baseline"] = _baseline(cfg, train + dev, evaluation, spec.names)
-        result["promotion"] = promotion_decision(
-            result["metrics"], result["serving"]["metrics"] if result["serving"] else None, cfg.promotion_margin)
+    result["promotion"] = {"promote": result["gate"]["new"], "reason": result["gate"]["reason"]}
     result["verdict"] = baseline_verdict(result["metrics"], result["baseline"])
 
     # Save: the adapter the gate measured first, so that a refit that fails leaves it in place.
@@ -316,10 +314,8 @@ def split_dev(train: list[dict], cfg: TrainConfig) -> tuple[list[dict], list[dic
 
 
 def _gate(cfg: TrainConfig, names: list[str], train, dev, evaluation, predictions, dev_predictions,
-          serving_predictions) -> dict | None:
-    """Score every candidate on eval and choose what serves (None without the embedding model)."""
-    if not cfg.baseline:
-        return None
+          serving_predictions) -> dict:
+    """Score every candidate on eval and choose what serves (trainer.gate: the one promotion rule)."""
     import time
 
     from .candidates import evaluate_candidates, probability_matrix
@@ -329,18 +325,21 @@ def _gate(cfg: TrainConfig, names: list[str], train, dev, evaluation, prediction
     serving = dict(cfg.serving_model)
     if cfg.compare_adapter and serving.get("kind") not in ("adapter", "ensemble", "embeddings"):
         serving = {"kind": "adapter", "name": "serving adapter", "details": {}}
-    serving_names = names
-    try:
-        gate = evaluate_candidates(
+
+    def gate(with_embeddings: bool) -> dict:
+        return evaluate_candidates(
             names, train, dev, evaluation,
             probability_matrix(dev_predictions, names) if dev_predictions else None,
             probability_matrix(predictions, names), margin=cfg.promotion_margin, serving=serving,
-            serving_eval=probability_matrix(serving_predictions, serving_names) if serving_predictions else None,
-            same_data=bool(cfg.refit))
+            serving_eval=probability_matrix(serving_predictions, names) if serving_predictions else None,
+            same_data=bool(cfg.refit), significance=cfg.promotion_significance, embeddings=with_embeddings)
+
+    try:
+        result = gate(cfg.baseline)
     except EmbedderMissing:
-        return None
-    gate["seconds"] = time.perf_counter() - started
-    return gate
+        result = gate(False)
+    result["seconds"] = time.perf_counter() - started
+    return result
 
 
 def _baseline(cfg: TrainConfig, train: list[dict], evaluation: list[dict], names: list[str]) -> dict | None:

@@ -67,6 +67,7 @@ def prepare_run(settings: Settings, db, run: runs.Run) -> Path:
     config = {"labels": label_set(db, examples),
               "base_model": settings.base_model, "model_cache_dir": str(settings.model_cache_dir),
               "promotion_margin": settings.promotion_margin,
+              "promotion_significance": settings.promotion_significance,
               "compare_adapter": current.path if current and Path(current.path).is_dir() else "",
               "serving_model": recorded_choice(db)}
     config.update({k: v for k, v in run.params.items() if k not in RUN_BOOKKEEPING})

@@ -62,10 +62,11 @@ def named(name: str, adapter_version: int | None) -> str:
 
 
 def candidates_table(gate: dict, adapter_version: int | None) -> str:
-    rows = [f"{'model':<28} {'accuracy':>8} {'macro-F1':>8} {'ECE':>6}"]
+    rows = [f"{'model':<28} {'right':>9} {'accuracy':>8} {'macro-F1':>8} {'ECE':>6}"]
     for c in gate["candidates"]:
         mark = " (serving)" if c["serving"] else ""
-        rows.append(f"{(named(c['name'], adapter_version) + mark)[:28]:<28} {c['accuracy']:>8.1%} "
+        right = f"{c['right']}/{c['n']}" if "right" in c else ""
+        rows.append(f"{(named(c['name'], adapter_version) + mark)[:28]:<28} {right:>9} {c['accuracy']:>8.1%} "
                     f"{c['macro_f1']:>8.3f} {c['ece']:>6.3f}")
     return "```\n" + "\n".join(rows) + "\n```"
 
