@@ -126,7 +126,7 @@ def test_retrain_through_ray_streams_progress_reports_and_promotes(on_ray):
     assert steps[-1] == "Training run 1: 100%" and max_steps > 1
     deliver_all(relay, bot.db)
     posts = bot.standin.calls_to("chat.postMessage")
-    assert any("finished" in c.params["text"] and "is now serving" in json.dumps(c.params["blocks"]) for c in posts)
+    assert any("finished" in c.params["text"] and "now serving: *adapter v1*" in json.dumps(c.params["blocks"]) for c in posts)
     assert bot.standin.calls_to("files.completeUploadExternal")  # the picture came back and was posted
 
 

@@ -110,7 +110,7 @@ def test_retrain_end_to_end_reports_in_the_channel_and_serves_the_new_adapter(sy
     report = [c for c in posts if "finished" in c.params["text"]]
     assert len(report) == 1 and report[0].params["channel"] == REPORTS
     text = json.dumps(report[0].params["blocks"])
-    assert "Loss per epoch" in text and "epoch  train loss  eval loss" in text and "is now serving" in text
+    assert "Loss per epoch" in text and "epoch  train loss  eval loss" in text and "now serving: *adapter v1*" in text
     progress = [c for c in posts if c.params["text"].startswith("Training run 1:")]
     assert len(progress) == 1  # one progress message...
     progress_ts = next(ts for (ch, ts), m in bot.standin.messages.items() if m["text"].startswith("Training run 1:"))

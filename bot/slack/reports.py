@@ -74,13 +74,9 @@ def candidates_table(gate: dict, adapter_version: int | None) -> str:
 def report_payload(run_id: int, result: dict, adapter_version: int | None, promoted: bool) -> dict:
     training, metrics = result["training"], result["metrics"]
     serving = result.get("serving")
-    gate = result.get("gate")
-    if gate:
-        head = (f":white_check_mark: *Training run {run_id} finished* - now serving: "
-                f"*{named(gate['picked'], adapter_version)}*.")
-    else:
-        head = (f":white_check_mark: *Training run {run_id} finished* - adapter v{adapter_version} "
-                + ("*is now serving*." if promoted else "was *not promoted*."))
+    gate = result["gate"]
+    head = (f":white_check_mark: *Training run {run_id} finished* - now serving: "
+            f"*{named(gate['picked'], adapter_version)}*.")
     compare = f"Accuracy *{metrics['accuracy']:.1%}*, macro-F1 *{metrics['macro_f1']:.3f}* on {metrics['n']} held-out"
     if serving:
         sm = serving["metrics"]
@@ -91,15 +87,13 @@ def report_payload(run_id: int, result: dict, adapter_version: int | None, promo
              f"{stop_text(training)}; "
              f"{training['global_step']} steps in {training['train_seconds'] / 60:.1f} min."
              + (" " + refit_text(result) if refit_text(result) else ""),
-             ("Serving " if gate else ("Promoted: " if promoted else "Not promoted: "))
-             + named(result["promotion"]["reason"], adapter_version) + "."]
-    if gate:
-        kept = next((r for r in gate["selective"] if r["threshold"] == 0.5), None)
-        lines.append(f"Confidence calibrated on held-out messages: expected calibration error {gate['ece']:.3f} "
-                     f"on these {metrics['n']}" + (" (too few to judge calibration)" if metrics["n"] < 100 else "")
-                     + (f"; at a review threshold of 50%, {kept['kept']:.0%} answered without review, "
-                        f"{kept['accuracy']:.0%} of them right" if kept and kept["accuracy"] is not None else "")
-                     + ".")
+             "Why: " + named(result["promotion"]["reason"], adapter_version) + "."]
+    kept = next((r for r in gate["selective"] if r["threshold"] == 0.5), None)
+    lines.append(f"Confidence calibrated on held-out messages: expected calibration error {gate['ece']:.3f} "
+                 f"on these {metrics['n']}" + (" (too few to judge calibration)" if metrics["n"] < 100 else "")
+                 + (f"; at a review threshold of 50%, {kept['kept']:.0%} answered without review, "
+                    f"{kept['accuracy']:.0%} of them right" if kept and kept["accuracy"] is not None else "")
+                 + ".")
     worst = worst_classes(metrics, 3)
     if worst:
         lines.append("Weakest labels: " + ", ".join(f"{code(n)} F1 {f:.2f}" for n, f, _ in worst) + ".")
@@ -109,10 +103,9 @@ def report_payload(run_id: int, result: dict, adapter_version: int | None, promo
         lines.append(f"The report picture could not be drawn ({escape(result['picture_error'][:200])}); "
                      "the run itself succeeded.")
     blocks = [_section(head), _section("*Loss per epoch*\n" + loss_table(training["epochs"])),
+              _section(f"*Candidates on the same {metrics['n']} held-out messages*\n"
+                       + candidates_table(gate, adapter_version)),
               _section("\n".join(lines))]
-    if gate:
-        blocks.insert(2, _section(f"*Candidates on the same {metrics['n']} held-out messages*\n"
-                                  + candidates_table(gate, adapter_version)))
     return {"text": f"Training run {run_id} finished: accuracy {metrics['accuracy']:.1%}", "blocks": blocks}
 
 
