@@ -399,7 +399,7 @@ def classify(ctx: Context, text: str | None, in_file: Path | None, out: Path | N
 
     from trainer.text import EmptyText
 
-    from .serving import load_classifier
+    from .serving import answered_by, load_classifier
 
     if (text is None) == (in_file is None):
         fail("give either TEXT or --file FILE (with --out FILE)")
@@ -416,7 +416,7 @@ def classify(ctx: Context, text: str | None, in_file: Path | None, out: Path | N
         if as_json:
             click.echo(json.dumps(_prediction_dict(p)))
         else:
-            source = p.model
+            source = answered_by(p)
             flag = "  (needs review)" if p.needs_review else ""
             click.echo(f"{p.label}  {p.confidence:.1%}  [{source}]{flag}")
             for name, prob in p.alternatives:

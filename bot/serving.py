@@ -43,6 +43,22 @@ def base_model_path(settings: Settings, name: str | None = None) -> str:
     return resolve_base_model(name or settings.base_model, settings.model_cache_dir)
 
 
+def served_name(kind: str, adapter_version: int | None = None) -> str:
+    """How the bot names a serving model everywhere: `embeddings`, `adapter v3`, `adapter v3 + embeddings`,
+    `zero-shot`."""
+    return {"zero-shot": "zero-shot", "embeddings": "embeddings", "adapter": f"adapter v{adapter_version}",
+            "ensemble": f"adapter v{adapter_version} + embeddings"}[kind]
+
+
+def answered_by(prediction) -> str:
+    """Which model made `prediction`, from the prediction itself (never from what serves now): every
+    surface (thread reply, /classify, the CLI) words it with this."""
+    name = getattr(prediction, "model", None)
+    if not name:  # stored before predictions named their model: only the adapter version is known
+        name = served_name("adapter", prediction.adapter_version) if prediction.adapter_version else "zero-shot"
+    return "zero-shot (before enough labels)" if name == "zero-shot" else name
+
+
 class NoLabels(RuntimeError):
     """Classification needs a label set of at least two labels."""
 
@@ -77,13 +93,11 @@ def recorded_choice(db) -> dict:
     if choice is None:
         current = adapters.current_adapter(db)
         if current is not None:
-            return {"kind": "adapter", "name": f"adapter v{current.version}", "details": {}}
+            return {"kind": "adapter", "name": served_name("adapter", current.version), "details": {}}
         if sum(1 for n in labels.label_counts(db).values() if n >= 2) >= 2:
             return {"kind": "embeddings", "name": "embeddings", "details": {}}
         return {"kind": "zero-shot", "name": "zero-shot", "details": {}}
-    name = {"embeddings": "embeddings", "adapter": f"adapter v{choice.adapter_version}",
-            "ensemble": f"adapter v{choice.adapter_version} + embeddings"}[choice.kind]
-    return {"kind": choice.kind, "name": name, "details": choice.details}
+    return {"kind": choice.kind, "name": served_name(choice.kind, choice.adapter_version), "details": choice.details}
 
 
 def sync_classifier(classifier, db) -> bool:
@@ -170,9 +184,10 @@ class ServedClassifier:
             return State("embeddings", "embeddings",
                          note=f"adapter v{version} was trained before label(s) {', '.join(missing)}")
         if choice_kind == "ensemble" and fitted is not None and not set(adapter.labels) - set(fitted.labels):
-            return State("ensemble", f"adapter v{version} + embeddings", version, adapter.path, details,
+            return State("ensemble", served_name("ensemble", version), version, adapter.path, details,
                          base_model=adapter.base_model)
-        return State("adapter", f"adapter v{version}", version, adapter.path, details, base_model=adapter.base_model)
+        return State("adapter", served_name("adapter", version), version, adapter.path, details,
+                     base_model=adapter.base_model)
 
     def _model_for(self, state: State, db=None):
         """The loaded model that answers for `state`: the adapter's base model, or the zero-shot LM.

@@ -1,4 +1,4 @@
-"""Predictions the classifier made, with the adapter version that made them."""
+"""Predictions the classifier made, with the model that made them (and its adapter version, if any)."""
 
 from __future__ import annotations
 
@@ -47,14 +47,21 @@ def latest_prediction(db: Database, message_id: int) -> Prediction | None:
 
 
 def live_accuracy(db: Database) -> dict:
-    """Per adapter version: how often the latest prediction matched the human label given afterwards."""
+    """Per model that answered: how often its latest prediction for a message matched the label a person
+    gave afterwards. {model: {n, confirmed, corrected, accuracy}}, the most judged model first.
+
+    The model is the one the prediction names (`model`); rows stored before that column say only the
+    adapter version, so they are named from it."""
     rows = db.query("""
-        SELECT p.adapter_version AS version, COUNT(*) AS n, SUM(p.label = c.label) AS correct
+        SELECT COALESCE(p.model, CASE WHEN p.adapter_version IS NULL THEN 'zero-shot'
+                                      ELSE 'adapter v' || p.adapter_version END) AS model,
+               COUNT(*) AS n, SUM(p.label = c.label) AS confirmed
         FROM predictions p
         JOIN current_labels c ON c.message_id = p.message_id AND c.created_at >= p.created_at
         WHERE p.id = (SELECT MAX(id) FROM predictions WHERE message_id = p.message_id)
-        GROUP BY p.adapter_version ORDER BY p.adapter_version""")
-    return {str(r["version"]): {"n": r["n"], "accuracy": r["correct"] / r["n"]} for r in rows}
+        GROUP BY 1 ORDER BY n DESC, model""")
+    return {r["model"]: {"n": r["n"], "confirmed": r["confirmed"], "corrected": r["n"] - r["confirmed"],
+                         "accuracy": r["confirmed"] / r["n"]} for r in rows}
 
 
 def least_sure(db: Database, *, since: str, limit: int = 5) -> list[dict]:

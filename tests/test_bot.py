@@ -589,3 +589,60 @@ def test_blank_email_is_answered_once_as_such_not_retried(bot):
     assert answer_backlog(bot.ctx, bot.app.client, older_than_s=0) == 0  # answered: the sweep leaves it
     bot.settle()
     reply_to(bot, ts)  # still the one answer
+
+
+def test_every_surface_names_the_model_that_answered_and_what_serves(bot, monkeypatch):
+    """With the embeddings serving, /classify, the thread reply, /stats, App Home and /model say so, and keep
+    saying so after a gate kept the embeddings over a newly registered adapter."""
+    from storage import served
+    from tests.test_serving import fake_embed, label_two_of_each
+    from trainer import embeddings
+
+    monkeypatch.setattr(embeddings, "embed", fake_embed)
+    label_two_of_each(bot.db)
+    bot.command("/classify", "broken refund angry")
+    bot.settle()
+    answer = bot.standin.responses[-1]["text"]
+    assert ", embeddings)" in answer and "vNone" not in answer and "adapter" not in answer
+    ts = bot.post("angry broken late refund")
+    bot.settle()
+    assert "embeddings" in json.dumps(as_json(reply_to(bot, ts).params["blocks"]))
+
+    # A run registered adapter v1 but the gate kept the embeddings.
+    a = adapters.register_adapter(bot.db, path="/x", base_model="m", labels=["complaint", "question"],
+                                  metrics={"accuracy": 0.9, "macro_f1": 0.9, "n": 8})
+    adapters.promote(bot.db, a.version)
+    served.set_served(bot.db, "embeddings", reason="embeddings keep serving: 1 message of difference is not evidence",
+                      chosen_by="gate")
+    # A person confirms one answer and corrects another.
+    message_id = messages.find_message(bot.db, messages.slack_external_id(INTAKE, ts)).id
+    labels.add_label(bot.db, message_id, "question", by=AGENT, method="button")
+    stats = json.dumps(bot.command("/stats")["blocks"])
+    assert "*Serving:* embeddings - embeddings keep serving" in stats
+    assert "zero-shot base model" not in stats and "adapter v1" not in stats.split("Live accuracy")[0]
+    live = predictions.live_accuracy(bot.db)
+    shown = predictions.latest_prediction(bot.db, message_id)
+    assert list(live) == ["embeddings"] and shown.model == "embeddings"
+    verdict = "1 confirmed, 0 corrected" if shown.label == "question" else "0 confirmed, 1 corrected"
+    assert f"embeddings: {live['embeddings']['accuracy']:.0%} of 1 ({verdict})" in stats
+    assert bot.command("/model")["text"].startswith("*Serving:* embeddings - embeddings keep serving")
+    bot.event({"type": "app_home_opened", "user": AGENT, "channel": "D0HOME", "tab": "home",
+               "event_ts": "1700000000.1"})
+    bot.settle()
+    home = json.dumps(as_json(bot.standin.wait_for("views.publish")[0].params["view"])["blocks"])
+    assert "*Serving:* embeddings" in home
+
+
+def test_the_thread_reply_names_an_ensemble_as_an_ensemble():
+    from bot.serving import answered_by
+    from bot.slack.blocks import prediction_blocks
+    from trainer.classify import Prediction
+
+    p = Prediction(label="complaint", confidence=0.9, needs_review=False, adapter_version=3, zero_shot=False,
+                   scores={"complaint": 0.9, "question": 0.1}, alternatives=[["question", 0.1]],
+                   certified=True, latency_ms=1.0, model="adapter v3 + embeddings")
+    assert answered_by(p) == "adapter v3 + embeddings"
+    assert "adapter v3 + embeddings" in json.dumps(prediction_blocks(1, p, ["complaint", "question"]))
+    old_row = predictions.Prediction(id=1, message_id=1, adapter_version=2, label="a", confidence=0.5,
+                                     needs_review=False, scores={}, latency_ms=None, created_at="", model=None)
+    assert answered_by(old_row) == "adapter v2"

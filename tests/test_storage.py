@@ -156,16 +156,25 @@ def test_promotion_and_rollback_keep_one_current(db):
     assert adapters.current_adapter(db).version == a1.version
 
 
-def test_live_accuracy_counts_labels_given_after_prediction(db):
+def test_live_accuracy_counts_labels_given_after_prediction_per_model_that_answered(db):
     labels.add_label_def(db, "a")
     labels.add_label_def(db, "b")
-    m1, _ = messages.add_message(db, source="import", external_id="i:1", raw_body="one")
-    m2, _ = messages.add_message(db, source="import", external_id="i:2", raw_body="two")
-    for m, human in ((m1, "a"), (m2, "a")):
-        predictions.add_prediction(db, message_id=m.id, adapter_version=3, label="a", confidence=0.9,
-                                   needs_review=False, scores={"a": 0.9, "b": 0.1})
-        labels.add_label(db, m.id, human if m is m1 else "b", by="U1", method="button")
-    assert predictions.live_accuracy(db) == {"3": {"n": 2, "accuracy": 0.5}}
+    answered = [(3, "adapter v3", "a"), (3, "adapter v3", "b"), (None, "embeddings", "a"),
+                (None, "embeddings", "a"), (None, "embeddings", "b"), (3, "adapter v3 + embeddings", "a"),
+                (None, None, "a")]  # the last: stored before predictions named their model
+    for i, (version, model, human) in enumerate(answered):
+        m, _ = messages.add_message(db, source="import", external_id=f"i:{i}", raw_body=f"message {i}")
+        predictions.add_prediction(db, message_id=m.id, adapter_version=version, label="a", confidence=0.9,
+                                   needs_review=False, scores={"a": 0.9, "b": 0.1}, model=model)
+        labels.add_label(db, m.id, human, by="U1", method="button")
+    unjudged, _ = messages.add_message(db, source="import", external_id="i:x", raw_body="no label yet")
+    predictions.add_prediction(db, message_id=unjudged.id, adapter_version=None, label="a", confidence=0.9,
+                               needs_review=False, scores={"a": 0.9, "b": 0.1}, model="embeddings")
+    live = predictions.live_accuracy(db)
+    assert list(live) == ["embeddings", "adapter v3", "adapter v3 + embeddings", "zero-shot"]
+    assert live["embeddings"] == {"n": 3, "confirmed": 2, "corrected": 1, "accuracy": 2 / 3}
+    assert live["adapter v3"] == {"n": 2, "confirmed": 1, "corrected": 1, "accuracy": 0.5}
+    assert live["adapter v3 + embeddings"]["n"] == 1 and live["zero-shot"]["confirmed"] == 1
 
 
 def test_queries_the_bot_used_to_write_itself(db):

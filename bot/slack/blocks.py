@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from ..serving import answered_by
 from .mrkdwn import code, escape, plain, quote, sections
 
 PICK_ACTION = "label_pick"
@@ -35,7 +36,7 @@ def label_select(labels: list[str], message_id: int, initial: str | None = None)
 
 def prediction_blocks(message_id: int, prediction, labels: list[str], human: dict | None = None) -> list[dict]:
     """The thread reply: prediction, confidence, adapter, and the controls to confirm or change it."""
-    source = "zero-shot (no labels yet)" if prediction.model == "zero-shot" else prediction.model
+    source = answered_by(prediction)
     if prediction.novel:
         source += " · unlike any labelled message"
     head = f"*Label:* {code(prediction.label)}  ({prediction.confidence:.0%})"
@@ -70,21 +71,19 @@ def label_modal(message_id: int, labels: list[str], preview: str) -> dict:
                         "element": {**label_select(labels, message_id), "action_id": "choice"}}]}
 
 
-def stats_blocks(stats: dict, live: dict, last_run=None, adapter=None) -> list[dict]:
-    lines = [f"*Messages:* {stats['messages']}   *Labeled:* {stats['labeled']}"]
-    if adapter:
-        lines.append(f"*Serving:* adapter v{adapter.version} (accuracy {adapter.metrics.get('accuracy', 0):.1%}, "
-                     f"macro-F1 {adapter.metrics.get('macro_f1', 0):.3f})")
-    else:
-        lines.append("*Serving:* zero-shot base model (no adapter trained yet)")
+def stats_blocks(stats: dict, live: dict, last_run=None, serving: str = "") -> list[dict]:
+    """`/stats` and App Home. `serving`: the line saying what serves (from the served-model record);
+    `live`: storage.predictions.live_accuracy, per model that answered."""
+    lines = [f"*Messages:* {stats['messages']}   *Labeled:* {stats['labeled']}", f"*Serving:* {serving}"]
     counts = [f"{code(name)} {n}" for name, n in stats["labels"].items()] or ["(no labels yet)"]
     blocks = [{"type": "section", "text": _mrkdwn("\n".join(lines))}]
     blocks += sections(["*Per label*"] + counts, max_blocks=40, more="`/labels` lists them all")
     if live:
-        rows = "\n".join(f"v{v if v != 'None' else ' zero-shot'}: {x['accuracy']:.0%} of {x['n']}"
-                         for v, x in live.items())
-        blocks.append({"type": "section", "text": _mrkdwn("*Live accuracy* (prediction vs the human label given "
-                                                           "afterwards)\n" + rows)})
+        rows = "\n".join(f"{escape(model)}: {x['accuracy']:.0%} of {x['n']} ({x['confirmed']} confirmed, "
+                         f"{x['corrected']} corrected)" for model, x in live.items())
+        blocks.append({"type": "section", "text": _mrkdwn(
+            "*Live accuracy* (each message's latest prediction, by the model that made it, against the label a "
+            "person gave afterwards)\n" + rows)})
     if last_run:
         blocks.append({"type": "context", "elements": [_mrkdwn(
             f"Last training run {last_run.id}: {last_run.status}"

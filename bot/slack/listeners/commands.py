@@ -14,7 +14,7 @@ from ..mrkdwn import code, escape, joined, sections
 from ..permissions import Refused, admins_line, require_admin, require_channel_labeler, require_labeler
 from ..context import BotContext
 from .intake import refresh_reply
-from ...serving import recorded_choice
+from ...serving import answered_by, recorded_choice
 
 log = logging.getLogger(__name__)
 
@@ -195,17 +195,8 @@ def model_command(ctx: BotContext, command: dict) -> str:
         return f"Rolled back: adapter v{restored.version} is serving again."
     if words:
         return "Usage: `/model` or `/model rollback`."
-    current = adapters.current_adapter(db)
     history = adapters.list_adapters(db)[:5]
-    choice, state = served.current_served(db), ctx.serving_state()
-    name = state.name if state else recorded_choice(db)["name"]
-    lines = [f"*Serving:* {name}" + (f" ({state.note})" if state and state.note else "")
-             + (f" - {choice.reason}" if choice else "")]
-    if current:
-        m = current.metrics
-        lines.append(f"Accuracy {m.get('accuracy', 0):.1%}, macro-F1 {m.get('macro_f1', 0):.3f} on {m.get('n', 0)} "
-                     "held-out messages" + (f" (baseline {m['baseline_accuracy']:.1%})" if 'baseline_accuracy' in m
-                                            else ""))
+    lines = [f"*Serving:* {serving_line(ctx, db)}"]
     for a in history:
         flag = " (serving)" if a.is_current else (" (promoted before)" if a.promoted_at else " (not promoted)")
         lines.append(f"• v{a.version}: accuracy {a.metrics.get('accuracy', 0):.1%}, run {a.run_id}{flag}")
@@ -252,10 +243,29 @@ def labels_command(ctx: BotContext, command: dict) -> dict:
     return {"text": f"{len(defs)} labels", "blocks": sections(lines)}
 
 
+def serving_line(ctx: BotContext, db) -> str:
+    """What serves, from the serving state (or, before this process classified anything, the served-model
+    record), why, and the held-out scores of the adapter in it."""
+    choice, state = served.current_served(db), ctx.serving_state()
+    recorded = recorded_choice(db)
+    name = state.name if state else recorded["name"]
+    line = name + (f" ({escape(state.note)})" if state and state.note else "") + (f" - {choice.reason}" if choice else "")
+    version = state.adapter_version if state else (choice.adapter_version if choice else None)
+    if version is None and not state and recorded["kind"] == "adapter":
+        version = adapters.current_adapter(db).version
+    adapter = adapters.get_adapter(db, version) if version is not None else None
+    if adapter:
+        m = adapter.metrics
+        line += (f"\nadapter v{adapter.version}: accuracy {m.get('accuracy', 0):.1%}, macro-F1 "
+                 f"{m.get('macro_f1', 0):.3f} on {m.get('n', 0)} held-out messages"
+                 + (f" (embeddings on the same split: {m['baseline_accuracy']:.1%})" if 'baseline_accuracy' in m else ""))
+    return line
+
+
 def stats_payload(ctx: BotContext) -> list[dict]:
     db = ctx.db()
     return blocks.stats_blocks(labels.stats(db), predictions.live_accuracy(db), next(iter(runs.list_runs(db, 1)), None),
-                               adapters.current_adapter(db))
+                               serving_line(ctx, db))
 
 
 def classify_job(ctx: BotContext, text: str, respond) -> None:
@@ -264,7 +274,7 @@ def classify_job(ctx: BotContext, text: str, respond) -> None:
     except EmptyText as exc:
         respond(text=str(exc), response_type="ephemeral")
         return
-    source = "zero-shot" if p.zero_shot else f"adapter v{p.adapter_version}"
+    source = answered_by(p)
     review = " - *needs review*" if p.needs_review else ""
     alternatives = ", ".join(f"{code(n)} {v:.0%}" for n, v in p.alternatives)
     respond(text=f"{code(p.label)} ({p.confidence:.0%}, {source}){review}. Next: {alternatives}",

@@ -181,7 +181,7 @@ class _Shown:
     def __init__(self, p):
         self.label, self.confidence, self.needs_review = p.label, p.confidence, p.needs_review
         self.adapter_version, self.zero_shot = p.adapter_version, p.adapter_version is None
-        self.model = p.model or (f"adapter v{p.adapter_version}" if p.adapter_version else "zero-shot")
+        self.model = p.model  # bot.serving.answered_by words it (older rows have only the version)
         self.novel = False  # not stored; the needs-review flag it raised is
         self.alternatives = [[k, v] for k, v in list(p.scores.items())[1:3]]
 
