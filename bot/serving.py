@@ -9,7 +9,8 @@ the reply says so.
 
 The embedding classifier is refitted from the stored vectors when labels change: debounced (a burst
 of corrections costs one refit) and on a thread of its own, so no request waits for it. Swaps are
-atomic: a classification reads the serving state once, and a language-model answer made by another
+atomic: the serving state is immutable and holds everything an answer reads (the fitted embedding
+classifier too), a classification reads it once, and a language-model answer made by another
 adapter than that state expects (a swap in between) is made again.
 """
 
@@ -20,7 +21,7 @@ import math
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from storage import adapters, embeddings as stored_embeddings, labels, open_db, served
 from trainer.prompts import LabelInfo
@@ -74,6 +75,9 @@ class State:
     details: dict | None = None     # temperatures and the mix, from the gate
     base_model: str | None = None   # the adapter's base model (it loads on that one)
     note: str = ""                  # why this differs from the recorded choice, if it does
+    # The fitted embedding classifier answering in this state (embeddings and ensemble): part of the
+    # state, so a refit that changes it (or its labels) swaps in with the rest, in one assignment.
+    embeddings: object | None = field(default=None, compare=False)  # compared by identity in `sync`
 
 
 def load_classifier(settings: Settings, db):
@@ -135,9 +139,10 @@ class ServedClassifier:
 
     @property
     def labels(self) -> list[str]:
-        if self._state.kind == "embeddings" and self._embeddings is not None:
-            return list(self._embeddings.labels)
-        return self._model_for(self._state).labels
+        state = self._state
+        if state.kind == "embeddings":
+            return list(state.embeddings.labels)
+        return self._model_for(state).labels
 
     def sync(self, db) -> bool:
         """Bring the serving state in line with the registry and the label set. Returns True on a change."""
@@ -147,7 +152,7 @@ class ServedClassifier:
             self._refit.poke()
         with self._sync_lock:
             wanted = self._wanted(db)
-            if wanted == self._state:
+            if wanted == self._state and wanted.embeddings is self._state.embeddings:
                 return False
             if wanted.kind in ("adapter", "ensemble"):
                 llm = self._model_for(wanted, db)
@@ -157,35 +162,37 @@ class ServedClassifier:
                 self._models[self._key(wanted, resolve=False)].use_zero_shot(label_infos(db))
             if wanted.kind != "embeddings":  # the embeddings need no language model, but one may serve again soon
                 self._let_go_of_others(wanted)
+            refitted_only = wanted == self._state  # same model, a newly fitted embedding classifier
             self._state = wanted
-            log.info("serving %s%s", wanted.name, f" ({wanted.note})" if wanted.note else "")
+            (log.debug if refitted_only else log.info)("serving %s%s", wanted.name,
+                                                       f" ({wanted.note})" if wanted.note else "")
             return True
 
     def _wanted(self, db) -> State:
         choice = served.current_served(db)
         current = adapters.current_adapter(db)
         active = [d.name for d in labels.list_label_defs(db)]
-        fitted = self._embeddings
+        fitted = self._embeddings  # read once: a refit may replace it meanwhile
         if choice is None:
             if current is not None:
                 choice_kind, version, details = "adapter", current.version, {}
             elif fitted is not None:
-                return State("embeddings", "embeddings")
+                return State("embeddings", served_name("embeddings"), embeddings=fitted)
             else:
-                return State("zero-shot", "zero-shot")
+                return State("zero-shot", served_name("zero-shot"))
         else:
             choice_kind, version, details = choice.kind, choice.adapter_version, choice.details
         if choice_kind == "embeddings":
-            return State("embeddings", "embeddings") if fitted is not None else State(
-                "zero-shot", "zero-shot", note="too few labelled messages for the embeddings")
+            return State("embeddings", served_name("embeddings"), embeddings=fitted) if fitted is not None else \
+                State("zero-shot", served_name("zero-shot"), note="too few labelled messages for the embeddings")
         adapter = adapters.get_adapter(db, version)
         missing = sorted(set(active) - set(adapter.labels))
         if missing and fitted is not None:
-            return State("embeddings", "embeddings",
+            return State("embeddings", served_name("embeddings"), embeddings=fitted,
                          note=f"adapter v{version} was trained before label(s) {', '.join(missing)}")
         if choice_kind == "ensemble" and fitted is not None and not set(adapter.labels) - set(fitted.labels):
             return State("ensemble", served_name("ensemble", version), version, adapter.path, details,
-                         base_model=adapter.base_model)
+                         base_model=adapter.base_model, embeddings=fitted)
         return State("adapter", served_name("adapter", version), version, adapter.path, details,
                      base_model=adapter.base_model)
 
@@ -250,7 +257,7 @@ class ServedClassifier:
         started = time.perf_counter()
         needs_vectors = state.kind in ("embeddings", "ensemble")
         if needs_vectors:
-            fitted = self._embeddings
+            fitted = state.embeddings  # the classifier of this state, whatever a refit does meanwhile
             if vectors is None or any(v is None for v in vectors):
                 matrix = self.embed([message_text(t, s) for t, s in cleaned])
             else:

@@ -344,3 +344,61 @@ def test_the_worker_records_what_the_gate_chose(env, tmp_path):
     choice = served.current_served(db)
     assert promoted and (choice.kind, choice.adapter_version, choice.run_id) == ("ensemble", adapter.version, run_.id)
     assert choice.details["mix"]["weight"] == 0.4 and choice.chosen_by == "gate"
+
+
+def test_a_refit_never_changes_the_embeddings_under_an_answer_in_flight(workspace):
+    """The fitted embedding classifier is part of the serving state: a refit that drops it (too few labels
+    left) or changes its labels takes effect with the next state swap, never half-way through an answer."""
+    import threading
+
+    from bot.serving import ServedClassifier
+
+    settings, db, _ = workspace
+    label_two_of_each(db)
+    classifier = ServedClassifier(settings, debounce_s=3600)  # refits here are explicit, not debounced
+    classifier.refit(db)
+    classifier.sync(db)
+    assert classifier.state.kind == "embeddings"
+    serving_labels = list(classifier.labels)
+    # Labels change and the refit finds too few for an embedding classifier; the swap has not happened yet.
+    labels.retire_label(db, "question")
+    assert classifier.refit(db) is False
+    p = classifier.classify("broken refund angry")   # answered by the state it read, whole
+    assert p.model == "embeddings" and p.label in serving_labels
+    classifier.sync(db)
+    assert classifier.state.kind == "zero-shot"
+
+    # Many threads answering while the label set flips and the classifier is refitted and swapped.
+    labels.add_label_def(db, "question", "question messages")
+    classifier.refit(db)
+    classifier.sync(db)
+    errors, answers, stop = [], [], threading.Event()
+
+    def answer_all_the_time():
+        while not stop.is_set():
+            try:
+                answers.append(classifier.classify("how when broken refund"))
+            except Exception as exc:  # noqa: BLE001 - the test collects what would reach a user
+                errors.append(exc)
+
+    threads = [threading.Thread(target=answer_all_the_time) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(6):
+            labels.retire_label(db, "question")
+            classifier.refit(db)
+            time.sleep(0.02)      # answers in flight between the refit and the swap
+            classifier.sync(db)
+            labels.add_label_def(db, "question", "question messages")
+            classifier.refit(db)
+            time.sleep(0.02)
+            classifier.sync(db)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        classifier.close()
+    assert not errors, errors[:3]
+    assert answers and {p.model for p in answers} <= {"embeddings", "zero-shot"}
+    assert any(p.model == "embeddings" for p in answers)
