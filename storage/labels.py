@@ -205,11 +205,12 @@ def stats(db: Database) -> dict:
 
 
 def change_signature(db: Database) -> tuple:
-    """A value that changes whenever a label, the label set or a message's deletion changes (cheap to read):
-    the serving model refits its embedding classifier when it moves."""
+    """A value that changes whenever a label, the label set, a message's deletion or a message's text (an edit)
+    changes (cheap to read): the serving model refits its embedding classifier when it moves."""
     # Read on every classification, so only indexed lookups: labels are append-only (the newest id moves on
-    # every change) and the newest deletion time moves on every deletion.
+    # every change), and the newest deletion and edit times move on every deletion and edit.
     row = next(db.query("""SELECT (SELECT MAX(id) FROM labels) AS last,
                                   (SELECT group_concat(name) FROM label_set WHERE active = 1) AS defs,
-                                  (SELECT MAX(deleted_at) FROM messages) AS deleted"""))
+                                  (SELECT MAX(deleted_at) FROM messages) AS deleted,
+                                  (SELECT MAX(edited_at) FROM messages) AS edited"""))
     return tuple(row.values())

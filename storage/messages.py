@@ -95,7 +95,8 @@ def find_message(db: Database, external_id: str) -> Message | None:
 
 
 def edit_message(db: Database, message_id: int, *, raw_body: str, clean_body: str | None = None) -> Message:
-    """Replace a message's text (a Slack edit). Its labels stay."""
+    """Replace a message's text (a Slack edit). Its labels stay; its stored vector, made from the old text,
+    goes in the same transaction (it is embedded again when next needed)."""
     message = get_message(db, message_id)
     clean = clean_body if clean_body is not None else re.sub(r"\s+", " ", raw_body).strip()
     with write(db):
@@ -103,6 +104,8 @@ def edit_message(db: Database, message_id: int, *, raw_body: str, clean_body: st
             "UPDATE messages SET raw_body = ?, clean_body = ?, content_hash = ?, edited_at = ? WHERE id = ?",
             [raw_body, clean, content_hash(message.subject, clean), now(), message_id],
         )
+        if clean != message.clean_body:
+            db.execute("DELETE FROM embeddings WHERE message_id = ?", [message_id])
     return get_message(db, message_id)
 
 

@@ -221,3 +221,10 @@ def m005_embeddings_and_served_models(db):
         ALTER TABLE predictions ADD COLUMN model TEXT;
         """,
     )
+
+
+@MIGRATIONS(name="m006_edits_in_the_label_signature")
+def m006_edits_in_the_label_signature(db):
+    # The serving model watches the newest edit too (storage.labels.change_signature): an edited
+    # labelled message is embedded again and the embedding classifier refitted on its new text.
+    db.execute("CREATE INDEX messages_edited_at ON messages(edited_at)")

@@ -402,3 +402,26 @@ def test_a_refit_never_changes_the_embeddings_under_an_answer_in_flight(workspac
     assert not errors, errors[:3]
     assert answers and {p.model for p in answers} <= {"embeddings", "zero-shot"}
     assert any(p.model == "embeddings" for p in answers)
+
+
+def test_an_edited_message_is_embedded_again_and_the_signature_sees_the_edit(workspace):
+    from bot.serving import ServedClassifier
+    from trainer.embeddings import EMBEDDER, from_blob
+
+    settings, db, _ = workspace
+    label_two_of_each(db)
+    m = add_labelled(db, "totally unrelated words", "complaint")
+    classifier = ServedClassifier(settings, debounce_s=3600)
+    classifier.refit(db)
+    before = from_blob(stored_embeddings.get_embedding(db, m.id, EMBEDDER))
+    signature = labels.change_signature(db)
+    messages.edit_message(db, m.id, raw_body="broken refund angry late")
+    assert stored_embeddings.get_embedding(db, m.id, EMBEDDER) is None   # gone with the edit, same transaction
+    assert labels.change_signature(db) != signature                      # so the serving model refits
+    classifier.refit(db)
+    after = from_blob(stored_embeddings.get_embedding(db, m.id, EMBEDDER))
+    assert np.allclose(after, fake_embed(["broken refund angry late"])[0]) and not np.allclose(after, before)
+    # An edit that leaves the cleaned text as it was keeps the vector.
+    messages.edit_message(db, m.id, raw_body="broken  refund angry   late")
+    assert stored_embeddings.get_embedding(db, m.id, EMBEDDER) is not None
+    classifier.close()
