@@ -154,7 +154,9 @@ def import_(ctx: Context, file: Path, text_col: str, label_col: str, as_json: bo
     Importing the same file again stores nothing twice.
     """
     examples = importing.read_examples(file, text_col=text_col, label_col=label_col)
-    result = importing.import_examples(ctx.db, file, examples)
+    from trainer.cleaning import text_cleaner
+
+    result = importing.import_examples(ctx.db, file, examples, clean=text_cleaner(ctx.settings.redact))
     if as_json:
         click.echo(json.dumps(result.__dict__))
         return

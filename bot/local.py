@@ -30,15 +30,19 @@ INTAKE, REPORTS = "C0SUPPORT", "C0TRAINING"
 YOU = "U0YOU"
 
 
-def seed_demo(db) -> int:
-    """Labels with descriptions and 36 labeled demo emails, if the database has no messages yet."""
+def seed_demo(db, *, redact: bool = False) -> int:
+    """Labels with descriptions and 36 labeled demo emails, if the database has no messages yet (cleaned and,
+    with `redact`, redacted as every other door's text is)."""
     if messages.count_messages(db, include_deleted=True):
         return 0
     with (DEMO / "labels.csv").open(newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             labels.add_label_def(db, row["name"], row["description"])
     path = DEMO / "emails.csv"
-    return importing.import_examples(db, path, importing.read_examples(path, text_col="text", label_col="label")).stored
+    from trainer.cleaning import text_cleaner
+
+    return importing.import_examples(db, path, importing.read_examples(path, text_col="text", label_col="label"),
+                                     clean=text_cleaner(redact)).stored
 
 
 def local_settings(settings: Settings, secret: str, api_url: str) -> Settings:
@@ -76,7 +80,7 @@ class LocalStack:
         from .slack.server import make_http_server
 
         db = open_db(self.settings.db_path)
-        seeded = seed_demo(db)
+        seeded = seed_demo(db, redact=self.settings.redact)
         if seeded:
             log.info("seeded %d labeled demo emails", seeded)
         self.ctx = BotContext(self.settings)

@@ -23,6 +23,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from sqlite_utils import Database
 
@@ -153,9 +154,14 @@ def _from_chatml(path: str, number: int, turns) -> tuple[str, str | None]:
     return users[-1], (assistants[-1] if assistants else None)
 
 
-def import_examples(db: Database, path: str | Path, examples: list[Example], *, by: str = "import",
-                    chunk_rows: int = CHUNK_ROWS) -> ImportResult:
-    """Store parsed examples, adding unseen labels to the label set, `chunk_rows` rows per transaction."""
+def import_examples(db: Database, path: str | Path, examples: list[Example], *, clean: Callable[[str], str],
+                    by: str = "import", chunk_rows: int = CHUNK_ROWS) -> ImportResult:
+    """Store parsed examples, adding unseen labels to the label set, `chunk_rows` rows per transaction.
+
+    `clean` is the text preparation every door applies (Slack intake too: HTML, quotes, signatures and,
+    when the team asks for it, redaction): the file's text is kept as the raw body, and what `clean`
+    makes of it is the clean body that models, embeddings and training data read. It is handed in
+    because storage knows no text preparation of its own."""
     file_hash = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
     stamp = now()
     stored = 0
@@ -176,11 +182,12 @@ def import_examples(db: Database, path: str | Path, examples: list[Example], *, 
     for start in range(0, len(examples), max(1, chunk_rows)):
         with write(db):  # one short transaction per chunk: other writers get the lock in between
             for e in examples[start:start + chunk_rows]:
+                body = clean(e.text)
                 cursor = db.execute(
                     """INSERT INTO messages (source, external_id, raw_body, clean_body, subject, content_hash,
                            received_at) VALUES ('import', ?, ?, ?, ?, ?, ?) ON CONFLICT(external_id) DO NOTHING""",
-                    [f"import:{file_hash}:{e.line}", e.text, e.text, e.subject,
-                     content_hash(e.subject, e.text), stamp],
+                    [f"import:{file_hash}:{e.line}", e.text, body, e.subject,
+                     content_hash(e.subject, body), stamp],
                 )
                 if cursor.rowcount == 1:
                     stored += 1

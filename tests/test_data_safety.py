@@ -18,6 +18,9 @@ from jsonl import dumps_line
 
 from .conftest import make_run_dir, toy_config, toy_examples
 from .test_bot import AGENT, INTAKE, bot  # noqa: F401
+from trainer.cleaning import text_cleaner
+
+CLEAN = text_cleaner(redact_personal=False)
 
 BREAKERS = "one\u2028two\u2029three\u0085four"
 
@@ -73,17 +76,17 @@ def test_import_is_stored_in_short_transactions(db, tmp_path):
     source.write_text("text,label\n" + "".join(f"message {i},l{i % 3}\n" for i in range(10)))
     commits = []
     db.conn.set_trace_callback(lambda sql: commits.append(sql) if sql.strip().upper() == "COMMIT" else None)
-    result = importing.import_examples(db, source, importing.read_examples(source), chunk_rows=3)
+    result = importing.import_examples(db, source, importing.read_examples(source), chunk_rows=3, clean=CLEAN)
     db.conn.set_trace_callback(None)
     assert result.stored == 10 and len(commits) >= 5  # labels, then 4 chunks of at most 3 rows
-    assert importing.import_examples(db, source, importing.read_examples(source), chunk_rows=3).stored == 0
+    assert importing.import_examples(db, source, importing.read_examples(source), chunk_rows=3, clean=CLEAN).stored == 0
 
 
 def test_an_import_over_the_label_cap_is_refused_before_storing(db, tmp_path):
     source = tmp_path / "labels.csv"
     source.write_text("text,label\n" + "".join(f"m {i},label{i}\n" for i in range(101)))
     with pytest.raises(ImportFormatError, match="more than 100"):
-        importing.import_examples(db, source, importing.read_examples(source))
+        importing.import_examples(db, source, importing.read_examples(source), clean=CLEAN)
     assert messages.count_messages(db) == 0 and labels.list_label_defs(db) == []
 
 

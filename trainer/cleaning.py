@@ -111,3 +111,9 @@ def clean_email(raw: str | bytes, *, redact_personal: bool = False) -> CleanEmai
     if redact_personal:
         text = redact(text)
     return CleanEmail(text, forwarded, removed)
+
+
+def text_cleaner(redact_personal: bool):
+    """The one text preparation of every door (Slack messages, forwarded emails, edits, the shortcut,
+    imports): a function from raw text to the cleaned body that models read."""
+    return lambda raw: clean_email(raw, redact_personal=redact_personal).body

@@ -95,6 +95,12 @@ class BotContext:
         classifier = self._classifier
         return getattr(classifier, "state", None)
 
+    def clean(self, raw: str | bytes) -> str:
+        """A message's text as models read it: the one cleaning (and redaction) every door applies."""
+        from trainer.cleaning import text_cleaner
+
+        return text_cleaner(self.settings.redact)(raw)
+
     def is_admin(self, user_id: str) -> bool:
         return user_id in self.settings.admins
 

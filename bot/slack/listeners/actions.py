@@ -10,7 +10,6 @@ import json
 import logging
 
 from storage import StorageError, labels, messages
-from trainer.cleaning import clean_email
 
 from .. import blocks, mrkdwn
 from ..context import BotContext
@@ -78,7 +77,7 @@ def register(app, ctx: BotContext) -> None:
         text = target.get("text") or ""
         message, _ = messages.add_message(  # labeling an older message collects it
             ctx.db(), source="slack_message", external_id=messages.slack_external_id(channel, target["ts"]),
-            raw_body=text, clean_body=clean_email(text, redact_personal=ctx.settings.redact).body, sender=target.get("user"), channel=channel, ts=target["ts"],
+            raw_body=text, clean_body=ctx.clean(text), sender=target.get("user"), channel=channel, ts=target["ts"],
             team=(shortcut.get("team") or {}).get("id"))
         names = [d.name for d in labels.list_label_defs(ctx.db())]
         client.views_open(trigger_id=shortcut["trigger_id"],

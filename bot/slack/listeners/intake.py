@@ -16,7 +16,6 @@ import threading
 from slack_sdk.errors import SlackApiError
 
 from storage import labels, messages, predictions, replies
-from trainer.cleaning import clean_email
 from trainer.text import EmptyText, require_text
 
 from .. import blocks, metadata, mrkdwn
@@ -78,7 +77,7 @@ def store_event(ctx: BotContext, client, body: dict, event: dict):
     else:
         subject, sender, raw = None, event.get("user"), event.get("text") or ""
         source = "slack_message"
-    clean = clean_email(raw, redact_personal=ctx.settings.redact).body
+    clean = ctx.clean(raw)
     if not clean and not subject:
         return None  # nothing a person or a model could label (a bare file share, say)
     return messages.add_message(
@@ -223,7 +222,7 @@ def handle_message(ctx: BotContext, client, body: dict, event: dict) -> None:
         edited = event.get("message") or {}
         found = messages.find_message(ctx.db(), messages.slack_external_id(event.get("channel"), edited.get("ts")))
         if found and edited.get("text") is not None and not email_file(edited):
-            clean = clean_email(edited["text"], redact_personal=ctx.settings.redact).body
+            clean = ctx.clean(edited["text"])
             messages.edit_message(ctx.db(), found.id, raw_body=edited["text"], clean_body=clean)
         return
     if subtype == "message_deleted":
