@@ -43,6 +43,8 @@ class SlackStandIn:
         self.responses: list[dict] = []         # bodies posted to response_url
         self.conversations: dict[str, dict] = {}  # id -> {"name", "members": set, "private": bool} (`set_channel`)
         self._faults: dict[str, list[tuple[int, int | None]]] = {}
+        self._holds: dict[str, tuple[threading.Event, float]] = {}  # method -> (gate, longest wait) (`hold`)
+        self.answered: Counter = Counter()     # held calls answered, per method
         self._random_faults: tuple[float, tuple[str, ...], random.Random] | None = None
         self.faults_injected: Counter = Counter()  # "method status" -> how many answers were faults
         self._ts = itertools.count(1)
@@ -110,6 +112,14 @@ class SlackStandIn:
         with self._lock:
             self._random_faults = (rate, tuple(methods), random.Random(seed)) if rate > 0 else None
 
+    def hold(self, method: str, longest_s: float = 5.0) -> threading.Event:
+        """From now on, calls of `method` are answered only once the returned event is set (or after
+        `longest_s`); `answered[method]` counts the held calls answered so far."""
+        gate = threading.Event()
+        with self._lock:
+            self._holds[method] = (gate, longest_s)
+        return gate
+
     def set_channel(self, channel: str, members, *, private: bool = False, name: str | None = None) -> None:
         """Who is in `channel` (conversations.members) and whether it is private (conversations.info)."""
         with self._lock:
@@ -151,7 +161,12 @@ class SlackStandIn:
                     fault = rng.choice(((429, 1), (500, None), (503, None)))
             if fault:
                 self.faults_injected[f"{method} {fault[0]}"] += 1
+            held = self._holds.get(method)
         self._record(method, params, headers)
+        if held:
+            held[0].wait(held[1])
+            with self._lock:
+                self.answered[method] += 1
         if fault:
             status, retry_after = fault
             extra = {"Retry-After": str(retry_after)} if status == 429 and retry_after is not None else {}

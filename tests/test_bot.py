@@ -11,6 +11,7 @@ from slack_sdk import WebClient
 
 from bot.slack.app import create_app
 from bot.slack.context import BotContext
+from bot.slack.listeners.commands import CHECKING
 from bot.settings import load_settings
 from slack_standin import payloads
 from slack_standin.server import SlackStandIn
@@ -48,6 +49,17 @@ class Bot:
         return ts
 
     def command(self, command, text="", user=AGENT, channel=INTAKE):
+        """What the person sees: the acknowledgement, or for a command answered after it (CHECKING), that answer."""
+        answered = len(self.standin.responses)
+        acked = self.command_ack(command, text, user=user, channel=channel)
+        if acked.get("text") != CHECKING:
+            return acked
+        self.settle()
+        later = self.standin.responses[answered:]
+        assert len(later) == 1, later
+        return later[0]
+
+    def command_ack(self, command, text="", user=AGENT, channel=INTAKE):
         response = self.send(payloads.slash_command(command, text, user=user, channel=channel,
                                                     response_url=self.standin.response_url()))
         assert response.status == 200
@@ -646,3 +658,20 @@ def test_the_thread_reply_names_an_ensemble_as_an_ensemble():
     old_row = predictions.Prediction(id=1, message_id=1, adapter_version=2, label="a", confidence=0.5,
                                      needs_review=False, scores={}, latency_ms=None, created_at="", model=None)
     assert answered_by(old_row) == "adapter v2"
+
+
+def test_commands_that_ask_slack_acknowledge_before_asking(bot):
+    """/label asks Slack who is in the channel: the acknowledgement goes out while that call is still
+    unanswered, and the answer follows through the response URL."""
+    ts = bot.post("My order never came")
+    bot.settle()
+    gate = bot.standin.hold("conversations.members")
+    acked = bot.command_ack("/label", "complaint")
+    assert acked == {"response_type": "ephemeral", "text": CHECKING}
+    assert bot.standin.answered["conversations.members"] == 0   # acknowledged before Slack answered
+    gate.set()
+    bot.settle()
+    assert bot.standin.answered["conversations.members"] == 1
+    assert bot.standin.responses[-1]["text"].startswith("Labeled `complaint`")
+    message = messages.find_message(bot.db, messages.slack_external_id(INTAKE, ts))
+    assert labels.current_label(bot.db, message.id).label == "complaint"

@@ -66,6 +66,10 @@ class BotContext:
         # Heavy data checks (/datacheck) get one thread of their own, and do their work in a child process
         # (bot.slack.listeners.datacheck): they neither hold up answers nor keep their memory in the bot.
         self.check_executor = TrackingExecutor(max_workers=1, thread_name_prefix="supportbot-check")
+        # Commands whose answer needs the Web API (who is in a channel) or a longer database read are
+        # acknowledged at once and answered from here: neither Slack's latency nor a busy model pool
+        # delays the acknowledgement or the answer.
+        self.command_executor = TrackingExecutor(max_workers=4, thread_name_prefix="supportbot-command")
         self.bot_user_id: str | None = None
         self.bot_id: str | None = None
         self._pending: set = set()
@@ -137,6 +141,7 @@ class BotContext:
         """Wait until listeners and the jobs they started are done (tests, shutdown)."""
         for _ in range(3):  # a listener may submit a job after we looked at the work pool
             self.listener_executor.wait(timeout)
+            self.command_executor.wait(timeout)
             self.executor.wait(timeout)
             self.check_executor.wait(timeout)
 
@@ -146,10 +151,12 @@ class BotContext:
         cannot hold a restart up."""
         if drop_queued:
             self.listener_executor.shutdown(wait=True)
+            self.command_executor.shutdown(wait=True)
             self.executor.shutdown(wait=True, cancel_futures=True)
             self.check_executor.shutdown(wait=True, cancel_futures=True)
             return
         self.drain()
         self.listener_executor.shutdown(wait=True)
+        self.command_executor.shutdown(wait=True)
         self.executor.shutdown(wait=True)
         self.check_executor.shutdown(wait=True)

@@ -281,6 +281,9 @@ def classify_job(ctx: BotContext, text: str, respond) -> None:
             response_type="ephemeral")
 
 
+CHECKING = "Checking..."  # the acknowledgement of a command answered after it (`deferred` below)
+
+
 def register(app, ctx: BotContext) -> None:
     def quick(handler):
         """A command answered from the database alone: the answer goes with the acknowledgement."""
@@ -288,7 +291,31 @@ def register(app, ctx: BotContext) -> None:
             ack(response_type="ephemeral", text=handler(ctx, command))
         return listener
 
-    app.command("/retrain")(quick(retrain_command))
+    def deferred(handler):
+        """A command that asks Slack (channel membership) or reads at length: acknowledged at once, answered
+        from the command pool through the response URL."""
+        def listener(ack, command, respond, client):
+            ack(response_type="ephemeral", text=CHECKING)
+            ctx.command_executor.submit(answer_later, handler, command, respond, client)
+
+        def answer_later(handler, command, respond, client):
+            try:
+                respond(response_type="ephemeral", replace_original=True, **handler(command, client))
+            except Exception:  # noqa: BLE001 - the person is told; the traceback goes to the log
+                log.exception("%s failed", command.get("command"))
+                respond(response_type="ephemeral", replace_original=True,
+                        text="Sorry, that failed on our side; it is logged. Try again in a minute.")
+        return listener
+
+    @deferred
+    def label_answer(command, client) -> dict:
+        text, message_id = label_command(ctx, command, client)
+        if message_id:
+            ctx.submit(refresh_reply, ctx, client, message_id)  # show the human label under the message
+        return {"text": text}
+
+    app.command("/label")(label_answer)
+    app.command("/retrain")(deferred(lambda command, client: {"text": retrain_command(ctx, command)}))
     app.command("/model")(quick(model_command))
 
     @app.command("/labels")
@@ -307,10 +334,3 @@ def register(app, ctx: BotContext) -> None:
             return
         ack(response_type="ephemeral", text="Classifying...")
         ctx.submit(classify_job, ctx, text, respond)
-
-    @app.command("/label")
-    def label(ack, command, client):
-        text, message_id = label_command(ctx, command, client)
-        ack(response_type="ephemeral", text=text)
-        if message_id:
-            ctx.submit(refresh_reply, ctx, client, message_id)  # show the human label under the message
