@@ -166,8 +166,9 @@ def import_(ctx: Context, file: Path, text_col: str, label_col: str, as_json: bo
         click.echo(f"New labels ({len(result.labels_added)}): {', '.join(result.labels_added)}")
 
 
-def open_new_file(out: Path, force: bool):
-    """`out` opened for writing, owner-only (0600), never through a symlink; an existing file only with `force`.
+def open_new_file(out: Path, force: bool, *, binary: bool = False):
+    """`out` opened for writing, owner-only (0600), never through a symlink; an existing file only with `force`
+    (it is removed and a new one made: a file someone else created is never written into).
     Fails with a one-line error otherwise."""
     import os
 
@@ -180,11 +181,16 @@ def open_new_file(out: Path, force: bool):
             fail(f"{out} exists; use --force to replace it")
         if not out.is_file():
             fail(f"{out} is not a regular file")
-        out.unlink()
+        try:
+            out.unlink()
+        except OSError as exc:
+            fail(f"cannot replace {out}: {exc.strerror}")
     try:
         fd = os.open(str(out), os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     except OSError as exc:
         fail(f"cannot write {out}: {exc.strerror}")
+    if binary:
+        return os.fdopen(fd, "wb")
     return os.fdopen(fd, "w", encoding="utf-8", newline="")
 
 
@@ -488,13 +494,19 @@ def datacheck(ctx: Context, as_json: bool):
 
 @cli.command("backup")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @pass_ctx
-def backup_cmd(ctx: Context, out: Path):
+def backup_cmd(ctx: Context, out: Path, force: bool):
     """Write the database (a consistent snapshot, safe while running) and the adapters to OUT (.tar.gz)."""
     from storage.backup import backup
 
     ctx.db  # make sure it exists and is migrated
-    backup(ctx.settings.db_path, ctx.settings.adapters_dir, out)
+    with open_new_file(out, force, binary=True) as f:
+        try:
+            backup(ctx.settings.db_path, ctx.settings.adapters_dir, f)
+        except BaseException:
+            out.unlink(missing_ok=True)  # the file this command just made: a half backup is no backup
+            raise
     click.echo(f"Backed up {ctx.settings.db_path} and {ctx.settings.adapters_dir} to {out}")
 
 
@@ -506,7 +518,7 @@ def restore_cmd(ctx: Context, archive: Path, force: bool):
     """Restore a backup made with `supportbot backup` into SUPPORTBOT_DATA_DIR."""
     from storage.backup import restore
 
-    count = restore(archive, ctx.settings.db_path, ctx.settings.adapters_dir, force=force)
+    count = restore(archive, ctx.settings.db_path, ctx.settings.adapters_dir, ctx.settings.runs_dir, force=force)
     click.echo(f"Restored {count} messages and the adapters into {ctx.settings.data_dir}")
 
 

@@ -33,3 +33,7 @@ class ImportFormatError(StorageError):
 
 class RunConflict(StorageError):
     """A training run cannot change state as asked (for example, one is already running)."""
+
+
+class BackupError(StorageError):
+    """A backup that cannot be written, or an archive that cannot be restored. Nothing live was changed."""

@@ -144,6 +144,7 @@ def test_event_arriving_while_another_connection_holds_the_write_lock_is_spooled
 
 
 def test_data_folder_database_backup_and_run_files_are_private(tmp_path):
+    from bot.cli import open_new_file
     from bot.settings import Settings
     from bot.runs.execute import prepare_run
     from storage.backup import backup
@@ -155,7 +156,9 @@ def test_data_folder_database_backup_and_run_files_are_private(tmp_path):
     labels.add_label(db, m.id, "complaint", by="U1", method="button")
     assert mode(data) == 0o700 and mode(data / "supportbot.db") == 0o600
     assert mode(data / "supportbot.db-wal") == 0o600
-    backup(data / "supportbot.db", data / "adapters", tmp_path / "out" / "backup.tar.gz")
+    (tmp_path / "out").mkdir()
+    with open_new_file(tmp_path / "out" / "backup.tar.gz", False, binary=True) as out:
+        backup(data / "supportbot.db", data / "adapters", out)
     assert mode(tmp_path / "out" / "backup.tar.gz") == 0o600
     settings = Settings(data_dir=data)
     run = runs.queue_run(db, requested_by="U1", params={})

@@ -49,7 +49,7 @@ def system(env, tiny_model_dir, monkeypatch):
         labels.add_label(db, m.id, e["label"], by=ADMIN, method="cli")
     app = create_app(ctx, WebClient(token=standin.bot_token, base_url=standin.api_url))
     bot = Bot(app, ctx, standin)
-    relay = Relay(ctx.db, relay_client(settings))
+    relay = Relay(ctx.db, relay_client(settings), files_dir=settings.runs_dir)
     yield bot, Worker(settings, reports, poll_s=0.1, progress_every_s=0.0), relay, settings
     ctx.close()
     standin.stop()

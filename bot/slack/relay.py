@@ -8,12 +8,18 @@ left in doubt is uploaded again, so a relay that dies between an upload and
 recording it can post that picture twice. It is never lost.
 The relay's Web API client has no retry handlers of its own: the outbox
 decides when to try again (Retry-After on 429, backoff on 5xx and network errors).
+A file row is uploaded only if it names a PNG picture inside the runs folder (where the worker writes
+report pictures): an outbox row is data, and one from a planted backup must not upload the bot's
+environment or a run's copy of the messages.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import urllib.error
+from pathlib import Path
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -25,6 +31,11 @@ from . import metadata
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 300
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class RefusedFile(Exception):
+    """A file row naming something the relay must not upload."""
 
 
 def relay_client(settings) -> WebClient:
@@ -32,9 +43,10 @@ def relay_client(settings) -> WebClient:
 
 
 class Relay:
-    def __init__(self, db_factory, client: WebClient):
+    def __init__(self, db_factory, client: WebClient, files_dir: Path | None = None):
         self.db_factory = db_factory  # the calling thread's connection
         self.client = client
+        self.files_dir = files_dir  # the only folder files are uploaded from (settings.runs_dir); None: none
 
     def recover(self) -> int:
         """Settle rows a stopped relay left in doubt. Returns how many were found already delivered."""
@@ -67,6 +79,10 @@ class Relay:
         for item in outbox.claim_due(db):
             try:
                 ts = self._send(db, item)
+            except RefusedFile as exc:
+                log.error("outbox %s not uploaded: %s", item.key, exc)
+                outbox.give_up(db, item.id, f"refused: {exc}")
+                continue
             except SlackApiError as exc:
                 self._failed(db, item, exc.response.status_code, exc.response.headers,
                              exc.response.get("error") or str(exc))
@@ -82,8 +98,9 @@ class Relay:
         payload = item.payload
         if item.kind == "file":
             parent = outbox.get(db, item.after_key) if item.after_key else None
-            self.client.files_upload_v2(channel=item.channel, file=payload["path"], title=payload.get("title"),
-                                        filename=payload.get("filename"),
+            content = self._picture(payload.get("path"))
+            self.client.files_upload_v2(channel=item.channel, file=content, title=payload.get("title"),
+                                        filename=payload.get("filename") or "report.png",
                                         initial_comment=payload.get("initial_comment"),
                                         thread_ts=parent.ts if parent else None)
             return None
@@ -95,6 +112,28 @@ class Relay:
             channel=item.channel, text=payload["text"], blocks=payload.get("blocks"),
             metadata=metadata.tag(metadata.OUTBOX, key=item.key))
         return posted["ts"]
+
+    def _picture(self, path) -> bytes:
+        """The bytes of the picture at `path`, read only if its real path is a regular PNG file inside
+        `files_dir` (links resolved first, and not followed when opening). Raises RefusedFile otherwise."""
+        if self.files_dir is None:
+            raise RefusedFile("this relay uploads no files")
+        if not isinstance(path, str) or not path:
+            raise RefusedFile("the row names no file")
+        real, root = os.path.realpath(path), os.path.realpath(self.files_dir)
+        if os.path.commonpath([real, root]) != root or real == root:
+            raise RefusedFile(f"{path} is not inside {self.files_dir}")
+        try:
+            fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        except OSError as exc:
+            raise RefusedFile(f"{path} cannot be opened: {exc.strerror}") from None
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise RefusedFile(f"{path} is not a regular file")
+            content = f.read()
+        if not content.startswith(PNG_SIGNATURE):
+            raise RefusedFile(f"{path} is not a PNG picture")
+        return content
 
     def _failed(self, db, item, status: int | None, headers, error: str) -> None:
         if status == 429:

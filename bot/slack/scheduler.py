@@ -94,7 +94,7 @@ def start_scheduler(ctx: BotContext, client):
     from apscheduler.triggers.cron import CronTrigger
 
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # not a line per relay tick
-    relay = Relay(ctx.db, client)
+    relay = Relay(ctx.db, client, files_dir=ctx.settings.runs_dir)
     relay.recover()
     answers = web_client(ctx.settings)  # thread replies retry 429/5xx in the call, like the app's
     found, released = recover_replies(ctx, answers)
