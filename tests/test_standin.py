@@ -203,7 +203,8 @@ def test_workspace_refuses_requests_from_other_pages_and_other_host_names():
         assert workspace.deliveries == [] and workspace.messages == {}
         # The page itself (same origin, JSON) and loopback clients without an Origin still work.
         own = {"Content-Type": "application/json", "Origin": f"http://localhost:{port}"}
-        assert request("POST", "/ui/post", {"channel": "C1", "text": "hello"}, **own, Host=f"localhost:{port}")[0] == 200
+        hello = {"channel": "C1", "text": "hello"}
+        assert request("POST", "/ui/post", hello, **own, Host=f"localhost:{port}")[0] == 200
         assert [m["text"] for m in workspace.messages.values()] == ["hello"]
         assert json.loads(request("GET", "/ui/state")[1])["messages"][0]["text"] == "hello"
         assert WebClient(token=workspace.bot_token, base_url=workspace.api_url).auth_test()["ok"]
