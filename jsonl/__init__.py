@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -50,14 +51,48 @@ def iter_lines(text: str) -> Iterator[tuple[int, str]]:
             yield number, line
 
 
+_TOO_LONG = object()  # stands in for an integer longer than Python converts, so its field can be named
+
+
+def _field_of(value, target, where: str = "") -> str | None:
+    """The field (`output`, `messages[1].content`) that holds `target` in a parsed value, or None."""
+    if value is target:
+        return where
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _field_of(item, target, f"{where}[{key}]" if isinstance(key, int) else
+                          f"{where}.{key}" if where else key)
+        if found is not None:
+            return found
+    return None
+
+
 def loads_line(path, number: int, line: str):
-    """One line's JSON value, or JsonlError naming the line (also for nesting too deep to read)."""
+    """One line's JSON value, or JsonlError naming the line (also for nesting too deep to read, and for an
+    integer longer than Python converts, which names its field)."""
+    longest = []
+
+    def parse_int(digits: str):
+        limit = sys.get_int_max_str_digits()  # 0: no limit
+        if limit and len(digits.lstrip("-")) > limit:
+            longest.append(len(digits.lstrip("-")))
+            return _TOO_LONG
+        return int(digits)
+
     try:
-        return json.loads(line)
+        value = json.loads(line, parse_int=parse_int)
     except json.JSONDecodeError as exc:
         raise JsonlError(path, number, f"not valid JSON ({exc.msg})") from None
     except RecursionError:
         raise JsonlError(path, number, "JSON nested too deeply") from None
+    if longest:
+        try:
+            field = _field_of(value, _TOO_LONG)
+        except RecursionError:
+            field = None
+        raise JsonlError(path, number, f"{f'`{field}`' if field else 'the line'} is a number of {longest[0]:,} "
+                                       f"digits (at most {sys.get_int_max_str_digits():,})")
+    return value
 
 
 def read_rows(path: str | Path, text: str | None = None) -> list[tuple[int, object]]:

@@ -62,7 +62,8 @@ class SlackStandIn:
                 pass
 
             def do_POST(self):
-                standin._handle(self)
+                if not standin.refused_from_elsewhere(self):
+                    standin._handle(self)
 
             do_PUT = do_GET = do_POST
 
@@ -75,6 +76,22 @@ class SlackStandIn:
         if self._server:
             self._server.shutdown()
             self._server.server_close()
+
+    def refused_from_elsewhere(self, request: BaseHTTPRequestHandler) -> bool:
+        """Answer 403 (and say True) to a request a web page elsewhere made: another `Host` (a DNS rebinding
+        name pointed at loopback) or another `Origin` (a cross-origin fetch or form). Loopback clients
+        without an Origin (the bot's Web API client, the tests) pass."""
+        port = self._server.server_address[1]
+        here = {f"127.0.0.1:{port}", f"localhost:{port}"}
+        host, origin = request.headers.get("Host", ""), request.headers.get("Origin")
+        if host not in here:
+            reason = f"Host {host!r} is not this server: open http://127.0.0.1:{port}/"
+        elif origin is not None and origin.removeprefix("http://") not in here:
+            reason = f"requests from other pages ({origin!r}) are refused"
+        else:
+            return False
+        _send(request, 403, json.dumps({"ok": False, "error": "forbidden", "detail": reason}))
+        return True
 
     @property
     def url(self) -> str:

@@ -142,6 +142,10 @@ class Workspace(SlackStandIn):
             return _send(request, 200, "ok", "text/plain")
         if not path.startswith("/ui/"):
             return super()._handle(request)
+        if not request.headers.get("Content-Type", "").startswith("application/json"):
+            # A page elsewhere can post text/plain without asking; JSON needs a preflight this server never allows.
+            return _send(request, 415, json.dumps({"ok": False, "error": "the page's requests are JSON "
+                                                                         "(Content-Type: application/json)"}))
         length = int(request.headers.get("Content-Length") or 0)
         data = _loads(request.rfile.read(length).decode()) or {} if length else {}
         if path == "/ui/post":
@@ -162,6 +166,8 @@ class Workspace(SlackStandIn):
         workspace = self
 
         def do_GET(request):
+            if workspace.refused_from_elsewhere(request):
+                return None
             path = request.path.split("?")[0]
             if path in ("/", "/index.html"):
                 return _send(request, 200, PAGE.read_text(encoding="utf-8"), "text/html; charset=utf-8")

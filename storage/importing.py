@@ -85,6 +85,10 @@ def _check(path: str, line: int, text, label) -> Example:
         raise ImportFormatError(path, line, f"text longer than {MAX_TEXT_CHARS:,} characters")
     if label is not None and not isinstance(label, str):
         raise ImportFormatError(path, line, f"label must be text, got {type(label).__name__}")
+    for field, value in (("text", text), ("label", label)):
+        if value is not None and (bad := _lone_surrogate(value)):
+            raise ImportFormatError(path, line, f"{field} holds a lone surrogate ({bad}, a JSON \\u escape "
+                                                "that is half of a character), which cannot be stored")
     label = label.strip() if label else None
     if label:
         try:
@@ -92,6 +96,16 @@ def _check(path: str, line: int, text, label) -> Example:
         except InvalidLabelName as exc:
             raise ImportFormatError(path, line, str(exc)) from None
     return Example(line=line, text=text.strip(), label=label or None)
+
+
+def _lone_surrogate(value: str) -> str | None:
+    """The first lone surrogate in `value` ("U+D800": half a UTF-16 pair, JSON's "\\ud800" alone), which
+    cannot be written as UTF-8, so SQLite cannot store it; None when there is none."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"U+{ord(value[exc.start]):04X}"
+    return None
 
 
 def _read_csv(path: str, content: str, text_col: str, label_col: str | None) -> list[Example]:

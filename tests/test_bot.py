@@ -1,6 +1,7 @@
 """The Slack app, driven by signed requests in Slack's shapes against the local Web API stand-in."""
 
 import json
+import re
 import threading
 import time
 import urllib.request
@@ -537,6 +538,54 @@ def test_http_mode_refuses_oversized_non_utf8_and_malformed_bodies_before_parsin
         server.shutdown()
         bot.settle()
     assert messages.count_messages(bot.db) == 1
+
+
+def test_http_mode_checks_the_signature_before_parsing_and_deep_nesting_is_a_400(bot):
+    """A body nested too deeply for the parser: unsigned it is refused before parsing (401), signed a 400."""
+    from bot.slack.server import make_http_server
+
+    server = make_http_server(bot.ctx, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/slack/events"
+
+    def status(data: str, headers: dict) -> int:
+        request = urllib.request.Request(url, data=data.encode(), method="POST", headers=headers)
+        try:
+            return urllib.request.urlopen(request, timeout=10).status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    deep = '{"type": "event_callback", "event": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    form = "payload=" + "%5B" * 100_000
+    try:
+        assert status(deep, {"content-type": "application/json"}) == 401
+        assert status(deep, {**payloads.signed_headers(SECRET, deep, "application/json"),
+                             "x-slack-request-timestamp": "soon"}) == 401
+        assert status(form, {"content-type": "application/x-www-form-urlencoded"}) == 401
+        assert status(deep, payloads.signed_headers(SECRET, deep, "application/json")) == 400
+        assert status(form, payloads.signed_headers(SECRET, form, "application/x-www-form-urlencoded")) == 400
+    finally:
+        server.shutdown()
+    assert messages.count_messages(bot.db, include_deleted=True) == 0
+
+
+def test_http_mode_logs_the_port_it_listens_on(bot, monkeypatch, caplog):
+    import logging
+
+    from bot.slack import scheduler, server
+
+    class NoSchedule:
+        def shutdown(self, wait=True):
+            pass
+
+    monkeypatch.setattr(scheduler, "start_scheduler", lambda ctx, client: NoSchedule())
+    monkeypatch.setattr(server.HttpServer, "serve_forever", lambda self: None)
+    monkeypatch.setattr(server.signal, "signal", lambda *args: None)  # the test run keeps its own SIGTERM
+    with caplog.at_level(logging.INFO, logger="bot.slack.server"):
+        server.serve(bot.ctx.settings, http=True, host="127.0.0.1", port=0)
+    listening = [r.getMessage() for r in caplog.records if "listening" in r.msg]
+    assert len(listening) == 1 and re.fullmatch(r"supportbot listening on http://127\.0\.0\.1:\d+/slack/events",
+                                                listening[0])
 
 
 def test_retrain_takes_the_options_its_out_of_memory_advice_names(bot):

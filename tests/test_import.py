@@ -49,6 +49,14 @@ def test_alpaca_and_chatml_jsonl_told_apart_by_content(db, tmp_path):
     ("bad.jsonl", '{"messages": [{"role": "assistant", "content": "x"}]}\n', 1, "no user turn"),
     ("bad.jsonl", '{"instruction": "a", "input": "b", "output": "two words"}\n', 1, "invalid label name"),
     ("bad.txt", "hello\n", 1, "unsupported file type"),
+    ("bad.jsonl", '{"instruction": "a", "input": "b", "output": "c"}\n{"input": "caf\\ud800", "output": "c"}\n', 2,
+     "text holds a lone surrogate (U+D800"),
+    ("bad.jsonl", '{"messages": [{"role": "user", "content": "\\udfff"}, {"role": "assistant", "content": "c"}]}\n',
+     1, "text holds a lone surrogate (U+DFFF"),
+    ("bad.jsonl", '{"instruction": "a", "input": "b", "output": "c"}\n{"input": "b", "output": 1' + "0" * 5000 + '}\n',
+     2, "`output` is a number of 5,001 digits (at most 4,300)"),
+    ("bad.jsonl", '{"messages": [{"role": "user", "content": -' + "9" * 4301 + '}]}\n', 1,
+     "`messages[0].content` is a number of 4,301 digits"),
 ])
 def test_broken_file_rejected_whole_with_line_number(db, tmp_path, name, content, line, reason):
     f = write(tmp_path / name, content)

@@ -210,8 +210,51 @@ def test_datacheck_hides_text_of_channels_the_admin_is_not_in(bot):
     conflicting_data(bot)
     assert bot.command("/datacheck", user=ADMIN)["text"].startswith("Checking")
     bot.settle()
-    shown = json.dumps(bot.standin.responses[-1]["blocks"])
+    blocks = bot.standin.responses[-1]["blocks"]
+    shown = json.dumps(blocks)
     assert "*conflict*" in shown and "parcel" not in shown and "text hidden" in shown
+    conflict = next(i for i, b in enumerate(blocks) if "*conflict*" in json.dumps(b))
+    assert [b["type"] for b in blocks[conflict + 1:conflict + 2]] != ["actions"]  # no fixes: it cannot be read
+
+
+def test_datacheck_buttons_count_only_as_shown_to_that_admin_and_while_they_can_read_the_messages(bot, monkeypatch):
+    from bot.slack import permissions
+
+    conflicting_data(bot)
+    bot.standin.set_channel(PRIVATE, {INSIDER, ADMIN}, private=True)  # in the private channel when the check runs
+    assert bot.command("/datacheck", user=ADMIN)["text"].startswith("Checking")
+    bot.settle()
+    blocks = bot.standin.responses[-1]["blocks"]
+    actions = next(b for b in blocks if b["type"] == "actions" and
+                   json.loads(b["elements"][-1]["value"])["m"] == [1, 2])  # the conflict: INTAKE and PRIVATE
+    keep, change, exclude = actions["elements"]
+
+    def press(element):
+        bot.send(payloads.block_action({**element, "block_id": actions["block_id"]}, user=ADMIN, channel=INTAKE,
+                                       message={"type": "message", "ts": "1.1"},
+                                       response_url=bot.standin.response_url()))
+        bot.settle()
+        return bot.standin.responses[-1]["text"]
+
+    rows = label_rows(bot)
+    sealed = json.loads(exclude["value"])
+    never_shown = {"m": [1, 2], "l": "question"}  # e.g. typed into the local workspace page
+    assert press({**exclude, "value": json.dumps(never_shown)}).startswith("That button is not from a data check")
+    for forged in ({**sealed, "m": [1, 2, 3]},  # the shown value, changed
+                   json.loads(keep["value"]),  # another button's value under this one
+                   {**never_shown, "s": permissions.seal(bot.ctx, "U0OTHERADMIN", "datacheck_exclude",
+                                                         never_shown)["s"]}):  # sealed for another admin
+        assert press({**exclude, "value": json.dumps(forged)}).startswith(
+            "That button is not from a data check shown to you; nothing was changed")
+    assert press({**exclude, "value": "not json"}).startswith("That button is not from a data check")
+    # The admin leaves the private channel after the check: its buttons no longer change that message.
+    bot.standin.set_channel(PRIVATE, {INSIDER}, private=True)
+    monkeypatch.setattr(permissions, "CACHE_S", 0)
+    assert press(exclude).startswith("Message 2 is in <#G0PRIVATE>, which you are not in")
+    assert label_rows(bot) == rows
+    bot.standin.set_channel(PRIVATE, {INSIDER, ADMIN}, private=True)
+    assert press(exclude) == "Data check: excluded 2 message(s) from training."
+    assert label_rows(bot) == rows + 2
 
 
 def test_digest_hides_private_text_escapes_the_rest_and_its_pickers_check_membership(bot):

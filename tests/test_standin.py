@@ -167,3 +167,46 @@ def test_conversations_members_pages_like_slack_and_info_says_private(standin):
     with pytest.raises(SlackApiError, match="channel_not_found"):
         client.conversations_members(channel="C0NOWHERE")
     assert not is_member(ctx, client, "U00001", "C0NOWHERE")  # Slack cannot say: no
+
+
+def test_workspace_refuses_requests_from_other_pages_and_other_host_names():
+    """A page on another site cannot drive the workspace (cross-origin or text/plain posts), and a DNS
+    rebinding name pointed at loopback gets neither the page's state nor the Web API."""
+    import http.client
+
+    workspace = Workspace(signing_secret=SECRET, channels={"C1": "inbox"}).start()
+    workspace.bot_url = "http://127.0.0.1:9/slack/events"  # nothing listens: deliveries fail, quickly
+    port = workspace._server.server_address[1]
+
+    def request(method, path, body=None, **headers):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.putrequest(method, path, skip_host=True)
+        for name, value in {"Host": f"127.0.0.1:{port}", **headers}.items():
+            if value is not None:
+                connection.putheader(name, value)
+        data = json.dumps(body).encode() if body is not None else b""
+        connection.putheader("Content-Length", str(len(data)))
+        connection.endheaders(data)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+
+    post = {"channel": "C1", "text": "/labels retire complaint"}
+    try:
+        status, body = request("POST", "/ui/post", post, **{"Content-Type": "text/plain",
+                                                            "Origin": "http://evil.example"})
+        assert status == 403 and "evil.example" in body
+        assert request("POST", "/ui/post", post, **{"Content-Type": "text/plain"})[0] == 415
+        assert request("POST", "/ui/post", post, **{"Content-Type": "application/json", "Origin": "null"})[0] == 403
+        assert request("GET", "/ui/state", Host=f"rebound.evil.example:{port}")[0] == 403
+        assert request("POST", "/api/auth.test", Host=f"rebound.evil.example:{port}",
+                       Authorization="Bearer xoxb-standin")[0] == 403
+        assert workspace.deliveries == [] and workspace.messages == {}
+        # The page itself (same origin, JSON) and loopback clients without an Origin still work.
+        own = {"Content-Type": "application/json", "Origin": f"http://localhost:{port}"}
+        hello = {"channel": "C1", "text": "hello"}
+        assert request("POST", "/ui/post", hello, **own, Host=f"localhost:{port}")[0] == 200
+        assert [m["text"] for m in workspace.messages.values()] == ["hello"]
+        assert json.loads(request("GET", "/ui/state")[1])["messages"][0]["text"] == "hello"
+        assert WebClient(token=workspace.bot_token, base_url=workspace.api_url).auth_test()["ok"]
+    finally:
+        workspace.stop()

@@ -12,6 +12,10 @@ acknowledgement rarely waits for it. When Slack cannot be asked, the answer is n
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import logging
 import threading
 import time
@@ -156,6 +160,42 @@ def require_clicked(db, body: dict, message_id: int) -> None:
     log.info("refused click by %s: message %s is not under %s/%s", (body.get("user") or {}).get("id"), message_id,
              channel, ts)
     raise Refused("That button does not belong to this message; nothing was changed.")
+
+
+def _seal_of(ctx: BotContext, user: str, action_id: str, data: dict) -> str:
+    key = hmac.new(ctx.settings.slack_bot_token.encode(), b"supportbot: buttons shown to one person",
+                   hashlib.sha256).digest()
+    shown = json.dumps([user, action_id, {k: v for k, v in data.items() if k != "s"}], sort_keys=True,
+                       separators=(",", ":"))
+    digest = hmac.new(key, shown.encode(), hashlib.sha256).digest()[:16]
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def seal(ctx: BotContext, user: str, action_id: str, data: dict) -> dict:
+    """`data` (a button's or option's value) with a seal only this bot can make, for `action_id` shown to `user`.
+
+    For buttons in a message only one person sees (the data check's, answered ephemerally): Slack sends
+    a click on those back without the message, so it cannot be matched to a message the bot recorded as
+    a reply's click is (`require_clicked`); the seal says the bot put this value under this user's eyes.
+    """
+    return {**data, "s": _seal_of(ctx, user, action_id, data)}
+
+
+def require_sealed(ctx: BotContext, user: str, action_id: str, data) -> None:
+    """Refused unless `data` carries the seal `seal` gave it for `action_id`, shown to `user`."""
+    if isinstance(data, dict) and hmac.compare_digest(str(data.get("s", "")), _seal_of(ctx, user, action_id, data)):
+        return
+    log.info("refused %s by %s: not a button the bot showed them", action_id, user)
+    raise Refused("That button is not from a data check shown to you; nothing was changed. Run `/datacheck` again.")
+
+
+def require_reader(ctx: BotContext, client, user: str, message) -> None:
+    """Refused unless `user` may read `message` (`can_read`): changing what trains on it starts with seeing it."""
+    if can_read(ctx, client, user, message):
+        return
+    log.info("refused a data-check fix by %s on message %d: not a member of %s", user, message.id, message.channel)
+    raise Refused(f"Message {message.id} is in <#{message.channel}>, which you are not in (or Slack could not "
+                  "confirm it: try again); nothing was changed.")
 
 
 def refuse(client, body: dict, user: str, text: str, respond=None) -> None:

@@ -16,6 +16,8 @@ import threading
 import time
 from urllib.parse import parse_qs
 
+from slack_sdk.signature import SignatureVerifier
+
 from .app import create_app
 from .context import BotContext
 from ..settings import Settings
@@ -27,12 +29,16 @@ READ_LIMIT_BYTES = 16 << 20  # the server reads a body up to this (so the guard 
 HTTP_THREADS = 16  # requests handled at once: each only verifies, acknowledges and hands work to the pools
 
 
-def guarded(app):
-    """Refuse what is not a Slack request before Bolt parses it: oversized, non-UTF-8 or malformed bodies.
+def guarded(app, signing_secret: str = ""):
+    """Refuse what is not a Slack request before Bolt parses it: oversized, non-UTF-8, unsigned or malformed.
 
     Bolt would read any body into memory and answer bytes that are not UTF-8, or JSON it
-    cannot parse, with a 500; these get a 413 or a 400 that says why.
+    cannot parse, with a 500; these get a 413 or a 400 that says why. The signature is checked
+    (with `signing_secret`, when there is one) before the body is parsed, so nobody without the
+    secret gets the parser to work on a body of their making (a 401).
     """
+    verifier = SignatureVerifier(signing_secret) if signing_secret else None
+
     def handle(environ, start_response):
         def refuse(status: str, reason: str):
             start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
@@ -50,6 +56,8 @@ def guarded(app):
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             return refuse("400 Bad Request", "request body is not UTF-8")
+        if verifier and not signed(verifier, text, environ):
+            return refuse("401 Unauthorized", "missing, wrong or expired Slack signature")
         if not well_formed(text, environ.get("CONTENT_TYPE", "")):
             return refuse("400 Bad Request", "request body is not well-formed JSON or form data")
         environ["wsgi.input"] = io.BytesIO(body)
@@ -59,7 +67,7 @@ def guarded(app):
 
 
 def well_formed(text: str, content_type: str) -> bool:
-    """JSON bodies parse; a form's `payload` field (interactions) parses as JSON."""
+    """JSON bodies parse; a form's `payload` field (interactions) parses as JSON (not nested too deeply)."""
     try:
         if content_type.startswith("application/json"):
             json.loads(text)
@@ -67,9 +75,18 @@ def well_formed(text: str, content_type: str) -> bool:
             payload = parse_qs(text).get("payload")
             if payload:
                 json.loads(payload[0])
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return True
+
+
+def signed(verifier, text: str, environ) -> bool:
+    """Does the request carry a valid Slack signature, less than 5 minutes old?"""
+    try:
+        return verifier.is_valid(text, environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP"),
+                                 environ.get("HTTP_X_SLACK_SIGNATURE"))
+    except ValueError:  # a timestamp that is not a number
+        return False
 
 
 class HttpServer:
@@ -80,7 +97,7 @@ class HttpServer:
 
         self._server = create_server(app, host=host, port=port, threads=HTTP_THREADS, backlog=256,
                                      max_request_body_size=READ_LIMIT_BYTES, clear_untrusted_proxy_headers=True)
-        self.server_port = self._server.effective_port
+        self.server_port = int(self._server.effective_port)  # waitress gives it as text
 
     def serve_forever(self) -> None:
         self._server.run()
@@ -102,7 +119,7 @@ def make_http_server(ctx: BotContext, host: str, port: int) -> HttpServer:
     """The guarded app on waitress (port 0: any free port)."""
     from slack_bolt.adapter.wsgi import SlackRequestHandler
 
-    return HttpServer(guarded(SlackRequestHandler(create_app(ctx))), host, port)
+    return HttpServer(guarded(SlackRequestHandler(create_app(ctx)), ctx.settings.slack_signing_secret), host, port)
 
 
 def serve(settings: Settings, *, http: bool, host: str = "0.0.0.0", port: int = 3000) -> None:
