@@ -33,3 +33,7 @@ class ImportFormatError(StorageError):
 
 class RunConflict(StorageError):
     """A training run cannot change state as asked (for example, one is already running)."""
+
+
+class LeaseLost(RunConflict):
+    """A worker tried to renew or finish a run it no longer holds (another worker recovered it as dead)."""

@@ -221,3 +221,18 @@ def m005_embeddings_and_served_models(db):
         ALTER TABLE predictions ADD COLUMN model TEXT;
         """,
     )
+
+
+@MIGRATIONS(name="m006_run_leases")
+def m006_run_leases(db):
+    _run_script(
+        db,
+        """
+        -- A running run is leased to the process executing it (storage.runs): it renews the lease as it follows
+        -- the run, another worker recovers the run only once the lease has expired, and a run finishes (and
+        -- registers its adapter) only while its worker still holds it. Rows from before have no lease.
+        ALTER TABLE runs ADD COLUMN worker_id TEXT;
+        ALTER TABLE runs ADD COLUMN heartbeat_at TEXT;
+        ALTER TABLE runs ADD COLUMN lease_until TEXT;
+        """,
+    )
