@@ -322,7 +322,7 @@ def train(ctx: Context, epochs: int | None, overrides: tuple[str, ...], as_json:
     from storage import runs
     from trainer.data import DataError, check_examples
 
-    from .runs.execute import execute_run, run_dir_for, training_examples
+    from .runs.execute import execute_run, new_worker_id, run_dir_for, training_examples
 
     params = parse_overrides(overrides)
     if epochs:
@@ -333,7 +333,8 @@ def train(ctx: Context, epochs: int | None, overrides: tuple[str, ...], as_json:
     except DataError as exc:
         fail(str(exc))
     queued = runs.queue_run(ctx.db, requested_by="cli", params=params)
-    run = runs.claim_run(ctx.db, queued.id, run_dir_for(ctx.settings, queued.id))
+    run = runs.claim_run(ctx.db, queued.id, run_dir_for(ctx.settings, queued.id), worker_id=new_worker_id("cli"),
+                         lease_s=ctx.settings.run_lease_s)
     if run is None:  # a running `supportbot worker` took it: it trains there and reports in Slack
         fail(f"run {queued.id} was taken by the worker; follow it with `/retrain status` "
              f"or in {run_dir_for(ctx.settings, queued.id)}")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlparse
 
+from storage.runs import DEFAULT_LEASE_S
 from trainer.models import DEFAULT_BASE_MODEL, ZERO_SHOT_MODEL
 
 
@@ -181,6 +182,9 @@ SETTINGS: tuple[Setting, ...] = (
             "in a child process on its own machine."),
     Setting("ray_num_gpus", "SUPPORTBOT_RAY_NUM_GPUS", "1", _count,
             "GPUs a training run asks of the Ray cluster (0 for a CPU-only cluster)."),
+    Setting("run_lease_s", "SUPPORTBOT_RUN_LEASE_S", str(DEFAULT_LEASE_S), _positive_int,
+            "Seconds a worker's hold on its running run lasts unless renewed (it renews every sixth of it while "
+            "it follows the run); another worker settles a run as dead only after its lease expired."),
     Setting("workers", "SUPPORTBOT_WORKERS", "4", _positive_int,
             "Threads that run model work and Web API calls after a request is acknowledged."),
     Setting("log_level", "SUPPORTBOT_LOG_LEVEL", "INFO", _log_level,
@@ -213,6 +217,7 @@ class Settings:
     keep_run_inputs_days: int = _DEFAULTS["keep_run_inputs_days"]
     ray_address: str = _DEFAULTS["ray_address"]
     ray_num_gpus: int = _DEFAULTS["ray_num_gpus"]
+    run_lease_s: int = _DEFAULTS["run_lease_s"]
     workers: int = _DEFAULTS["workers"]
     log_level: str = _DEFAULTS["log_level"]
 

@@ -37,3 +37,7 @@ class RunConflict(StorageError):
 
 class BackupError(StorageError):
     """A backup that cannot be written, or an archive that cannot be restored. Nothing live was changed."""
+
+
+class LeaseLost(RunConflict):
+    """A worker tried to renew or finish a run it no longer holds (another worker recovered it as dead)."""

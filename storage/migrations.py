@@ -228,3 +228,18 @@ def m006_edits_in_the_label_signature(db):
     # The serving model watches the newest edit too (storage.labels.change_signature): an edited
     # labelled message is embedded again and the embedding classifier refitted on its new text.
     db.execute("CREATE INDEX messages_edited_at ON messages(edited_at)")
+
+
+@MIGRATIONS(name="m007_run_leases")
+def m007_run_leases(db):
+    _run_script(
+        db,
+        """
+        -- A running run is leased to the process executing it (storage.runs): it renews the lease as it follows
+        -- the run, another worker recovers the run only once the lease has expired, and a run finishes (and
+        -- registers its adapter) only while its worker still holds it. Rows from before have no lease.
+        ALTER TABLE runs ADD COLUMN worker_id TEXT;
+        ALTER TABLE runs ADD COLUMN heartbeat_at TEXT;
+        ALTER TABLE runs ADD COLUMN lease_until TEXT;
+        """,
+    )

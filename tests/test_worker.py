@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -153,7 +154,7 @@ def running_trainer(settings, run_id):
     metrics = settings.runs_dir / f"run-{run_id}" / "metrics.jsonl"
     wait_until(lambda: pid_file.exists() and metrics.exists() and '"train"' in metrics.read_text(),
                what="the trainer to start training")
-    return int(pid_file.read_text())
+    return json.loads(pid_file.read_text())["pid"]
 
 
 def test_sigkill_of_the_trainer_child_fails_the_run_and_keeps_the_serving_adapter(system):
@@ -180,9 +181,10 @@ def start_worker_process(env):
                             stderr=subprocess.PIPE)
 
 
-def test_sigkill_of_the_worker_interrupts_the_run_and_the_next_one_proceeds(system, env):
+def test_sigkill_of_the_worker_interrupts_the_run_and_the_next_one_proceeds(system, env, monkeypatch):
     bot, worker, relay, settings = system
     queue(bot, {**FAST, "epochs": 200})
+    monkeypatch.setenv("SUPPORTBOT_RUN_LEASE_S", "2")  # the killed worker's lease expires 2 s after its last renewal
     process = start_worker_process(env)
     trainer_pid = running_trainer(settings, 1)
     process.kill()  # SIGKILL: no chance to clean up
@@ -195,7 +197,7 @@ def test_sigkill_of_the_worker_interrupts_the_run_and_the_next_one_proceeds(syst
     with pytest.raises(RunConflict):  # a second run cannot be queued while the first looks active
         runs.queue_run(bot.db, requested_by=ADMIN, params=FAST)
 
-    assert worker.recover() == [1]
+    wait_until(lambda: worker.recover() == [1], 10, "the dead worker's lease to expire and the run to be recovered")
     run, again = runs.get_run(bot.db, 1), runs.get_run(bot.db, 2)
     assert run.status == "interrupted" and adapters.list_adapters(bot.db) == []
     # The retrain someone asked for is not lost: it is queued again, marked as a retry.
@@ -203,7 +205,8 @@ def test_sigkill_of_the_worker_interrupts_the_run_and_the_next_one_proceeds(syst
     said = lambda key: outbox.get(bot.db, key).payload["blocks"][0]["text"]["text"]  # noqa: E731
     assert "Queued again as run 2" in said("run:1:report")
     # A retry that dies too is left for a person (no crash loop).
-    runs.claim_run(bot.db, 2, run_dir=str(settings.data_dir / "runs" / "2"))
+    runs.claim_run(bot.db, 2, run_dir=str(settings.data_dir / "runs" / "2"), lease_s=0.01)  # a claim, then death
+    time.sleep(0.05)
     assert worker.recover() == [2]
     assert runs.active_run(bot.db) is None
     assert "not queued again" in said("run:2:report")
@@ -329,3 +332,201 @@ def test_starting_a_trainer_leaves_its_log_closed_in_the_worker(tmp_path):
                 pass
 
     assert str(tmp_path / "trainer.log") not in set(open_paths())
+
+
+# -- leases: a second worker (a rolling deploy) and a worker that stalls past its lease -----------------------------
+
+def two_workers(env, monkeypatch, **settings_changes):
+    """Two workers on one database, as during a rolling deploy."""
+    import dataclasses
+
+    monkeypatch.setenv("SUPPORTBOT_REPORT_CHANNEL", REPORTS)
+    settings = dataclasses.replace(load_settings(), **settings_changes)
+    return Worker(settings, reports), Worker(settings, reports)
+
+
+def claimed_by(worker):
+    """A run queued and claimed by `worker`, as its run_once does, with its run directory made."""
+    from bot.runs.execute import run_dir_for
+
+    runs.queue_run(worker.db, requested_by=ADMIN, params=FAST)
+    run = runs.claim_next_run(worker.db, run_dir_for=lambda i: run_dir_for(worker.settings, i), worker_id=worker.id,
+                              lease_s=worker.settings.run_lease_s)
+    os.makedirs(run.run_dir)
+    return run
+
+
+def a_trainer(worker, run, db_path=None):
+    """A stand-in trainer (`sleep`) recorded in the run's pid file as the worker's backend records its trainer."""
+    from bot.runs.local import owner_of, start_recorded
+
+    return start_recorded(["sleep", "60"], Path(run.run_dir), owner_of(db_path or worker.settings.db_path, worker.id))
+
+
+def test_a_second_worker_leaves_a_live_lease_alone_and_recovers_an_expired_one(env, monkeypatch):
+    first, second = two_workers(env, monkeypatch)
+    run = claimed_by(first)
+    trainer = a_trainer(first, run)
+    try:
+        assert second.recover() == []  # the first worker holds a live lease: its run and trainer are left alone
+        assert runs.get_run(second.db, run.id).status == "running" and trainer.poll() is None
+        # The first worker dies: its last renewal was for a short lease, which expires.
+        runs.renew_lease(first.db, run.id, first.id, lease_s=0.05)
+        time.sleep(0.1)
+        assert second.recover() == [run.id]
+        assert trainer.wait(10) == -signal.SIGKILL  # proven to be the dead worker's trainer: killed
+        settled = runs.get_run(second.db, run.id)
+        assert settled.status == "interrupted" and "lease expired" in settled.error
+        assert runs.active_run(second.db).params == {**FAST, "retry_of": run.id}  # queued again, once
+        assert second.recover() == []  # settled once
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+        trainer.wait()
+
+
+def test_an_idle_worker_keeps_looking_for_expired_leases(env, monkeypatch):
+    """A worker started while another's run was live recovers it later, when it expires, not only at its start."""
+    _, worker = two_workers(env, monkeypatch)
+    calls = []
+
+    def recover():
+        calls.append(time.time())
+        if len(calls) == 3:
+            worker.stop_requested.set()
+        return []
+
+    monkeypatch.setattr(worker, "recover", recover)
+    monkeypatch.setattr(worker, "run_once", lambda: False)  # nothing to claim: another worker's run is running
+    worker.poll_s = 0.01
+    worker.run_forever()
+    assert len(calls) == 3  # at start, then at every idle poll
+
+
+class StalledRun:
+    """A backend handle whose worker stalls past its lease (a frozen VM, say) while another worker recovers the run.
+
+    `finishes`: the trainer then succeeds (its adapter must not be registered); else it keeps running until stopped.
+    """
+
+    def __init__(self, run_dir, other, run_id, finishes):
+        self.run_dir, self.other, self.run_id, self.finishes = run_dir, other, run_id, finishes
+        self.polls, self.stopped = 0, False
+
+    def poll(self):
+        from bot.runs.backend import Ending
+
+        self.polls += 1
+        if self.stopped:
+            return Ending(-signal.SIGTERM)
+        if self.polls > 1:
+            return None
+        time.sleep(self.other.settings.run_lease_s * 2)  # stalled: the lease expires, nobody renewed it
+        assert self.other.recover() == [self.run_id]
+        if not self.finishes:
+            return None
+        (self.run_dir / "adapter").mkdir()
+        (self.run_dir / "adapter" / "adapter_config.json").write_text("{}")
+        (self.run_dir / "result.json").write_text(json.dumps({
+            "status": "succeeded", "adapter_dir": str(self.run_dir / "adapter"), "base_model": "m",
+            "labels": ["a", "b"], "metrics": {"accuracy": 0.9, "macro_f1": 0.9, "n": 4},
+            "promotion": {"promote": True, "reason": "better"}, "data": {"train": 8}}))
+        return Ending(0)
+
+    def cancel(self):
+        pass
+
+    def stop(self):
+        self.stopped = True
+
+
+@pytest.mark.parametrize("finishes", [True, False], ids=["trainer-succeeds-anyway", "trainer-still-running"])
+def test_a_run_taken_over_by_another_worker_registers_nothing(env, monkeypatch, finishes):
+    from bot.runs.execute import execute_run
+
+    first, second = two_workers(env, monkeypatch, run_lease_s=0.3)
+    serving = adapters.register_adapter(first.db, path="/prev", base_model="m", labels=["a"], metrics={})
+    adapters.promote(first.db, serving.version)
+    run = claimed_by(first)
+    handles = []
+
+    class Backend:
+        def start(self, run_dir):
+            handles.append(StalledRun(run_dir, second, run.id, finishes))
+            return handles[0]
+
+    outcome = execute_run(first.settings, first.db, run, backend=Backend())
+    assert outcome.lease_lost and outcome.adapter is None and not outcome.promoted
+    assert handles[0].stopped is not finishes  # a trainer still running when the loss was seen is stopped
+    assert [a.version for a in adapters.list_adapters(first.db)] == [serving.version]  # nothing registered
+    assert adapters.current_adapter(first.db).version == serving.version  # nor promoted
+    assert not (first.settings.adapters_dir / f"run-{run.id}").exists()  # its copy removed
+    settled = runs.get_run(first.db, run.id)
+    assert settled.status == "interrupted" and settled.adapter_version is None  # as the recovering worker said
+    report = outbox.get(first.db, f"run:{run.id}:report").payload
+    first._finish(outcome)  # the first worker says nothing more: the other reported and queued it again
+    assert outbox.get(first.db, f"run:{run.id}:report").payload == report
+    assert [r.status for r in runs.list_runs(first.db)] == ["queued", "interrupted"]
+
+
+def test_finishing_needs_the_lease(env, monkeypatch):
+    first, second = two_workers(env, monkeypatch)
+    run = claimed_by(first)
+    from storage import LeaseLost
+
+    with pytest.raises(LeaseLost, match="no longer"):
+        runs.finish_run(first.db, run.id, "succeeded", worker_id=second.id)
+    assert runs.interrupt_expired(second.db, run.id, error="x") is None  # its lease is live
+    finished = runs.finish_run(first.db, run.id, "succeeded", worker_id=first.id)
+    assert finished.status == "succeeded"
+    with pytest.raises(LeaseLost):
+        runs.renew_lease(first.db, run.id, first.id)  # a finished run has no lease to renew
+
+
+# -- the pid file: nothing is killed unless it is proven to be this run's trainer ----------------------------------
+
+def test_a_pid_file_naming_an_unrelated_process_kills_nothing(env, monkeypatch, caplog):
+    from bot.runs.local import PID_FILE, kill_orphan, owner_of, start_time
+
+    first, second = two_workers(env, monkeypatch)
+    run = claimed_by(first)
+    pid_file = Path(run.run_dir) / PID_FILE
+    owner = owner_of(first.settings.db_path, first.id)
+    unrelated = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        forged = {"pid": unrelated.pid, "start_time": start_time(unrelated.pid), "token": "guessed", **owner}
+        for content, why in ((str(unrelated.pid), "not one this version writes"),
+                             (json.dumps({**forged, "start_time": forged["start_time"] + 1}), "started when"),
+                             (json.dumps(forged), "token"),
+                             (json.dumps({**forged, "worker_id": second.id}), "not by the run's worker")):
+            pid_file.write_text(content)
+            caplog.clear()
+            assert not kill_orphan(run.run_dir, owner)
+            assert unrelated.poll() is None and why in caplog.text and "left the process" in caplog.text
+        # Through recovery too: the run is settled, the process named is left alone and the log says so.
+        runs.renew_lease(first.db, run.id, first.id, lease_s=0.01)
+        time.sleep(0.05)
+        caplog.clear()
+        assert second.recover() == [run.id]
+        assert unrelated.poll() is None and "left the process" in caplog.text
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+
+
+def test_a_restored_copys_worker_does_not_kill_the_production_trainer(env, monkeypatch, caplog):
+    """A backup taken mid-run, restored into another data folder: its pid file names production's live trainer."""
+    from bot.runs.local import kill_orphan, owner_of
+
+    first, _ = two_workers(env, monkeypatch)
+    run = claimed_by(first)
+    production = a_trainer(first, run, db_path=env / "production" / "supportbot.db")  # started for the other database
+    try:
+        assert not kill_orphan(run.run_dir, owner_of(first.settings.db_path, first.id))
+        assert production.poll() is None and "another database" in caplog.text
+        assert kill_orphan(run.run_dir, owner_of(env / "production" / "supportbot.db", first.id))  # its own: proven
+        assert production.wait(10) == -signal.SIGKILL
+    finally:
+        if production.poll() is None:
+            production.kill()
+        production.wait()

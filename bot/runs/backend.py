@@ -57,12 +57,14 @@ class RunBackend(Protocol):
         """Start the run prepared in `run_dir` and return at once."""
 
 
-def backend_for(settings: Settings) -> RunBackend:
-    """The backend the settings ask for: Ray when SUPPORTBOT_RAY_ADDRESS is set, else a local child process."""
+def backend_for(settings: Settings, owner: dict | None = None) -> RunBackend:
+    """The backend the settings ask for: Ray when SUPPORTBOT_RAY_ADDRESS is set, else a local child process.
+
+    `owner` (bot.runs.local.owner_of) goes into a local trainer's pid file: who may kill it as an orphan."""
     if settings.ray_address:
         from .ray import RayBackend
 
         return RayBackend(settings.ray_address, num_gpus=settings.ray_num_gpus)
     from .local import LocalBackend
 
-    return LocalBackend()
+    return LocalBackend(owner)

@@ -4,25 +4,37 @@ The trainer runs in its own process (`python -m trainer RUN_DIR`), as a child
 of the caller or on a Ray cluster (bot.runs), so a crash or an out-of-memory
 kill cannot take the caller down. Its metrics.jsonl is followed into storage
 as it grows. The CLI's `supportbot train` and the worker both use `execute_run`.
+
+A run is leased to the process that claimed it (storage.runs): `follow` renews the lease while the run
+executes, and the run finishes (registering and promoting its adapter in the same transaction) only
+while this process still holds it. A run another worker took over as dead is stopped, and nothing it
+produced is registered.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import secrets
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from storage import adapters, labels, runs, served
+from storage import LeaseLost, adapters, labels, runs, served, write
 from trainer.data import write_jsonl
 from trainer.metrics import read_metrics
 from trainer.train import CANCEL_FILE
 
 from .backend import Ending, RunBackend, RunHandle, backend_for
+from .local import owner_of
 from ..serving import recorded_choice
 from ..settings import Settings
+
+log = logging.getLogger(__name__)
 
 RUN_BOOKKEEPING = ("retry_of",)  # run params for the queue, not for the trainer's config
 # Every option named here is one /retrain accepts (bot.slack.listeners.commands.RETRAIN_NUMBERS and RETRAIN_SWITCHES).
@@ -37,6 +49,33 @@ class RunOutcome:
     result: dict
     adapter: adapters.Adapter | None
     promoted: bool
+    lease_lost: str = ""  # why, when another worker took the run over: this process recorded nothing
+
+
+def new_worker_id(role: str) -> str:
+    """An id for a process that claims runs: unique, and saying where it runs (shown when a lease is lost)."""
+    return f"{role}:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class Lease:
+    """This process's hold on a claimed run (storage.runs), renewed every sixth of its length while followed."""
+
+    def __init__(self, db, run: runs.Run, lease_s: float):
+        self.db, self.run_id, self.worker_id, self.lease_s = db, run.id, run.worker_id, lease_s
+        self.renewed_at = time.monotonic()
+        self.lost = ""  # why, once another worker took the run over
+
+    def keep(self) -> bool:
+        """Renew the lease when due; False once it is lost (then it stays lost)."""
+        if self.worker_id is None:  # claimed without a holder (before leases existed): nothing to renew
+            return True
+        if not self.lost and time.monotonic() - self.renewed_at >= self.lease_s / 6:
+            try:
+                runs.renew_lease(self.db, self.run_id, self.worker_id, self.lease_s)
+                self.renewed_at = time.monotonic()
+            except LeaseLost as exc:
+                self.lost = str(exc)
+        return not self.lost
 
 
 def run_dir_for(settings: Settings, run_id: int) -> Path:
@@ -81,22 +120,30 @@ def prepare_run(settings: Settings, db, run: runs.Run) -> Path:
 
 
 def follow(db, run_id: int, run_dir: Path, handle: RunHandle, on_progress: Callable[[dict], None] | None = None,
-           poll_s: float = 0.5) -> Ending:
-    """Copy metric lines into storage while the run executes (and pass on a cancel); returns how it ended."""
-    offset, cancelled = 0, False
+           poll_s: float = 0.5, lease: Lease | None = None) -> Ending:
+    """Copy metric lines into storage while the run executes (and pass on a cancel); returns how it ended.
+
+    With a `lease`, it is renewed as the run is followed; once lost, the run is stopped (it is no longer ours).
+    """
+    offset, cancelled, stopped = 0, False, False
     while True:
         if not cancelled and (run_dir / CANCEL_FILE).exists():
             cancelled = True
             handle.cancel()
+        if lease is not None and not lease.keep() and not stopped:
+            stopped = True
+            log.warning("run %d was taken over by another worker (%s): stopping its trainer here", run_id, lease.lost)
+            handle.stop()
         records, offset = read_metrics(run_dir / "metrics.jsonl", offset)
-        if records:
+        if records and not stopped:
             runs.add_metrics(db, run_id, [r for r in records if r["kind"] in ("train", "eval")])
             if on_progress:
                 on_progress(records[-1])
         ending = handle.poll()
         if ending is not None:
             records, offset = read_metrics(run_dir / "metrics.jsonl", offset)
-            runs.add_metrics(db, run_id, [r for r in records if r["kind"] in ("train", "eval")])
+            if not stopped:
+                runs.add_metrics(db, run_id, [r for r in records if r["kind"] in ("train", "eval")])
             return ending
         time.sleep(poll_s)
 
@@ -117,8 +164,8 @@ def explain_failure(run_dir: Path, code: int | None, result: dict | None, reason
     return f"the trainer exited with status {code}{tail}"
 
 
-def register_result(settings: Settings, db, run: runs.Run, result: dict) -> tuple[adapters.Adapter, bool]:
-    """Copy the run's adapter into the registry (atomically), record it, promote it if the gate says so."""
+def install_adapter(settings: Settings, run: runs.Run, result: dict) -> Path:
+    """Copy the run's adapter into the registry's folder (atomically: staged, then renamed). Returns where."""
     source = Path(result["adapter_dir"])
     target = settings.adapters_dir / f"run-{run.id}"
     staging = settings.adapters_dir / f".run-{run.id}.partial"
@@ -127,19 +174,47 @@ def register_result(settings: Settings, db, run: runs.Run, result: dict) -> tupl
     shutil.copytree(source, staging)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
+    return target
+
+
+def record_adapter(db, run: runs.Run, result: dict, path: Path) -> tuple[adapters.Adapter, bool]:
+    """Record the installed adapter, promote it if the gate says so, record what the gate chose: one transaction."""
     summary = {k: result["metrics"][k] for k in ("accuracy", "macro_f1", "n")}
     if result.get("baseline"):
         summary["baseline_accuracy"] = result["baseline"]["accuracy"]
-    adapter = adapters.register_adapter(db, path=str(target), base_model=result["base_model"],
-                                        labels=result["labels"], metrics=summary, run_id=run.id)
-    promoted = bool(result["promotion"]["promote"])
-    if promoted:
-        adapter = adapters.promote(db, adapter.version)
-    gate = result.get("gate")
-    if gate and (promoted or gate["kind"] == "embeddings"):
-        served.set_served(db, gate["kind"], adapter_version=adapter.version if promoted else None,
-                          details=gate["details"], reason=gate["reason"], run_id=run.id, chosen_by="gate")
+    with write(db):
+        adapter = adapters.register_adapter(db, path=str(path), base_model=result["base_model"],
+                                            labels=result["labels"], metrics=summary, run_id=run.id)
+        promoted = bool(result["promotion"]["promote"])
+        if promoted:
+            adapter = adapters.promote(db, adapter.version)
+        gate = result.get("gate")
+        if gate and (promoted or gate["kind"] == "embeddings"):
+            served.set_served(db, gate["kind"], adapter_version=adapter.version if promoted else None,
+                              details=gate["details"], reason=gate["reason"], run_id=run.id, chosen_by="gate")
     return adapter, promoted
+
+
+def register_result(settings: Settings, db, run: runs.Run, result: dict) -> tuple[adapters.Adapter, bool]:
+    """Copy the run's adapter into the registry (atomically), record it, promote it if the gate says so."""
+    return record_adapter(db, run, result, install_adapter(settings, run, result))
+
+
+def finish_succeeded(settings: Settings, db, run: runs.Run, result: dict, stats: dict | None) -> RunOutcome:
+    """Register the adapter, promote it and end the run in one transaction, only while this process holds the run.
+
+    LeaseLost (another worker took the run over) rolls all of it back, and the copied adapter files are removed.
+    """
+    target = install_adapter(settings, run, result)
+    try:
+        with write(db):
+            adapter, promoted = record_adapter(db, run, result, target)
+            finished = runs.finish_run(db, run.id, "succeeded", adapter_version=adapter.version,
+                                       dataset_stats=stats, worker_id=run.worker_id)
+    except LeaseLost:
+        shutil.rmtree(target, ignore_errors=True)  # never registered: nothing refers to it
+        raise
+    return RunOutcome(finished, result, adapter, promoted)
 
 
 def execute_run(settings: Settings, db, run: runs.Run, on_progress=None, on_start=None,
@@ -148,29 +223,39 @@ def execute_run(settings: Settings, db, run: runs.Run, on_progress=None, on_star
 
     `interrupted()` true after the run ends means the worker stopped it (SIGTERM): the run is
     marked interrupted rather than failed, and nothing it produced is registered. So is a run
-    the backend lost (its host or worker died); its error says why.
+    the backend lost (its host or worker died); its error says why. A run another worker took
+    over (this process's lease on it expired) records nothing here: its outcome says `lease_lost`.
     """
+    lease = Lease(db, run, settings.run_lease_s)
     run_dir = prepare_run(settings, db, run)
-    handle = (backend or backend_for(settings)).start(run_dir)
+    handle = (backend or backend_for(settings, owner_of(settings.db_path, run.worker_id))).start(run_dir)
     if on_start:
         on_start(handle)
-    ending = follow(db, run.id, run_dir, handle, on_progress)
-    code = ending.code
+    ending = follow(db, run.id, run_dir, handle, on_progress, lease=lease)
     result_path = run_dir / "result.json"
     result = json.loads(result_path.read_text()) if result_path.exists() else None
-    stats = (result or {}).get("data")
-    if interrupted() and not (code == 0 and result and result["status"] == "succeeded"):
-        finished = runs.finish_run(db, run.id, "interrupted", error="the worker was stopped during this run",
-                                   dataset_stats=stats)
-        return RunOutcome(finished, result or {}, None, False)
+    try:
+        return _record_ending(settings, db, run, run_dir, ending, result, interrupted())
+    except LeaseLost as exc:
+        log.warning("run %d: nothing it produced was registered here: %s", run.id, exc)
+        return RunOutcome(runs.get_run(db, run.id), result or {}, None, False, lease_lost=str(exc))
+
+
+def _record_ending(settings: Settings, db, run: runs.Run, run_dir: Path, ending: Ending, result: dict | None,
+                   interrupted: bool) -> RunOutcome:
+    """Finish the run as its ending says (LeaseLost when this process no longer holds it)."""
+    code, stats = ending.code, (result or {}).get("data")
+
+    def finish(status, **kwargs):
+        return runs.finish_run(db, run.id, status, dataset_stats=stats, worker_id=run.worker_id, **kwargs)
+
+    if interrupted and not (code == 0 and result and result["status"] == "succeeded"):
+        return RunOutcome(finish("interrupted", error="the worker was stopped during this run"), result or {},
+                          None, False)
     if ending.lost:
-        finished = runs.finish_run(db, run.id, "interrupted", error=ending.reason, dataset_stats=stats)
-        return RunOutcome(finished, result or {}, None, False)
+        return RunOutcome(finish("interrupted", error=ending.reason), result or {}, None, False)
     if code == 0 and result and result["status"] == "succeeded":
-        adapter, promoted = register_result(settings, db, run, result)
-        finished = runs.finish_run(db, run.id, "succeeded", adapter_version=adapter.version, dataset_stats=stats)
-        return RunOutcome(finished, result, adapter, promoted)
+        return finish_succeeded(settings, db, run, result, stats)
     status = "cancelled" if result and result["status"] == "cancelled" else "failed"
-    finished = runs.finish_run(db, run.id, status, error=explain_failure(run_dir, code, result, ending.reason),
-                               dataset_stats=stats)
-    return RunOutcome(finished, result or {}, None, False)
+    return RunOutcome(finish(status, error=explain_failure(run_dir, code, result, ending.reason)), result or {},
+                      None, False)

@@ -5,12 +5,14 @@ into the outbox, and the bot's relay delivers it. The messages themselves are
 made by the `reports` the worker is given at start-up (the Slack face's
 bot.slack.reports): the run pipeline records what happened, Slack formats it.
 
-- Claiming is atomic in SQLite, so two workers never take the same run.
+- Claiming is atomic in SQLite, so two workers never take the same run, and a
+  claimed run is leased to its worker (storage.runs), renewed while it runs.
 - The trainer runs on a backend (bot.runs): a child process that dies with the
-  worker, or a Ray actor owned by it (SUPPORTBOT_RAY_ADDRESS). A restarted worker
-  marks a run it finds "running" as interrupted (its partial adapter was never
-  registered, so the previous adapter keeps serving) and queues it again, once;
-  so does a worker whose Ray run was lost with its node or Ray worker.
+  worker, or a Ray actor owned by it (SUPPORTBOT_RAY_ADDRESS). A worker (at start,
+  and whenever it is idle) marks a "running" run whose lease expired as interrupted
+  (its partial adapter was never registered, so the previous adapter keeps serving)
+  and queues it again, once; so does a worker whose Ray run was lost with its node
+  or Ray worker. A run whose lease is live belongs to another worker: left alone.
 - SIGTERM stops the run, marks the run interrupted and queues it again.
 """
 
@@ -26,10 +28,12 @@ from typing import Protocol
 from storage import RunConflict, open_db, outbox, runs
 
 from ..settings import Settings
-from .local import kill_orphan
-from .execute import execute_run, run_dir_for
+from .local import kill_orphan, owner_of
+from .execute import execute_run, new_worker_id, run_dir_for
 
 log = logging.getLogger(__name__)
+
+DEAD_WORKER = "the worker stopped during this run (its lease expired); nothing it produced was registered"
 
 
 class Reports(Protocol):
@@ -49,6 +53,7 @@ class Worker:
         self._local = threading.local()
         self.stop_requested = threading.Event()
         self._handle = None  # the executing run's backend handle (bot.runs)
+        self.id = new_worker_id("worker")  # the runs it claims are leased to it
 
     @property
     def db(self):
@@ -64,21 +69,21 @@ class Worker:
 
     # -- recovery ------------------------------------------------------------------------------------------
     def recover(self) -> list[int]:
-        """Settle runs a dead worker left 'running': interrupted, orphan killed, queued again once.
+        """Settle runs a dead worker left 'running' (lease expired): interrupted, orphan killed, queued again once.
 
-        Nothing a dead run produced was registered, so the previous adapter keeps serving. The
+        A run whose lease is live is another worker's (a rolling deploy starts a second one): left alone.
+        Nothing a dead run produced was registered, and its worker can no longer register anything
+        (storage.runs.finish_run with its worker id), so the previous adapter keeps serving. The
         requested retrain is not lost: it is queued again, once (`retry_of`); a run that dies a
         second time (a trainer that kills its host by running out of memory, say) is left
         interrupted for a person to look at, rather than crash-looping.
         """
         recovered = []
-        for run in runs.list_runs(self.db, limit=50):
-            if run.status != "running":
-                continue
-            if run.run_dir and kill_orphan(run.run_dir):
+        for run in runs.expired_runs(self.db):
+            if runs.interrupt_expired(self.db, run.id, error=DEAD_WORKER) is None:
+                continue  # its worker renewed the lease just now, or another worker settled it first
+            if run.run_dir and kill_orphan(run.run_dir, owner_of(self.settings.db_path, run.worker_id)):
                 log.warning("killed the orphaned trainer of run %d", run.id)
-            runs.finish_run(self.db, run.id, "interrupted",
-                            error="the worker stopped during this run; nothing it produced was registered")
             note = "The worker stopped during this run (restart or crash). " + self._queue_again(run, once=True)
             self._say(f"run:{run.id}:report", self.reports.failure_payload(run.id, "interrupted", note))
             log.warning("run %d interrupted: %s", run.id, note)
@@ -104,11 +109,13 @@ class Worker:
         log.info("worker ready; polling for queued runs every %.1f s", self.poll_s)
         while not self.stop_requested.is_set():
             if not self.run_once():
+                self.recover()  # a run another worker holds is recovered once its lease expires
                 self.stop_requested.wait(self.poll_s)
 
     def run_once(self) -> bool:
         """Execute the next queued run, if any. Returns whether one ran."""
-        run = runs.claim_next_run(self.db, run_dir_for=lambda i: run_dir_for(self.settings, i))
+        run = runs.claim_next_run(self.db, run_dir_for=lambda i: run_dir_for(self.settings, i), worker_id=self.id,
+                                  lease_s=self.settings.run_lease_s)
         if run is None:
             return False
         log.info("run %d claimed (asked by %s)", run.id, run.requested_by)
@@ -135,6 +142,10 @@ class Worker:
     def _finish(self, outcome) -> None:
         run = outcome.run
         key = f"run:{run.id}:report"
+        if outcome.lease_lost:  # the worker that took it over reported it and queued it again
+            log.warning("run %d was taken over by another worker; this one recorded nothing of it: %s",
+                        run.id, outcome.lease_lost)
+            return
         if run.status == "succeeded":
             result = outcome.result
             self._say(f"run:{run.id}:progress", self.reports.progress_payload(
