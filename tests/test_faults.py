@@ -82,3 +82,178 @@ def test_a_half_sent_connection_is_closed_after_the_channel_timeout(bot, monkeyp
         conn.close()
         server.shutdown()
         serving.join(10)
+
+
+# -- a full disk loses no acknowledged event -----------------------------------------------------------
+
+
+def post_event(bot, text):  # noqa: F811
+    ts = bot.next_ts()
+    response = bot.event(payloads.message_event(INTAKE, AGENT, text, ts))
+    return ts, response.status
+
+
+def stored(bot, ts):  # noqa: F811
+    return messages.find_message(bot.db, messages.slack_external_id(INTAKE, ts)) is not None
+
+
+def test_full_disk_events_are_held_in_memory_refused_beyond_the_limit_then_stored(bot, monkeypatch):  # noqa: F811
+    """The database and the spool file both fail as a full disk fails: acknowledged events wait in memory,
+    one more than the limit is refused unacknowledged, and all acknowledged ones are stored afterwards."""
+    import errno
+    import sqlite3
+
+    from bot.slack import spool as spool_module
+    from bot.slack.listeners.intake import replay_spool, spool
+    from storage import messages as stored_messages
+
+    real_add, real_write = stored_messages.add_message, spool_module._write_all
+
+    def disk_full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    def half_written(fd, data):
+        real_write(fd, data[:len(data) // 2])  # what a filling disk does: part of the line, then ENOSPC
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    spool(bot.ctx).hold_limit = 5
+    monkeypatch.setattr(stored_messages, "add_message", disk_full)
+    monkeypatch.setattr(spool_module, "_write_all", half_written)
+    acknowledged = []
+    for i in range(5):
+        ts, status = post_event(bot, f"sent while the disk was full {i}")
+        assert status == 200
+        acknowledged.append(ts)
+        bot.settle()
+    assert spool(bot.ctx).held() == 5
+    _, status = post_event(bot, "one too many")
+    assert status == 503  # not acknowledged: Slack delivers it again later
+    assert replay_spool(bot.ctx, bot.app.client) == 0 and spool(bot.ctx).held() == 5  # still full: kept
+
+    monkeypatch.setattr(spool_module, "_write_all", real_write)  # the spool file can take them again
+    assert replay_spool(bot.ctx, bot.app.client) == 0
+    assert spool(bot.ctx).held() == 0 and spool(bot.ctx).pending() == 5  # moved to disk, whole lines
+    monkeypatch.setattr(stored_messages, "add_message", real_add)  # and the database too
+    assert replay_spool(bot.ctx, bot.app.client) == 5
+    bot.settle()
+    assert all(stored(bot, ts) for ts in acknowledged) and spool(bot.ctx).pending() == 0
+    answered = {c.params.get("thread_ts") for c in bot.standin.wait_for("chat.postMessage", count=5)}
+    assert set(acknowledged) <= answered
+    ts, status = post_event(bot, "after the disk recovered")
+    bot.settle()
+    assert status == 200 and stored(bot, ts)
+
+
+def test_a_spool_line_cut_by_a_full_disk_never_swallows_the_next(tmp_path, monkeypatch):
+    import errno
+
+    from bot.slack import spool as spool_module
+
+    spool = spool_module.Spool(tmp_path / "spool.jsonl")
+    spool.append({"n": 1})
+    real_write = spool_module._write_all
+
+    def half_written(fd, data):
+        real_write(fd, data[:5])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spool_module, "_write_all", half_written)
+    assert spool.keep({"n": 2}) == "held"
+    monkeypatch.setattr(spool_module, "_write_all", real_write)
+    spool.append({"n": 3})
+    seen = []
+    assert spool.replay(seen.append) == 3
+    assert seen == [{"n": 1}, {"n": 3}, {"n": 2}]
+
+
+def mount_small_tmpfs(folder, size="3m"):
+    import subprocess
+
+    folder.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here (needs root): {result.stderr.strip()}")
+
+
+@pytest.fixture
+def bot_on_small_disk(env, request):
+    """The bot with its data folder on a 3 MB filesystem of its own."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root")
+    folder = env / "data"
+    mount_small_tmpfs(folder)
+    request.addfinalizer(lambda: subprocess.run(["umount", "-l", str(folder)], check=False))
+    return request.getfixturevalue("bot")  # torn down before the filesystem is unmounted
+
+
+def fill(folder):
+    """Fill the filesystem at `folder` to the last byte; returns the filler file."""
+    import os
+
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for chunk in (65536, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * chunk)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_on_a_real_full_filesystem_no_acknowledged_event_is_lost(bot_on_small_disk):
+    bot = bot_on_small_disk
+    from bot.slack.listeners.intake import replay_spool, spool
+
+    folder = bot.ctx.settings.data_dir
+    bot.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # new writes need new space
+    filler = fill(folder)
+    acknowledged = []
+    for i in range(5):
+        ts, status = post_event(bot, f"full disk {i} " + "x" * 2000)
+        assert status == 200
+        acknowledged.append(ts)
+    bot.settle()
+    waiting = spool(bot.ctx).pending()
+    assert waiting > 0  # the disk really was full
+    assert sum(stored(bot, ts) for ts in acknowledged) + waiting == 5  # each one stored or waiting
+    filler.unlink()
+    replay_spool(bot.ctx, bot.app.client)
+    bot.settle()
+    assert all(stored(bot, ts) for ts in acknowledged) and spool(bot.ctx).pending() == 0
+
+
+# -- a read-only database recovers without a restart ---------------------------------------------------
+
+
+def test_connections_opened_while_the_database_was_read_only_are_opened_again(bot, monkeypatch):  # noqa: F811
+    import sqlite3
+
+    from sqlite_utils import Database
+
+    from bot.slack import context
+    from bot.slack.listeners.intake import replay_spool, spool
+
+    real_open = context.open_db
+    monkeypatch.setattr(context, "open_db", lambda path: Database(sqlite3.connect(f"file:{path}?mode=ro", uri=True)))
+    bot.ctx._local = threading.local()  # every thread opens its connection from now on: read-only
+    early = [post_event(bot, f"while read-only {i}")[0] for i in range(3)]
+    bot.settle()
+    assert spool(bot.ctx).pending() == 3 and not any(stored(bot, ts) for ts in early)
+    replayer = __import__("concurrent.futures").futures.ThreadPoolExecutor(max_workers=1)  # the scheduler's thread
+    assert replayer.submit(replay_spool, bot.ctx, bot.app.client).result() == 0
+
+    monkeypatch.setattr(context, "open_db", real_open)  # the file is writable again
+    assert replayer.submit(replay_spool, bot.ctx, bot.app.client).result() == 3  # the same thread drains it
+    replayer.shutdown()
+    later = [post_event(bot, f"writable again {i}")[0] for i in range(12)]
+    bot.settle()
+    assert all(stored(bot, ts) for ts in early + later)  # every listener thread writes again
+    assert spool(bot.ctx).pending() == 0

@@ -1,13 +1,18 @@
 """What every listener shares: settings, per-thread database connections, one classifier, a work pool.
 
 Bolt runs listeners on a thread pool, so each thread opens its own database
-connection. Model work and Web API calls that can wait go to `submit` (a
-bounded pool), never onto the acknowledgement path.
+connection, and opens it again after a database failure (`forget_db`): a
+connection opened while the file was read-only, or whose disk filled up or was
+remounted, would otherwise fail in that thread until a restart. Model work and
+Web API calls that can wait go to `submit` (a bounded pool), never onto the
+acknowledgement path.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import sqlite3
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -21,8 +26,9 @@ log = logging.getLogger(__name__)
 class TrackingExecutor(ThreadPoolExecutor):
     """A thread pool that remembers unfinished work, so shutdown and tests can wait for it."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, on_failure=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.on_failure = on_failure  # called in the failed job's thread, with its exception
         self.pending: set[Future] = set()
         self._pending_lock = threading.Lock()
 
@@ -38,6 +44,8 @@ class TrackingExecutor(ThreadPoolExecutor):
             self.pending.discard(future)
         if not future.cancelled() and future.exception() is not None:
             log.error("background job failed: %r", future.exception(), exc_info=future.exception())
+            if self.on_failure is not None:
+                self.on_failure(future.exception())
 
     def wait(self, timeout: float) -> None:
         import concurrent.futures
@@ -62,7 +70,8 @@ class BotContext:
         # Bolt's listeners (they run after the acknowledgement) and our slower jobs get separate pools,
         # so a backlog of model work never delays acknowledgements.
         self.listener_executor = TrackingExecutor(max_workers=10, thread_name_prefix="supportbot-listener")
-        self.executor = TrackingExecutor(max_workers=settings.workers, thread_name_prefix="supportbot-work")
+        self.executor = TrackingExecutor(max_workers=settings.workers, thread_name_prefix="supportbot-work",
+                                         on_failure=self.db_failed)
         # Heavy data checks (/datacheck) get one thread of their own, and do their work in a child process
         # (bot.slack.listeners.datacheck): they neither hold up answers nor keep their memory in the bot.
         self.check_executor = TrackingExecutor(max_workers=1, thread_name_prefix="supportbot-check")
@@ -77,6 +86,32 @@ class BotContext:
         if db is None:
             db = self._local.db = open_db(self.settings.db_path)
         return db
+
+    def forget_db(self) -> None:
+        """Close this thread's connection: the next `db()` opens a fresh one, which sees the file as it is now."""
+        db, self._local.db = getattr(self._local, "db", None), None
+        if db is not None:
+            try:
+                db.conn.close()
+            except sqlite3.Error:  # a broken connection may not even close; it is dropped either way
+                pass
+
+    def db_failed(self, exc: BaseException) -> None:
+        """After a failure in this thread: a database error means its connection is opened again next time."""
+        if isinstance(exc, sqlite3.DatabaseError):
+            log.warning("database error (%s): this thread opens a fresh connection next time", exc)
+            self.forget_db()
+
+    def reopens_db(self, fn):
+        """`fn`, which after a database error leaves its thread to open a fresh connection (scheduled jobs)."""
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except sqlite3.DatabaseError as exc:
+                self.db_failed(exc)
+                raise
+        return run
 
     def classifier(self):
         """The process's one classifier, loaded on first use, switched to the registry's current adapter."""
