@@ -221,3 +221,10 @@ def m005_embeddings_and_served_models(db):
         ALTER TABLE predictions ADD COLUMN model TEXT;
         """,
     )
+
+
+@MIGRATIONS(name="m006_adapter_checksum")
+def m006_adapter_checksum(db):
+    # sha256 of an adapter's files when it was registered (storage.adapters.folder_checksum): the bot checks
+    # it before serving the adapter. NULL for adapters registered before it existed.
+    db.execute("ALTER TABLE adapters ADD COLUMN checksum TEXT")

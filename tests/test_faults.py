@@ -257,3 +257,193 @@ def test_connections_opened_while_the_database_was_read_only_are_opened_again(bo
     bot.settle()
     assert all(stored(bot, ts) for ts in early + later)  # every listener thread writes again
     assert spool(bot.ctx).pending() == 0
+
+
+# -- a corrupt serving adapter: the bot still answers, says so once, and /model tells the truth ----------
+
+
+def build_head_adapter(folder, encoder_dir, rows=3, hidden=32):
+    """A head adapter on the tiny encoder, as a run writes one (LoRA weights, head, supportbot.json)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from trainer.data import PromptSpec
+    from trainer.head import save_head
+    from trainer.models import load_base_model
+    from trainer.prompts import LabelInfo
+
+    from .conftest import TOY_WORDS
+
+    folder.mkdir(parents=True, exist_ok=True)
+    get_peft_model(load_base_model(encoder_dir, device="cpu"),
+                   LoraConfig(r=4, target_modules=["query", "value"])).save_pretrained(folder)
+    torch.manual_seed(0)
+    save_head(torch.nn.Linear(hidden, rows), folder)
+    spec = PromptSpec(tuple(LabelInfo(n, f"{n} messages") for n in TOY_WORDS), False, 2000)
+    meta = {"base_model": encoder_dir, "method": "head", "prompt": spec.to_dict(),
+            "head": {"labels": spec.names, "pooling": "mean", "max_length": 64}}
+    (folder / "supportbot.json").write_text(json.dumps(meta))
+    return folder
+
+
+def corrupt(folder, kind):
+    import shutil
+
+    weights, head = folder / "adapter_model.safetensors", folder / "head.safetensors"
+    if kind == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+    elif kind == "garbage head":
+        head.write_bytes(b"\x13\x37" * 500)
+    elif kind == "tampered head":  # a valid file, other numbers: only the checksum tells
+        import torch
+        from trainer.head import save_head
+
+        save_head(torch.nn.Linear(32, 3), folder)
+    elif kind == "bad metadata":
+        (folder / "supportbot.json").write_text("{not json")
+    elif kind == "deleted folder":
+        shutil.rmtree(folder)
+    else:
+        raise AssertionError(kind)
+
+
+def serve_adapter(db, folder, encoder_dir):
+    from storage import adapters, served
+
+    adapter = adapters.register_adapter(db, path=str(folder), base_model=encoder_dir,
+                                        labels=["complaint", "question", "feedback"],
+                                        metrics={"accuracy": 0.9, "macro_f1": 0.9, "n": 6})
+    adapters.promote(db, adapter.version)
+    served.set_served(db, "adapter", adapter_version=adapter.version, reason="test", chosen_by="gate")
+    return adapter
+
+
+def label_two_each(db):
+    from storage import labels
+
+    for i, (text, label) in enumerate((("broken refund", "complaint"), ("angry late", "complaint"),
+                                       ("how when", "question"), ("what which", "question"),
+                                       ("love great", "feedback"), ("thanks nice", "feedback"))):
+        m, _ = messages.add_message(db, source="slack_message", external_id=f"seed-{i}", raw_body=text,
+                                    clean_body=text)
+        labels.add_label(db, m.id, label, by="U1", method="cli")
+
+
+@pytest.fixture
+def adapter_bot(bot, tiny_encoder_dir, monkeypatch):  # noqa: F811
+    """The bot with a report channel, the embeddings able to serve, and a head adapter v1 registered to serve."""
+    import dataclasses
+
+    from trainer import embeddings
+
+    from .test_serving import fake_embed
+
+    monkeypatch.setattr(embeddings, "embed", fake_embed)
+    bot.ctx.settings = dataclasses.replace(bot.ctx.settings, report_channel="C0REPORTS")
+    label_two_each(bot.db)
+    folder = build_head_adapter(bot.ctx.settings.adapters_dir / "run-1", tiny_encoder_dir)
+    serve_adapter(bot.db, folder, tiny_encoder_dir)
+    return bot, folder
+
+
+def answer_model(bot, text):  # noqa: F811
+    from storage import predictions
+
+    ts = post_event(bot, text)[0]
+    bot.settle()
+    message = messages.find_message(bot.db, messages.slack_external_id(INTAKE, ts))
+    assert any(c.params.get("thread_ts") == ts for c in bot.standin.calls_to("chat.postMessage"))  # answered
+    return predictions.latest_prediction(bot.db, message.id).model
+
+
+def unusable_reports(bot):  # noqa: F811
+    from storage import outbox
+
+    found = [outbox.get(bot.db, "adapter:1:unusable")]
+    return [item for item in found if item is not None and item.channel == "C0REPORTS"]
+
+
+def test_an_intact_adapter_serves(adapter_bot):
+    bot, _ = adapter_bot
+    assert answer_model(bot, "my parcel arrived broken") == "adapter v1"
+    assert bot.command("/model")["text"].startswith("*Serving:* adapter v1")
+    assert unusable_reports(bot) == []
+
+
+@pytest.mark.parametrize("kind", ["truncated weights", "garbage head", "tampered head", "bad metadata",
+                                  "deleted folder"])
+def test_a_corrupt_adapter_gives_way_the_bot_answers_and_says_so_once(adapter_bot, kind):
+    bot, folder = adapter_bot
+    corrupt(folder, kind)
+    assert answer_model(bot, "my parcel arrived broken") == "embeddings"
+    shown = bot.command("/model")["text"]
+    assert shown.startswith("*Serving:* embeddings") and "adapter v1 cannot serve" in shown
+    assert "v1: accuracy 90.0%, run None (current, cannot serve)" in shown
+    assert len(unusable_reports(bot)) == 1
+    text = unusable_reports(bot)[0].payload["blocks"][0]["text"]["text"]
+    assert "Adapter v1 cannot serve" in text and "embeddings answers instead" in text
+    bot.ctx._classifier = None  # a restart: the adapter is checked again, the channel is not told again
+    assert answer_model(bot, "how do I reset my password") == "embeddings"
+    assert len(unusable_reports(bot)) == 1 and unusable_reports(bot)[0].version == 1
+
+
+# The same damage in an adapter registered that way (its checksum matches): the files are read through.
+@pytest.mark.parametrize("kind", ["truncated weights", "garbage head", "bad metadata", "too few head rows",
+                                  "head of another hidden size"])
+def test_an_adapter_registered_broken_never_serves(workspace_for_adapters, tiny_encoder_dir, kind):
+    from bot.serving import ServedClassifier
+
+    settings, db, tmp_path = workspace_for_adapters
+    if kind == "too few head rows":
+        folder = build_head_adapter(tmp_path / "adapter", tiny_encoder_dir, rows=2)
+    elif kind == "head of another hidden size":
+        folder = build_head_adapter(tmp_path / "adapter", tiny_encoder_dir, hidden=16)
+    else:
+        folder = build_head_adapter(tmp_path / "adapter", tiny_encoder_dir)
+        corrupt(folder, kind)
+    serve_adapter(db, folder, tiny_encoder_dir)
+    told = []
+    classifier = ServedClassifier(settings, on_unusable=lambda *args: told.append(args))
+    classifier.refit(db)
+    classifier.sync(db)
+    assert classifier.state.kind == "embeddings" and "adapter v1 cannot serve" in classifier.state.note
+    assert classifier.classify("broken refund").model == "embeddings"
+    classifier.sync(db)
+    assert told == [(1, classifier.unusable[1], "embeddings")]  # once
+    classifier.close()
+
+
+def test_the_adapter_serving_before_keeps_serving_when_the_next_one_is_corrupt(workspace_for_adapters,
+                                                                               tiny_encoder_dir):
+    from bot.serving import ServedClassifier
+
+    settings, db, tmp_path = workspace_for_adapters
+    serve_adapter(db, build_head_adapter(tmp_path / "v1", tiny_encoder_dir), tiny_encoder_dir)
+    classifier = ServedClassifier(settings)
+    classifier.refit(db)
+    classifier.sync(db)
+    assert classifier.state.name == "adapter v1"
+    broken = build_head_adapter(tmp_path / "v2", tiny_encoder_dir, hidden=16)  # fails once loaded
+    serve_adapter(db, broken, tiny_encoder_dir)
+    classifier.sync(db)
+    assert classifier.state.name == "adapter v1" and "adapter v2 cannot serve" in classifier.state.note
+    assert classifier.classify("how when where").model == "adapter v1"
+    classifier.close()
+
+
+@pytest.fixture
+def workspace_for_adapters(env, tiny_model_dir, monkeypatch):
+    from bot.settings import load_settings
+    from storage import labels, open_db
+    from trainer import embeddings
+
+    from .test_serving import fake_embed
+
+    monkeypatch.setattr(embeddings, "embed", fake_embed)
+    settings = load_settings({"SUPPORTBOT_DATA_DIR": str(env / "data"), "SUPPORTBOT_BASE_MODEL": tiny_model_dir,
+                              "SUPPORTBOT_ZERO_SHOT_MODEL": tiny_model_dir}, env_file=None)
+    db = open_db(settings.db_path)
+    for name in ("complaint", "question", "feedback"):
+        labels.add_label_def(db, name, f"{name} messages")
+    label_two_each(db)
+    return settings, db, env

@@ -119,11 +119,38 @@ class BotContext:
 
         with self._classifier_lock:
             if self._classifier is None:
-                factory = self._classifier_factory or load_classifier
-                self._classifier = factory(self.settings, self.db())
+                if self._classifier_factory is not None:
+                    self._classifier = self._classifier_factory(self.settings, self.db())
+                else:
+                    self._classifier = load_classifier(self.settings, self.db(),
+                                                       on_unusable=self.report_unusable_adapter)
             classifier = self._classifier
         sync_classifier(classifier, self.db())
         return classifier
+
+    def warm_up(self) -> None:
+        """Load the classifier now (at start, on the work pool): an adapter that cannot serve is found and
+        reported before the first message waits for it."""
+        from ..serving import NoLabels
+
+        try:
+            self.classifier()
+        except NoLabels as exc:
+            log.info("no classifier yet: %s", exc)
+
+    def report_unusable_adapter(self, version: int, reason: str, instead: str) -> None:
+        """Say once in the report channel (across restarts: one outbox row per adapter) that it cannot serve."""
+        from storage import outbox
+
+        from .reports import unusable_adapter_payload
+
+        key = f"adapter:{version}:unusable"
+        if self.settings.report_channel and outbox.get(self.db(), key) is None:
+            outbox.put(self.db(), key, self.settings.report_channel, unusable_adapter_payload(version, reason, instead))
+
+    def unusable_adapters(self) -> dict:
+        """Adapter versions found unable to serve in this process, with why."""
+        return dict(getattr(self._classifier, "unusable", None) or {})
 
     def serving_state(self):
         """What answers now (`bot.serving.State`), or None before the classifier was first needed."""

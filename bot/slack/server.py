@@ -134,6 +134,7 @@ def serve(settings: Settings, *, http: bool, host: str = "0.0.0.0", port: int = 
 
     ctx = BotContext(settings)
     scheduler = start_scheduler(ctx, relay_client(settings))
+    ctx.submit(ctx.warm_up)  # the serving model is checked and loaded at start, not by the first message
     try:
         if http:
             server = make_http_server(ctx, host, port)

@@ -198,16 +198,19 @@ def model_command(ctx: BotContext, command: dict) -> str:
     current = adapters.current_adapter(db)
     history = adapters.list_adapters(db)[:5]
     choice, state = served.current_served(db), ctx.serving_state()
-    name = state.name if state else recorded_choice(db)["name"]
-    lines = [f"*Serving:* {name}" + (f" ({state.note})" if state and state.note else "")
+    name = state.name if state else recorded_choice(db)["name"] + " (not loaded yet: the first answer loads it)"
+    lines = [f"*Serving:* {name}" + (f" ({escape(state.note)})" if state and state.note else "")
              + (f" - {choice.reason}" if choice else "")]
     if current:
         m = current.metrics
         lines.append(f"Accuracy {m.get('accuracy', 0):.1%}, macro-F1 {m.get('macro_f1', 0):.3f} on {m.get('n', 0)} "
                      "held-out messages" + (f" (baseline {m['baseline_accuracy']:.1%})" if 'baseline_accuracy' in m
                                             else ""))
+    unusable = ctx.unusable_adapters()
     for a in history:
         flag = " (serving)" if a.is_current else (" (promoted before)" if a.promoted_at else " (not promoted)")
+        if a.version in unusable:
+            flag = " (current, cannot serve)" if a.is_current else " (cannot serve)"
         lines.append(f"• v{a.version}: accuracy {a.metrics.get('accuracy', 0):.1%}, run {a.run_id}{flag}")
     return "\n".join(lines)
 
