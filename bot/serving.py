@@ -12,6 +12,11 @@ of corrections costs one refit) and on a thread of its own, so no request waits 
 atomic: the serving state is immutable and holds everything an answer reads (the fitted embedding
 classifier too), a classification reads it once, and a language-model answer made by another
 adapter than that state expects (a swap in between) is made again.
+
+An adapter is checked before it serves: its folder against the checksum recorded when it was
+registered, its files read through, then one probe answer once it is loaded. One that fails is
+not served (until a restart or another choice): the model that served before it keeps serving,
+else the embeddings, else zero-shot; the state's note says why, and `on_unusable` is told once.
 """
 
 from __future__ import annotations
@@ -80,12 +85,12 @@ class State:
     embeddings: object | None = field(default=None, compare=False)  # compared by identity in `sync`
 
 
-def load_classifier(settings: Settings, db):
+def load_classifier(settings: Settings, db, *, on_unusable=None):
     """The process's answering model (the language model is loaded only when an answer needs it)."""
     if len(labels.list_label_defs(db)) < 2:
         raise NoLabels(f"the label set has {len(labels.list_label_defs(db))} label(s); add at least 2 "
                        "(supportbot labels add NAME --description TEXT) before classifying")
-    served_classifier = ServedClassifier(settings)
+    served_classifier = ServedClassifier(settings, on_unusable=on_unusable)
     served_classifier.refit(db)
     served_classifier.sync(db)
     return served_classifier
@@ -111,8 +116,11 @@ def sync_classifier(classifier, db) -> bool:
 class ServedClassifier:
     """Thread-safe; one per process. `classify` and `classify_many` answer as `trainer.classify.Classifier` does."""
 
-    def __init__(self, settings: Settings, *, llm_factory=None, debounce_s: float = REFIT_DEBOUNCE_S):
+    def __init__(self, settings: Settings, *, llm_factory=None, debounce_s: float = REFIT_DEBOUNCE_S,
+                 on_unusable=None):
         self.settings = settings
+        self.unusable: dict[int, str] = {}  # adapter version -> why it cannot serve (checked once per process)
+        self._on_unusable = on_unusable     # (version, reason, what serves instead), once per adapter
         self.threshold = settings.review_threshold
         self._llm_factory = llm_factory
         self._models: dict[str, object] = {}  # base model folder -> trainer.classify.Classifier, loaded on use
@@ -152,13 +160,11 @@ class ServedClassifier:
             self._refit.poke()
         with self._sync_lock:
             wanted = self._wanted(db)
+            if wanted.kind in ("adapter", "ensemble") and wanted != self._state:
+                wanted = self._load_adapter(wanted, db)
             if wanted == self._state and wanted.embeddings is self._state.embeddings:
                 return False
-            if wanted.kind in ("adapter", "ensemble"):
-                llm = self._model_for(wanted, db)
-                if llm.adapter_version != wanted.adapter_version:
-                    llm.use_adapter(wanted.adapter_path, wanted.adapter_version)
-            elif wanted.kind == "zero-shot" and self._key(wanted, resolve=False) in self._models:
+            if wanted.kind == "zero-shot" and self._key(wanted, resolve=False) in self._models:
                 self._models[self._key(wanted, resolve=False)].use_zero_shot(label_infos(db))
             if wanted.kind != "embeddings":  # the embeddings need no language model, but one may serve again soon
                 self._let_go_of_others(wanted)
@@ -195,6 +201,53 @@ class ServedClassifier:
                          base_model=adapter.base_model, embeddings=fitted)
         return State("adapter", served_name("adapter", version), version, adapter.path, details,
                      base_model=adapter.base_model)
+
+    def _load_adapter(self, wanted: State, db) -> State:
+        """`wanted` with its adapter checked and swapped in, or what serves instead when it cannot be."""
+        version = wanted.adapter_version
+        if version not in self.unusable:
+            from trainer.adapters import check_adapter
+
+            touched = False
+            try:
+                problem = adapters.check_files(adapters.get_adapter(db, version))
+                if problem:
+                    raise BrokenAdapterFiles(problem)
+                check_adapter(wanted.adapter_path)  # before the serving model is touched
+                llm = self._model_for(wanted, db)
+                if llm.adapter_version != version:
+                    touched = True
+                    llm.use_adapter(wanted.adapter_path, version)
+                    _probe(llm, version)
+                return wanted
+            except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, the bot keeps answering
+                if touched:  # half swapped, perhaps: the next use loads the base model afresh
+                    with self._llm_lock:
+                        self._models.pop(self._key(wanted, resolve=False), None)
+                self.unusable[version] = _reason(exc)
+                log.error("adapter v%d cannot serve: %s", version, self.unusable[version])
+                instead = self._instead_of(wanted, db)
+                if self._on_unusable is not None:
+                    try:
+                        self._on_unusable(version, self.unusable[version], instead.name)
+                    except Exception:  # noqa: BLE001 - telling the channel must not stop the answers
+                        log.exception("could not report that adapter v%d cannot serve", version)
+                return instead
+        return self._instead_of(wanted, db)
+
+    def _instead_of(self, broken: State, db) -> State:
+        """What serves instead of an adapter that cannot: the model serving now (when it is another, usable
+        adapter), else the embeddings, else zero-shot."""
+        note = f"adapter v{broken.adapter_version} cannot serve: {self.unusable[broken.adapter_version]}"
+        current = self._state
+        if current.kind in ("adapter", "ensemble") and current.adapter_version not in self.unusable and (
+                current.kind == "adapter" or self._embeddings is not None):
+            fitted = self._embeddings if current.kind == "ensemble" else None  # the newest fit, as _wanted does
+            instead = replace(current, note=note, embeddings=fitted)
+            return instead if self._key(current, resolve=False) in self._models else self._load_adapter(instead, db)
+        if self._embeddings is not None:
+            return State("embeddings", served_name("embeddings"), note=note, embeddings=self._embeddings)
+        return State("zero-shot", served_name("zero-shot"), note=note)
 
     def _model_for(self, state: State, db=None):
         """The loaded model that answers for `state`: the adapter's base model, or the zero-shot LM.
@@ -359,6 +412,23 @@ class ServedClassifier:
 
     def close(self) -> None:
         self._refit.cancel()
+
+
+class BrokenAdapterFiles(RuntimeError):
+    """An adapter's folder is missing or changed since it was registered."""
+
+
+def _probe(llm, version: int) -> None:
+    """One answer from the adapter just loaded: it must come from that adapter, with finite scores."""
+    made = llm.classify("Is this message a question, a complaint or something else?")
+    if made.adapter_version != version or not all(math.isfinite(v) for v in made.scores.values()):
+        raise RuntimeError("its probe answer is not a valid prediction")
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for the logs, /model and the report channel."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:300]
 
 
 def _label_signature(db) -> tuple:

@@ -2,12 +2,17 @@
 
 Switching the current adapter is one transaction, and a unique index allows
 one current adapter: a crash leaves either the old or the new one current.
+Each adapter's files are checksummed when it is registered (`folder_checksum`),
+so whoever serves it can tell a folder changed, cut short or deleted since
+(`check_files`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlite_utils import Database
 
@@ -26,6 +31,7 @@ class Adapter:
     created_at: str
     promoted_at: str | None
     is_current: bool
+    checksum: str | None = None  # folder_checksum at registration (None: registered before checksums)
 
 
 def _adapter(row: dict) -> Adapter:
@@ -35,13 +41,44 @@ def _adapter(row: dict) -> Adapter:
 
 def register_adapter(db: Database, *, path: str, base_model: str, labels: list[str], metrics: dict,
                      run_id: int | None = None) -> Adapter:
-    """Record a finished adapter (its files must already be complete on disk). Not yet current."""
+    """Record a finished adapter (its files must already be complete on disk). Not yet current.
+
+    The checksum of its folder is recorded with it (none when there is no folder at `path`)."""
+    checksum = folder_checksum(path) if Path(path).is_dir() else None
     with write(db):
         cursor = db.execute(
-            "INSERT INTO adapters (run_id, path, base_model, labels, metrics, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-            [run_id, path, base_model, json.dumps(labels), json.dumps(metrics), now()],
+            "INSERT INTO adapters (run_id, path, base_model, labels, metrics, created_at, checksum) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [run_id, path, base_model, json.dumps(labels), json.dumps(metrics), now(), checksum],
         )
     return get_adapter(db, cursor.lastrowid)
+
+
+def folder_checksum(path: str | Path) -> str:
+    """sha256 over every file in the folder: its path inside the folder and its bytes, in path order."""
+    folder, digest = Path(path), hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(folder).as_posix().encode("utf-8") + b"\0")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def check_files(adapter: Adapter) -> str | None:
+    """What is wrong with the adapter's folder on disk (missing, changed since it was registered), or None."""
+    folder = Path(adapter.path)
+    if not folder.is_dir():
+        return f"its folder {folder.name} is missing"
+    if adapter.checksum is not None:
+        try:
+            found = folder_checksum(folder)
+        except OSError as exc:
+            return f"its files cannot be read ({exc.strerror or exc})"
+        if found != adapter.checksum:
+            return "its files changed since it was registered (checksum mismatch)"
+    return None
 
 
 def get_adapter(db: Database, version: int) -> Adapter:

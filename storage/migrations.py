@@ -243,3 +243,10 @@ def m007_run_leases(db):
         ALTER TABLE runs ADD COLUMN lease_until TEXT;
         """,
     )
+
+
+@MIGRATIONS(name="m008_adapter_checksum")
+def m008_adapter_checksum(db):
+    # sha256 of an adapter's files when it was registered (storage.adapters.folder_checksum): the bot checks
+    # it before serving the adapter. NULL for adapters registered before it existed.
+    db.execute("ALTER TABLE adapters ADD COLUMN checksum TEXT")

@@ -37,5 +37,6 @@ def create_app(ctx: BotContext, client: WebClient | None = None) -> App:
         # One place for unexpected failures: logged with the request type, never with message text or tokens.
         kind = body.get("type") or body.get("command") or "request"
         log.error("error while handling %s: %r", kind, error, exc_info=error)
+        ctx.db_failed(error)  # the listener's thread: a database error gets it a fresh connection
 
     return app

@@ -1,13 +1,18 @@
 """What every listener shares: settings, per-thread database connections, one classifier, a work pool.
 
 Bolt runs listeners on a thread pool, so each thread opens its own database
-connection. Model work and Web API calls that can wait go to `submit` (a
-bounded pool), never onto the acknowledgement path.
+connection, and opens it again after a database failure (`forget_db`): a
+connection opened while the file was read-only, or whose disk filled up or was
+remounted, would otherwise fail in that thread until a restart. Model work and
+Web API calls that can wait go to `submit` (a bounded pool), never onto the
+acknowledgement path.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import sqlite3
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -21,8 +26,9 @@ log = logging.getLogger(__name__)
 class TrackingExecutor(ThreadPoolExecutor):
     """A thread pool that remembers unfinished work, so shutdown and tests can wait for it."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, on_failure=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.on_failure = on_failure  # called in the failed job's thread, with its exception
         self.pending: set[Future] = set()
         self._pending_lock = threading.Lock()
 
@@ -38,6 +44,8 @@ class TrackingExecutor(ThreadPoolExecutor):
             self.pending.discard(future)
         if not future.cancelled() and future.exception() is not None:
             log.error("background job failed: %r", future.exception(), exc_info=future.exception())
+            if self.on_failure is not None:
+                self.on_failure(future.exception())
 
     def wait(self, timeout: float) -> None:
         import concurrent.futures
@@ -62,7 +70,8 @@ class BotContext:
         # Bolt's listeners (they run after the acknowledgement) and our slower jobs get separate pools,
         # so a backlog of model work never delays acknowledgements.
         self.listener_executor = TrackingExecutor(max_workers=10, thread_name_prefix="supportbot-listener")
-        self.executor = TrackingExecutor(max_workers=settings.workers, thread_name_prefix="supportbot-work")
+        self.executor = TrackingExecutor(max_workers=settings.workers, thread_name_prefix="supportbot-work",
+                                         on_failure=self.db_failed)
         # Heavy data checks (/datacheck) get one thread of their own, and do their work in a child process
         # (bot.slack.listeners.datacheck): they neither hold up answers nor keep their memory in the bot.
         self.check_executor = TrackingExecutor(max_workers=1, thread_name_prefix="supportbot-check")
@@ -82,17 +91,70 @@ class BotContext:
             db = self._local.db = open_db(self.settings.db_path)
         return db
 
+    def forget_db(self) -> None:
+        """Close this thread's connection: the next `db()` opens a fresh one, which sees the file as it is now."""
+        db, self._local.db = getattr(self._local, "db", None), None
+        if db is not None:
+            try:
+                db.conn.close()
+            except sqlite3.Error:  # a broken connection may not even close; it is dropped either way
+                pass
+
+    def db_failed(self, exc: BaseException) -> None:
+        """After a failure in this thread: a database error means its connection is opened again next time."""
+        if isinstance(exc, sqlite3.DatabaseError):
+            log.warning("database error (%s): this thread opens a fresh connection next time", exc)
+            self.forget_db()
+
+    def reopens_db(self, fn):
+        """`fn`, which after a database error leaves its thread to open a fresh connection (scheduled jobs)."""
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except sqlite3.DatabaseError as exc:
+                self.db_failed(exc)
+                raise
+        return run
+
     def classifier(self):
         """The process's one classifier, loaded on first use, switched to the registry's current adapter."""
         from ..serving import load_classifier, sync_classifier
 
         with self._classifier_lock:
             if self._classifier is None:
-                factory = self._classifier_factory or load_classifier
-                self._classifier = factory(self.settings, self.db())
+                if self._classifier_factory is not None:
+                    self._classifier = self._classifier_factory(self.settings, self.db())
+                else:
+                    self._classifier = load_classifier(self.settings, self.db(),
+                                                       on_unusable=self.report_unusable_adapter)
             classifier = self._classifier
         sync_classifier(classifier, self.db())
         return classifier
+
+    def warm_up(self) -> None:
+        """Load the classifier now (at start, on the work pool): an adapter that cannot serve is found and
+        reported before the first message waits for it."""
+        from ..serving import NoLabels
+
+        try:
+            self.classifier()
+        except NoLabels as exc:
+            log.info("no classifier yet: %s", exc)
+
+    def report_unusable_adapter(self, version: int, reason: str, instead: str) -> None:
+        """Say once in the report channel (across restarts: one outbox row per adapter) that it cannot serve."""
+        from storage import outbox
+
+        from .reports import unusable_adapter_payload
+
+        key = f"adapter:{version}:unusable"
+        if self.settings.report_channel and outbox.get(self.db(), key) is None:
+            outbox.put(self.db(), key, self.settings.report_channel, unusable_adapter_payload(version, reason, instead))
+
+    def unusable_adapters(self) -> dict:
+        """Adapter versions found unable to serve in this process, with why."""
+        return dict(getattr(self._classifier, "unusable", None) or {})
 
     def serving_state(self):
         """What answers now (`bot.serving.State`), or None before the classifier was first needed."""

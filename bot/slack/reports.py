@@ -113,3 +113,11 @@ def failure_payload(run_id: int, status: str, error: str | None) -> dict:
     icon = ":no_entry_sign:" if status == "cancelled" else ":x:"
     text = f"{icon} *Training run {run_id} {status}.* {escape((error or '')[:1500])}".strip()
     return {"text": f"Training run {run_id} {status}", "blocks": [_section(text + "\nThe serving adapter is unchanged.")]}
+
+
+def unusable_adapter_payload(version: int, reason: str, instead: str) -> dict:
+    """The report channel's note that an adapter cannot serve (sent once per adapter)."""
+    text = (f":warning: *Adapter v{version} cannot serve:* {escape(reason)}\n"
+            f"{escape(instead)} answers instead. Restore its folder from a backup and restart the bot, "
+            "or `/model rollback`, or `/retrain`.")
+    return {"text": f"Adapter v{version} cannot serve", "blocks": [_section(text)]}

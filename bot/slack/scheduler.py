@@ -105,19 +105,20 @@ def start_scheduler(ctx: BotContext, client):
     if found or released or queued:
         log.info("answers at start: %d found posted, %d released, %d queued", found, released, queued)
     scheduler = BackgroundScheduler(daemon=True)
-    scheduler.add_job(relay.deliver_due, "interval", seconds=2, id="relay", max_instances=1, coalesce=True)
-    scheduler.add_job(lambda: replay_spool(ctx, answers), "interval", seconds=5, id="spool", max_instances=1,
+    job = ctx.reopens_db  # a job that failed on the database opens a fresh connection the next time
+    scheduler.add_job(job(relay.deliver_due), "interval", seconds=2, id="relay", max_instances=1, coalesce=True)
+    scheduler.add_job(job(lambda: replay_spool(ctx, answers)), "interval", seconds=5, id="spool", max_instances=1,
                       coalesce=True)
-    scheduler.add_job(lambda: log.info("retention: %s", remove_old_run_inputs(ctx.settings, ctx.db())),
+    scheduler.add_job(job(lambda: log.info("retention: %s", remove_old_run_inputs(ctx.settings, ctx.db()))),
                       "interval", hours=24, id="retention", max_instances=1, coalesce=True,
                       next_run_time=dt.datetime.now(dt.timezone.utc))
-    scheduler.add_job(lambda: answer_backlog(ctx, answers, older_than_s=BACKLOG_AFTER_S), "interval",
+    scheduler.add_job(job(lambda: answer_backlog(ctx, answers, older_than_s=BACKLOG_AFTER_S)), "interval",
                       seconds=BACKLOG_AFTER_S, id="answers", max_instances=1, coalesce=True)
     if ctx.settings.retrain_cron:
-        scheduler.add_job(lambda: log.info("scheduled retrain: %s", maybe_retrain(ctx)),
+        scheduler.add_job(job(lambda: log.info("scheduled retrain: %s", maybe_retrain(ctx))),
                           CronTrigger.from_crontab(ctx.settings.retrain_cron), id="retrain")
     if ctx.settings.digest_cron and ctx.settings.report_channel:
-        scheduler.add_job(lambda: log.info("digest: %s", post_digest(ctx, answers)),
+        scheduler.add_job(job(lambda: log.info("digest: %s", post_digest(ctx, answers))),
                           CronTrigger.from_crontab(ctx.settings.digest_cron), id="digest")
     scheduler.start()
     return scheduler

@@ -27,6 +27,13 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1 << 20  # Slack's requests are a few KB; anything near this is not from Slack
 READ_LIMIT_BYTES = 16 << 20  # the server reads a body up to this (so the guard can answer 413), refuses above
 HTTP_THREADS = 16  # requests handled at once: each only verifies, acknowledges and hands work to the pools
+# Idle or half-sent connections must not starve Slack's requests (waitress's defaults: 100 connections, each
+# kept 120 s idle). Slack sends a request in one go and waits 3 s for the answer, so a connection idle for
+# CHANNEL_TIMEOUT_S is not Slack's; it is closed (checked every CLEANUP_INTERVAL_S). Up to CONNECTION_LIMIT are
+# open at once; beyond that new ones wait in the listen backlog until idle ones are closed.
+CONNECTION_LIMIT = 1000
+CHANNEL_TIMEOUT_S = 10
+CLEANUP_INTERVAL_S = 2
 
 
 def guarded(app, signing_secret: str = ""):
@@ -89,14 +96,30 @@ def signed(verifier, text: str, environ) -> bool:
         return False
 
 
+def enough_file_descriptors(needed: int) -> None:
+    """Raise this process's open-file limit to `needed` when the hard limit allows (many systems start at 1024)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < needed:
+            log.warning("open-file limit is %d: fewer than %d connections can be open at once", target, needed)
+
+
 class HttpServer:
     """waitress serving a WSGI app, with the start and stop the bot, the tests and the benchmarks use."""
 
     def __init__(self, app, host: str, port: int):
         from waitress.server import create_server
 
+        enough_file_descriptors(CONNECTION_LIMIT + 256)  # the connections, plus the database, models and logs
+        # poll, not select: select cannot watch descriptors above 1024.
         self._server = create_server(app, host=host, port=port, threads=HTTP_THREADS, backlog=256,
-                                     max_request_body_size=READ_LIMIT_BYTES, clear_untrusted_proxy_headers=True)
+                                     max_request_body_size=READ_LIMIT_BYTES, clear_untrusted_proxy_headers=True,
+                                     connection_limit=CONNECTION_LIMIT, channel_timeout=CHANNEL_TIMEOUT_S,
+                                     cleanup_interval=CLEANUP_INTERVAL_S, asyncore_use_poll=True)
         self.server_port = int(self._server.effective_port)  # waitress gives it as text
 
     def serve_forever(self) -> None:
@@ -128,6 +151,7 @@ def serve(settings: Settings, *, http: bool, host: str = "0.0.0.0", port: int = 
 
     ctx = BotContext(settings)
     scheduler = start_scheduler(ctx, relay_client(settings))
+    ctx.submit(ctx.warm_up)  # the serving model is checked and loaded at start, not by the first message
     try:
         if http:
             server = make_http_server(ctx, host, port)

@@ -197,8 +197,11 @@ def model_command(ctx: BotContext, command: dict) -> str:
         return "Usage: `/model` or `/model rollback`."
     history = adapters.list_adapters(db)[:5]
     lines = [f"*Serving:* {serving_line(ctx, db)}"]
+    unusable = ctx.unusable_adapters()
     for a in history:
         flag = " (serving)" if a.is_current else (" (promoted before)" if a.promoted_at else " (not promoted)")
+        if a.version in unusable:
+            flag = " (current, cannot serve)" if a.is_current else " (cannot serve)"
         lines.append(f"• v{a.version}: accuracy {a.metrics.get('accuracy', 0):.1%}, run {a.run_id}{flag}")
     return "\n".join(lines)
 
@@ -248,7 +251,7 @@ def serving_line(ctx: BotContext, db) -> str:
     record), why, and the held-out scores of the adapter in it."""
     choice, state = served.current_served(db), ctx.serving_state()
     recorded = recorded_choice(db)
-    name = state.name if state else recorded["name"]
+    name = state.name if state else recorded["name"] + " (not loaded yet: the first answer loads it)"
     line = name + (f" ({escape(state.note)})" if state and state.note else "") + (f" - {choice.reason}" if choice else "")
     version = state.adapter_version if state else (choice.adapter_version if choice else None)
     if version is None and not state and recorded["kind"] == "adapter":

@@ -10,9 +10,9 @@ sweep answers any collected message left without one (`recover_replies`, `answer
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 
+from slack_bolt import BoltResponse
 from slack_sdk.errors import SlackApiError
 
 from storage import labels, messages, predictions, replies
@@ -20,6 +20,7 @@ from trainer.text import EmptyText, require_text
 
 from .. import blocks, metadata, mrkdwn
 from ..context import BotContext
+from ..spool import RETRYABLE
 
 log = logging.getLogger(__name__)
 
@@ -201,18 +202,38 @@ _spool_lock = threading.Lock()
 
 def replay_spool(ctx: BotContext, client) -> int:
     """Store the events spooled while the database was busy. Returns how many were handled."""
-    return spool(ctx).replay(lambda record: handle_message(ctx, client, record["body"], record["event"]))
+    def store(record):
+        try:
+            handle_message(ctx, client, record["body"], record["event"])
+        except RETRYABLE:
+            ctx.forget_db()  # the next try opens a fresh connection (the file may be writable again)
+            raise
+
+    return spool(ctx).replay(store)
 
 
 def register(app, ctx: BotContext) -> None:
-    @app.event("message")
+    def room_to_keep_it(body, next):
+        # Before the acknowledgement: while the disk cannot take events, at most HOLD_LIMIT wait in memory.
+        # Beyond that an event is refused unacknowledged, and Slack delivers it again later.
+        if not spool(ctx).admit():
+            log.error("event %s refused: %d events wait in memory for the disk", body.get("event_id"),
+                      spool(ctx).held())
+            return BoltResponse(status=503, body="the bot cannot store events right now; deliver it again later")
+        next()
+
+    @app.event("message", middleware=[room_to_keep_it])
     def on_message(body, event, client):
         try:
             handle_message(ctx, client, body, event)
-        except sqlite3.OperationalError as exc:
-            # Acknowledged already: never lost. Kept on disk and stored when the database can take it.
-            spool(ctx).append({"body": {k: body.get(k) for k in ("team_id", "event_id")}, "event": event})
-            log.warning("database unavailable (%s): event %s spooled for replay", exc, body.get("event_id"))
+        except RETRYABLE as exc:
+            # Acknowledged already: never lost. Kept on disk (or in memory while the disk cannot take it)
+            # and stored when the database can take it.
+            ctx.forget_db()
+            where = spool(ctx).keep({"body": {k: body.get(k) for k in ("team_id", "event_id")}, "event": event})
+            log.warning("database unavailable (%s): event %s %s for replay", exc, body.get("event_id"), where)
+        finally:
+            spool(ctx).settled()
 
 
 def handle_message(ctx: BotContext, client, body: dict, event: dict) -> None:
