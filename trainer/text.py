@@ -41,7 +41,10 @@ def html_to_text(markup: str) -> str:
         pos = match.end()
         if match.group() == "<!--":
             end = markup.find("-->", pos)
-            pos = len(markup) if end < 0 else end + 3
+            if end < 0:  # never closed: text, as html.parser reads it
+                parts.append(markup[match.start():])
+                break
+            pos = end + 3
             continue
         closing, name = match.group(1), (match.group(2) or "").lower()
         if name in _SKIP_END and not closing:
