@@ -32,7 +32,7 @@ from jsonl import JsonlError, read_rows
 from .db import now, write
 from .errors import ImportFormatError, InvalidLabelName
 from .labels import MAX_ACTIVE_LABELS, check_label_name
-from .messages import content_hash
+from .messages import capped, content_hash
 
 MAX_TEXT_CHARS = 100_000
 CHUNK_ROWS = 2_000  # rows per write transaction: a few milliseconds of lock each
@@ -196,12 +196,11 @@ def import_examples(db: Database, path: str | Path, examples: list[Example], *, 
     for start in range(0, len(examples), max(1, chunk_rows)):
         with write(db):  # one short transaction per chunk: other writers get the lock in between
             for e in examples[start:start + chunk_rows]:
-                body = clean(e.text)
+                raw, body, subject = capped(e.text, clean(e.text), e.subject)
                 cursor = db.execute(
                     """INSERT INTO messages (source, external_id, raw_body, clean_body, subject, content_hash,
                            received_at) VALUES ('import', ?, ?, ?, ?, ?, ?) ON CONFLICT(external_id) DO NOTHING""",
-                    [f"import:{file_hash}:{e.line}", e.text, body, e.subject,
-                     content_hash(e.subject, body), stamp],
+                    [f"import:{file_hash}:{e.line}", raw, body, subject, content_hash(subject, body), stamp],
                 )
                 if cursor.rowcount == 1:
                     stored += 1

@@ -13,6 +13,13 @@ from .errors import NotFound
 
 SOURCES = ("slack_message", "email", "import")
 
+# What one message may take (a 41 MB email body once took the bot from 122 MB to 6.7 GB). Longer text is
+# cut when stored: the raw body with a note saying where and how long it was, the cleaned text and the
+# subject without one (models read them, and would read the note as the customer's words).
+MAX_RAW_CHARS = 200_000    # the raw body kept; cleaning reads no more either (trainer.text.MAX_PARSE_CHARS)
+MAX_CLEAN_CHARS = 20_000   # the cleaned text people see and models read (a prompt takes 1,500 characters of it)
+MAX_SUBJECT_CHARS = 1_000
+
 
 @dataclass(frozen=True)
 class Message:
@@ -45,6 +52,18 @@ def content_hash(subject: str | None, clean_body: str) -> str:
     return hashlib.sha256(normalized.encode("utf-8")).hexdigest()
 
 
+def cut_note(total: int) -> str:
+    """What ends a raw body that was cut at MAX_RAW_CHARS."""
+    return f"\n\n[cut by supportbot: only the first {MAX_RAW_CHARS:,} of {total:,} characters are kept]"
+
+
+def capped(raw_body: str, clean_body: str, subject: str | None) -> tuple[str, str, str | None]:
+    """(raw, clean, subject) cut to the stored sizes."""
+    if len(raw_body) > MAX_RAW_CHARS:
+        raw_body = raw_body[:MAX_RAW_CHARS] + cut_note(len(raw_body))
+    return raw_body, clean_body[:MAX_CLEAN_CHARS], None if subject is None else subject[:MAX_SUBJECT_CHARS]
+
+
 def slack_external_id(channel: str, ts: str) -> str:
     return f"slack:{channel}:{ts}"
 
@@ -67,7 +86,8 @@ def add_message(
     """Store a message once per `external_id`. Returns (message, created)."""
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-    clean = clean_body if clean_body is not None else re.sub(r"\s+", " ", raw_body).strip()
+    clean = clean_body if clean_body is not None else re.sub(r"\s+", " ", raw_body[:MAX_RAW_CHARS]).strip()
+    raw_body, clean, subject = capped(raw_body, clean, subject)
     with write(db):
         cursor = db.execute(
             """INSERT INTO messages (source, external_id, team, channel, ts, thread_ts, event_id,
@@ -98,7 +118,8 @@ def edit_message(db: Database, message_id: int, *, raw_body: str, clean_body: st
     """Replace a message's text (a Slack edit). Its labels stay; its stored vector, made from the old text,
     goes in the same transaction (it is embedded again when next needed)."""
     message = get_message(db, message_id)
-    clean = clean_body if clean_body is not None else re.sub(r"\s+", " ", raw_body).strip()
+    clean = clean_body if clean_body is not None else re.sub(r"\s+", " ", raw_body[:MAX_RAW_CHARS]).strip()
+    raw_body, clean, _ = capped(raw_body, clean, None)
     with write(db):
         db.execute(
             "UPDATE messages SET raw_body = ?, clean_body = ?, content_hash = ?, edited_at = ? WHERE id = ?",

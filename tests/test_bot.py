@@ -155,6 +155,38 @@ def test_forwarded_email_without_body_is_fetched_with_files_info(bot):
     reply_to(bot, ts)
 
 
+def test_commands_are_acknowledged_while_cleaning_is_stuck(bot, monkeypatch):
+    """Cleaning runs on the intake pool, after the acknowledgement: more stuck messages than Bolt has
+    listener threads leave a slash command answered, and every message is stored once cleaning resumes."""
+    release, real_clean = threading.Event(), bot.ctx.clean
+    monkeypatch.setattr(bot.ctx, "clean", lambda raw: release.wait(60) and real_clean(raw))
+    try:
+        stamps = [bot.post(f"message {i} about my order") for i in range(bot.ctx.listener_executor._max_workers + 2)]
+        started = time.monotonic()
+        answer = bot.command("/labels")  # 200 and an answer, not Bolt's ack timeout
+        assert answer["text"] == "3 labels" and time.monotonic() - started < 2.5
+    finally:
+        release.set()
+    bot.settle()
+    for ts in stamps:
+        assert messages.find_message(bot.db, messages.slack_external_id(INTAKE, ts)).clean_body.startswith("message")
+
+
+def test_a_huge_email_from_files_info_is_stored_cut_and_answered(bot):
+    from bench.hostile import huge_body
+
+    body = huge_body(600_000)
+    bot.standin.add_file(payloads.email_file("F0HUGE", subject="Where is my order", sender="c@example.com", body=body))
+    ts = bot.next_ts()
+    bot.event(payloads.email_event(INTAKE, ts, payloads.email_file("F0HUGE", subject="Where is my order",
+                                                                   sender="c@example.com", body=None)))
+    bot.settle()
+    stored = messages.find_message(bot.db, messages.slack_external_id(INTAKE, ts))
+    assert stored.raw_body == body[:messages.MAX_RAW_CHARS] + messages.cut_note(len(body))
+    assert stored.clean_body == body[:messages.MAX_CLEAN_CHARS].strip()
+    reply_to(bot, ts)
+
+
 def test_duplicate_delivery_is_stored_and_answered_once(bot):
     ts = bot.next_ts()
     event = payloads.message_event(INTAKE, AGENT, "Where is my parcel?", ts)

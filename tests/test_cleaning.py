@@ -105,3 +105,50 @@ def test_redaction_of_personal_data():
     text = "Mail me at ann.lee+shop@mail.example or call +44 20 7946 0958; card 4111 1111 1111 1111, order 4471."
     assert redact(text) == "Mail me at [email] or call [phone]; card [card], order 4471."
     assert clean_email(text, redact_personal=True).body == redact(text)
+
+
+# -- hostile input: every step linear, what is read capped (issue 25) -------------------------------------
+
+def test_hostile_bodies_of_200_kb_clean_in_linear_time():
+    """Each body once took minutes (quadratic steps); linear, 200 KB cleans in well under a second.
+    The bound is ~50x the expected time: a guard against quadratic, not a speed assertion."""
+    import time
+
+    from bench.hostile import address_run, tag_storm, thanks_lines
+
+    for make in (tag_storm, thanks_lines, address_run):
+        body = make(200_000)
+        started = time.perf_counter()
+        cleaned = clean_email(body, redact_personal=True)
+        assert time.perf_counter() - started < 5, make.__name__
+        assert cleaned.body  # something is kept: never nothing
+
+
+def test_only_the_first_max_parse_chars_are_read():
+    from storage.messages import MAX_RAW_CHARS
+    from trainer.text import MAX_PARSE_CHARS, to_text
+
+    assert MAX_PARSE_CHARS >= MAX_RAW_CHARS  # every stored raw character can be cleaned
+    assert to_text("x" * (MAX_PARSE_CHARS + 5000)) == "x" * MAX_PARSE_CHARS
+    assert to_text(b"y" * (MAX_PARSE_CHARS * 5)) == "y" * MAX_PARSE_CHARS
+
+
+def test_html_scanner_reads_what_html_parser_read():
+    """The one-pass scanner that replaced html.parser gives the same text on these."""
+    from trainer.text import html_to_text
+
+    markup = ('<!DOCTYPE html><html><head><title>t</title><style>p {color: red}</style></head><body>'
+              '<p class="x">Order&nbsp;#12 &amp; more</p><!-- a <p>comment</p> --><script>alert(1)</script>'
+              '<div>a < b, and <b>bold</b></div><br/>end</body></html>')
+    assert " ".join(html_to_text(markup).split()) == "Order #12 & more a < b, and bold end"
+    assert html_to_text("<p>open <a tag that never closes") == "\nopen <a tag that never closes"
+    assert html_to_text("before<!-- never closed <p>x") == "before<!-- never closed <p>x"
+
+
+def test_closing_only_ends_the_message_when_a_short_name_block_follows():
+    ask = "the export still fails on every report I open, since Monday, and the CSV it used to write is empty too."
+    cleaned = clean_email(f"Thanks for the quick reply.\nthanks\n{ask}\nRegards,\nAnn Lee\nACME")
+    assert cleaned.body == f"Thanks for the quick reply.\nthanks\n{ask}"
+    assert "closing" in cleaned.removed
+    many = "Cheers\n" * 3 + "Ann"  # the earliest closing with a short tail wins, as before
+    assert clean_email("Help me.\n" + many).body == "Help me."

@@ -171,6 +171,31 @@ def test_ensemble_weight_and_temperatures_never_look_at_the_eval_split(monkeypat
     assert {c["kind"] for c in first["candidates"]} == {"adapter", "embeddings", "ensemble"}
 
 
+def test_the_embedder_never_tokenizes_past_what_it_reads(monkeypatch):
+    """A 41 MB body once went whole into the tokenizer: texts are cut before, and the model truncates at 256."""
+    import numpy as np
+
+    from trainer import embeddings
+
+    seen = []
+
+    class Recorder:
+        def encode(self, texts, **kwargs):
+            seen.extend(texts)
+            return np.ones((len(texts), embeddings.DIMENSIONS), dtype=np.float32)
+
+    monkeypatch.setattr(embeddings, "_model", lambda: Recorder())
+    embeddings.embed(["refund " * 200_000, "short"])
+    assert [len(t) for t in seen] == [embeddings.MAX_EMBED_CHARS, 5]
+    monkeypatch.undo()
+    model = embeddings._model()
+    assert model.max_seq_length <= embeddings.MAX_TOKENS
+    # What the cut keeps is still more than the model reads, even in long words: nothing it read is lost.
+    for words in ("My parcel is late. ", "internationalization "):
+        kept = model.tokenizer((words * 1000)[:embeddings.MAX_EMBED_CHARS])["input_ids"]
+        assert len(kept) > embeddings.MAX_TOKENS
+
+
 # -- the bot side: cold start, refits, embeddings stored once -----------------------------------------
 
 

@@ -202,3 +202,26 @@ def test_queries_the_bot_used_to_write_itself(db):
     unsure = predictions.least_sure(db, since="", limit=5)
     assert [r["id"] for r in unsure] == [ids[2], ids[0]]  # the labeled one is left out; least sure first
     assert unsure[0]["subject"] == "" and unsure[0]["confidence"] == 0.4
+
+
+def test_huge_bodies_are_stored_cut_at_the_caps_with_a_note_on_the_raw_body(db, tmp_path):
+    """A 41 MB body once took the bot to 6.7 GB: raw, cleaned text and subject are cut when stored."""
+    from storage.importing import import_examples, read_examples
+
+    raw = "".join(f"line {i} of a very long email\n" for i in range(20_000))  # about 570,000 characters
+    m, _ = messages.add_message(db, source="email", external_id="e:huge", raw_body=raw, clean_body=raw,
+                                subject="S" * 5000)
+    assert m.raw_body == raw[:messages.MAX_RAW_CHARS] + messages.cut_note(len(raw))
+    assert m.raw_body.endswith(f"only the first 200,000 of {len(raw):,} characters are kept]")
+    assert m.clean_body == raw[:messages.MAX_CLEAN_CHARS] and m.subject == "S" * messages.MAX_SUBJECT_CHARS
+    assert m.content_hash == messages.content_hash(m.subject, m.clean_body)
+    edited = messages.edit_message(db, m.id, raw_body=raw + "edited")
+    assert edited.raw_body.startswith(raw[:messages.MAX_RAW_CHARS]) and "cut by supportbot" in edited.raw_body
+    assert len(edited.clean_body) <= messages.MAX_CLEAN_CHARS
+    small, _ = messages.add_message(db, source="email", external_id="e:small", raw_body="short", subject="Hi")
+    assert (small.raw_body, small.clean_body, small.subject) == ("short", "short", "Hi")  # under the caps: as is
+    path = tmp_path / "long.csv"
+    path.write_text("text,label\n%s,question\n" % ("word " * 12_000).strip(), encoding="utf-8")
+    import_examples(db, path, read_examples(path), clean=str.strip)
+    (imported_id,) = db.execute("SELECT id FROM messages WHERE source = 'import'").fetchone()
+    assert len(messages.get_message(db, imported_id).clean_body) == messages.MAX_CLEAN_CHARS

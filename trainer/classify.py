@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .data import PromptSpec
 from .models import ModelError, attend_grouped, is_encoder
-from .prompts import MAX_BODY_CHARS, LabelInfo
+from .prompts import MAX_BODY_CHARS, LabelInfo, instruction_like
 from .scoring import LabelScorer
 from .text import require_text
 
@@ -71,12 +71,15 @@ def predict(scorer: LabelScorer, items: list[tuple[str, str | None]], *, thresho
     per_item_ms = (time.perf_counter() - started) * 1000 / max(1, len(items))
     names = scorer.spec.names
     predictions = []
-    for result in scored:
+    for (text, subject), result in zip(items, scored):
         probs = to_probabilities(result.logprobs)
         order = sorted(range(len(names)), key=lambda i: -probs[i])
         top = order[0]
+        # Zero-shot, the model knows the labels only from the prompt, and a message that addresses the
+        # model can talk it into one (3 of 3 crafted emails answered `feedback` at 75-81%): a person looks.
+        steered = zero_shot and instruction_like(text, subject)
         predictions.append(Prediction(
-            label=names[top], confidence=probs[top], needs_review=probs[top] < threshold,
+            label=names[top], confidence=probs[top], needs_review=probs[top] < threshold or steered,
             adapter_version=adapter_version, zero_shot=zero_shot,
             scores={names[i]: probs[i] for i in order},
             alternatives=[[names[i], probs[i]] for i in order[1:3]],

@@ -27,13 +27,16 @@ _SIGNATURE_MARKERS = [
     re.compile(r"^-- ?$", re.M),  # the standard signature separator
     re.compile(r"^\s*(Sent from my (iPhone|iPad|Android|Galaxy|mobile)|Get Outlook for (iOS|Android)).*$", re.I | re.M),
 ]
-_CLOSING = re.compile(r"^\s*(best( regards)?|kind regards|regards|thanks( a lot)?|thank you|cheers|sincerely|"
-                      r"many thanks|br|mit freundlichen grüßen|cordialement)[,!.]?\s*$", re.I | re.M)
+_CLOSING = re.compile(r"^[ \t]*(best( regards)?|kind regards|regards|thanks( a lot)?|thank you|cheers|sincerely|"
+                      r"many thanks|br|mit freundlichen grüßen|cordialement)[,!.]?[ \t]*$", re.I | re.M)
+_CLOSING_TAIL_LINES, _CLOSING_TAIL_CHARS = 4, 120  # the most a name block under a closing line holds
 _HEADER_FIELD = re.compile(r"^\s*(From|Date|Sent|Subject|To|Cc):\s*(.*)$", re.I)
 
-EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(\.[\w-]+)+\b")
+# Bounded repeats (an address's local part is at most 64 characters, a domain label 63): unbounded ones
+# let a long run like "a.a.a.a..." be rescanned from every position, quadratic in its length.
+EMAIL = re.compile(r"\b[\w.+-]{1,64}@[\w-]{1,63}(\.[\w-]{1,63}){1,8}\b")
 CARD = re.compile(r"\b(?:\d[ -]?){13,19}\b")
-PHONE = re.compile(r"(?<![\w/])\+?\d[\d ()./-]{7,}\d\b")
+PHONE = re.compile(r"(?<![\w/])\+?\d[\d ()./-]{7,30}\d\b")
 
 
 @dataclass
@@ -78,12 +81,20 @@ def _parse_forward(text: str) -> tuple[str, dict]:
 
 
 def _strip_closing(text: str) -> tuple[str, bool]:
-    """A closing line ("Best regards,") followed only by a short name block ends the message."""
-    for match in _CLOSING.finditer(text):
-        tail = text[match.end():].strip()
-        if len(tail.split("\n")) <= 4 and len(tail) <= 120:
-            return text[:match.start()], True
-    return text, False
+    """A closing line ("Best regards,") followed only by a short name block ends the message.
+
+    The earliest such closing wins. What follows a closing only grows the earlier it is, so the
+    closings are tried from the last one back and the first that fails ends the search: each text
+    is looked at a bounded number of times (trying them front to back was quadratic in a message of
+    thousands of "thanks" lines)."""
+    body = text.rstrip()
+    cut = None
+    for match in reversed(list(_CLOSING.finditer(body))):
+        tail = body[match.end():].lstrip()
+        if tail.count("\n") >= _CLOSING_TAIL_LINES or len(tail) > _CLOSING_TAIL_CHARS:
+            break
+        cut = match.start()
+    return (text, False) if cut is None else (text[:cut], True)
 
 
 def redact(text: str) -> str:

@@ -28,6 +28,10 @@ DIMENSIONS = 384
 REGULARISATION_C = 10.0       # measured on Banking77 10-shot: C 1 80.0%, 10 84.7%, 30 84.8% (bench/README.md)
 NOVELTY_QUANTILE = 0.02       # flag what is less similar to the labelled set than 98% of labelled messages are
 MIN_PER_LABEL = 2             # a label is learnable from two examples
+MAX_TOKENS = 256              # what all-MiniLM-L6-v2 reads (its max_seq_length); the tokenizer truncates there
+# The tokenizer reads a whole text before it truncates, so a text is cut to this first: 256 word pieces
+# never take more characters than this (a word piece plus its space is rarely over 10).
+MAX_EMBED_CHARS = MAX_TOKENS * 20
 
 _models: dict[str, object] = {}
 _models_lock = threading.Lock()
@@ -52,7 +56,9 @@ def _model():
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             from sentence_transformers import SentenceTransformer
 
-            _models[EMBEDDER] = SentenceTransformer(model_path(), device="cpu")
+            model = SentenceTransformer(model_path(), device="cpu")
+            model.max_seq_length = min(model.max_seq_length or MAX_TOKENS, MAX_TOKENS)
+            _models[EMBEDDER] = model
         return _models[EMBEDDER]
 
 
@@ -65,7 +71,8 @@ def embed(texts: list[str]) -> np.ndarray:
     """Unit-length float32 vectors, one row per text (one model per process, loaded on first use)."""
     if not texts:
         return np.zeros((0, DIMENSIONS), dtype=np.float32)
-    vectors = _model().encode(list(texts), batch_size=64, normalize_embeddings=True, show_progress_bar=False)
+    texts = [text[:MAX_EMBED_CHARS] for text in texts]
+    vectors = _model().encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
     return np.asarray(vectors, dtype=np.float32)
 
 

@@ -8,6 +8,7 @@ decides what the system and user turns say.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 INSTRUCTION = (
@@ -16,6 +17,23 @@ INSTRUCTION = (
 )
 MAX_BODY_CHARS = 1500
 ELLIPSIS = "\n[...]\n"
+
+# Text that talks to the model rather than to support: a message can steer a zero-shot answer with it
+# (bench/prompt_injection.py), so such answers always go to review. Phrases with short bounded gaps: linear.
+_INSTRUCTION_LIKE = re.compile(
+    r"\b(ignore|disregard|forget|override)\b.{0,40}\b(instruction|prompt|rule|label|system)s?\b"
+    r"|\b(answer|respond|reply|classify|label|categori[sz]e|tag)\b.{0,30}\b(with|as|only)\b.{0,30}\blabel\b"
+    r"|\b(classify|label|categori[sz]e|tag)\b.{0,20}\b(this|it|the message|the email)\b.{0,10}\bas\b"
+    r"|\b(correct|right|true|real)\s+(label|category|answer)\b"
+    r"|\brespond\s+only\b|\banswer\s+only\b|\byou\s+must\s+(answer|respond|reply|say|output|classify)\b"
+    r"|\b(AI|assistant|language model|LLM|chatbot|classifier)\b.{0,30}\b(reading|must|should|answer)\b"
+    r"|^\s*(system|assistant)\s*:|<\|im_(start|end)\|>|\[/?INST\]|^\s*#{2,}\s*(instruction|answer|response)",
+    re.I | re.M)
+
+
+def instruction_like(text: str, subject: str | None = None) -> bool:
+    """Whether a message holds text addressed to a model (an attempt to choose its own label)."""
+    return bool(_INSTRUCTION_LIKE.search(f"{subject or ''}\n{text}"))
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ from ..settings import Settings
 
 log = logging.getLogger(__name__)
 
+INTAKE_WORKERS = 2
+
 
 class TrackingExecutor(ThreadPoolExecutor):
     """A thread pool that remembers unfinished work, so shutdown and tests can wait for it."""
@@ -72,6 +74,11 @@ class BotContext:
         self.listener_executor = TrackingExecutor(max_workers=10, thread_name_prefix="supportbot-listener")
         self.executor = TrackingExecutor(max_workers=settings.workers, thread_name_prefix="supportbot-work",
                                          on_failure=self.db_failed)
+        # Storing a channel message (files.info, cleaning, the database write) gets a small pool of its own:
+        # the listener thread only hands the event over, so no message, however large, holds one up, and
+        # storing never waits behind model work.
+        self.intake_executor = TrackingExecutor(max_workers=INTAKE_WORKERS, thread_name_prefix="supportbot-intake",
+                                                on_failure=self.db_failed)
         # Heavy data checks (/datacheck) get one thread of their own, and do their work in a child process
         # (bot.slack.listeners.datacheck): they neither hold up answers nor keep their memory in the bot.
         self.check_executor = TrackingExecutor(max_workers=1, thread_name_prefix="supportbot-check")
@@ -204,6 +211,7 @@ class BotContext:
         for _ in range(3):  # a listener may submit a job after we looked at the work pool
             self.listener_executor.wait(timeout)
             self.command_executor.wait(timeout)
+            self.intake_executor.wait(timeout)
             self.executor.wait(timeout)
             self.check_executor.wait(timeout)
 
@@ -214,11 +222,13 @@ class BotContext:
         if drop_queued:
             self.listener_executor.shutdown(wait=True)
             self.command_executor.shutdown(wait=True)
+            self.intake_executor.shutdown(wait=True)  # acknowledged events: stored before we stop, never dropped
             self.executor.shutdown(wait=True, cancel_futures=True)
             self.check_executor.shutdown(wait=True, cancel_futures=True)
             return
         self.drain()
         self.listener_executor.shutdown(wait=True)
         self.command_executor.shutdown(wait=True)
+        self.intake_executor.shutdown(wait=True)
         self.executor.shutdown(wait=True)
         self.check_executor.shutdown(wait=True)

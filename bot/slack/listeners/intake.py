@@ -1,7 +1,9 @@
 """Intake: channel messages and forwarded emails become stored messages, classified and answered in thread.
 
-Slack acknowledges events for us before this listener runs (Bolt's default),
-and the classification itself goes to the work pool. A redelivered event
+Slack acknowledges events for us before this listener runs (Bolt's default). The
+listener only hands the event to the intake pool (storing it: files.info, cleaning,
+the database write), and the classification goes to the work pool: a listener thread,
+which acknowledgements need, is never held by a message. A redelivered event
 (X-Slack-Retry-Num) finds the message already stored and answered. Answers carry
 Slack message metadata; a bot restarted mid-answer settles what was in doubt and a
 sweep answers any collected message left without one (`recover_replies`, `answer_backlog`).
@@ -224,16 +226,21 @@ def register(app, ctx: BotContext) -> None:
 
     @app.event("message", middleware=[room_to_keep_it])
     def on_message(body, event, client):
-        try:
-            handle_message(ctx, client, body, event)
-        except RETRYABLE as exc:
-            # Acknowledged already: never lost. Kept on disk (or in memory while the disk cannot take it)
-            # and stored when the database can take it.
-            ctx.forget_db()
-            where = spool(ctx).keep({"body": {k: body.get(k) for k in ("team_id", "event_id")}, "event": event})
-            log.warning("database unavailable (%s): event %s %s for replay", exc, body.get("event_id"), where)
-        finally:
-            spool(ctx).settled()
+        ctx.intake_executor.submit(take_event, ctx, client, {k: body.get(k) for k in ("team_id", "event_id")}, event)
+
+
+def take_event(ctx: BotContext, client, body: dict, event: dict) -> None:
+    """Intake pool job: handle one acknowledged message event; kept for replay when the database cannot take it."""
+    try:
+        handle_message(ctx, client, body, event)
+    except RETRYABLE as exc:
+        # Acknowledged already: never lost. Kept on disk (or in memory while the disk cannot take it)
+        # and stored when the database can take it.
+        ctx.forget_db()
+        where = spool(ctx).keep({"body": body, "event": event})
+        log.warning("database unavailable (%s): event %s %s for replay", exc, body.get("event_id"), where)
+    finally:
+        spool(ctx).settled()  # the room reserved before the acknowledgement
 
 
 def handle_message(ctx: BotContext, client, body: dict, event: dict) -> None:
