@@ -126,6 +126,7 @@ class ServedClassifier:
         self._models: dict[str, object] = {}  # base model folder -> trainer.classify.Classifier, loaded on use
         self._paths: dict[str, str] = {}      # base model name -> the folder it loads from
         self._llm_lock = threading.Lock()
+        self._resolve_lock = threading.Lock()
         self._embeddings = None          # trainer.embeddings.EmbeddingClassifier, or None before enough labels
         self._embed_lock = threading.Lock()
         self._state = State("zero-shot", "zero-shot")
@@ -275,7 +276,9 @@ class ServedClassifier:
             return "factory"
         name = state.base_model or self.settings.zero_shot_model
         if name not in self._paths and resolve:
-            self._paths[name] = base_model_path(self.settings, name)
+            with self._resolve_lock:  # answers arriving together on a fresh install convert the model once
+                if name not in self._paths:
+                    self._paths[name] = base_model_path(self.settings, name)
         return self._paths.get(name)
 
     def _let_go_of_others(self, state: State) -> None:

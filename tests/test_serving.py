@@ -450,3 +450,34 @@ def test_an_edited_message_is_embedded_again_and_the_signature_sees_the_edit(wor
     messages.edit_message(db, m.id, raw_body="broken  refund angry   late")
     assert stored_embeddings.get_embedding(db, m.id, EMBEDDER) is not None
     classifier.close()
+
+
+def test_answers_arriving_together_on_a_fresh_install_convert_the_model_once(workspace, monkeypatch):
+    import threading
+
+    from bot import serving
+    from bot.serving import ServedClassifier, State
+
+    settings, _, _ = workspace
+    conversions, gate = [], threading.Barrier(4)
+
+    def slow_convert(settings_, name=None):
+        conversions.append(name)
+        time.sleep(0.3)  # converting a packaged model takes about a minute
+        return f"/models/{name}"
+
+    monkeypatch.setattr(serving, "base_model_path", slow_convert)
+    classifier = ServedClassifier(settings)
+    found = []
+
+    def resolve():
+        gate.wait()
+        found.append(classifier._key(State("zero-shot", "zero-shot")))
+
+    threads = [threading.Thread(target=resolve) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    classifier.close()
+    assert len(conversions) == 1 and found == [f"/models/{settings.zero_shot_model}"] * 4
