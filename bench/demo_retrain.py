@@ -61,7 +61,12 @@ def main():
               "eval_examples": (outcome.get("metrics") or {}).get("n"), "verdict": outcome.get("verdict"),
               "train_seconds": (outcome.get("training") or {}).get("train_seconds"),
               "seconds_to_first_progress": first_progress, "seconds_to_report": report,
-              "seconds_to_picture": picture, "progress_updates": updates, "report": final.get("text")}
+              "seconds_to_picture": picture, "progress_updates": updates, "report": final.get("text"),
+              # what the serving gate served after the run, and the one sentence it gave
+              "picked": (outcome.get("gate") or {}).get("picked"), "reason": (outcome.get("gate") or {}).get("reason"),
+              "p_value": (outcome.get("gate") or {}).get("p_value"),
+              "candidates": [{k: c[k] for k in ("name", "right", "n", "accuracy", "macro_f1", "serving")}
+                             for c in (outcome.get("gate") or {}).get("candidates", [])]}
     out = REPO / "bench" / "results" / "demo_retrain.json"
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))

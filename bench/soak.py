@@ -43,6 +43,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.banking77 import CACHE, DATA, machine, read_csv  # noqa: E402
+from bench.hostile import HOSTILE, huge_body  # noqa: E402
+from bot.slack.listeners.commands import CHECKING  # noqa: E402
 from slack_standin import payloads  # noqa: E402
 
 SECRET = "soak-signing-secret"
@@ -51,6 +53,7 @@ INTAKE, OTHER, REPORTS = "C0INTAKE", "C0OTHER", "C0REPORTS"
 ADMIN, AGENT, OUTSIDER = "U0ADMIN", "U0AGENT", "U0OUTSIDER"
 INJECTED = ("<!channel>", "<!here>", "<@U0ADMIN>", "<https://evil.example")  # must never reach Slack live
 IMPORT_ROWS = 30_000
+HUGE_CHARS = 41_000_000  # one forwarded email of this size, fetched with files.info
 RETRY_AFTER_S = (1, 20, 60)  # Slack retries after ~0 s, 1 min and 5 min; compressed to keep runs short
 FAULTY_METHODS = ["chat.postMessage", "chat.update", "chat.postEphemeral", "files.info", "conversations.history",
                   "conversations.replies", "files.getUploadURLExternal", "files.completeUploadExternal"]
@@ -95,10 +98,12 @@ class System:
         self.env = {**os.environ, "SUPPORTBOT_DATA_DIR": str(work / "data"), "SLACK_BOT_TOKEN": TOKEN,
                     "SLACK_SIGNING_SECRET": SECRET, "SLACK_API_URL": self.standin_url + "api/",
                     "SUPPORTBOT_ADMINS": ADMIN, "SUPPORTBOT_INTAKE_CHANNELS": INTAKE,
-                    "SUPPORTBOT_REPORT_CHANNEL": REPORTS, "SUPPORTBOT_LOG_LEVEL": "INFO"}
+                    "SUPPORTBOT_REPORT_CHANNEL": REPORTS, "SUPPORTBOT_LOG_LEVEL": "INFO",
+                    # a killed worker's run is recovered once its lease expires: short here, to fit the soak
+                    "SUPPORTBOT_RUN_LEASE_S": "10"}
         if zero_shot_model:  # the benchmarks' converted SmolLM2: no conversion inside the soak
             self.env["SUPPORTBOT_ZERO_SHOT_MODEL"] = zero_shot_model  # /retrain trains the default base model
-        self.bot = self.worker = None
+        self.bot = self.worker = self.second_worker = None
         self.bot_url = f"http://127.0.0.1:{self.bot_port}/slack/events"
 
     def cli(self, *args) -> None:
@@ -141,8 +146,12 @@ class System:
     def start_worker(self) -> None:
         self.worker = self._spawn("worker", "worker")
 
+    def start_second_worker(self) -> None:
+        """A second worker on the same database, as a rolling deploy starts one while the first trains."""
+        self.second_worker = self._spawn("worker2", "worker")
+
     def stop(self) -> None:
-        for process in (self.worker, self.bot, self.standin):
+        for process in (self.worker, self.second_worker, self.bot, self.standin):
             if process and process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 try:
@@ -208,12 +217,26 @@ class Traffic:
 
     def command(self, kind: str, expected: str, command: str, text: str, user: str = AGENT, channel: str = INTAKE,
                 **sign) -> tuple:
+        key = f"soak-{self.ts()}"
         body, content_type = payloads.slash_command(command, text, user=user, channel=channel,
-                                                    response_url=self.system.standin_url + "respond/soak")
+                                                    response_url=self.system.standin_url + "respond/" + key)
         status, answer, seconds = http(self.system.bot_url, body.encode(),
                                        payloads.signed_headers(SECRET, body, content_type, **sign))
         self.record(kind, expected, status, seconds)
+        if status == 200 and CHECKING in answer:  # acknowledged at once, answered through the response URL
+            answer = self.later_answer(key)
         return status, answer
+
+    def later_answer(self, key: str, timeout: float = 30) -> str:
+        """The answer the bot posted to the response URL `key` (empty when none came within `timeout`)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            got = json.loads(http(self.system.standin_url + f"_standin/responded?key={key}")[1] or "{}")
+            if got.get("responses"):
+                return json.dumps(got["responses"][-1])
+            time.sleep(0.2)
+        self.record("answer_never_came", "accept", -1, timeout)  # acknowledged, but no answer followed
+        return ""
 
     # -- the mix --------------------------------------------------------------------------------------------
     def message(self) -> None:
@@ -231,6 +254,11 @@ class Traffic:
             text = f"{text}\n<https://evil.example|re-enter your password> <!here>"
         elif kind == "u2028":  # characters that some readers take for line ends
             text = text.replace(" ", "\u2028", 1) + "\u2029 end\u0085"
+        elif kind == "hostile_email":  # bodies that once cost the bot minutes of cleaning (bench/hostile.py)
+            text = f"{text}\n{self.rng.choice(list(HOSTILE.values()))}"
+        elif kind == "huge_email":  # what files.info once returned: 41 MB
+            text = huge_body(HUGE_CHARS)
+            with_body = False
         file = payloads.email_file(f"F{ts.replace('.', '')}", subject=subject, sender="customer@example.com",
                                    sender_name="A Customer", body=f"Hello,\n\n{text}\n\nThanks\n--\nA Customer")
         if not with_body:  # the event leaves the body out; files.info has it
@@ -286,8 +314,8 @@ class Traffic:
     def hostile(self) -> None:
         kind = self.rng.choice(["forged", "replayed", "malformed", "oversized", "non_utf8", "unknown_label",
                                 "unknown_command", "foreign_link", "foreign_channel", "outsider_label",
-                                "outsider_click", "injected_mention", "u2028"])
-        if kind in ("injected_mention", "u2028"):  # hostile content, but real mail: stored and answered, safely
+                                "outsider_click", "injected_mention", "u2028", "hostile_email", "hostile_email"])
+        if kind in ("injected_mention", "u2028", "hostile_email"):  # hostile content, but real mail: kept, answered
             return self.email(True, kind)
         if kind == "outsider_click":
             return self.outsider_click()
@@ -371,12 +399,19 @@ def chaos(system: System, traffic: Traffic, duration: float, started: float, log
     [t.start() for t in both]
     [t.join() for t in both]
     log["retrain_answers"] = [json.loads(a).get("text", a)[:120] if a.startswith("{") else a[:120] for a in answers]
-    # Kill the worker once its run has made a training step: a real crash mid-run.
+    # Once the run has made a training step: a second worker starts (a rolling deploy) and must leave the
+    # live run alone; then the first worker is killed (a real crash mid-run).
     deadline = time.time() + duration
     while time.time() < deadline:
         with system.db() as db:
-            row = db.execute("SELECT id, run_dir FROM runs WHERE status = 'running'").fetchone()
+            row = db.execute("SELECT id, run_dir, worker_id FROM runs WHERE status = 'running'").fetchone()
         if row and row[1] and (Path(row[1]) / "metrics.jsonl").exists():
+            system.start_second_worker()
+            time.sleep(5)
+            with system.db() as db:
+                after = db.execute("SELECT status, worker_id FROM runs WHERE id = ?", [row[0]]).fetchone()
+            log["second_worker_started_during_run"] = row[0]
+            log["live_runs_taken_over_by_the_second_worker"] = int(after != ("running", row[2]))
             system.worker.kill()
             system.worker.wait()
             log["worker_killed_during_run"] = row[0]
@@ -384,7 +419,15 @@ def chaos(system: System, traffic: Traffic, duration: float, started: float, log
             system.start_worker()
             break
         time.sleep(0.5)
+    at(0.3)
+    traffic.email(False, "huge_email")
+    log["huge_email_chars"] = HUGE_CHARS
+    at(0.44)
+    log["bot_peak_rss_mb_before_first_restart"] = peak_rss_mb(system.bot.pid)  # the huge email included
     for fraction, how in ((0.45, signal.SIGTERM), (0.75, signal.SIGKILL)):
+        if how == signal.SIGKILL:  # the bot restarts onto an adapter whose weights were cut short meanwhile
+            at(0.7)
+            log["corrupt_adapter"] = corrupt_an_adapter(system)
         at(fraction)
         traffic.restarting.set()
         stopped = time.time()
@@ -392,7 +435,37 @@ def chaos(system: System, traffic: Traffic, duration: float, started: float, log
         system.bot.wait(120)
         system.start_bot()
         traffic.restarting.clear()
-        log.setdefault("bot_restarts", []).append({"signal": how.name, "seconds_down": round(time.time() - stopped, 1)})
+        log.setdefault("bot_restarts", []).append({"signal": how.name, "seconds_down": round(time.time() - stopped, 1),
+                                                   "at": round(stopped, 1)})
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """The process's peak resident memory so far (Linux), in MB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def corrupt_an_adapter(system: System) -> dict:
+    """An admin serves the newest registered adapter (the gate may have kept the embeddings), then its weights
+    file is cut to half, as a full disk or a bad copy leaves it. The bot must not serve it after its restart."""
+    from storage import adapters, open_db, served
+
+    db = open_db(system.work / "data" / "supportbot.db")
+    newest = next(iter(adapters.list_adapters(db)), None)
+    if newest is None:
+        return {"skipped": "no adapter was registered yet"}
+    adapters.promote(db, newest.version)
+    served.set_served(db, "adapter", adapter_version=newest.version, reason="soak: an admin's choice", chosen_by=ADMIN)
+    weights = Path(newest.path) / "adapter_model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:len(data) // 2])
+    db.conn.close()
+    return {"version": newest.version, "at": time.time()}
 
 
 def settle(system: System, traffic: Traffic, timeout: float) -> float:
@@ -444,10 +517,19 @@ def check(system: System, traffic: Traffic, log: dict) -> dict:
     live = sum(1 for text in posted if any(x in text for x in INJECTED))
     hostile_kinds = Counter(v["kind"] for v in traffic.messages.values())
     special_stored = {kind: sum(1 for ts, v in traffic.messages.items() if v["kind"] == kind and ts in stored)
-                      for kind in ("injected_mention", "u2028")}
+                      for kind in ("injected_mention", "u2028", "hostile_email", "huge_email")}
     forged = [r for r in requests if r["kind"] in ("forged", "replayed") and r["status"] is not None
               and 200 <= r["status"] < 300]
     acks = [r["seconds"] * 1000 for r in accepted if r["expected"] == "accept"]
+    twice = db.execute("SELECT COUNT(*) FROM (SELECT run_id FROM adapters GROUP BY run_id HAVING COUNT(*) > 1)").fetchone()[0]
+    corrupt = log.get("corrupt_adapter") or {}
+    corrupt_answers = unusable_reports = None
+    if "version" in corrupt:
+        restart = next((r["at"] for r in log.get("bot_restarts", []) if r["signal"] == "SIGKILL"), corrupt["at"])
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(restart))
+        corrupt_answers = db.execute("SELECT COUNT(*) FROM predictions WHERE adapter_version = ? AND created_at > ?",
+                                     [corrupt["version"], stamp]).fetchone()[0]
+        unusable_reports = keys.get(f"adapter:{corrupt['version']}:unusable", 0)
     return {
         "requests_sent": len(requests),
         "requests_accepted": len(accepted),
@@ -465,6 +547,15 @@ def check(system: System, traffic: Traffic, log: dict) -> dict:
         "injected_mentions_live_in_slack": live + sum(1 for r in requests if r["kind"] == "injected_mention_echoed"),
         "u2028_emails_sent": hostile_kinds.get("u2028", 0),
         "u2028_emails_stored": special_stored["u2028"],
+        "hostile_emails_sent": hostile_kinds.get("hostile_email", 0),
+        "hostile_emails_stored": special_stored["hostile_email"],
+        "hostile_emails_answered": sum(1 for ts, v in traffic.messages.items()
+                                       if v["kind"] in ("hostile_email", "huge_email") and replies.get(ts)),
+        "huge_email_stored": special_stored["huge_email"],
+        "command_answers_missing_after_checking": sum(1 for r in requests if r["kind"] == "answer_never_came"),
+        "adapters_registered_twice_for_one_run": twice,
+        "answers_from_the_corrupt_adapter_after_restart": corrupt_answers,
+        "corrupt_adapter_reports_in_channel": unusable_reports,
         "messages_sent": len(kept),
         "messages_acknowledged": len(kept & acked),
         "messages_stored": len(kept & set(stored)),

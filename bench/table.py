@@ -154,6 +154,17 @@ def soak(d: dict) -> str:
             ("Web API faults injected (429/500/503)", d["web_api_faults_injected"]),
             ("bot restarts (seconds down)", ", ".join(f"{r['signal']} ({r['seconds_down']} s)"
                                                       for r in d.get("bot_restarts", []))),
+            ("hostile emails (48 KB `<a `, 112 KB of `thanks` lines, 40 KB of `a.`): sent / stored / answered",
+             f"{d.get('hostile_emails_sent')} / {d.get('hostile_emails_stored')} / {d.get('hostile_emails_answered')} "
+             f"(answered counts the 41 MB email too)"),
+            ("41 MB email through files.info: stored; bot peak memory before its first restart",
+             f"{d.get('huge_email_stored')}; {d.get('bot_peak_rss_mb_before_first_restart')} MB"),
+            ("second worker started mid-run: live runs it took over / adapters registered twice for a run",
+             f"{d.get('live_runs_taken_over_by_the_second_worker')} / {d.get('adapters_registered_twice_for_one_run')}"),
+            ("adapter cut in half before the SIGKILL restart: answers from it afterwards / reports in the channel",
+             f"{d.get('answers_from_the_corrupt_adapter_after_restart')} / {d.get('corrupt_adapter_reports_in_channel')}"),
+            ("`/label`, `/retrain` acknowledged with Checking... and no answer after", d.get(
+                "command_answers_missing_after_checking")),
             ("ack latency p50 / p99 / max", f"{d['ack_p50_ms']:.0f} ms / {d['ack_p99_ms']:.0f} ms / "
                                             f"{d['ack_max_ms']:.0f} ms"),
             ("settled after traffic stopped", f"{d['settle_seconds']:.0f} s")]
@@ -171,6 +182,8 @@ def demo_retrain(d: dict) -> str:
     if d.get("adapter_accuracy") is not None:
         text += (f" Adapter {pct(d['adapter_accuracy'])} on its {d['eval_examples']} held-out emails, baseline "
                  f"({d['baseline']}) {pct(d['baseline_accuracy'])}. {d.get('verdict') or ''}")
+    if d.get("picked"):
+        text += f" The gate served **{d['picked']}**: {d['reason']}."
     return text
 
 

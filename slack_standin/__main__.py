@@ -16,6 +16,7 @@ import json
 import signal
 import threading
 from collections import Counter
+from urllib.parse import parse_qs, urlparse
 
 from .server import SlackStandIn
 
@@ -49,6 +50,10 @@ def main() -> None:
             return _reply(request, {"ok": True})
         if path == "/_standin/state":
             return _reply(request, state(standin))
+        if path == "/_standin/responded":  # ?key=K: what the bot posted to response_url(K)
+            key = parse_qs(urlparse(request.path).query).get("key", [""])[0]
+            with standin._lock:
+                return _reply(request, {"responses": list(standin.responded.get(key, []))})
         return original(request)
 
     standin._handle = handle

@@ -41,6 +41,7 @@ class SlackStandIn:
         self.uploads: dict[str, bytes] = {}     # bytes uploaded through files.getUploadURLExternal
         self.messages: dict[tuple[str, str], dict] = {}  # (channel, ts) -> message as last posted or updated
         self.responses: list[dict] = []         # bodies posted to response_url
+        self.responded: dict[str, list[dict]] = {}  # the same, by the response URL's key (`response_url(key)`)
         self.conversations: dict[str, dict] = {}  # id -> {"name", "members": set, "private": bool} (`set_channel`)
         self._faults: dict[str, list[tuple[int, int | None]]] = {}
         self._holds: dict[str, tuple[threading.Event, float]] = {}  # method -> (gate, longest wait) (`hold`)
@@ -158,6 +159,8 @@ class SlackStandIn:
         if path.startswith("/respond/"):
             self._record("response_url", _parse(raw, headers), headers)
             self.responses.append(_parse(raw, headers))
+            with self._lock:
+                self.responded.setdefault(path[len("/respond/"):], []).append(_parse(raw, headers))
             return _send(request, 200, "ok", "text/plain")
         if path.startswith("/upload/"):
             self.uploads[path.rsplit("/", 1)[-1]] = raw
