@@ -241,13 +241,13 @@ class ServedClassifier:
         adapter), else the embeddings, else zero-shot."""
         note = f"adapter v{broken.adapter_version} cannot serve: {self.unusable[broken.adapter_version]}"
         current = self._state
+        fitted = self._embeddings  # read once: a background refit may replace it meanwhile
         if current.kind in ("adapter", "ensemble") and current.adapter_version not in self.unusable and (
-                current.kind == "adapter" or self._embeddings is not None):
-            fitted = self._embeddings if current.kind == "ensemble" else None  # the newest fit, as _wanted does
-            instead = replace(current, note=note, embeddings=fitted)
+                current.kind == "adapter" or fitted is not None):
+            instead = replace(current, note=note, embeddings=fitted if current.kind == "ensemble" else None)
             return instead if self._key(current, resolve=False) in self._models else self._load_adapter(instead, db)
-        if self._embeddings is not None:
-            return State("embeddings", served_name("embeddings"), note=note, embeddings=self._embeddings)
+        if fitted is not None:
+            return State("embeddings", served_name("embeddings"), note=note, embeddings=fitted)
         return State("zero-shot", served_name("zero-shot"), note=note)
 
     def _model_for(self, state: State, db=None):

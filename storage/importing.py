@@ -194,9 +194,10 @@ def import_examples(db: Database, path: str | Path, examples: list[Example], *, 
         db.execute("UPDATE label_set SET active = 1 WHERE name IN (SELECT DISTINCT value FROM json_each(?))",
                    [json.dumps(used)])
     for start in range(0, len(examples), max(1, chunk_rows)):
+        chunk = examples[start:start + chunk_rows]
+        prepared = [capped(e.text, clean(e.text), e.subject) for e in chunk]  # before the lock, not under it
         with write(db):  # one short transaction per chunk: other writers get the lock in between
-            for e in examples[start:start + chunk_rows]:
-                raw, body, subject = capped(e.text, clean(e.text), e.subject)
+            for e, (raw, body, subject) in zip(chunk, prepared):
                 cursor = db.execute(
                     """INSERT INTO messages (source, external_id, raw_body, clean_body, subject, content_hash,
                            received_at) VALUES ('import', ?, ?, ?, ?, ?, ?) ON CONFLICT(external_id) DO NOTHING""",

@@ -104,8 +104,11 @@ def test_the_report_says_where_early_stopping_stopped_and_counts_the_progress_st
 
     training = {"stop_reason": "early_stopping", "best_step": 7, "global_step": 9, "max_steps": 12,
                 "best_epoch": 3, "train_seconds": 60, "epochs": [{"epoch": 3, "train_loss": 0.5, "eval_loss": 0.6}]}
+    gate = {"picked": "new adapter", "kind": "adapter", "new": True, "reason": "first", "ece": 0.1, "selective": [],
+            "details": {}, "candidates": [{"name": "new adapter", "kind": "adapter", "serving": False, "right": 4,
+                                           "n": 8, "accuracy": 0.5, "macro_f1": 0.5, "ece": 0.1}]}
     result = {"status": "succeeded", "training": training, "promotion": {"promote": True, "reason": "first"},
-              "metrics": {"accuracy": 0.5, "macro_f1": 0.5, "n": 8, "per_class": {}}}
+              "gate": gate, "metrics": {"accuracy": 0.5, "macro_f1": 0.5, "n": 8, "per_class": {}}}
     text = str(report_payload(1, result, 1, True)["blocks"])
     assert "early stopping at step 9 of 12: the eval loss had not improved since step 7" in text
     assert "9 steps" in text and "12 steps" not in text

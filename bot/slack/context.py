@@ -35,19 +35,26 @@ class TrackingExecutor(ThreadPoolExecutor):
         self._pending_lock = threading.Lock()
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
-        future = super().submit(fn, *args, **kwargs)
+        future = super().submit(self._run, fn, *args, **kwargs)
         with self._pending_lock:
             self.pending.add(future)
         future.add_done_callback(self._forget)
         return future
 
+    def _run(self, fn, /, *args, **kwargs):
+        # The failure handler runs here, in the job's own thread: a done-callback may run in the thread
+        # that submitted the job (when it had already failed), which would reopen the wrong connection.
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            log.error("background job failed: %r", exc, exc_info=exc)
+            if self.on_failure is not None:
+                self.on_failure(exc)
+            raise
+
     def _forget(self, future: Future) -> None:
         with self._pending_lock:
             self.pending.discard(future)
-        if not future.cancelled() and future.exception() is not None:
-            log.error("background job failed: %r", future.exception(), exc_info=future.exception())
-            if self.on_failure is not None:
-                self.on_failure(future.exception())
 
     def wait(self, timeout: float) -> None:
         import concurrent.futures

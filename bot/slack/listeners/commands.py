@@ -304,8 +304,9 @@ def register(app, ctx: BotContext) -> None:
         def answer_later(handler, command, respond, client):
             try:
                 respond(response_type="ephemeral", replace_original=True, **handler(command, client))
-            except Exception:  # noqa: BLE001 - the person is told; the traceback goes to the log
+            except Exception as exc:  # noqa: BLE001 - the person is told; the traceback goes to the log
                 log.exception("%s failed", command.get("command"))
+                ctx.db_failed(exc)  # a database error: this thread opens a fresh connection next time
                 respond(response_type="ephemeral", replace_original=True,
                         text="Sorry, that failed on our side; it is logged. Try again in a minute.")
         return listener
