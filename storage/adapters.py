@@ -40,11 +40,14 @@ def _adapter(row: dict) -> Adapter:
 
 
 def register_adapter(db: Database, *, path: str, base_model: str, labels: list[str], metrics: dict,
-                     run_id: int | None = None) -> Adapter:
+                     run_id: int | None = None, checksum: str | None = None) -> Adapter:
     """Record a finished adapter (its files must already be complete on disk). Not yet current.
 
-    The checksum of its folder is recorded with it (none when there is no folder at `path`)."""
-    checksum = folder_checksum(path) if Path(path).is_dir() else None
+    The checksum of its folder is recorded with it (none when there is no folder at `path`). A caller
+    inside a longer transaction passes `checksum` (`folder_checksum`, computed before it took the write
+    lock), so the lock is never held while every byte of the adapter is read."""
+    if checksum is None and Path(path).is_dir():
+        checksum = folder_checksum(path)
     with write(db):
         cursor = db.execute(
             "INSERT INTO adapters (run_id, path, base_model, labels, metrics, created_at, checksum) "

@@ -177,14 +177,15 @@ def install_adapter(settings: Settings, run: runs.Run, result: dict) -> Path:
     return target
 
 
-def record_adapter(db, run: runs.Run, result: dict, path: Path) -> tuple[adapters.Adapter, bool]:
+def record_adapter(db, run: runs.Run, result: dict, path: Path, checksum: str) -> tuple[adapters.Adapter, bool]:
     """Record the installed adapter, promote it if the gate says so, record what the gate chose: one transaction."""
     summary = {k: result["metrics"][k] for k in ("accuracy", "macro_f1", "n")}
     if result.get("baseline"):
         summary["baseline_accuracy"] = result["baseline"]["accuracy"]
     with write(db):
         adapter = adapters.register_adapter(db, path=str(path), base_model=result["base_model"],
-                                            labels=result["labels"], metrics=summary, run_id=run.id)
+                                            labels=result["labels"], metrics=summary, run_id=run.id,
+                                            checksum=checksum)
         promoted = bool(result["promotion"]["promote"])
         if promoted:
             adapter = adapters.promote(db, adapter.version)
@@ -197,7 +198,8 @@ def record_adapter(db, run: runs.Run, result: dict, path: Path) -> tuple[adapter
 
 def register_result(settings: Settings, db, run: runs.Run, result: dict) -> tuple[adapters.Adapter, bool]:
     """Copy the run's adapter into the registry (atomically), record it, promote it if the gate says so."""
-    return record_adapter(db, run, result, install_adapter(settings, run, result))
+    target = install_adapter(settings, run, result)
+    return record_adapter(db, run, result, target, adapters.folder_checksum(target))
 
 
 def finish_succeeded(settings: Settings, db, run: runs.Run, result: dict, stats: dict | None) -> RunOutcome:
@@ -206,9 +208,10 @@ def finish_succeeded(settings: Settings, db, run: runs.Run, result: dict, stats:
     LeaseLost (another worker took the run over) rolls all of it back, and the copied adapter files are removed.
     """
     target = install_adapter(settings, run, result)
+    checksum = adapters.folder_checksum(target)  # read every byte before the write lock, not under it
     try:
         with write(db):
-            adapter, promoted = record_adapter(db, run, result, target)
+            adapter, promoted = record_adapter(db, run, result, target, checksum)
             finished = runs.finish_run(db, run.id, "succeeded", adapter_version=adapter.version,
                                        dataset_stats=stats, worker_id=run.worker_id)
     except LeaseLost:
