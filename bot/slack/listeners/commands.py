@@ -288,12 +288,6 @@ CHECKING = "Checking..."  # the acknowledgement of a command answered after it (
 
 
 def register(app, ctx: BotContext) -> None:
-    def quick(handler):
-        """A command answered from the database alone: the answer goes with the acknowledgement."""
-        def listener(ack, command):
-            ack(response_type="ephemeral", text=handler(ctx, command))
-        return listener
-
     def deferred(handler):
         """A command that asks Slack (channel membership) or reads at length: acknowledged at once, answered
         from the command pool through the response URL."""
@@ -320,15 +314,11 @@ def register(app, ctx: BotContext) -> None:
 
     app.command("/label")(label_answer)
     app.command("/retrain")(deferred(lambda command, client: {"text": retrain_command(ctx, command)}))
-    app.command("/model")(quick(model_command))
-
-    @app.command("/labels")
-    def labels_listener(ack, command):
-        ack(response_type="ephemeral", **labels_command(ctx, command))
-
-    @app.command("/stats")
-    def stats(ack):
-        ack(response_type="ephemeral", blocks=stats_payload(ctx), text="supportbot stats")
+    # These read tables that grow with the team's data (predictions, the label history): answered after
+    # the acknowledgement too, so a large database never makes Slack wait.
+    app.command("/model")(deferred(lambda command, client: {"text": model_command(ctx, command)}))
+    app.command("/labels")(deferred(lambda command, client: labels_command(ctx, command)))
+    app.command("/stats")(deferred(lambda command, client: {"blocks": stats_payload(ctx), "text": "supportbot stats"}))
 
     @app.command("/classify")
     def classify(ack, command, respond):
