@@ -109,7 +109,7 @@ def test_the_report_says_where_early_stopping_stopped_and_counts_the_progress_st
                                            "n": 8, "accuracy": 0.5, "macro_f1": 0.5, "ece": 0.1}]}
     result = {"status": "succeeded", "training": training, "promotion": {"promote": True, "reason": "first"},
               "gate": gate, "metrics": {"accuracy": 0.5, "macro_f1": 0.5, "n": 8, "per_class": {}}}
-    text = str(report_payload(1, result, 1, True)["blocks"])
+    text = str(report_payload(1, result, 1)["blocks"])
     assert "early stopping at step 9 of 12: the eval loss had not improved since step 7" in text
     assert "9 steps" in text and "12 steps" not in text
     finished = str(progress_payload(1, {"step": 9, "max_steps": 12, "finished": True}, 0.0, None))

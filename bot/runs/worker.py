@@ -40,7 +40,7 @@ class Reports(Protocol):
     """What the channel sees of a run, as outbox payloads (bot.slack.reports is one)."""
 
     def progress_payload(self, run_id: int, record: dict, started: float, last_eval: float | None) -> dict: ...
-    def report_payload(self, run_id: int, result: dict, adapter_version: int | None, promoted: bool) -> dict: ...
+    def report_payload(self, run_id: int, result: dict, adapter_version: int | None) -> dict: ...
     def failure_payload(self, run_id: int, status: str, error: str | None) -> dict: ...
 
 
@@ -152,7 +152,7 @@ class Worker:
                 run.id, {"step": result["training"]["global_step"], "max_steps": result["training"]["max_steps"],
                          "epoch": (result["training"]["epochs"] or [{}])[-1].get("epoch"), "finished": True},
                 time.time(), None))
-            self._say(key, self.reports.report_payload(run.id, result, outcome.adapter.version, outcome.promoted))
+            self._say(key, self.reports.report_payload(run.id, result, outcome.adapter.version))
             picture = Path(result["adapter_dir"]).parent / "report.png"
             if picture.exists():
                 self._say(f"run:{run.id}:picture", {"path": str(picture), "title": f"Training run {run.id}",

@@ -71,7 +71,7 @@ def candidates_table(gate: dict, adapter_version: int | None) -> str:
     return "```\n" + "\n".join(rows) + "\n```"
 
 
-def report_payload(run_id: int, result: dict, adapter_version: int | None, promoted: bool) -> dict:
+def report_payload(run_id: int, result: dict, adapter_version: int | None) -> dict:
     training, metrics = result["training"], result["metrics"]
     serving = result.get("serving")
     gate = result["gate"]
