@@ -104,8 +104,8 @@ def machine() -> dict:
 
 
 def baselines(train: list[dict], test: list[dict]) -> list[dict]:
-    from trainer.baseline import fit_predict
-    from trainer.evaluate import classification_metrics
+    from classifier.baseline import fit_predict
+    from classifier.evaluate import classification_metrics
 
     names = sorted({r["label"] for r in train})
     out = []
@@ -156,10 +156,10 @@ def evaluate_adapter(adapter_dir: Path, model_cache: Path, test: list[dict], sav
     """Test metrics of the adapter through the serving classifier; with `save_to`, its probability matrix too."""
     import torch
 
-    from trainer.classify import Classifier
-    from trainer.evaluate import classification_metrics
-    from trainer.models import resolve_base_model
-    from trainer.prompts import LabelInfo
+    from classifier.classify import Classifier
+    from classifier.evaluate import classification_metrics
+    from classifier.models import resolve_base_model
+    from classifier.prompts import LabelInfo
 
     meta = json.loads((adapter_dir / "supportbot.json").read_text())
     labels = meta["prompt"]["labels"]

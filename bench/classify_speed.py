@@ -99,11 +99,11 @@ def generate_labels(model, tokenizer, spec, texts, max_new_tokens, batch_size):
 def main():
     import torch
 
-    from trainer.classify import Classifier, predict
+    from classifier.classify import Classifier, predict
     from trainer.data import PromptSpec, label_ids
-    from trainer.scoring import LabelScorer
-    from trainer.models import resolve_base_model
-    from trainer.prompts import LabelInfo
+    from classifier.scoring import LabelScorer
+    from classifier.models import resolve_base_model
+    from classifier.prompts import LabelInfo
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=256)
@@ -206,9 +206,9 @@ def head_speed(args) -> None:
     """The default adapter as the bot serves it: p50/p95 of one message, batched throughput, accuracy."""
     import torch
 
-    from trainer.classify import Classifier, read_adapter_meta
-    from trainer.models import resolve_base_model
-    from trainer.prompts import LabelInfo
+    from classifier.classify import Classifier, read_adapter_meta
+    from classifier.models import resolve_base_model
+    from classifier.prompts import LabelInfo
 
     adapter = CACHE / "banking77" / "default" / "adapter"
     meta = read_adapter_meta(adapter)

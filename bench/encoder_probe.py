@@ -38,7 +38,7 @@ def main() -> None:
     from transformers import AutoModel, AutoTokenizer, get_scheduler
 
     from trainer.config import ENCODER_LINEAR
-    from trainer.embeddings import REGULARISATION_C, model_path
+    from classifier.embeddings import REGULARISATION_C, model_path
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lr", type=float, default=1e-3)

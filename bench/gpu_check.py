@@ -44,7 +44,7 @@ def load_tokenizer(folder: str | None):
     if folder:
         tokenizer = AutoTokenizer.from_pretrained(folder)
     else:
-        from trainer.models import embedded_gguf
+        from classifier.models import embedded_gguf
 
         gguf = embedded_gguf()
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -82,8 +82,8 @@ def train_steps(folder: Path, device: str, *, steps: int, batch: int, seq: int, 
     from peft import get_peft_model
 
     from trainer.config import TrainConfig
-    from trainer.models import load_base_model
-    from trainer.train import lora_config
+    from classifier.models import load_base_model
+    from trainer.methods.scoring import lora_config
 
     cuda = device == "cuda"
     if cuda:
@@ -132,9 +132,9 @@ def train_steps(folder: Path, device: str, *, steps: int, batch: int, seq: int, 
 
 def save_adapter(model, folder: Path) -> None:
     """The trained LoRA with the metadata the serving classifier reads."""
-    from trainer.classify import ADAPTER_META
+    from classifier.classify import ADAPTER_META
     from trainer.data import PromptSpec
-    from trainer.prompts import LabelInfo
+    from classifier.prompts import LabelInfo
 
     model.save_pretrained(folder)
     spec = PromptSpec(tuple(LabelInfo(n, d) for n, d in LABELS), True, 1500, verbalize=True)
@@ -145,8 +145,8 @@ def classify(folder: Path, adapter: Path, device: str, rounds: int) -> dict:
     """The project's Classifier as the bot loads it (4-bit on CUDA), zero-shot and then with the adapter."""
     import torch
 
-    from trainer.classify import Classifier
-    from trainer.prompts import LabelInfo
+    from classifier.classify import Classifier
+    from classifier.prompts import LabelInfo
 
     labels = [LabelInfo(n, d) for n, d in LABELS]
     started = time.time()

@@ -39,7 +39,7 @@ def flip(rows: list[dict], share: float, seed: int) -> tuple[list[dict], set[int
 
 
 def main():
-    from trainer.datacheck import suspected_mislabels, vectors
+    from datacheck.checks import suspected_mislabels, vectors
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--share", type=float, default=0.10)

@@ -37,7 +37,7 @@ def demo_labels() -> list[tuple[str, str]]:
 
 
 def run(classifier, label_set: list[tuple[str, str]], threshold: float) -> list[dict]:
-    from trainer.prompts import LabelInfo, instruction_like
+    from classifier.prompts import LabelInfo, instruction_like
 
     classifier.use_zero_shot([LabelInfo(n, d) for n, d in label_set])
     rows = []
@@ -65,9 +65,9 @@ def summary(rows: list[dict]) -> dict:
 
 def main() -> None:
     from bot.settings import load_settings
-    from trainer.classify import Classifier
-    from trainer.models import ZERO_SHOT_MODEL, quiet_libraries, resolve_base_model
-    from trainer.prompts import LabelInfo
+    from classifier.classify import Classifier
+    from classifier.models import ZERO_SHOT_MODEL, quiet_libraries, resolve_base_model
+    from classifier.prompts import LabelInfo
 
     quiet_libraries()
     threshold = load_settings({}, env_file=None).review_threshold

@@ -29,8 +29,8 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 def _scores(name: str, role: str, logp: np.ndarray, gold: np.ndarray, names: list[str]) -> dict:
-    from trainer.calibration import expected_calibration_error, selective_accuracy
-    from trainer.evaluate import classification_metrics
+    from classifier.calibration import expected_calibration_error, selective_accuracy
+    from classifier.evaluate import classification_metrics
 
     probs = np.exp(logp)
     m = classification_metrics([names[i] for i in gold], [names[i] for i in probs.argmax(1)], names)
@@ -39,7 +39,7 @@ def _scores(name: str, role: str, logp: np.ndarray, gold: np.ndarray, names: lis
 
 
 def embedding_classifier(train: list[dict], test: list[dict], names: list[str]):
-    from trainer.embeddings import EmbeddingClassifier, embed
+    from classifier.embeddings import EmbeddingClassifier, embed
 
     started = time.perf_counter()
     x_train = embed([r["text"] for r in train])
@@ -53,8 +53,8 @@ def embedding_classifier(train: list[dict], test: list[dict], names: list[str]):
 def candidate_entries(gate: dict, fitted, x_test: np.ndarray, adapter_logp: np.ndarray | None,
                       gold: np.ndarray, names: list[str], adapter_name: str) -> list[dict]:
     """Every candidate of the run's gate, scored on the test rows with the run's own temperatures and mix."""
-    from trainer.calibration import log_softmax
-    from trainer.ensemble import Mix
+    from classifier.calibration import log_softmax
+    from classifier.ensemble import Mix
 
     by_kind = {c["kind"]: c for c in gate["candidates"]}
     entries = [{**_scores("embeddings (MiniLM + logistic regression, calibrated)", "baseline",
@@ -79,7 +79,7 @@ def served_entry(gate: dict, entries: list[dict]) -> dict:
 
 def held_out_intents(train: list[dict], test: list[dict], names: list[str], x_train, x_test, seed: int = 42) -> dict:
     """Train without some intents; how many of their test messages get *Needs review*, against in-scope ones."""
-    from trainer.embeddings import EmbeddingClassifier
+    from classifier.embeddings import EmbeddingClassifier
 
     held = sorted(random.Random(seed).sample(names, HELD_OUT_INTENTS))
     keep = [n for n in names if n not in held]

@@ -32,9 +32,9 @@ def main():
 
     from trainer.config import TrainConfig
     from trainer.data import PromptSpec, prompt_messages, tokenize_examples
-    from trainer.models import load_base_model, load_tokenizer, resolve_base_model
-    from trainer.prompts import LabelInfo
-    from trainer.train import _sft_trainer_class, lora_config, sft_config
+    from classifier.models import load_base_model, load_tokenizer, resolve_base_model
+    from classifier.prompts import LabelInfo
+    from trainer.methods.scoring import _sft_trainer_class, lora_config, sft_config
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)

@@ -16,7 +16,7 @@ import click
 from storage import StorageError, open_db
 from storage import importing, labels as label_store
 
-from trainer.models import ModelError
+from classifier.models import ModelError
 
 from .serving import NoLabels
 from .settings import SettingsError, load_settings, settings_table
@@ -154,7 +154,7 @@ def import_(ctx: Context, file: Path, text_col: str, label_col: str, as_json: bo
     Importing the same file again stores nothing twice.
     """
     examples = importing.read_examples(file, text_col=text_col, label_col=label_col)
-    from trainer.cleaning import text_cleaner
+    from textprep.cleaning import text_cleaner
 
     result = importing.import_examples(ctx.db, file, examples, clean=text_cleaner(ctx.settings.redact))
     if as_json:
@@ -406,7 +406,7 @@ def classify(ctx: Context, text: str | None, in_file: Path | None, out: Path | N
     """Classify TEXT, or every row of --file into --out, with the model that serves (README: which model answers)."""
     import csv
 
-    from trainer.text import EmptyText
+    from textprep.text import EmptyText
 
     from .serving import answered_by, load_classifier
 
@@ -454,7 +454,7 @@ def classify(ctx: Context, text: str | None, in_file: Path | None, out: Path | N
 @pass_ctx
 def eval_(ctx: Context, file: Path, text_col: str, label_col: str, as_json: bool):
     """Accuracy, macro-F1 and per-class scores of the serving adapter on a labeled CSV."""
-    from trainer.evaluate import classification_metrics
+    from classifier.evaluate import classification_metrics
 
     from .serving import load_classifier
 

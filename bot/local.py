@@ -39,7 +39,7 @@ def seed_demo(db, *, redact: bool = False) -> int:
         for row in csv.DictReader(f):
             labels.add_label_def(db, row["name"], row["description"])
     path = DEMO / "emails.csv"
-    from trainer.cleaning import text_cleaner
+    from textprep.cleaning import text_cleaner
 
     return importing.import_examples(db, path, importing.read_examples(path, text_col="text", label_col="label"),
                                      clean=text_cleaner(redact)).stored

@@ -29,7 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 
 from storage import adapters, embeddings as stored_embeddings, labels, open_db, served
-from trainer.prompts import LabelInfo
+from classifier.prompts import LabelInfo
 
 from .settings import Settings
 
@@ -44,7 +44,7 @@ def label_infos(db) -> list[LabelInfo]:
 
 def base_model_path(settings: Settings, name: str | None = None) -> str:
     """Where the base model `name` (default: the one `/retrain` fine-tunes) loads from."""
-    from trainer.models import resolve_base_model
+    from classifier.models import resolve_base_model
 
     return resolve_base_model(name or settings.base_model, settings.model_cache_dir)
 
@@ -207,7 +207,7 @@ class ServedClassifier:
         """`wanted` with its adapter checked and swapped in, or what serves instead when it cannot be."""
         version = wanted.adapter_version
         if version not in self.unusable:
-            from trainer.adapters import check_adapter
+            from classifier.adapters import check_adapter
 
             touched = False
             try:
@@ -260,7 +260,7 @@ class ServedClassifier:
         key = self._key(state)
         with self._llm_lock:
             if key not in self._models:
-                from trainer.classify import Classifier
+                from classifier.classify import Classifier
 
                 own_db = db or open_db(self.settings.db_path)
                 if self._llm_factory is not None:
@@ -294,7 +294,7 @@ class ServedClassifier:
 
     def classify_many(self, items: list, *, vectors=None) -> list:
         """Texts or (text, subject) pairs, answered by the serving model. Empty texts raise EmptyText."""
-        from trainer.text import require_text
+        from textprep.text import require_text
 
         pairs = [(item, None) if isinstance(item, (str, bytes)) else tuple(item) for item in items]
         cleaned = [(require_text(text), subject) for text, subject in pairs]
@@ -308,7 +308,7 @@ class ServedClassifier:
     def _answer(self, state: State, cleaned: list, vectors) -> list | None:
         import numpy as np
 
-        from trainer.embeddings import from_blob, message_text
+        from classifier.embeddings import from_blob, message_text
 
         started = time.perf_counter()
         needs_vectors = state.kind in ("embeddings", "ensemble")
@@ -333,7 +333,7 @@ class ServedClassifier:
             certified = all(p.certified for p in made)
             details = state.details or {}
             if state.kind == "ensemble":
-                from trainer.ensemble import Mix
+                from classifier.ensemble import Mix
 
                 columns = [fitted.labels.index(n) for n in names]
                 logp = Mix.from_dict(details["mix"]).log_probs(logp, fitted.logits(matrix)[:, columns])
@@ -350,7 +350,7 @@ class ServedClassifier:
 
     def vector_for(self, db, message_id: int, text: str, subject: str | None):
         """A stored message's vector, embedded and stored the first time (None without the embedder)."""
-        from trainer.embeddings import EMBEDDER, EmbedderMissing, from_blob, message_text, to_blob
+        from classifier.embeddings import EMBEDDER, EmbedderMissing, from_blob, message_text, to_blob
 
         stored = stored_embeddings.get_embedding(db, message_id, EMBEDDER)
         if stored is not None:
@@ -363,7 +363,7 @@ class ServedClassifier:
         return vector
 
     def embed(self, texts: list[str]):
-        from trainer.embeddings import embed
+        from classifier.embeddings import embed
 
         with self._embed_lock:
             return embed(texts)
@@ -375,7 +375,7 @@ class ServedClassifier:
 
         Returns True when a classifier was fitted (two labels with two examples each at least).
         """
-        from trainer.embeddings import EMBEDDER, EmbedderMissing, EmbeddingClassifier, from_blob, message_text, to_blob
+        from classifier.embeddings import EMBEDDER, EmbedderMissing, EmbeddingClassifier, from_blob, message_text, to_blob
 
         signature = _label_signature(db)
         try:
@@ -440,7 +440,7 @@ def _label_signature(db) -> tuple:
 
 def _prediction(names: list[str], logp, state: State, threshold: float, latency_ms: float, *,
                 novel: bool, certified: bool):
-    from trainer.classify import Prediction
+    from classifier.classify import Prediction
 
     top_logp = max(logp)
     weights = [math.exp(x - top_logp) for x in logp]

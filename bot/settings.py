@@ -15,7 +15,7 @@ from typing import Mapping
 from urllib.parse import urlparse
 
 from storage.runs import DEFAULT_LEASE_S
-from trainer.models import DEFAULT_BASE_MODEL, ZERO_SHOT_MODEL
+from classifier.models import DEFAULT_BASE_MODEL, ZERO_SHOT_MODEL
 
 
 class SettingsError(ValueError):

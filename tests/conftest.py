@@ -52,7 +52,7 @@ def build_tiny_model(folder: Path) -> str:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from trainer.models import embedded_gguf
+    from classifier.models import embedded_gguf
 
     gguf = embedded_gguf()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -114,7 +114,7 @@ def tiny_encoder_dir(request):
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from trainer.embeddings import model_path
+    from classifier.embeddings import model_path
 
     tokenizer = AutoTokenizer.from_pretrained(model_path())
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -127,9 +127,9 @@ def tiny_encoder_dir(request):
 
 def toy_classifier(path):
     """The serving classifier on the model at `path` (tiny Llama or tiny BERT), with the toy labels."""
-    from trainer.classify import Classifier
-    from trainer.models import load_base_model, load_tokenizer
-    from trainer.prompts import LabelInfo
+    from classifier.classify import Classifier
+    from classifier.models import load_base_model, load_tokenizer
+    from classifier.prompts import LabelInfo
 
     model = load_base_model(path, device="cpu")
     model.eval()

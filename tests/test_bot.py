@@ -694,7 +694,7 @@ def test_every_surface_names_the_model_that_answered_and_what_serves(bot, monkey
     saying so after a gate kept the embeddings over a newly registered adapter."""
     from storage import served
     from tests.test_serving import fake_embed, label_two_of_each
-    from trainer import embeddings
+    from classifier import embeddings
 
     monkeypatch.setattr(embeddings, "embed", fake_embed)
     label_two_of_each(bot.db)
@@ -734,7 +734,7 @@ def test_every_surface_names_the_model_that_answered_and_what_serves(bot, monkey
 def test_the_thread_reply_names_an_ensemble_as_an_ensemble():
     from bot.serving import answered_by
     from bot.slack.blocks import prediction_blocks
-    from trainer.classify import Prediction
+    from classifier.classify import Prediction
 
     p = Prediction(label="complaint", confidence=0.9, needs_review=False, adapter_version=3, zero_shot=False,
                    scores={"complaint": 0.9, "question": 0.1}, alternatives=[["question", 0.1]],

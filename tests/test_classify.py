@@ -5,12 +5,12 @@ import time
 
 import pytest
 
-from trainer.classify import Classifier
+from classifier.classify import Classifier
 from trainer.data import PromptSpec
-from trainer.prompts import LabelInfo, truncate_middle, user_prompt
+from classifier.prompts import LabelInfo, truncate_middle, user_prompt
 from trainer.run import run
-from trainer.scoring import LabelScorer, score_reference
-from trainer.text import EmptyText, to_text
+from classifier.scoring import LabelScorer, score_reference
+from textprep.text import EmptyText, to_text
 
 from .conftest import TOY_WORDS, make_run_dir, toy_config, toy_examples
 
@@ -26,7 +26,7 @@ TEXTS = [("My card never arrived and I want a refund", "Where is my card?"),
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    from trainer.models import load_base_model, load_tokenizer
+    from classifier.models import load_base_model, load_tokenizer
 
     model = load_base_model(tiny_model_dir, device="cpu")
     model.eval()
@@ -65,7 +65,7 @@ def test_beam_without_certify_scores_its_candidates_exactly_and_says_when_certai
 
 
 def test_few_rivals_are_scored_exactly_so_even_an_unsure_model_is_certified(tiny):
-    import trainer.scoring as scoring
+    import classifier.scoring as scoring
 
     model, tokenizer = tiny  # random weights: greedy search rarely certifies its top label alone
     labels = MANY_LABELS[:8]  # at most 7 rivals each: few enough for the rival pass
@@ -119,7 +119,7 @@ def test_batched_and_one_at_a_time_agree(tiny):
 def test_search_groups_share_passes_and_never_read_unwritten_cache(tiny, monkeypatch):
     import torch
 
-    import trainer.scoring as scoring
+    import classifier.scoring as scoring
 
     model, tokenizer = tiny
     scorer = LabelScorer(model, tokenizer, PromptSpec(tuple(MANY_LABELS), False, 1500), beam_width=2)
@@ -174,7 +174,7 @@ def test_head_on_scored_positions_only_matches_the_full_forward(tiny, monkeypatc
 
 
 def test_length_groups_split_only_where_padding_costs_more_than_a_pass():
-    from trainer.scoring import PASS_COST_TOKENS, _length_groups
+    from classifier.scoring import PASS_COST_TOKENS, _length_groups
 
     def covers(passes, n):
         return sorted(i for p in passes for i in p) == list(range(n))
@@ -213,7 +213,7 @@ def two_adapters(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture
 def classifier(tiny_model_dir):
-    from trainer.models import load_base_model, load_tokenizer
+    from classifier.models import load_base_model, load_tokenizer
 
     model = load_base_model(tiny_model_dir, device="cpu")
     model.eval()
@@ -244,7 +244,7 @@ def test_zero_shot_answers_to_instruction_like_emails_always_go_to_review(classi
 def test_the_instruction_check_leaves_ordinary_support_mail_alone():
     import csv
 
-    from trainer.prompts import instruction_like
+    from classifier.prompts import instruction_like
 
     from .conftest import BANKING77, REPO
 
@@ -350,8 +350,8 @@ def test_zero_shot_after_an_adapter_uses_the_base_weights(classifier, two_adapte
 def test_served_adapter_is_merged_and_scores_as_unmerged(classifier, two_adapters, tiny_model_dir):
     from peft import PeftModel
 
-    from trainer.classify import predict
-    from trainer.models import load_base_model
+    from classifier.classify import predict
+    from classifier.models import load_base_model
 
     texts = [e["text"] for e in toy_examples(per_label=4, seed=3)]
     classifier.use_adapter(two_adapters[0], version=1)
@@ -371,7 +371,7 @@ def test_served_adapter_is_merged_and_scores_as_unmerged(classifier, two_adapter
 
 
 def test_a_4bit_base_keeps_the_adapter_apart(tiny_model_dir, two_adapters):
-    from trainer.models import load_base_model, load_tokenizer
+    from classifier.models import load_base_model, load_tokenizer
 
     model = load_base_model(tiny_model_dir, quantization="4bit", device="cpu").eval()
     classifier = Classifier(model, load_tokenizer(tiny_model_dir), TOY_LABELS)
@@ -384,8 +384,8 @@ def test_a_4bit_base_keeps_the_adapter_apart(tiny_model_dir, two_adapters):
 def test_classifier_attends_with_grouped_heads_and_scores_as_default_attention(tiny_model_dir, monkeypatch):
     import transformers.integrations.sdpa_attention as sdpa
 
-    from trainer.classify import zero_shot_spec
-    from trainer.models import GROUPED_SDPA, load_base_model, load_tokenizer
+    from classifier.classify import zero_shot_spec
+    from classifier.models import GROUPED_SDPA, load_base_model, load_tokenizer
 
     model, tokenizer = load_base_model(tiny_model_dir, device="cpu").eval(), load_tokenizer(tiny_model_dir)
     assert model.config.num_key_value_heads < model.config.num_attention_heads  # the tiny model is GQA

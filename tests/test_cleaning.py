@@ -1,6 +1,6 @@
 """Email cleaning on real-looking emails from several clients."""
 
-from trainer.cleaning import clean_email, redact
+from textprep.cleaning import clean_email, redact
 
 GMAIL = """Hi team,
 
@@ -126,7 +126,7 @@ def test_hostile_bodies_of_200_kb_clean_in_linear_time():
 
 def test_only_the_first_max_parse_chars_are_read():
     from storage.messages import MAX_RAW_CHARS
-    from trainer.text import MAX_PARSE_CHARS, to_text
+    from textprep.text import MAX_PARSE_CHARS, to_text
 
     assert MAX_PARSE_CHARS >= MAX_RAW_CHARS  # every stored raw character can be cleaned
     assert to_text("x" * (MAX_PARSE_CHARS + 5000)) == "x" * MAX_PARSE_CHARS
@@ -135,7 +135,7 @@ def test_only_the_first_max_parse_chars_are_read():
 
 def test_html_scanner_reads_what_html_parser_read():
     """The one-pass scanner that replaced html.parser gives the same text on these."""
-    from trainer.text import html_to_text
+    from textprep.text import html_to_text
 
     markup = ('<!DOCTYPE html><html><head><title>t</title><style>p {color: red}</style></head><body>'
               '<p class="x">Order&nbsp;#12 &amp; more</p><!-- a <p>comment</p> --><script>alert(1)</script>'

@@ -18,7 +18,7 @@ from jsonl import dumps_line
 
 from .conftest import make_run_dir, toy_config, toy_examples
 from .test_bot import AGENT, INTAKE, bot  # noqa: F401
-from trainer.cleaning import text_cleaner
+from textprep.cleaning import text_cleaner
 
 CLEAN = text_cleaner(redact_personal=False)
 

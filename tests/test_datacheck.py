@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from trainer.datacheck import check_data, exact_groups, label_counts
+from datacheck.checks import check_data, exact_groups, label_counts
 
 from .conftest import TOY_WORDS
 
@@ -78,8 +78,8 @@ def test_tfidf_vectors_stay_sparse_and_still_find_near_duplicates_and_leakage(mo
     """Without MiniLM the check runs on sparse TF-IDF rows (a dense copy of Banking77's was gigabytes)."""
     import scipy.sparse
 
-    from trainer import baseline
-    from trainer.datacheck import vectors
+    from classifier import baseline
+    from datacheck.checks import vectors
 
     monkeypatch.setattr(baseline, "minilm_path", lambda: None)
     vecs, method = vectors(["the card was declined", "the card got declined", "where is my parcel"])

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from trainer.config import ConfigError, ENCODER_LINEAR, TrainConfig
-from trainer.models import ModelError
+from classifier.models import ModelError
 from trainer.run import run
 
 from .conftest import TOY_WORDS, make_run_dir, toy_classifier, toy_config, toy_examples
@@ -37,7 +37,7 @@ def test_an_encoder_gets_the_encoder_recipe_learns_and_is_refitted_on_every_exam
     assert result["refit"]["examples"] == result["data"]["train"] + result["data"]["eval"] == 60
     # As many epochs as the first training's best: its best step, scaled by the larger data's steps per epoch.
     from trainer.config import TrainConfig
-    from trainer.train import steps_per_epoch
+    from trainer.methods.scoring import steps_per_epoch
 
     cfg = TrainConfig(**result["config"])
     with_copies = lambda n: n + round(n * cfg.injection_augmentation)  # noqa: E731 - the injection copies
@@ -59,9 +59,9 @@ def test_an_encoder_gets_the_encoder_recipe_learns_and_is_refitted_on_every_exam
 def test_the_refitted_encoder_adapter_reloads_and_answers_like_the_saved_one(encoder_run, tiny_encoder_dir):
     import torch
 
-    from trainer.adapters import make_scorer
-    from trainer.classify import read_adapter_meta
-    from trainer.models import load_base_model, load_tokenizer
+    from classifier.adapters import make_scorer
+    from classifier.classify import read_adapter_meta
+    from classifier.models import load_base_model, load_tokenizer
     from peft import PeftModel
 
     run_dir, _ = encoder_run
@@ -148,8 +148,8 @@ def test_a_head_adapter_exports_with_its_head_and_no_text_generation_files(encod
     from safetensors.torch import load_file
 
     from trainer.export import export_adapter
-    from trainer.head import features, head_prompt_ids, load_head
-    from trainer.models import load_base_model, load_tokenizer
+    from trainer.methods.head import features, head_prompt_ids, load_head
+    from classifier.models import load_base_model, load_tokenizer
 
     run_dir, _ = encoder_run
     written = export_adapter(run_dir / "adapter", tiny_encoder_dir, tmp_path / "out", name="v1", merged=True)
@@ -204,7 +204,7 @@ def test_the_bot_answers_zero_shot_with_the_llm_then_with_an_adapter_on_the_enco
 
 
 def test_a_failed_refit_keeps_the_adapter_the_gate_measured(tiny_encoder_dir, tmp_path, monkeypatch):
-    from trainer import head as head_module
+    from trainer.methods import head as head_module
 
     real, calls = head_module.fit_head, []
 
@@ -231,7 +231,7 @@ def test_a_failed_refit_keeps_the_adapter_the_gate_measured(tiny_encoder_dir, tm
 def test_encoders_are_told_from_decoders_by_model_type(tiny_encoder_dir, tiny_model_dir):
     from transformers import AutoConfig, LlamaConfig, MistralConfig
 
-    from trainer.models import is_encoder
+    from classifier.models import is_encoder
 
     assert is_encoder(AutoConfig.from_pretrained(tiny_encoder_dir))
     assert not is_encoder(AutoConfig.from_pretrained(tiny_model_dir))
@@ -288,7 +288,8 @@ def test_with_a_refit_the_gate_compares_models_trained_on_the_same_examples(monk
     """The adapter trained on train alone (dev only stopped it): so is the embedding candidate, when both refit."""
     import numpy as np
 
-    from trainer import candidates, embeddings
+    from trainer import candidates
+    from classifier import embeddings
 
     from .test_serving import fake_embed
 

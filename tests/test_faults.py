@@ -268,9 +268,9 @@ def build_head_adapter(folder, encoder_dir, rows=3, hidden=32):
     from peft import LoraConfig, get_peft_model
 
     from trainer.data import PromptSpec
-    from trainer.head import save_head
-    from trainer.models import load_base_model
-    from trainer.prompts import LabelInfo
+    from trainer.methods.head import save_head
+    from classifier.models import load_base_model
+    from classifier.prompts import LabelInfo
 
     from .conftest import TOY_WORDS
 
@@ -296,7 +296,7 @@ def corrupt(folder, kind):
         head.write_bytes(b"\x13\x37" * 500)
     elif kind == "tampered head":  # a valid file, other numbers: only the checksum tells
         import torch
-        from trainer.head import save_head
+        from trainer.methods.head import save_head
 
         save_head(torch.nn.Linear(32, 3), folder)
     elif kind == "bad metadata":
@@ -334,7 +334,7 @@ def adapter_bot(bot, tiny_encoder_dir, monkeypatch):  # noqa: F811
     """The bot with a report channel, the embeddings able to serve, and a head adapter v1 registered to serve."""
     import dataclasses
 
-    from trainer import embeddings
+    from classifier import embeddings
 
     from .test_serving import fake_embed
 
@@ -435,7 +435,7 @@ def test_the_adapter_serving_before_keeps_serving_when_the_next_one_is_corrupt(w
 def workspace_for_adapters(env, tiny_model_dir, monkeypatch):
     from bot.settings import load_settings
     from storage import labels, open_db
-    from trainer import embeddings
+    from classifier import embeddings
 
     from .test_serving import fake_embed
 

@@ -21,7 +21,7 @@ def test_head_training_changes_the_head_and_the_adapter_and_learns(head_run, tin
     import torch
     from safetensors.torch import load_file
 
-    from trainer.head import fit_probe
+    from trainer.methods.head import fit_probe
 
     run_dir, result = head_run
     assert result["status"] == "succeeded", result.get("error")
@@ -132,8 +132,8 @@ def test_lora_on_the_top_layers_only_adapts_those_layers(tiny_model_dir):
     from peft import get_peft_model
 
     from trainer.config import TrainConfig
-    from trainer.models import load_base_model
-    from trainer.train import lora_config
+    from classifier.models import load_base_model
+    from trainer.methods.scoring import lora_config
 
     cfg = TrainConfig(labels=[{"name": "a"}, {"name": "b"}], lora_layers=1).resolved(10, n_params=1e6)
     model = get_peft_model(load_base_model(tiny_model_dir, device="cpu"), lora_config(cfg, 2))

@@ -4,7 +4,7 @@ import pytest
 
 from storage import ImportFormatError
 from storage import importing, labels, messages
-from trainer.cleaning import text_cleaner
+from textprep.cleaning import text_cleaner
 
 CLEAN = text_cleaner(redact_personal=False)
 

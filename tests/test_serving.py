@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from storage import adapters, embeddings as stored_embeddings, labels, messages, served
-from trainer.calibration import expected_calibration_error, fit_temperature, log_softmax, softmax
-from trainer.ensemble import fit_mix
+from classifier.calibration import expected_calibration_error, fit_temperature, log_softmax, softmax
+from classifier.ensemble import fit_mix
 from trainer.gate import Candidate, choose
 
 
@@ -125,7 +125,7 @@ def clustered(labels_, per_label, seed=0, dim=384):
 
 
 def test_embedding_classifier_learns_calibrates_and_flags_the_unfamiliar():
-    from trainer.embeddings import EmbeddingClassifier
+    from classifier.embeddings import EmbeddingClassifier
 
     x, y, centres = clustered(["billing", "login", "shipping"], 12)
     fitted = EmbeddingClassifier.fit(x, y, ["billing", "login", "shipping", "unused"])
@@ -175,7 +175,7 @@ def test_the_embedder_never_tokenizes_past_what_it_reads(monkeypatch):
     """A 41 MB body once went whole into the tokenizer: texts are cut before, and the model truncates at 256."""
     import numpy as np
 
-    from trainer import embeddings
+    from classifier import embeddings
 
     seen = []
 
@@ -203,7 +203,7 @@ def test_the_embedder_never_tokenizes_past_what_it_reads(monkeypatch):
 def workspace(env, tiny_model_dir, monkeypatch):
     from bot.settings import load_settings
     from storage import open_db
-    from trainer import embeddings
+    from classifier import embeddings
 
     calls = []
 
@@ -282,7 +282,7 @@ def test_label_changes_refit_once_after_the_burst(workspace):
 
 def test_a_message_is_embedded_once_and_its_vector_kept(workspace):
     from bot.serving import ServedClassifier
-    from trainer.embeddings import EMBEDDER
+    from classifier.embeddings import EMBEDDER
 
     settings, db, calls = workspace
     classifier = ServedClassifier(settings)
@@ -431,7 +431,7 @@ def test_a_refit_never_changes_the_embeddings_under_an_answer_in_flight(workspac
 
 def test_an_edited_message_is_embedded_again_and_the_signature_sees_the_edit(workspace):
     from bot.serving import ServedClassifier
-    from trainer.embeddings import EMBEDDER, from_blob
+    from classifier.embeddings import EMBEDDER, from_blob
 
     settings, db, _ = workspace
     label_two_of_each(db)

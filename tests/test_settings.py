@@ -1,7 +1,7 @@
 import pytest
 
 from bot.settings import SettingsError, load_settings, settings_table
-from trainer.models import DEFAULT_BASE_MODEL
+from classifier.models import DEFAULT_BASE_MODEL
 
 
 def test_defaults(tmp_path):

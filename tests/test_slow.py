@@ -40,9 +40,9 @@ def test_real_model_trains_a_few_steps_and_classifies(tmp_path, model_cache, qua
     assert result["metrics"]["n"] == 3 and set(result["metrics"]["per_class"]) == {"complaint", "question",
                                                                                    "feedback"}
     if quantization == "none":
-        from trainer.classify import Classifier
-        from trainer.models import resolve_base_model
-        from trainer.prompts import LabelInfo
+        from classifier.classify import Classifier
+        from classifier.models import resolve_base_model
+        from classifier.prompts import LabelInfo
 
         classifier = Classifier.load(resolve_base_model("embedded", model_cache),
                                      [LabelInfo("complaint"), LabelInfo("question"), LabelInfo("feedback")])
@@ -55,9 +55,9 @@ def test_real_model_trains_a_few_steps_and_classifies(tmp_path, model_cache, qua
 
 @pytest.mark.parametrize("base_model", ["gemma3-270m", "smollm2-135m"])
 def test_real_model_trains_a_head_and_serves_it(tmp_path, model_cache, base_model):
-    from trainer.classify import Classifier
-    from trainer.models import resolve_base_model
-    from trainer.prompts import LabelInfo
+    from classifier.classify import Classifier
+    from classifier.models import resolve_base_model
+    from classifier.prompts import LabelInfo
 
     config = toy_config(base_model, model_cache_dir=model_cache, method="head", max_steps=2, learning_rate=1e-3)
     run_dir = make_run_dir(tmp_path / "run", config, toy_examples(per_label=6))
@@ -77,9 +77,9 @@ def test_the_default_base_model_learns_real_intents_with_the_default_recipe(tmp_
     """all-MiniLM-L6-v2 with the encoder recipe as `/retrain` runs it (refit included), on 6 Banking77 intents."""
     import csv
 
-    from trainer.classify import Classifier
-    from trainer.models import DEFAULT_BASE_MODEL, resolve_base_model
-    from trainer.prompts import LabelInfo
+    from classifier.classify import Classifier
+    from classifier.models import DEFAULT_BASE_MODEL, resolve_base_model
+    from classifier.prompts import LabelInfo
 
     from .conftest import BANKING77
 

@@ -72,11 +72,11 @@ def test_reloaded_and_merged_adapter_give_the_same_predictions(trained, tiny_mod
     import torch
     from peft import PeftModel
 
-    from trainer.classify import Classifier
+    from classifier.classify import Classifier
     from trainer.data import PromptSpec
-    from trainer.models import load_base_model, load_tokenizer
-    from trainer.prompts import LabelInfo
-    from trainer.scoring import LabelScorer
+    from classifier.models import load_base_model, load_tokenizer
+    from classifier.prompts import LabelInfo
+    from classifier.scoring import LabelScorer
 
     run_dir, result, _ = trained
     evaluated = [json.loads(line) for line in (run_dir / "eval_predictions.jsonl").read_text().splitlines()]
@@ -138,7 +138,7 @@ def test_diverging_loss_stops_training_with_a_reason(tmp_path, losses, expected)
     from transformers import TrainerControl
 
     from trainer.metrics import ListSink
-    from trainer.train import _callbacks
+    from trainer.methods.scoring import _callbacks
 
     cfg = TrainConfig(labels=[{"name": "a"}, {"name": "b"}])
     report, _ = _callbacks(cfg, ListSink(), tmp_path)
@@ -237,7 +237,7 @@ def test_load_config_reports_bad_json(tmp_path):
 
 
 def test_classification_metrics_list_each_label_once():
-    from trainer.evaluate import classification_metrics
+    from classifier.evaluate import classification_metrics
 
     m = classification_metrics(["a", "a", "b", "c"], ["a", "b", "b", "x"], ["a", "b", "c"])
     assert m["confusion"]["labels"] == ["a", "b", "c", "x"]  # an unknown prediction gets its own column, once

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .calibration import expected_calibration_error, fit_temperature, log_softmax, selective_accuracy
-from .evaluate import classification_metrics
+from classifier.calibration import expected_calibration_error, fit_temperature, log_softmax, selective_accuracy
+from classifier.evaluate import classification_metrics
 from .gate import SIGNIFICANCE, Candidate, choose
 
 
@@ -40,7 +40,7 @@ def score(name: str, kind: str, logp: np.ndarray, gold: np.ndarray, names: list[
 
 
 def embed_examples(examples: list[dict]) -> np.ndarray:
-    from .embeddings import embed, message_text
+    from classifier.embeddings import embed, message_text
 
     return embed([message_text(e["text"], e.get("subject")) for e in examples])
 
@@ -59,8 +59,8 @@ def evaluate_candidates(names: list[str], train: list[dict], dev: list[dict], ev
     `embeddings`: False (no baseline configured, or the embedder is not installed) leaves out the
     embedding classifier and the ensemble; the same rule then chooses among the adapters.
     """
-    from .embeddings import EmbeddingClassifier
-    from .ensemble import Mix, fit_mix
+    from classifier.embeddings import EmbeddingClassifier
+    from classifier.ensemble import Mix, fit_mix
 
     index = {n: i for i, n in enumerate(names)}
     gold_eval = np.array([index[e["label"]] for e in evaluation])

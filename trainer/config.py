@@ -27,8 +27,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .models import DEFAULT_BASE_MODEL
-from .prompts import MAX_BODY_CHARS
+from classifier.models import DEFAULT_BASE_MODEL
+from classifier.prompts import MAX_BODY_CHARS
 
 
 class ConfigError(ValueError):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jsonl import JsonlError, read_rows, write_jsonl  # noqa: F401 - write_jsonl is this module's too
-from .prompts import LabelInfo, chat_messages
+from classifier.prompts import LabelInfo, chat_messages
 
 AUTO_LABEL_LIST_MAX = 30
 

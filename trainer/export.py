@@ -7,8 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
-from .adapters import adapter_method
-from .classify import read_adapter_meta
+from classifier.adapters import adapter_method
+from classifier.classify import read_adapter_meta
 from .data import PromptSpec, prompt_messages
 
 
@@ -51,7 +51,7 @@ def export_adapter(adapter_dir: str | Path, base_model_path: str, out_dir: str |
 def _merge(adapter_dir: Path, base_model_path: str, out_dir: Path) -> Path:
     from peft import PeftModel
 
-    from .models import load_base_model, load_tokenizer
+    from classifier.models import load_base_model, load_tokenizer
 
     # Merging needs full-precision base weights: never merge into a 4-bit base.
     base = load_base_model(base_model_path, quantization="none", dtype="fp32", device="cpu")
@@ -65,7 +65,7 @@ def _merge(adapter_dir: Path, base_model_path: str, out_dir: Path) -> Path:
 def _export_head(adapter_dir: Path, base_model_path: str, out_dir: Path, merged: bool) -> list[Path]:
     """A head adapter answers through its head, not by generating text, so Ollama and vLLM cannot serve it:
     write how to load it instead, and with `merged` the model with the LoRA folded in beside the head."""
-    from .head import HEAD_FILE
+    from trainer.methods.head import HEAD_FILE
 
     written = []
     if merged:
@@ -83,8 +83,8 @@ It classifies with a linear head (`adapter/head.safetensors`: weight [labels, hi
 labels in row order are `head.labels` in `adapter/supportbot.json`) on the base model's pooled hidden states,
 not by generating text, so Ollama and vLLM cannot serve it. In Python, with supportbot installed:
 
-    from trainer.classify import Classifier
-    from trainer.prompts import LabelInfo
+    from classifier.classify import Classifier
+    from classifier.prompts import LabelInfo
     classifier = Classifier.load("{base}", [LabelInfo(name) for name in LABELS])
     classifier.use_adapter("adapter", version=1)
     classifier.classify("My card was charged twice")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .evaluate import worst_classes
+from classifier.evaluate import worst_classes
 
 
 def stop_text(training: dict) -> str:

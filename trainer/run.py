@@ -24,8 +24,8 @@ from .config import ConfigError, TrainConfig, load_config
 from .data import (DataError, augment_with_injections, PromptSpec, check_examples, label_list_shown, read_jsonl, stratified_split,
                    tokenize_examples, write_jsonl)
 from .metrics import JsonlSink, MetricsSink, epoch_table, read_metrics
-from .prompts import LabelInfo
-from .train import CANCEL_FILE, TrainingError
+from classifier.prompts import LabelInfo
+from trainer.methods.scoring import CANCEL_FILE, TrainingError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 3
 
@@ -61,7 +61,7 @@ def save_adapter(model, adapter_dir: Path, cfg: TrainConfig, spec: PromptSpec, r
             "config": json.loads(cfg.to_json()), "data": result["data"],
             "metrics": {k: result["metrics"][k] for k in ("accuracy", "macro_f1", "n")}}
     if head is not None:
-        from .head import save_head
+        from trainer.methods.head import save_head
 
         save_head(head, staging)
         meta["head"] = {"labels": spec.names, "pooling": cfg.pooling, "max_length": cfg.max_length}
@@ -109,8 +109,8 @@ def refit_line(result: dict) -> str:
 
 def evaluate_with(scorer, examples: list[dict], batch_size: int) -> tuple[dict, list]:
     """Metrics of `scorer` on `examples`, through the same prediction code that serves messages."""
-    from .classify import predict
-    from .evaluate import classification_metrics
+    from classifier.classify import predict
+    from classifier.evaluate import classification_metrics
 
     items = [(e["text"], e.get("subject")) for e in examples]
     predictions = predict(scorer, items, threshold=0.0, adapter_version=None, zero_shot=False,
@@ -153,7 +153,7 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
                   data={"train": len(train), "dev": len(dev), "eval": len(evaluation),
                         "per_label": dict(sorted(Counter(e["label"] for e in train).items()))})
 
-    from .models import is_encoder, load_base_model, load_tokenizer, pick_device, resolve_base_model
+    from classifier.models import is_encoder, load_base_model, load_tokenizer, pick_device, resolve_base_model
 
     device = pick_device()
     path = resolve_base_model(cfg.base_model, cfg.model_cache_dir)
@@ -175,11 +175,11 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
     # Train.
     head = None
     if cfg.method == "head":
-        from .head import fit_head
+        from trainer.methods.head import fit_head
 
         model, head, outcome = fit_head(model, tokenizer, cfg, spec, augmented, stopping, run_dir, sink)
     else:
-        from .train import fit
+        from trainer.methods.scoring import fit
 
         train_rows = tokenize_examples(tokenizer, spec, augmented, cfg.max_length)
         eval_rows = tokenize_examples(tokenizer, spec, stopping, cfg.max_length)
@@ -200,9 +200,9 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
         return result
 
     # Evaluate: the new adapter, the serving one on the same split, and a cheap baseline.
-    from .adapters import make_scorer
-    from .head import HeadScorer
-    from .scoring import LabelScorer
+    from classifier.adapters import make_scorer
+    from trainer.methods.head import HeadScorer
+    from classifier.scoring import LabelScorer
 
     model.config.use_cache = True
     batch = cfg.batch_size * 2
@@ -215,7 +215,7 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
     dev_predictions = evaluate_with(scorer, dev, batch)[1] if dev else None
     result["serving"], serving_predictions, serving_scorer = None, None, None
     if cfg.compare_adapter:
-        from .classify import read_adapter_meta
+        from classifier.classify import read_adapter_meta
 
         model.load_adapter(cfg.compare_adapter, adapter_name="serving")
         model.set_adapter("serving")
@@ -281,8 +281,8 @@ def refit(load, tokenizer, cfg: TrainConfig, spec: PromptSpec, everything: list[
     import math
     from dataclasses import replace
 
-    from .head import fit_head
-    from .train import steps_per_epoch
+    from trainer.methods.head import fit_head
+    from trainer.methods.scoring import steps_per_epoch
 
     augmented = augment_with_injections(everything, spec.names, cfg.injection_augmentation, cfg.seed)
     best = outcome.best_step or outcome.global_step
@@ -319,7 +319,7 @@ def _gate(cfg: TrainConfig, names: list[str], train, dev, evaluation, prediction
     import time
 
     from .candidates import evaluate_candidates, probability_matrix
-    from .embeddings import EmbedderMissing
+    from classifier.embeddings import EmbedderMissing
 
     started = time.perf_counter()
     serving = dict(cfg.serving_model)
@@ -345,8 +345,8 @@ def _gate(cfg: TrainConfig, names: list[str], train, dev, evaluation, prediction
 def _baseline(cfg: TrainConfig, train: list[dict], evaluation: list[dict], names: list[str]) -> dict | None:
     if not cfg.baseline:
         return None
-    from .baseline import fit_predict
-    from .evaluate import classification_metrics
+    from classifier.baseline import fit_predict
+    from classifier.evaluate import classification_metrics
 
     method, predicted, seconds = fit_predict([e["text"] for e in train], [e["label"] for e in train],
                                              [e["text"] for e in evaluation])

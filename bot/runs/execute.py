@@ -27,7 +27,7 @@ from typing import Callable
 from storage import LeaseLost, adapters, labels, runs, served, write
 from trainer.data import write_jsonl
 from trainer.metrics import read_metrics
-from trainer.train import CANCEL_FILE
+from trainer.methods.scoring import CANCEL_FILE
 
 from .backend import Ending, RunBackend, RunHandle, backend_for
 from .local import owner_of

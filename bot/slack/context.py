@@ -177,7 +177,7 @@ class BotContext:
 
     def clean(self, raw: str | bytes) -> str:
         """A message's text as models read it: the one cleaning (and redaction) every door applies."""
-        from trainer.cleaning import text_cleaner
+        from textprep.cleaning import text_cleaner
 
         return text_cleaner(self.settings.redact)(raw)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from trainer.evaluate import worst_classes
+from classifier.evaluate import worst_classes
 from trainer.report import refit_text, stop_text
 
 from .mrkdwn import code, escape

@@ -7,7 +7,7 @@ import re
 
 from storage import NotFound, RunConflict, StorageError, UnknownLabel
 from storage import adapters, labels, messages, predictions, runs, served
-from trainer.text import EmptyText
+from textprep.text import EmptyText
 
 from .. import blocks
 from ..mrkdwn import code, escape, joined, sections

@@ -24,7 +24,7 @@ SHOWN = 5
 
 def run_check(db, fast: bool = False) -> dict:
     """All checks; `fast` keeps to those that need no model (exact duplicates, conflicts, thin labels)."""
-    from trainer.datacheck import KINDS, check_data, exact_groups, label_counts
+    from datacheck.checks import KINDS, check_data, exact_groups, label_counts
 
     from ...runs.execute import training_examples
 
@@ -104,7 +104,7 @@ def in_child_process(fn, *args):
 
 def check_job(ctx: BotContext, respond, client=None, user: str = "") -> None:
     """/datacheck's work, on the check thread: the checks themselves run in a child process."""
-    from trainer.datacheck import check_data
+    from datacheck.checks import check_data
 
     from ...runs.execute import training_examples
 

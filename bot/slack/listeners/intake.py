@@ -18,7 +18,7 @@ from slack_bolt import BoltResponse
 from slack_sdk.errors import SlackApiError
 
 from storage import labels, messages, predictions, replies
-from trainer.text import EmptyText, require_text
+from textprep.text import EmptyText, require_text
 
 from .. import blocks, metadata, mrkdwn
 from ..context import BotContext

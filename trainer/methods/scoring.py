@@ -10,9 +10,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import TrainConfig
-from .metrics import MetricsSink
-from .models import decoder_and_head
+from trainer.config import TrainConfig
+from trainer.metrics import MetricsSink
+from classifier.models import decoder_and_head
 
 CANCEL_FILE = "cancel"
 
@@ -51,7 +51,7 @@ def steps_per_epoch(cfg: TrainConfig, n_train: int) -> int:
 def sft_config(cfg: TrainConfig, out_dir: Path, n_train: int, device: str):
     from trl import SFTConfig
 
-    from .models import compute_dtype
+    from classifier.models import compute_dtype
 
     import torch
 

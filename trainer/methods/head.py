@@ -26,11 +26,11 @@ import random
 import time
 from pathlib import Path
 
-from .config import TrainConfig
-from .data import PromptSpec
-from .metrics import MetricsSink
-from .prompts import user_prompt
-from .scoring import LabelScores
+from trainer.config import TrainConfig
+from trainer.data import PromptSpec
+from trainer.metrics import MetricsSink
+from classifier.prompts import user_prompt
+from classifier.scoring import LabelScores
 
 HEAD_FILE = "head.safetensors"
 CUE = "\nCategory:"  # the last token then summarizes the message for the head
@@ -48,7 +48,7 @@ def head_prompt_ids(tokenizer, spec: PromptSpec, text: str, subject: str | None,
     For an encoder: the message with the encoder's own special tokens, and no cue (every token is pooled).
     """
     if encoder:
-        from .embeddings import message_text
+        from classifier.embeddings import message_text
 
         return list(tokenizer(message_text(text, subject)[:spec.max_body_chars], truncation=True,
                               max_length=min(max_length, ENCODER_MAX_TOKENS))["input_ids"])
@@ -70,7 +70,7 @@ def body(model):
 
 
 def is_encoder_model(model) -> bool:
-    from .models import is_encoder
+    from classifier.models import is_encoder
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return is_encoder(base.config)
@@ -155,7 +155,7 @@ def _encoder_probe(x, y, n_labels: int):
     import numpy as np
     import torch
 
-    from .embeddings import _logistic_regression
+    from classifier.embeddings import _logistic_regression
 
     gold = y.cpu().numpy()
     fitted = _logistic_regression(x.cpu().numpy(), list(gold))
@@ -219,7 +219,7 @@ def check_targets(model, targets: list[str]) -> None:
     """Every LoRA target names a linear layer of this model; else a ConfigError that lists the ones it has."""
     import torch
 
-    from .config import ConfigError
+    from trainer.config import ConfigError
 
     linear = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
     missing = [t for t in targets if t not in linear]
@@ -242,7 +242,7 @@ def fit_head(model, tokenizer, cfg: TrainConfig, spec: PromptSpec, train: list[d
     from peft import get_peft_model
     from transformers import get_scheduler, set_seed
 
-    from .train import CANCEL_FILE, FitOutcome, TrainingError, lora_config, steps_per_epoch
+    from .scoring import CANCEL_FILE, FitOutcome, TrainingError, lora_config, steps_per_epoch
 
     set_seed(cfg.seed)
     device = next(model.parameters()).device

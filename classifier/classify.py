@@ -17,11 +17,11 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .data import PromptSpec
+from trainer.data import PromptSpec
 from .models import ModelError, attend_grouped, is_encoder
 from .prompts import MAX_BODY_CHARS, LabelInfo, instruction_like
 from .scoring import LabelScorer
-from .text import require_text
+from textprep.text import require_text
 
 ADAPTER_META = "supportbot.json"
 

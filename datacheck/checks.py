@@ -57,7 +57,7 @@ def vectors(texts: list[str]):
     """Normalized sentence embeddings (MiniLM) when installed, else TF-IDF character n-grams (kept sparse)."""
     import numpy as np
 
-    from .baseline import embed, minilm_path
+    from classifier.baseline import embed, minilm_path
 
     path = minilm_path()
     if path:
