@@ -76,7 +76,7 @@ def generate_labels(model, tokenizer, spec, texts, max_new_tokens, batch_size):
     """Greedy decoding of the answer, batched with left padding; maps the text back to a label when it matches."""
     import torch
 
-    from trainer.data import prompt_ids
+    from classifier.prompts import prompt_ids
 
     answers = {spec.answer(n).lower(): n for n in spec.names}
     out = []
@@ -100,7 +100,7 @@ def main():
     import torch
 
     from classifier.classify import Classifier, predict
-    from trainer.data import PromptSpec, label_ids
+    from classifier.prompts import PromptSpec, label_ids
     from classifier.scoring import LabelScorer
     from classifier.models import resolve_base_model
     from classifier.prompts import LabelInfo

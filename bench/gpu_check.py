@@ -133,7 +133,7 @@ def train_steps(folder: Path, device: str, *, steps: int, batch: int, seq: int, 
 def save_adapter(model, folder: Path) -> None:
     """The trained LoRA with the metadata the serving classifier reads."""
     from classifier.classify import ADAPTER_META
-    from trainer.data import PromptSpec
+    from classifier.prompts import PromptSpec
     from classifier.prompts import LabelInfo
 
     model.save_pretrained(folder)

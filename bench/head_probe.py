@@ -25,7 +25,7 @@ def both_poolings(model, rows, pad_id, poolings, batch_size=32):
     """Pooled hidden states of every row, for each pooling, from one forward pass."""
     import torch
 
-    from trainer.methods.head import body, pad_batch
+    from classifier.head import body, pad_batch
 
     out = {pooling: [] for pooling in poolings}
     with torch.no_grad():
@@ -50,9 +50,10 @@ def main() -> None:
 
     import torch
 
-    from trainer.data import PromptSpec
+    from classifier.prompts import PromptSpec
     from classifier.evaluate import classification_metrics
-    from trainer.methods.head import fit_probe, head_prompt_ids
+    from trainer.methods.head import fit_probe
+    from classifier.head import head_prompt_ids
     from classifier.models import load_base_model, load_tokenizer, resolve_base_model
 
     train = per_intent(read_csv(DATA / "train.csv"), 10, seed=42)

@@ -320,7 +320,7 @@ def train(ctx: Context, epochs: int | None, overrides: tuple[str, ...], as_json:
     which model answers; SUPPORTBOT_PROMOTION_SIGNIFICANCE).
     """
     from storage import runs
-    from trainer.data import DataError, check_examples
+    from datacheck.examples import DataError, check_examples
 
     from .runs.execute import execute_run, new_worker_id, run_dir_for, training_examples
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from trainer.data import PromptSpec
+from classifier.prompts import PromptSpec
 
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 
@@ -45,7 +45,7 @@ def check_adapter(folder: str | Path) -> dict:
     if weights.suffix == ".safetensors":
         _tensors(weights)
     if adapter_method(meta) == "head":
-        from trainer.methods.head import HEAD_FILE
+        from classifier.head import HEAD_FILE
 
         head = _tensors(folder / HEAD_FILE)
         rows = len(spec.names)
@@ -82,7 +82,7 @@ def make_scorer(model, tokenizer, meta: dict, folder: str | Path):
     """A scorer (`spec`, `score(items, batch_size)`) for the adapter in `folder`, active on `model`."""
     spec = PromptSpec.from_dict(meta["prompt"])
     if adapter_method(meta) == "head":
-        from trainer.methods.head import HeadScorer, load_head
+        from classifier.head import HeadScorer, load_head
 
         info = meta["head"]
         head = load_head(folder, next(model.parameters()).device)

@@ -17,7 +17,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from trainer.data import PromptSpec
+from classifier.prompts import PromptSpec
 from .models import ModelError, attend_grouped, is_encoder
 from .prompts import MAX_BODY_CHARS, LabelInfo, instruction_like
 from .scoring import LabelScorer

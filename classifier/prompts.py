@@ -76,3 +76,72 @@ def chat_messages(labels: list[LabelInfo], text: str, subject: str | None = None
         {"role": "system", "content": system_prompt(labels)},
         {"role": "user", "content": user_prompt(text, subject, max_chars)},
     ]
+
+AUTO_LABEL_LIST_MAX = 30
+
+
+def label_list_shown(setting: str, n_labels: int) -> bool:
+    return setting == "always" or (setting == "auto" and n_labels <= AUTO_LABEL_LIST_MAX)
+
+
+def readable(name: str) -> str:
+    """A label as words: `card_arrival` -> `card arrival` (pretrained models know words, not identifiers)."""
+    return " ".join(name.replace("_", " ").replace("-", " ").split()) or name
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """Everything that decides what the model reads; saved with the adapter so serving matches training."""
+    labels: tuple[LabelInfo, ...]
+    show_label_list: bool
+    max_body_chars: int
+    verbalize: bool = False  # answer with readable label text instead of the raw name
+
+    def to_dict(self) -> dict:
+        return {"labels": [{"name": label.name, "description": label.description} for label in self.labels],
+                "show_label_list": self.show_label_list, "max_body_chars": self.max_body_chars,
+                "verbalize": self.verbalize}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PromptSpec":
+        return cls(tuple(LabelInfo(label["name"], label.get("description", "")) for label in data["labels"]),
+                   bool(data["show_label_list"]), int(data["max_body_chars"]), bool(data.get("verbalize", False)))
+
+    @property
+    def names(self) -> list[str]:
+        return [label.name for label in self.labels]
+
+    def answer(self, name: str) -> str:
+        """The text the model answers with for label `name`."""
+        if not self.verbalize:
+            return name
+        forms = [readable(n) for n in self.names]
+        # Readable forms must stay distinct (case-insensitively), or the raw names are used.
+        return readable(name) if len({f.lower() for f in forms}) == len(forms) else name
+
+
+def prompt_messages(spec: PromptSpec, text: str, subject: str | None = None) -> list[dict]:
+    shown = [LabelInfo(spec.answer(label.name), label.description) for label in spec.labels] \
+        if spec.show_label_list else []
+    return chat_messages(shown, text, subject, spec.max_body_chars)
+
+
+def prompt_ids(tokenizer, spec: PromptSpec, text: str, subject: str | None = None) -> list[int]:
+    """Token ids of the chat prompt up to and including the assistant header."""
+    ids = tokenizer.apply_chat_template(prompt_messages(spec, text, subject), add_generation_prompt=True,
+                                        tokenize=True)
+    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+
+def end_token_id(tokenizer) -> int:
+    """The token that ends an assistant turn (ChatML: <|im_end|>; Gemma: <end_of_turn>)."""
+    for token in ("<|im_end|>", "<end_of_turn>"):
+        end = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(end, int) and end != tokenizer.unk_token_id:
+            return end
+    return tokenizer.eos_token_id
+
+
+def label_ids(tokenizer, spec: PromptSpec, name: str) -> list[int]:
+    """The completion for a label: its answer text's tokens, then the end-of-turn token."""
+    return tokenizer.encode(spec.answer(name), add_special_tokens=False) + [end_token_id(tokenizer)]

@@ -37,7 +37,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from trainer.data import PromptSpec, label_ids, prompt_ids
+from classifier.prompts import PromptSpec, label_ids, prompt_ids
 from .models import decoder_and_head
 
 BEAM_WIDTH = 4

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from classifier.classify import Classifier
-from trainer.data import PromptSpec
+from classifier.prompts import PromptSpec
 from classifier.prompts import LabelInfo, truncate_middle, user_prompt
 from trainer.run import run
 from classifier.scoring import LabelScorer, score_reference

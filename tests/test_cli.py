@@ -110,7 +110,8 @@ def test_export_writes_the_prompt_and_answer_training_uses(env):
     from bot.runs.execute import prepare_run
     from storage import labels, messages, open_db, runs
     from trainer.config import load_config
-    from trainer.data import prompt_messages, read_jsonl
+    from trainer.data import read_jsonl
+    from classifier.prompts import prompt_messages
     from trainer.run import prompt_spec
 
     names = [f"intent_{i:02d}" for i in range(31)]

@@ -148,7 +148,7 @@ def test_a_head_adapter_exports_with_its_head_and_no_text_generation_files(encod
     from safetensors.torch import load_file
 
     from trainer.export import export_adapter
-    from trainer.methods.head import features, head_prompt_ids, load_head
+    from classifier.head import features, head_prompt_ids, load_head
     from classifier.models import load_base_model, load_tokenizer
 
     run_dir, _ = encoder_run
@@ -166,7 +166,7 @@ def test_a_head_adapter_exports_with_its_head_and_no_text_generation_files(encod
     tokenizer = load_tokenizer(str(tmp_path / "out" / "merged"))
     head = load_head(tmp_path / "out" / "merged", "cpu")
     meta = json.loads((run_dir / "adapter" / "supportbot.json").read_text())
-    from trainer.data import PromptSpec
+    from classifier.prompts import PromptSpec
 
     ids = head_prompt_ids(tokenizer, PromptSpec.from_dict(meta["prompt"]), text, None, 512, encoder=True)
     with torch.no_grad():

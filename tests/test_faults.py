@@ -267,8 +267,8 @@ def build_head_adapter(folder, encoder_dir, rows=3, hidden=32):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from trainer.data import PromptSpec
-    from trainer.methods.head import save_head
+    from classifier.prompts import PromptSpec
+    from classifier.head import save_head
     from classifier.models import load_base_model
     from classifier.prompts import LabelInfo
 
@@ -296,7 +296,7 @@ def corrupt(folder, kind):
         head.write_bytes(b"\x13\x37" * 500)
     elif kind == "tampered head":  # a valid file, other numbers: only the checksum tells
         import torch
-        from trainer.methods.head import save_head
+        from classifier.head import save_head
 
         save_head(torch.nn.Linear(32, 3), folder)
     elif kind == "bad metadata":

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from trainer.config import ConfigError, TrainConfig, load_config, validate
-from trainer.data import DataError, check_examples, stratified_split
+from trainer.data import stratified_split
+from datacheck.examples import DataError, check_examples
 from trainer.run import EXIT_BAD_INPUT, request_cancel, run
 
 from .conftest import make_run_dir, toy_config, toy_examples
@@ -73,7 +74,7 @@ def test_reloaded_and_merged_adapter_give_the_same_predictions(trained, tiny_mod
     from peft import PeftModel
 
     from classifier.classify import Classifier
-    from trainer.data import PromptSpec
+    from classifier.prompts import PromptSpec
     from classifier.models import load_base_model, load_tokenizer
     from classifier.prompts import LabelInfo
     from classifier.scoring import LabelScorer

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from classifier.adapters import adapter_method
 from classifier.classify import read_adapter_meta
-from .data import PromptSpec, prompt_messages
+from classifier.prompts import PromptSpec, prompt_messages
 
 
 def system_prompt_of(adapter_dir: Path) -> str:
@@ -65,7 +65,7 @@ def _merge(adapter_dir: Path, base_model_path: str, out_dir: Path) -> Path:
 def _export_head(adapter_dir: Path, base_model_path: str, out_dir: Path, merged: bool) -> list[Path]:
     """A head adapter answers through its head, not by generating text, so Ollama and vLLM cannot serve it:
     write how to load it instead, and with `merged` the model with the LoRA folded in beside the head."""
-    from trainer.methods.head import HEAD_FILE
+    from classifier.head import HEAD_FILE
 
     written = []
     if merged:

@@ -21,8 +21,9 @@ from collections import Counter
 from pathlib import Path
 
 from .config import ConfigError, TrainConfig, load_config
-from .data import (DataError, augment_with_injections, PromptSpec, check_examples, label_list_shown, read_jsonl, stratified_split,
-                   tokenize_examples, write_jsonl)
+from .data import augment_with_injections, read_jsonl, stratified_split, tokenize_examples, write_jsonl
+from datacheck.examples import DataError, check_examples
+from classifier.prompts import PromptSpec, label_list_shown
 from .metrics import JsonlSink, MetricsSink, epoch_table, read_metrics
 from classifier.prompts import LabelInfo
 from trainer.methods.scoring import CANCEL_FILE, TrainingError
@@ -61,7 +62,7 @@ def save_adapter(model, adapter_dir: Path, cfg: TrainConfig, spec: PromptSpec, r
             "config": json.loads(cfg.to_json()), "data": result["data"],
             "metrics": {k: result["metrics"][k] for k in ("accuracy", "macro_f1", "n")}}
     if head is not None:
-        from trainer.methods.head import save_head
+        from classifier.head import save_head
 
         save_head(head, staging)
         meta["head"] = {"labels": spec.names, "pooling": cfg.pooling, "max_length": cfg.max_length}
@@ -201,7 +202,7 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
 
     # Evaluate: the new adapter, the serving one on the same split, and a cheap baseline.
     from classifier.adapters import make_scorer
-    from trainer.methods.head import HeadScorer
+    from classifier.head import HeadScorer
     from classifier.scoring import LabelScorer
 
     model.config.use_cache = True

@@ -100,7 +100,7 @@ def retrain_option(word: str) -> tuple[str, object]:
 
 
 def retrain_command(ctx: BotContext, command: dict) -> str:
-    from trainer.data import DataError, check_examples
+    from datacheck.examples import DataError, check_examples
 
     from ...runs.execute import training_examples
 
