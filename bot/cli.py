@@ -50,7 +50,23 @@ def fail(message: str, code: int = 1):
     sys.exit(code)
 
 
-@click.group()
+EXPECTED_ERRORS = (SettingsError, StorageError, NoLabels, ModelError)
+
+
+class Commands(click.Group):
+    """The command group: an expected error (a bad setting, a storage problem, ...) ends in one line, exit 1.
+
+    Here rather than in `main`, so that a test invoking the group in process sees what a user sees.
+    """
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EXPECTED_ERRORS as exc:
+            fail(str(exc))
+
+
+@click.group(cls=Commands)
 @click.version_option(package_name="supportbot")
 def cli():
     """supportbot: teach a support-email classifier from Slack, and run it.
@@ -577,10 +593,7 @@ def main():
     bad = undecodable_argument(sys.argv)
     if bad is not None:
         fail(f"argument {bad} is not valid UTF-8 text")
-    try:
-        cli(standalone_mode=True)
-    except (SettingsError, StorageError, NoLabels, ModelError) as exc:
-        fail(str(exc))
+    cli(standalone_mode=True)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,23 @@ def db(db_path):
     return open_db(db_path)
 
 
+def supportbot(*args, check=True):
+    """`supportbot ARGS` run in this process through click's CliRunner: returncode, stdout and stderr as a user
+    sees them. Tests whose point is the process itself (its arguments' bytes, its umask, a fresh environment)
+    start one instead."""
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    from bot.cli import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    ran = SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
+    if check and ran.returncode != 0:
+        raise AssertionError(ran.stderr)
+    return ran
+
+
 @pytest.fixture
 def env(tmp_path, monkeypatch):
     """A clean settings environment pointing at a temporary data dir."""

@@ -3,8 +3,6 @@
 import io
 import os
 import sqlite3
-import subprocess
-import sys
 import tarfile
 
 import pytest
@@ -19,11 +17,14 @@ from storage.backup import backup, restore
 from storage.errors import BackupError
 from storage.migrations import MIGRATIONS
 
-PNG = b"\x89PNG\r\n\x1a\n" + b"0" * 64
+from .conftest import supportbot as cli
 
 
 def supportbot(*args):
-    return subprocess.run([sys.executable, "-m", "bot.cli", *args], capture_output=True, text=True)
+    return cli(*args, check=False)
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"0" * 64
 
 
 def one_line_error(result, *expected):

@@ -4,14 +4,7 @@ import sys
 
 import pytest
 
-from .conftest import BANKING77, REPO
-
-
-def supportbot(*args, check=True):
-    result = subprocess.run([sys.executable, "-m", "bot.cli", *args], capture_output=True, text=True, cwd=None)
-    if check and result.returncode != 0:
-        raise AssertionError(result.stderr)
-    return result
+from .conftest import BANKING77, REPO, supportbot
 
 
 def test_init_labels_import_stats_export(env):

@@ -2,24 +2,15 @@
 
 import csv
 import json
-import subprocess
-import sys
 
 import pytest
 
 from storage import adapters, open_db, runs
 
-from .conftest import toy_examples
+from .conftest import supportbot, toy_examples
 
 TINY_TRAINING = ["--set", "learning_rate=0.01", "--set", "grad_accum=1", "--epochs", "8",
                  "--set", 'target_modules=["q_proj","k_proj","v_proj","o_proj","gate_proj","up_proj","down_proj"]']
-
-
-def supportbot(*args, check=True):
-    result = subprocess.run([sys.executable, "-m", "bot.cli", *args], capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(result.stderr)
-    return result
 
 
 @pytest.fixture
