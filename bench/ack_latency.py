@@ -35,9 +35,9 @@ def percentile(values, q):
 
 
 def main():
+    from bot.settings import load_settings
     from bot.slack.context import BotContext
     from bot.slack.server import make_http_server
-    from bot.settings import load_settings
     from slack_standin import payloads
     from slack_standin.server import SlackStandIn
     from storage import labels, messages

@@ -92,9 +92,9 @@ def per_intent(rows: list[dict], n: int, seed: int) -> list[dict]:
 
 
 def machine() -> dict:
+    import peft
     import torch
     import transformers
-    import peft
     import trl
 
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
@@ -267,7 +267,6 @@ def main() -> None:
         if keep and trained["result"].get("gate"):
             # What the run's own gate serves, and every candidate, on the same test rows (bench/served.py).
             import numpy as np
-
             from served import add_serving
 
             columns = json.loads((keep / "test_labels.json").read_text())["labels"]

@@ -100,10 +100,9 @@ def main():
     import torch
 
     from classifier.classify import Classifier, predict
-    from classifier.prompts import PromptSpec, label_ids
-    from classifier.scoring import LabelScorer
     from classifier.models import resolve_base_model
-    from classifier.prompts import LabelInfo
+    from classifier.prompts import LabelInfo, PromptSpec, label_ids
+    from classifier.scoring import LabelScorer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=256)

@@ -37,8 +37,8 @@ def main() -> None:
     from sklearn.linear_model import LogisticRegression
     from transformers import AutoModel, AutoTokenizer, get_scheduler
 
-    from trainer.config import ENCODER_LINEAR
     from classifier.embeddings import REGULARISATION_C, model_path
+    from trainer.config import ENCODER_LINEAR
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lr", type=float, default=1e-3)

@@ -81,8 +81,8 @@ def train_steps(folder: Path, device: str, *, steps: int, batch: int, seq: int, 
     import torch
     from peft import get_peft_model
 
-    from trainer.config import TrainConfig
     from classifier.models import load_base_model
+    from trainer.config import TrainConfig
     from trainer.methods.scoring import lora_config
 
     cuda = device == "cuda"
@@ -133,8 +133,7 @@ def train_steps(folder: Path, device: str, *, steps: int, batch: int, seq: int, 
 def save_adapter(model, folder: Path) -> None:
     """The trained LoRA with the metadata the serving classifier reads."""
     from classifier.classify import ADAPTER_META
-    from classifier.prompts import PromptSpec
-    from classifier.prompts import LabelInfo
+    from classifier.prompts import LabelInfo, PromptSpec
 
     model.save_pretrained(folder)
     spec = PromptSpec(tuple(LabelInfo(n, d) for n, d in LABELS), True, 1500, verbalize=True)

@@ -50,11 +50,11 @@ def main() -> None:
 
     import torch
 
-    from classifier.prompts import PromptSpec
     from classifier.evaluate import classification_metrics
-    from trainer.methods.head import fit_probe
     from classifier.head import head_prompt_ids
     from classifier.models import load_base_model, load_tokenizer, resolve_base_model
+    from classifier.prompts import PromptSpec
+    from trainer.methods.head import fit_probe
 
     train = per_intent(read_csv(DATA / "train.csv"), 10, seed=42)
     test = per_intent(read_csv(DATA / "test.csv"), args.test_per_intent, seed=42)

@@ -30,11 +30,10 @@ def main():
     from trl import SFTTrainer
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+    from classifier.models import load_base_model, load_tokenizer, resolve_base_model
+    from classifier.prompts import LabelInfo, PromptSpec, prompt_messages
     from trainer.config import TrainConfig
     from trainer.data import tokenize_examples
-    from classifier.prompts import PromptSpec, prompt_messages
-    from classifier.models import load_base_model, load_tokenizer, resolve_base_model
-    from classifier.prompts import LabelInfo
     from trainer.methods.scoring import _sft_trainer_class, lora_config, sft_config
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

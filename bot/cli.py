@@ -13,10 +13,9 @@ from pathlib import Path
 
 import click
 
-from storage import StorageError, open_db
-from storage import importing, labels as label_store
-
 from classifier.models import ModelError
+from storage import StorageError, importing, open_db
+from storage import labels as label_store
 
 from .serving import NoLabels
 from .settings import SettingsError, load_settings, settings_table
@@ -79,9 +78,7 @@ def cli():
 @pass_ctx
 def init(ctx: Context):
     """Create the data folder and the database (or bring its schema up to date)."""
-    from storage.db import schema_version
-
-    from storage.db import private_folder
+    from storage.db import private_folder, schema_version
 
     settings = ctx.settings
     for folder in (settings.data_dir, settings.adapters_dir, settings.runs_dir, settings.model_cache_dir):
@@ -335,8 +332,8 @@ def train(ctx: Context, epochs: int | None, overrides: tuple[str, ...], as_json:
     Runs the trainer as a child process, shows its progress, and serves what the serving gate chooses (README:
     which model answers; SUPPORTBOT_PROMOTION_SIGNIFICANCE).
     """
-    from storage import runs
     from datacheck.examples import DataError, check_examples
+    from storage import runs
 
     from .runs.execute import execute_run, new_worker_id, run_dir_for, training_examples
 

@@ -28,8 +28,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
-from storage import adapters, embeddings as stored_embeddings, labels, open_db, served
 from classifier.prompts import LabelInfo
+from storage import adapters, labels, open_db, served
+from storage import embeddings as stored_embeddings
 
 from .settings import Settings
 
@@ -375,7 +376,14 @@ class ServedClassifier:
 
         Returns True when a classifier was fitted (two labels with two examples each at least).
         """
-        from classifier.embeddings import EMBEDDER, EmbedderMissing, EmbeddingClassifier, from_blob, message_text, to_blob
+        from classifier.embeddings import (
+            EMBEDDER,
+            EmbedderMissing,
+            EmbeddingClassifier,
+            from_blob,
+            message_text,
+            to_blob,
+        )
 
         signature = _label_signature(db)
         try:

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlparse
 
-from storage.runs import DEFAULT_LEASE_S
 from classifier.models import DEFAULT_BASE_MODEL, ZERO_SHOT_MODEL
+from storage.runs import DEFAULT_LEASE_S
 
 
 class SettingsError(ValueError):

@@ -18,10 +18,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from classifier.prompts import PromptSpec
+from textprep.text import require_text
+
 from .models import ModelError, attend_grouped, is_encoder
 from .prompts import MAX_BODY_CHARS, LabelInfo, instruction_like
 from .scoring import LabelScorer
-from textprep.text import require_text
 
 ADAPTER_META = "supportbot.json"
 

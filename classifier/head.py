@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .prompts import PromptSpec, user_prompt
 from .scoring import LabelScores
+
 HEAD_FILE = "head.safetensors"
 
 CUE = "\nCategory:"  # the last token then summarizes the message for the head

@@ -174,7 +174,6 @@ def is_encoder(config) -> bool:
 def load_base_model(path: str, *, quantization: str = "auto", dtype: str = "auto", device: str | None = None,
                     for_training: bool = False, gradient_checkpointing: bool = False):
     """Load a causal LM, in 4-bit NF4 with double quantization when asked (QLoRA), or an encoder."""
-    import torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, BitsAndBytesConfig
 
     quiet_libraries()

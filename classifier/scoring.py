@@ -38,6 +38,7 @@ import functools
 from dataclasses import dataclass
 
 from classifier.prompts import PromptSpec, label_ids, prompt_ids
+
 from .models import decoder_and_head
 
 BEAM_WIDTH = 4
@@ -97,7 +98,7 @@ def _slot_layer_class():
         sized for the prompt plus the longest label, so appending never reallocates.
         """
 
-        def __init__(self, keys: "torch.Tensor", values: "torch.Tensor", length: int):
+        def __init__(self, keys, values, length: int):  # torch tensors (torch is imported where needed)
             super().__init__()
             self.buffers, self.length = (keys, values), length
             self.device, self.is_initialized = keys.device, True
@@ -166,7 +167,6 @@ class LabelScorer:
 
     def __init__(self, model, tokenizer, spec: PromptSpec, *, use_prefix_cache: bool = True,
                  beam_width: int = BEAM_WIDTH, certify: bool = False):
-        import torch
 
         self.model, self.tokenizer, self.spec = model, tokenizer, spec
         self.device = next(model.parameters()).device

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
+
+
 class DataError(ValueError):
     """Examples the trainer cannot learn from. The message says which and why."""
 

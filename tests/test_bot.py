@@ -10,10 +10,10 @@ import pytest
 from slack_bolt.request import BoltRequest
 from slack_sdk import WebClient
 
+from bot.settings import load_settings
 from bot.slack.app import create_app
 from bot.slack.context import BotContext
 from bot.slack.listeners.commands import CHECKING
-from bot.settings import load_settings
 from slack_standin import payloads
 from slack_standin.server import SlackStandIn
 from storage import adapters, labels, messages, predictions, runs
@@ -692,9 +692,9 @@ def test_blank_email_is_answered_once_as_such_not_retried(bot):
 def test_every_surface_names_the_model_that_answered_and_what_serves(bot, monkeypatch):
     """With the embeddings serving, /classify, the thread reply, /stats, App Home and /model say so, and keep
     saying so after a gate kept the embeddings over a newly registered adapter."""
+    from classifier import embeddings
     from storage import served
     from tests.test_serving import fake_embed, label_two_of_each
-    from classifier import embeddings
 
     monkeypatch.setattr(embeddings, "embed", fake_embed)
     label_two_of_each(bot.db)

@@ -6,11 +6,10 @@ import time
 import pytest
 
 from classifier.classify import Classifier
-from classifier.prompts import PromptSpec
-from classifier.prompts import LabelInfo, truncate_middle, user_prompt
-from trainer.run import run
+from classifier.prompts import LabelInfo, PromptSpec, truncate_middle, user_prompt
 from classifier.scoring import LabelScorer, score_reference
 from textprep.text import EmptyText, to_text
+from trainer.run import run
 
 from .conftest import TOY_WORDS, make_run_dir, toy_config, toy_examples
 

@@ -99,12 +99,12 @@ def test_backup_restores_messages_labels_and_adapters(env, monkeypatch):
 
 def test_export_writes_the_prompt_and_answer_training_uses(env):
     """Over 30 labels the trained prompt hides the list and answers in words; the export must say the same."""
-    from bot.settings import load_settings
     from bot.runs.execute import prepare_run
+    from bot.settings import load_settings
+    from classifier.prompts import prompt_messages
     from storage import labels, messages, open_db, runs
     from trainer.config import load_config
     from trainer.data import read_jsonl
-    from classifier.prompts import prompt_messages
     from trainer.run import prompt_spec
 
     names = [f"intent_{i:02d}" for i in range(31)]

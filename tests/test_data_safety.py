@@ -11,14 +11,14 @@ import threading
 
 import pytest
 
+from jsonl import dumps_line
 from slack_standin import payloads
 from storage import ImportFormatError, importing, labels, messages, open_db, runs
+from textprep.cleaning import text_cleaner
 from trainer.data import read_jsonl, write_jsonl
-from jsonl import dumps_line
 
 from .conftest import make_run_dir, toy_config, toy_examples
 from .test_bot import AGENT, INTAKE, bot  # noqa: F401
-from textprep.cleaning import text_cleaner
 
 CLEAN = text_cleaner(redact_personal=False)
 
@@ -145,8 +145,8 @@ def test_event_arriving_while_another_connection_holds_the_write_lock_is_spooled
 
 def test_data_folder_database_backup_and_run_files_are_private(tmp_path):
     from bot.cli import open_new_file
-    from bot.settings import Settings
     from bot.runs.execute import prepare_run
+    from bot.settings import Settings
     from storage.backup import backup
 
     data = tmp_path / "data"

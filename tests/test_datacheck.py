@@ -10,7 +10,7 @@ from .conftest import TOY_WORDS
 
 
 def examples_with(rows):
-    return [{"id": i + 1, "text": t, "label": l, "labeled_by": who} for i, (t, l, who) in enumerate(rows)]
+    return [{"id": i + 1, "text": t, "label": name, "labeled_by": who} for i, (t, name, who) in enumerate(rows)]
 
 
 def test_exact_duplicates_and_conflicts_name_who_labeled_what():
@@ -42,7 +42,7 @@ def noisy_toy():
     examples = examples_with(rows)
     flipped = rng.sample(range(len(examples)), 6)
     for i in flipped:
-        examples[i]["label"] = rng.choice([l for l in TOY_WORDS if l != examples[i]["label"]])
+        examples[i]["label"] = rng.choice([w for w in TOY_WORDS if w != examples[i]["label"]])
     return examples, {examples[i]["id"] for i in flipped}
 
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from trainer.config import ConfigError, ENCODER_LINEAR, TrainConfig
 from classifier.models import ModelError
+from trainer.config import ENCODER_LINEAR, ConfigError, TrainConfig
 from trainer.run import run
 
 from .conftest import TOY_WORDS, make_run_dir, toy_classifier, toy_config, toy_examples
@@ -58,11 +58,11 @@ def test_an_encoder_gets_the_encoder_recipe_learns_and_is_refitted_on_every_exam
 
 def test_the_refitted_encoder_adapter_reloads_and_answers_like_the_saved_one(encoder_run, tiny_encoder_dir):
     import torch
+    from peft import PeftModel
 
     from classifier.adapters import make_scorer
     from classifier.classify import read_adapter_meta
     from classifier.models import load_base_model, load_tokenizer
-    from peft import PeftModel
 
     run_dir, _ = encoder_run
     texts = ["broken refund angry late", "how when where can", "love great thanks nice"]
@@ -147,9 +147,9 @@ def test_a_head_adapter_exports_with_its_head_and_no_text_generation_files(encod
     import torch
     from safetensors.torch import load_file
 
-    from trainer.export import export_adapter
     from classifier.head import features, head_prompt_ids, load_head
     from classifier.models import load_base_model, load_tokenizer
+    from trainer.export import export_adapter
 
     run_dir, _ = encoder_run
     written = export_adapter(run_dir / "adapter", tiny_encoder_dir, tmp_path / "out", name="v1", merged=True)
@@ -288,8 +288,8 @@ def test_with_a_refit_the_gate_compares_models_trained_on_the_same_examples(monk
     """The adapter trained on train alone (dev only stopped it): so is the embedding candidate, when both refit."""
     import numpy as np
 
-    from trainer import candidates
     from classifier import embeddings
+    from trainer import candidates
 
     from .test_serving import fake_embed
 

@@ -13,7 +13,6 @@ from storage import messages
 
 from .test_bot import AGENT, INTAKE, SECRET, bot  # noqa: F401
 
-
 # -- idle connections do not starve the HTTP server ----------------------------------------------------
 
 
@@ -267,10 +266,9 @@ def build_head_adapter(folder, encoder_dir, rows=3, hidden=32):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from classifier.prompts import PromptSpec
     from classifier.head import save_head
     from classifier.models import load_base_model
-    from classifier.prompts import LabelInfo
+    from classifier.prompts import LabelInfo, PromptSpec
 
     from .conftest import TOY_WORDS
 
@@ -296,6 +294,7 @@ def corrupt(folder, kind):
         head.write_bytes(b"\x13\x37" * 500)
     elif kind == "tampered head":  # a valid file, other numbers: only the checksum tells
         import torch
+
         from classifier.head import save_head
 
         save_head(torch.nn.Linear(32, 3), folder)
@@ -434,8 +433,8 @@ def test_the_adapter_serving_before_keeps_serving_when_the_next_one_is_corrupt(w
 @pytest.fixture
 def workspace_for_adapters(env, tiny_model_dir, monkeypatch):
     from bot.settings import load_settings
-    from storage import labels, open_db
     from classifier import embeddings
+    from storage import labels, open_db
 
     from .test_serving import fake_embed
 

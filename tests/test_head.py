@@ -131,8 +131,8 @@ def test_head_run_progress_records_count_the_steps_the_report_counts(head_run):
 def test_lora_on_the_top_layers_only_adapts_those_layers(tiny_model_dir):
     from peft import get_peft_model
 
-    from trainer.config import TrainConfig
     from classifier.models import load_base_model
+    from trainer.config import TrainConfig
     from trainer.methods.scoring import lora_config
 
     cfg = TrainConfig(labels=[{"name": "a"}, {"name": "b"}], lora_layers=1).resolved(10, n_params=1e6)

@@ -2,8 +2,7 @@ import json
 
 import pytest
 
-from storage import ImportFormatError
-from storage import importing, labels, messages
+from storage import ImportFormatError, importing, labels, messages
 from textprep.cleaning import text_cleaner
 
 CLEAN = text_cleaner(redact_personal=False)

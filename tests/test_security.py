@@ -10,7 +10,7 @@ import pytest
 
 from bot.slack.relay import Relay
 from slack_standin import payloads
-from storage import labels, messages, outbox, predictions, replies
+from storage import labels, messages
 
 from .test_bot import ADMIN, AGENT, INSIDER, INTAKE, OTHER, OUTSIDER, PRIVATE, as_json, bot  # noqa: F401
 

@@ -6,9 +6,10 @@ import time
 import numpy as np
 import pytest
 
-from storage import adapters, embeddings as stored_embeddings, labels, messages, served
-from classifier.calibration import expected_calibration_error, fit_temperature, log_softmax, softmax
+from classifier.calibration import expected_calibration_error, fit_temperature, softmax
 from classifier.ensemble import fit_mix
+from storage import adapters, labels, messages, served
+from storage import embeddings as stored_embeddings
 from trainer.gate import Candidate, choose
 
 
@@ -202,8 +203,8 @@ def test_the_embedder_never_tokenizes_past_what_it_reads(monkeypatch):
 @pytest.fixture
 def workspace(env, tiny_model_dir, monkeypatch):
     from bot.settings import load_settings
-    from storage import open_db
     from classifier import embeddings
+    from storage import open_db
 
     calls = []
 
@@ -349,8 +350,8 @@ def test_a_run_scores_every_candidate_on_eval_and_records_the_gates_choice(tiny_
 
 
 def test_the_worker_records_what_the_gate_chose(env, tmp_path):
-    from bot.settings import load_settings
     from bot.runs.execute import register_result
+    from bot.settings import load_settings
     from storage import open_db, runs
 
     settings = load_settings({"SUPPORTBOT_DATA_DIR": str(env / "data")}, env_file=None)

@@ -7,8 +7,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from slack_bolt.request import BoltRequest
-from slack_bolt.request.payload_utils import (is_block_actions, is_event, is_message_shortcut, is_slash_command,
-                                              is_view_submission, to_event)
+from slack_bolt.request.payload_utils import (
+    is_block_actions,
+    is_event,
+    is_message_shortcut,
+    is_slash_command,
+    is_view_submission,
+    to_event,
+)
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier

@@ -3,8 +3,7 @@ import threading
 
 import pytest
 
-from storage import NotFound, RunConflict, UnknownLabel, open_db
-from storage import adapters, labels, messages, predictions, runs
+from storage import NotFound, RunConflict, UnknownLabel, adapters, labels, messages, open_db, predictions, runs
 from storage.db import schema_version, write
 from storage.migrations import MIGRATIONS
 

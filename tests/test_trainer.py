@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from datacheck.examples import DataError, check_examples
 from trainer.config import ConfigError, TrainConfig, load_config, validate
 from trainer.data import stratified_split
-from datacheck.examples import DataError, check_examples
 from trainer.run import EXIT_BAD_INPUT, request_cancel, run
 
 from .conftest import make_run_dir, toy_config, toy_examples
@@ -74,9 +74,8 @@ def test_reloaded_and_merged_adapter_give_the_same_predictions(trained, tiny_mod
     from peft import PeftModel
 
     from classifier.classify import Classifier
-    from classifier.prompts import PromptSpec
     from classifier.models import load_base_model, load_tokenizer
-    from classifier.prompts import LabelInfo
+    from classifier.prompts import LabelInfo, PromptSpec
     from classifier.scoring import LabelScorer
 
     run_dir, result, _ = trained
@@ -138,8 +137,8 @@ def test_diverging_loss_stops_training_with_a_reason(tmp_path, losses, expected)
 
     from transformers import TrainerControl
 
-    from trainer.metrics import ListSink
     from trainer.methods.scoring import _callbacks
+    from trainer.metrics import ListSink
 
     cfg = TrainConfig(labels=[{"name": "a"}, {"name": "b"}])
     report, _ = _callbacks(cfg, ListSink(), tmp_path)

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from bot.slack.relay import Relay, relay_client
-from bot.settings import load_settings
 from bot.runs.worker import Worker
+from bot.settings import load_settings
 from bot.slack import reports
-from storage import adapters, labels, messages, open_db, outbox, runs
+from bot.slack.relay import Relay, relay_client
+from storage import adapters, labels, messages, outbox, runs
 
 from .conftest import toy_examples
 from .test_bot import ADMIN, INTAKE, SECRET, Bot, as_json  # noqa: F401 - shared helpers

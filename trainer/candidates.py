@@ -20,6 +20,7 @@ import numpy as np
 
 from classifier.calibration import expected_calibration_error, fit_temperature, log_softmax, selective_accuracy
 from classifier.evaluate import classification_metrics
+
 from .gate import SIGNIFICANCE, Candidate, choose
 
 

@@ -14,6 +14,7 @@ from classifier.prompts import PromptSpec, label_ids, prompt_ids, prompt_message
 from datacheck.examples import DataError
 from jsonl import JsonlError, read_rows, write_jsonl  # noqa: F401 - write_jsonl is this module's too
 
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """Examples from a JSONL file (see `trainer.jsonl`: a line ends at "\n" only)."""
     try:

@@ -20,13 +20,13 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+from classifier.prompts import LabelInfo, PromptSpec, label_list_shown
+from datacheck.examples import DataError, check_examples
+from trainer.methods.scoring import CANCEL_FILE, TrainingError
+
 from .config import ConfigError, TrainConfig, load_config
 from .data import augment_with_injections, read_jsonl, stratified_split, tokenize_examples, write_jsonl
-from datacheck.examples import DataError, check_examples
-from classifier.prompts import PromptSpec, label_list_shown
 from .metrics import JsonlSink, MetricsSink, epoch_table, read_metrics
-from classifier.prompts import LabelInfo
-from trainer.methods.scoring import CANCEL_FILE, TrainingError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 3
 
@@ -319,8 +319,9 @@ def _gate(cfg: TrainConfig, names: list[str], train, dev, evaluation, prediction
     """Score every candidate on eval and choose what serves (trainer.gate: the one promotion rule)."""
     import time
 
-    from .candidates import evaluate_candidates, probability_matrix
     from classifier.embeddings import EmbedderMissing
+
+    from .candidates import evaluate_candidates, probability_matrix
 
     started = time.perf_counter()
     serving = dict(cfg.serving_model)

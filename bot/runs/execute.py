@@ -26,13 +26,13 @@ from typing import Callable
 
 from storage import LeaseLost, adapters, labels, runs, served, write
 from trainer.data import write_jsonl
-from trainer.metrics import read_metrics
 from trainer.methods.scoring import CANCEL_FILE
+from trainer.metrics import read_metrics
 
-from .backend import Ending, RunBackend, RunHandle, backend_for
-from .local import owner_of
 from ..serving import recorded_choice
 from ..settings import Settings
+from .backend import Ending, RunBackend, RunHandle, backend_for
+from .local import owner_of
 
 log = logging.getLogger(__name__)
 

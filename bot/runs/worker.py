@@ -28,8 +28,8 @@ from typing import Protocol
 from storage import RunConflict, open_db, outbox, runs
 
 from ..settings import Settings
-from .local import kill_orphan, owner_of
 from .execute import execute_run, new_worker_id, run_dir_for
+from .local import kill_orphan, owner_of
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from slack_bolt import App
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler, ServerErrorRetryHandler
 
-from .listeners import actions, commands, datacheck, home, intake
 from .context import BotContext
+from .listeners import actions, commands, datacheck, home, intake
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,13 @@ import logging
 
 from storage import RunConflict, labels, outbox, predictions, runs
 
+from ..runs.retention import remove_old_run_inputs
 from . import blocks, mrkdwn
 from .app import web_client
 from .context import BotContext
 from .listeners.intake import answer_backlog, recover_replies, replay_spool
 from .permissions import is_private
 from .relay import Relay
-from ..runs.retention import remove_old_run_inputs
 
 log = logging.getLogger(__name__)
 

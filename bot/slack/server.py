@@ -18,9 +18,9 @@ from urllib.parse import parse_qs
 
 from slack_sdk.signature import SignatureVerifier
 
+from ..settings import Settings
 from .app import create_app
 from .context import BotContext
-from ..settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -31,6 +31,7 @@ from classifier.prompts import PromptSpec
 from trainer.config import TrainConfig
 from trainer.metrics import MetricsSink
 
+
 class _Stop(Exception):
     pass
 

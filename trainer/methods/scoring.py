@@ -10,9 +10,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from classifier.models import decoder_and_head
 from trainer.config import TrainConfig
 from trainer.metrics import MetricsSink
-from classifier.models import decoder_and_head
 
 CANCEL_FILE = "cancel"
 
@@ -49,11 +49,10 @@ def steps_per_epoch(cfg: TrainConfig, n_train: int) -> int:
 
 
 def sft_config(cfg: TrainConfig, out_dir: Path, n_train: int, device: str):
+    import torch
     from trl import SFTConfig
 
     from classifier.models import compute_dtype
-
-    import torch
 
     per_epoch = steps_per_epoch(cfg, n_train)
     eval_every = max(1, per_epoch // cfg.evals_per_epoch)

@@ -13,8 +13,8 @@ from storage import StorageError, labels, messages
 
 from .. import blocks, mrkdwn
 from ..context import BotContext
-from .intake import refresh_reply
 from ..permissions import Refused, refuse, require_channel_labeler, require_clicked, require_labeler
+from .intake import refresh_reply
 
 log = logging.getLogger(__name__)
 

@@ -5,16 +5,26 @@ from __future__ import annotations
 import logging
 import re
 
-from storage import NotFound, RunConflict, StorageError, UnknownLabel
-from storage import adapters, labels, messages, predictions, runs, served
+from storage import (
+    NotFound,
+    RunConflict,
+    StorageError,
+    UnknownLabel,
+    adapters,
+    labels,
+    messages,
+    predictions,
+    runs,
+    served,
+)
 from textprep.text import EmptyText
 
+from ...serving import answered_by, recorded_choice
 from .. import blocks
+from ..context import BotContext
 from ..mrkdwn import code, escape, joined, sections
 from ..permissions import Refused, admins_line, require_admin, require_channel_labeler, require_labeler
-from ..context import BotContext
 from .intake import refresh_reply
-from ...serving import answered_by, recorded_choice
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ import json
 from storage import StorageError, labels, messages
 
 from ..context import BotContext
-from .intake import refresh_reply
 from ..mrkdwn import code, escape, fit, plain
 from ..permissions import Refused, can_read, refuse, require_admin, require_reader, require_sealed, seal
+from .intake import refresh_reply
 
 KEEP, CHANGE, EXCLUDE = "datacheck_keep", "datacheck_change", "datacheck_exclude"
 SHOWN = 5

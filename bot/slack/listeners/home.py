@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .commands import stats_payload
 from ..context import BotContext
+from .commands import stats_payload
 
 
 def register(app, ctx: BotContext) -> None:
