@@ -51,9 +51,14 @@ def main():
 
     standin = SlackStandIn().start()
     data_dir = Path(tempfile.mkdtemp(prefix="ack-bench-"))
-    environment = {"SUPPORTBOT_DATA_DIR": str(data_dir), "SLACK_BOT_TOKEN": standin.bot_token,
-                   "SLACK_SIGNING_SECRET": SECRET, "SLACK_API_URL": standin.api_url,
-                   "SUPPORTBOT_ADMINS": "U0ADMIN", "SUPPORTBOT_INTAKE_CHANNELS": "C0INTAKE"}
+    environment = {
+        "SUPPORTBOT_DATA_DIR": str(data_dir),
+        "SLACK_BOT_TOKEN": standin.bot_token,
+        "SLACK_SIGNING_SECRET": SECRET,
+        "SLACK_API_URL": standin.api_url,
+        "SUPPORTBOT_ADMINS": "U0ADMIN",
+        "SUPPORTBOT_INTAKE_CHANNELS": "C0INTAKE",
+    }
     converted = CACHE / "models" / "smollm2-135m-instruct"
     if (converted / "config.json").exists():  # the benchmarks' converted model: no second conversion
         environment["SUPPORTBOT_BASE_MODEL"] = environment["SUPPORTBOT_ZERO_SHOT_MODEL"] = str(converted)
@@ -71,20 +76,28 @@ def main():
     requests = []
     for i in range(args.events):
         ts = f"{1700000000 + i}.000100"
-        requests.append(("event", payloads.event_callback(payloads.message_event(
-            "C0INTAKE", "U0AGENT", rng.choice(texts), ts))))
+        requests.append(
+            ("event", payloads.event_callback(payloads.message_event("C0INTAKE", "U0AGENT", rng.choice(texts), ts)))
+        )
     commands = ["/stats", "/labels", "/model", "/label", "/retrain"]
     for i in range(args.commands):
         command = commands[i % len(commands)]
         text = {"/label": names[0], "/retrain": "status"}.get(command, "")
-        requests.append((f"command {command}", payloads.slash_command(command, text, user="U0AGENT", channel="C0INTAKE",
-                                                            response_url=standin.response_url())))
+        requests.append(
+            (
+                f"command {command}",
+                payloads.slash_command(
+                    command, text, user="U0AGENT", channel="C0INTAKE", response_url=standin.response_url()
+                ),
+            )
+        )
     rng.shuffle(requests)
 
     def send(item):
         kind, (body, content_type) = item
-        request = urllib.request.Request(url, data=body.encode(), method="POST",
-                                         headers=payloads.signed_headers(SECRET, body, content_type))
+        request = urllib.request.Request(
+            url, data=body.encode(), method="POST", headers=payloads.signed_headers(SECRET, body, content_type)
+        )
         started = time.perf_counter()
         with urllib.request.urlopen(request, timeout=10) as response:
             response.read()
@@ -102,15 +115,24 @@ def main():
     latencies = [ms for _, _, ms in results]
     db = ctx.db()
     report = {
-        "benchmark": "ack_latency", "machine": machine(), "requests": len(results),
-        "events": args.events, "commands": args.commands, "concurrency": args.concurrency,
-        "p50_ms": statistics.median(latencies), "p99_ms": percentile(latencies, 0.99), "max_ms": max(latencies),
+        "benchmark": "ack_latency",
+        "machine": machine(),
+        "requests": len(results),
+        "events": args.events,
+        "commands": args.commands,
+        "concurrency": args.concurrency,
+        "p50_ms": statistics.median(latencies),
+        "p99_ms": percentile(latencies, 0.99),
+        "max_ms": max(latencies),
         "p99_ms_commands": percentile([ms for k, _, ms in results if k.startswith("command")], 0.99),
-        "max_ms_by_command": {k.split()[1]: max(ms for kk, _, ms in results if kk == k)
-                              for k in sorted({k for k, _, _ in results if k.startswith("command")})},
+        "max_ms_by_command": {
+            k.split()[1]: max(ms for kk, _, ms in results if kk == k)
+            for k in sorted({k for k, _, _ in results if k.startswith("command")})
+        },
         "p99_ms_events": percentile([ms for k, _, ms in results if k == "event"], 0.99),
         "non_200": sum(1 for _, status, _ in results if status != 200),
-        "seconds_to_send_all": sent_s, "classification_backlog_when_sending_ended": backlog_at_end,
+        "seconds_to_send_all": sent_s,
+        "classification_backlog_when_sending_ended": backlog_at_end,
         "seconds_until_backlog_worked": worked_s,
         "messages_stored": messages.count_messages(db),
         "predictions_stored": db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0],

@@ -44,14 +44,22 @@ DEFAULT = "default"
 RECIPES = {
     DEFAULT: {},
     "seed": {"recipe": "seed", "method": "scoring", "base_model": "smollm2-135m"},
-    "seed-raw-labels": {"recipe": "seed", "method": "scoring", "label_verbalizer": "raw",
-                        "base_model": "smollm2-135m"},
+    "seed-raw-labels": {"recipe": "seed", "method": "scoring", "label_verbalizer": "raw", "base_model": "smollm2-135m"},
     "small-model": {"recipe": "small-model", "method": "scoring", "base_model": "smollm2-135m"},
     "small-model-6ep": {"recipe": "small-model", "method": "scoring", "epochs": 6, "base_model": "smollm2-135m"},
-    "small-model-r32": {"recipe": "small-model", "method": "scoring", "lora_r": 32, "lora_alpha": 64,
-                        "base_model": "smollm2-135m"},
-    "small-model-no-aug": {"recipe": "small-model", "method": "scoring", "injection_augmentation": 0.0,
-                           "base_model": "smollm2-135m"},
+    "small-model-r32": {
+        "recipe": "small-model",
+        "method": "scoring",
+        "lora_r": 32,
+        "lora_alpha": 64,
+        "base_model": "smollm2-135m",
+    },
+    "small-model-no-aug": {
+        "recipe": "small-model",
+        "method": "scoring",
+        "injection_augmentation": 0.0,
+        "base_model": "smollm2-135m",
+    },
     "head-smollm2": {"method": "head", "base_model": "smollm2-135m"},
     "head-gemma": {"method": "head", "base_model": "gemma3-270m"},
     "head-gemma-seed7": {"method": "head", "base_model": "gemma3-270m", "seed": 7},
@@ -62,12 +70,27 @@ RECIPES = {
     "head-gemma-smooth": {"method": "head", "base_model": "gemma3-270m", "label_smoothing": 0.1},
     "head-gemma-no-aug": {"method": "head", "base_model": "gemma3-270m", "injection_augmentation": 0.0},
     "head-gemma-2ep": {"method": "head", "base_model": "gemma3-270m", "epochs": 2},
-    "head-gemma-top6-3ep": {"method": "head", "base_model": "gemma3-270m", "lora_layers": 6, "epochs": 3,
-                            "learning_rate": 1e-3},
-    "head-gemma-top6-1ep-lr1e-4": {"method": "head", "base_model": "gemma3-270m", "lora_layers": 6, "epochs": 1,
-                                   "learning_rate": 1e-4},
-    "head-gemma-top6-3ep-random-init": {"method": "head", "base_model": "gemma3-270m", "lora_layers": 6, "epochs": 3,
-                                        "head_init": "random"},
+    "head-gemma-top6-3ep": {
+        "method": "head",
+        "base_model": "gemma3-270m",
+        "lora_layers": 6,
+        "epochs": 3,
+        "learning_rate": 1e-3,
+    },
+    "head-gemma-top6-1ep-lr1e-4": {
+        "method": "head",
+        "base_model": "gemma3-270m",
+        "lora_layers": 6,
+        "epochs": 1,
+        "learning_rate": 1e-4,
+    },
+    "head-gemma-top6-3ep-random-init": {
+        "method": "head",
+        "base_model": "gemma3-270m",
+        "lora_layers": 6,
+        "epochs": 3,
+        "head_init": "random",
+    },
     # The default since the encoder recipe: all-MiniLM-L6-v2 with LoRA and a head, refitted on all 770.
     "head-minilm-seed7": {"base_model": "minilm", "seed": 7},
     "head-minilm-no-refit": {"base_model": "minilm", "refit": False},
@@ -97,10 +120,16 @@ def machine() -> dict:
     import transformers
     import trl
 
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__, "trl": trl.__version__,
-            "threads": torch.get_num_threads()}
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "trl": trl.__version__,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def baselines(train: list[dict], test: list[dict]) -> list[dict]:
@@ -110,17 +139,33 @@ def baselines(train: list[dict], test: list[dict]) -> list[dict]:
     names = sorted({r["label"] for r in train})
     out = []
     for method in ("tfidf", "minilm"):
-        name, predicted, seconds = fit_predict([r["text"] for r in train], [r["label"] for r in train],
-                                               [r["text"] for r in test], method=method)
+        name, predicted, seconds = fit_predict(
+            [r["text"] for r in train], [r["label"] for r in train], [r["text"] for r in test], method=method
+        )
         m = classification_metrics([r["label"] for r in test], predicted, names)
-        out.append({"name": name, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "train_seconds": seconds,
-                    "tokens_per_second": None})
+        out.append(
+            {
+                "name": name,
+                "accuracy": m["accuracy"],
+                "macro_f1": m["macro_f1"],
+                "train_seconds": seconds,
+                "tokens_per_second": None,
+            }
+        )
         print(f"  {name}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}", flush=True)
     return out
 
 
-def train_recipe(name: str, overrides: dict, train: list[dict], model_cache: Path, max_steps: int,
-                 folder: str = "banking77", reuse: bool = False, gate: bool = False) -> dict:
+def train_recipe(
+    name: str,
+    overrides: dict,
+    train: list[dict],
+    model_cache: Path,
+    max_steps: int,
+    folder: str = "banking77",
+    reuse: bool = False,
+    gate: bool = False,
+) -> dict:
     from trainer.data import write_jsonl
 
     run_dir = CACHE / folder / name
@@ -134,22 +179,26 @@ def train_recipe(name: str, overrides: dict, train: list[dict], model_cache: Pat
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     labels = sorted({r["label"] for r in train})
-    config = {"labels": [{"name": n} for n in labels], "model_cache_dir": str(model_cache),
-              "baseline": gate, **overrides}  # gate: the run also scores the other candidates and chooses
+    config = {
+        "labels": [{"name": n} for n in labels],
+        "model_cache_dir": str(model_cache),
+        "baseline": gate,
+        **overrides,
+    }  # gate: the run also scores the other candidates and chooses
     if max_steps:
         config["max_steps"] = max_steps
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
     write_jsonl(run_dir / "train.jsonl", train)
     started = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-m", "trainer", str(run_dir)], stdout=open(run_dir / "log", "w"),
-                             stderr=subprocess.STDOUT)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "trainer", str(run_dir)], stdout=open(run_dir / "log", "w"), stderr=subprocess.STDOUT
+    )
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - started
     result = json.loads((run_dir / "result.json").read_text())
     if result["status"] != "succeeded":
         raise SystemExit(f"{name}: {result['status']}: {result.get('error')}")
-    return {"run_dir": run_dir, "result": result, "wall_seconds": wall,
-            "peak_rss_mb": usage.ru_maxrss / 1024}
+    return {"run_dir": run_dir, "result": result, "wall_seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
 def evaluate_adapter(adapter_dir: Path, model_cache: Path, test: list[dict], save_to: Path | None = None) -> dict:
@@ -163,8 +212,11 @@ def evaluate_adapter(adapter_dir: Path, model_cache: Path, test: list[dict], sav
 
     meta = json.loads((adapter_dir / "supportbot.json").read_text())
     labels = meta["prompt"]["labels"]
-    classifier = Classifier.load(resolve_base_model(meta["base_model"], model_cache),
-                                 [LabelInfo(label["name"]) for label in labels], batch_size=32)
+    classifier = Classifier.load(
+        resolve_base_model(meta["base_model"], model_cache),
+        [LabelInfo(label["name"]) for label in labels],
+        batch_size=32,
+    )
     classifier.use_adapter(adapter_dir, version=1)
     started = time.perf_counter()
     with torch.inference_mode():
@@ -181,15 +233,22 @@ def evaluate_adapter(adapter_dir: Path, model_cache: Path, test: list[dict], sav
         np.save(save_to / "test_probabilities.npy", matrix)
         (save_to / "test_labels.json").write_text(json.dumps({"labels": columns, "rows": len(test)}))
         shutil.copy(adapter_dir.parent / "eval_predictions.jsonl", save_to / "eval_predictions.jsonl")
-    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "classify_seconds": seconds,
-            "certified_top": sum(p.certified for p in predictions) / len(predictions)}
+    return {
+        "accuracy": m["accuracy"],
+        "macro_f1": m["macro_f1"],
+        "classify_seconds": seconds,
+        "certified_top": sum(p.certified for p in predictions) / len(predictions),
+    }
 
 
 def model_label(result: dict) -> str:
     config = result["config"]
-    base = {"smollm2-135m": "SmolLM2-135M", "embedded": "SmolLM2-135M", "gemma3-270m": "Gemma 3 270M",
-            "minilm": "all-MiniLM-L6-v2"}.get(
-        config["base_model"], config["base_model"])
+    base = {
+        "smollm2-135m": "SmolLM2-135M",
+        "embedded": "SmolLM2-135M",
+        "gemma3-270m": "Gemma 3 270M",
+        "minilm": "all-MiniLM-L6-v2",
+    }.get(config["base_model"], config["base_model"])
     return f"{base} LoRA + {'head' if config['method'] == 'head' else 'label scoring'}"
 
 
@@ -200,12 +259,18 @@ def main() -> None:
     parser.add_argument("--test-per-intent", type=int, default=0, help="0 = the whole test set")
     parser.add_argument("--max-steps", type=int, default=0, help="cap optimizer steps (smoke runs)")
     parser.add_argument("--no-baselines", action="store_true")
-    parser.add_argument("--search", action="store_true",
-                        help="recipe search: 5 test messages per intent, rows added to banking77_recipes.json")
+    parser.add_argument(
+        "--search",
+        action="store_true",
+        help="recipe search: 5 test messages per intent, rows added to banking77_recipes.json",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "banking77.json")
-    parser.add_argument("--reuse-search", action="store_true",
-                        help="evaluate the adapter the search trained for each recipe (same training data) instead "
-                             "of training it again")
+    parser.add_argument(
+        "--reuse-search",
+        action="store_true",
+        help="evaluate the adapter the search trained for each recipe (same training data) instead "
+        "of training it again",
+    )
     args = parser.parse_args()
 
     if args.search:
@@ -236,31 +301,53 @@ def main() -> None:
         # The search keeps its runs apart: classify_speed.py reads the full run's adapter.
         folder = "banking77-search" if args.search or args.reuse_search else "banking77"
         keep = CACHE / "banking77" if name == DEFAULT and not args.search else None
-        trained = train_recipe(name, overrides, train, model_cache, args.max_steps, folder=folder,
-                               reuse=args.reuse_search, gate=keep is not None)
+        trained = train_recipe(
+            name,
+            overrides,
+            train,
+            model_cache,
+            args.max_steps,
+            folder=folder,
+            reuse=args.reuse_search,
+            gate=keep is not None,
+        )
         if keep:
             keep.mkdir(parents=True, exist_ok=True)
         scores = evaluate_adapter(trained["run_dir"] / "adapter", model_cache, test, save_to=keep)
         training = trained["result"]["training"]
         config = trained["result"]["config"]
         refit = trained["result"].get("refit") or {}
-        row = {"name": f"{model_label(trained['result'])} ({name})", "role": "adapter", "recipe": name,
-               "overrides": overrides, "method": config["method"], "base_model": config["base_model"],
-               "test_rows": len(test),
-               "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"],
-               # What a team waits for: the first training and, when the recipe refits, the second.
-               "train_seconds": training["train_seconds"] + refit.get("train_seconds", 0),
-               "tokens_per_second": (training["train_tokens"] + refit.get("train_tokens", 0))
-               / (training["train_seconds"] + refit.get("train_seconds", 0)),
-               "first_training_seconds": training["train_seconds"], "refit": refit or None,
-               "wall_seconds": trained["wall_seconds"],
-               "peak_rss_mb": trained["peak_rss_mb"], "epochs_run": (training["epochs"] or [{}])[-1].get("epoch"),
-               "stop_reason": training["stop_reason"], "best_epoch": training["best_epoch"],
-               "eval_split_accuracy": trained["result"]["metrics"]["accuracy"],
-               "classify_seconds": scores["classify_seconds"], "certified_top_fraction": scores["certified_top"]}
-        print(f"  {row['name']}: accuracy {row['accuracy']:.4f}, macro-F1 {row['macro_f1']:.4f}, "
-              f"train {row['train_seconds']:.0f} s, {row['tokens_per_second']:.0f} tokens/s, "
-              f"peak {row['peak_rss_mb'] or 0:.0f} MB", flush=True)
+        row = {
+            "name": f"{model_label(trained['result'])} ({name})",
+            "role": "adapter",
+            "recipe": name,
+            "overrides": overrides,
+            "method": config["method"],
+            "base_model": config["base_model"],
+            "test_rows": len(test),
+            "accuracy": scores["accuracy"],
+            "macro_f1": scores["macro_f1"],
+            # What a team waits for: the first training and, when the recipe refits, the second.
+            "train_seconds": training["train_seconds"] + refit.get("train_seconds", 0),
+            "tokens_per_second": (training["train_tokens"] + refit.get("train_tokens", 0))
+            / (training["train_seconds"] + refit.get("train_seconds", 0)),
+            "first_training_seconds": training["train_seconds"],
+            "refit": refit or None,
+            "wall_seconds": trained["wall_seconds"],
+            "peak_rss_mb": trained["peak_rss_mb"],
+            "epochs_run": (training["epochs"] or [{}])[-1].get("epoch"),
+            "stop_reason": training["stop_reason"],
+            "best_epoch": training["best_epoch"],
+            "eval_split_accuracy": trained["result"]["metrics"]["accuracy"],
+            "classify_seconds": scores["classify_seconds"],
+            "certified_top_fraction": scores["certified_top"],
+        }
+        print(
+            f"  {row['name']}: accuracy {row['accuracy']:.4f}, macro-F1 {row['macro_f1']:.4f}, "
+            f"train {row['train_seconds']:.0f} s, {row['tokens_per_second']:.0f} tokens/s, "
+            f"peak {row['peak_rss_mb'] or 0:.0f} MB",
+            flush=True,
+        )
         if name == DEFAULT:
             row["default"] = True
         report["models"].append(row)
@@ -270,11 +357,15 @@ def main() -> None:
             from served import add_serving
 
             columns = json.loads((keep / "test_labels.json").read_text())["labels"]
-            add_serving(report, train, test, trained["result"], np.load(keep / "test_probabilities.npy"), columns,
-                        row["name"])
+            add_serving(
+                report, train, test, trained["result"], np.load(keep / "test_probabilities.npy"), columns, row["name"]
+            )
             for m in report["models"][-3:]:
-                print(f"  {m['name']}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, "
-                      f"ECE {m.get('ece', float('nan')):.4f}", flush=True)
+                print(
+                    f"  {m['name']}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, "
+                    f"ECE {m.get('ece', float('nan')):.4f}",
+                    flush=True,
+                )
         report["recipes"] = [r for r in report["recipes"] if (r["recipe"], r.get("test_rows")) != (name, len(test))]
         report["recipes"].append(row)
         args.out.parent.mkdir(parents=True, exist_ok=True)

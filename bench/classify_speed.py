@@ -51,7 +51,7 @@ def matmul_peak(seconds: float = 3.0) -> float:
         while time.perf_counter() - started < seconds / 2:
             torch.matmul(a, b)
             count += 1
-        best = max(best, 2 * n ** 3 * count / (time.perf_counter() - started))
+        best = max(best, 2 * n**3 * count / (time.perf_counter() - started))
     return best
 
 
@@ -60,9 +60,11 @@ class TokenCounter:
 
     def __init__(self, model):
         self.tokens = 0
-        self.handle = model.get_base_model().get_decoder().register_forward_pre_hook(self.hook, with_kwargs=True) \
-            if hasattr(model, "get_base_model") else model.get_decoder().register_forward_pre_hook(
-                self.hook, with_kwargs=True)
+        self.handle = (
+            model.get_base_model().get_decoder().register_forward_pre_hook(self.hook, with_kwargs=True)
+            if hasattr(model, "get_base_model")
+            else model.get_decoder().register_forward_pre_hook(self.hook, with_kwargs=True)
+        )
 
     def hook(self, module, args, kwargs):
         ids = kwargs.get("input_ids")
@@ -81,15 +83,20 @@ def generate_labels(model, tokenizer, spec, texts, max_new_tokens, batch_size):
     answers = {spec.answer(n).lower(): n for n in spec.names}
     out = []
     for start in range(0, len(texts), batch_size):
-        prompts = [prompt_ids(tokenizer, spec, t) for t in texts[start:start + batch_size]]
+        prompts = [prompt_ids(tokenizer, spec, t) for t in texts[start : start + batch_size]]
         width = max(map(len, prompts))
         ids = torch.full((len(prompts), width), tokenizer.pad_token_id)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for i, p in enumerate(prompts):
-            ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = 1
-        generated = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                   do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            ids[i, width - len(p) :] = torch.tensor(p)
+            mask[i, width - len(p) :] = 1
+        generated = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         for row in generated[:, width:]:
             text = tokenizer.decode(row, skip_special_tokens=True).strip().lower()
             out.append(answers.get(text))
@@ -108,9 +115,15 @@ def main():
     parser.add_argument("--messages", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="batched runs of each method (median reported)")
-    parser.add_argument("--no-merge", action="store_true", help="keep the adapter unmerged (LoRA matmuls in every layer)")
-    parser.add_argument("--adapter", type=Path, default=CACHE / "banking77" / "small-model" / "adapter",
-                        help="a Banking77 adapter (default: bench/banking77.py's full run)")
+    parser.add_argument(
+        "--no-merge", action="store_true", help="keep the adapter unmerged (LoRA matmuls in every layer)"
+    )
+    parser.add_argument(
+        "--adapter",
+        type=Path,
+        default=CACHE / "banking77" / "small-model" / "adapter",
+        help="a Banking77 adapter (default: bench/banking77.py's full run)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--default", action="store_true", help="the default (head) adapter of banking77.py's run")
     args = parser.parse_args()
@@ -123,8 +136,9 @@ def main():
     names = sorted({r["label"] for r in read_csv(DATA / "train.csv")})
     adapter = args.adapter.resolve()
     base = resolve_base_model("embedded", CACHE / "models")
-    classifier = Classifier.load(base, [LabelInfo(n) for n in names], batch_size=args.batch_size,
-                                 merge=not args.no_merge)
+    classifier = Classifier.load(
+        base, [LabelInfo(n) for n in names], batch_size=args.batch_size, merge=not args.no_merge
+    )
     if (adapter / "supportbot.json").exists():
         classifier.use_adapter(adapter, version=1)
     spec = classifier._state.scorer.spec
@@ -177,22 +191,34 @@ def main():
     peak = matmul_peak()
     gold = [r["label"] for r in test]
     result = {
-        "benchmark": "classify_speed", "machine": machine(), "messages": len(texts), "labels": len(names),
+        "benchmark": "classify_speed",
+        "machine": machine(),
+        "messages": len(texts),
+        "labels": len(names),
         "adapter": str(adapter.relative_to(REPO)) if classifier.adapter_version else None,
         "adapter_merged": classifier.merged,
-        "scoring": {"p50_ms": statistics.median(single), "p95_ms": percentile(single, 0.95),
-                    "batched_msgs_per_s": len(texts) / batched_s,
-                    "accuracy": sum(p.label == g for p, g in zip(predictions, gold)) / len(gold),
-                    "certified_top_fraction": sum(p.certified for p in predictions) / len(predictions),
-                    "tokens_processed": counter.tokens},
-        "generate": {"p50_ms": statistics.median(gen_single), "p95_ms": percentile(gen_single, 0.95),
-                     "batched_msgs_per_s": len(texts) / gen_batched_s,
-                     "accuracy": sum(p == g for p, g in zip(generated, gold)) / len(gold),
-                     "unparseable_fraction": sum(p is None for p in generated) / len(generated)},
+        "scoring": {
+            "p50_ms": statistics.median(single),
+            "p95_ms": percentile(single, 0.95),
+            "batched_msgs_per_s": len(texts) / batched_s,
+            "accuracy": sum(p.label == g for p, g in zip(predictions, gold)) / len(gold),
+            "certified_top_fraction": sum(p.certified for p in predictions) / len(predictions),
+            "tokens_processed": counter.tokens,
+        },
+        "generate": {
+            "p50_ms": statistics.median(gen_single),
+            "p95_ms": percentile(gen_single, 0.95),
+            "batched_msgs_per_s": len(texts) / gen_batched_s,
+            "accuracy": sum(p == g for p, g in zip(generated, gold)) / len(gold),
+            "unparseable_fraction": sum(p is None for p in generated) / len(generated),
+        },
         "ratio": (len(texts) / batched_s) / (len(texts) / gen_batched_s),
         "batched_runs_s": {"scoring": scoring_runs, "generate": generate_runs},
-        "achieved_flops": flops, "matmul_peak_flops": peak, "flops_fraction_of_peak": flops / peak,
-        "p50_ms_3_labels": by_size[3], "p50_ms_77_labels": by_size[77],
+        "achieved_flops": flops,
+        "matmul_peak_flops": peak,
+        "flops_fraction_of_peak": flops / peak,
+        "p50_ms_3_labels": by_size[3],
+        "p50_ms_77_labels": by_size[77],
         "label_cost_ratio_77_vs_3": by_size[77] / by_size[3],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # whole run: model, both methods
     }
@@ -214,9 +240,12 @@ def head_speed(args) -> None:
     test = per_intent(read_csv(DATA / "test.csv"), 40, seed=42)[: args.messages]
     texts, gold = [r["text"] for r in test], [r["label"] for r in test]
     started = time.perf_counter()
-    classifier = Classifier.load(resolve_base_model(meta["base_model"], CACHE / "models"),
-                                 [LabelInfo(label["name"]) for label in meta["prompt"]["labels"]],
-                                 batch_size=args.batch_size, merge=not args.no_merge)
+    classifier = Classifier.load(
+        resolve_base_model(meta["base_model"], CACHE / "models"),
+        [LabelInfo(label["name"]) for label in meta["prompt"]["labels"]],
+        batch_size=args.batch_size,
+        merge=not args.no_merge,
+    )
     classifier.use_adapter(adapter, version=1)
     load_s = time.perf_counter() - started
     with torch.inference_mode():
@@ -231,13 +260,23 @@ def head_speed(args) -> None:
             started = time.perf_counter()
             predictions = classifier.classify_many(texts)
             runs.append(time.perf_counter() - started)
-    result = {"benchmark": "classify_speed_default", "machine": machine(), "messages": len(texts),
-              "labels": len(classifier.labels), "adapter": str(adapter.relative_to(REPO)),
-              "base_model": meta["base_model"], "method": meta["method"], "adapter_merged": classifier.merged,
-              "load_seconds": load_s, "p50_ms": statistics.median(single), "p95_ms": percentile(single, 0.95),
-              "batched_msgs_per_s": len(texts) / statistics.median(runs), "batched_runs_s": runs,
-              "accuracy": sum(p.label == g for p, g in zip(predictions, gold)) / len(gold),
-              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    result = {
+        "benchmark": "classify_speed_default",
+        "machine": machine(),
+        "messages": len(texts),
+        "labels": len(classifier.labels),
+        "adapter": str(adapter.relative_to(REPO)),
+        "base_model": meta["base_model"],
+        "method": meta["method"],
+        "adapter_merged": classifier.merged,
+        "load_seconds": load_s,
+        "p50_ms": statistics.median(single),
+        "p95_ms": percentile(single, 0.95),
+        "batched_msgs_per_s": len(texts) / statistics.median(runs),
+        "batched_runs_s": runs,
+        "accuracy": sum(p.label == g for p, g in zip(predictions, gold)) / len(gold),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
     out = args.out or REPO / "bench" / "results" / "classify_speed_default.json"
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))

@@ -47,26 +47,45 @@ def main():
                 break
             time.sleep(0.5)
         updates = len(stack.workspace.calls_to("chat.update"))
-        final = next((m for (ch, _), m in stack.workspace.messages.items()
-                      if ch == REPORTS and ("finished" in m["text"] or "failed" in m["text"])), {})
+        final = next(
+            (
+                m
+                for (ch, _), m in stack.workspace.messages.items()
+                if ch == REPORTS and ("finished" in m["text"] or "failed" in m["text"])
+            ),
+            {},
+        )
     finally:
         stack.stop()
     run = next(iter(sorted(data.rglob("result.json"))), None)
     outcome = json.loads(run.read_text()) if run else {}
     baseline = outcome.get("baseline") or {}
-    result = {"benchmark": "demo_retrain", "machine": machine(), "examples": 36,
-              "base_model": settings.base_model, "method": (outcome.get("config") or {}).get("method"),
-              "adapter_accuracy": (outcome.get("metrics") or {}).get("accuracy"),
-              "baseline_accuracy": baseline.get("accuracy"), "baseline": baseline.get("method"),
-              "eval_examples": (outcome.get("metrics") or {}).get("n"), "verdict": outcome.get("verdict"),
-              "train_seconds": (outcome.get("training") or {}).get("train_seconds"),
-              "seconds_to_first_progress": first_progress, "seconds_to_report": report,
-              "seconds_to_picture": picture, "progress_updates": updates, "report": final.get("text"),
-              # what the serving gate served after the run, and the one sentence it gave
-              "picked": (outcome.get("gate") or {}).get("picked"), "reason": (outcome.get("gate") or {}).get("reason"),
-              "p_value": (outcome.get("gate") or {}).get("p_value"),
-              "candidates": [{k: c[k] for k in ("name", "right", "n", "accuracy", "macro_f1", "serving")}
-                             for c in (outcome.get("gate") or {}).get("candidates", [])]}
+    result = {
+        "benchmark": "demo_retrain",
+        "machine": machine(),
+        "examples": 36,
+        "base_model": settings.base_model,
+        "method": (outcome.get("config") or {}).get("method"),
+        "adapter_accuracy": (outcome.get("metrics") or {}).get("accuracy"),
+        "baseline_accuracy": baseline.get("accuracy"),
+        "baseline": baseline.get("method"),
+        "eval_examples": (outcome.get("metrics") or {}).get("n"),
+        "verdict": outcome.get("verdict"),
+        "train_seconds": (outcome.get("training") or {}).get("train_seconds"),
+        "seconds_to_first_progress": first_progress,
+        "seconds_to_report": report,
+        "seconds_to_picture": picture,
+        "progress_updates": updates,
+        "report": final.get("text"),
+        # what the serving gate served after the run, and the one sentence it gave
+        "picked": (outcome.get("gate") or {}).get("picked"),
+        "reason": (outcome.get("gate") or {}).get("reason"),
+        "p_value": (outcome.get("gate") or {}).get("p_value"),
+        "candidates": [
+            {k: c[k] for k in ("name", "right", "n", "accuracy", "macro_f1", "serving")}
+            for c in (outcome.get("gate") or {}).get("candidates", [])
+        ],
+    }
     out = REPO / "bench" / "results" / "demo_retrain.json"
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))

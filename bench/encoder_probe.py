@@ -70,7 +70,7 @@ def main() -> None:
     def embed_all(texts):
         model.eval()
         with torch.no_grad():
-            return torch.cat([encode(texts[i:i + 64]) for i in range(0, len(texts), 64)])
+            return torch.cat([encode(texts[i : i + 64]) for i in range(0, len(texts), 64)])
 
     def accuracy(predicted):
         return sum(int(p) == g for p, g in zip(predicted, gold)) / len(gold)
@@ -84,8 +84,7 @@ def main() -> None:
         head.weight.copy_(torch.tensor(fitted.coef_, dtype=torch.float32))
         head.bias.copy_(torch.tensor(fitted.intercept_, dtype=torch.float32))
     if not args.full:
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05,
-                                                 target_modules=ENCODER_LINEAR))
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=ENCODER_LINEAR))
     trainable = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.01)
     steps = args.epochs * math.ceil(len(train) / args.batch_size)
@@ -99,12 +98,12 @@ def main() -> None:
             by_label: dict[int, list[int]] = {}
             for i in order:
                 by_label.setdefault(int(y_train[i]), []).append(i)
-            pairs = [ids[k:k + 2] for ids in by_label.values() for k in range(0, len(ids), 2)]
+            pairs = [ids[k : k + 2] for ids in by_label.values() for k in range(0, len(ids), 2)]
             rng.shuffle(pairs)
             order = [i for pair in pairs for i in pair]
         total = 0.0
         for start in range(0, len(order), args.batch_size):
-            chunk = order[start:start + args.batch_size]
+            chunk = order[start : start + args.batch_size]
             z = encode([texts[i] for i in chunk])
             loss = F.cross_entropy(head(z), y_train[chunk])
             if args.supcon:
@@ -124,8 +123,14 @@ def main() -> None:
     seconds = time.perf_counter() - started
     with torch.no_grad():
         tuned = accuracy(head(embed_all([r["text"] for r in test])).argmax(-1).tolist())
-    variant = {"lr": args.lr, "epochs": args.epochs, "full": args.full, "supcon": args.supcon,
-               "batch_size": args.batch_size, "seed": args.seed}
+    variant = {
+        "lr": args.lr,
+        "epochs": args.epochs,
+        "full": args.full,
+        "supcon": args.supcon,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+    }
     row = {**variant, "frozen_accuracy": frozen, "tuned_accuracy": tuned, "train_seconds": seconds}
     print(json.dumps(row), flush=True)
     report = json.loads(OUT.read_text()) if OUT.exists() else {"benchmark": "encoder_probe", "rows": []}

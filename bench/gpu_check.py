@@ -27,15 +27,34 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 RESULT = REPO / "bench" / "results" / "gpu_check.json"
-MISTRAL_7B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                  num_key_value_heads=8, max_position_embeddings=32768, rope_theta=10000.0, sliding_window=None)
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=4096)
-LABELS = [("complaint", "the customer is unhappy"), ("question", "the customer asks something"),
-          ("feedback", "the customer tells us what they think")]
-MESSAGES = ["My card was charged twice for the same order and nobody answers my emails.",
-            "How do I change the delivery address on an order I placed yesterday?",
-            "Your support team was great, thanks for sorting this out so quickly!"]
+MISTRAL_7B = dict(
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    max_position_embeddings=32768,
+    rope_theta=10000.0,
+    sliding_window=None,
+)
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+)
+LABELS = [
+    ("complaint", "the customer is unhappy"),
+    ("question", "the customer asks something"),
+    ("feedback", "the customer tells us what they think"),
+]
+MESSAGES = [
+    "My card was charged twice for the same order and nobody answers my emails.",
+    "How do I change the delivery address on an order I placed yesterday?",
+    "Your support team was great, thanks for sorting this out so quickly!",
+]
 
 
 def load_tokenizer(folder: str | None):
@@ -59,9 +78,14 @@ def build_model(folder: Path, tokenizer, shape: dict, device: str) -> dict:
     from transformers import MistralConfig, MistralForCausalLM
 
     started = time.time()
-    config = MistralConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                           tie_word_embeddings=False, **shape)
+    config = MistralConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        **shape,
+    )
     torch.manual_seed(0)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     with torch.device(device):  # initialised where it is made: seconds on a GPU, minutes for 7B on CPU
@@ -75,8 +99,9 @@ def build_model(folder: Path, tokenizer, shape: dict, device: str) -> dict:
     return {"parameters": n_params, "build_seconds": round(time.time() - started, 1)}
 
 
-def train_steps(folder: Path, device: str, *, steps: int, batch: int, seq: int, vocab: int,
-                gradient_checkpointing: bool) -> tuple[dict, object]:
+def train_steps(
+    folder: Path, device: str, *, steps: int, batch: int, seq: int, vocab: int, gradient_checkpointing: bool
+) -> tuple[dict, object]:
     """QLoRA steps (LoRA r=16 on q/k/v/o, the project's defaults) on random token ids; returns the numbers."""
     import torch
     from peft import get_peft_model
@@ -89,13 +114,19 @@ def train_steps(folder: Path, device: str, *, steps: int, batch: int, seq: int, 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     started = time.time()
-    model = load_base_model(str(folder), quantization="4bit" if cuda else "none", device=device, for_training=True,
-                            gradient_checkpointing=gradient_checkpointing)
+    model = load_base_model(
+        str(folder),
+        quantization="4bit" if cuda else "none",
+        device=device,
+        for_training=True,
+        gradient_checkpointing=gradient_checkpointing,
+    )
     load_seconds = time.time() - started
     loaded_gb = torch.cuda.memory_allocated() / 2**30 if cuda else None
     # The seed recipe, as a 7B-class model gets it: QLoRA r=16, alpha 32 on q/k/v/o, lr 2e-4.
-    cfg = TrainConfig(labels=[{"name": n, "description": d} for n, d in LABELS], base_model=str(folder),
-                      recipe="seed").resolved(1000, n_params=sum(p.numel() for p in model.parameters()))
+    cfg = TrainConfig(
+        labels=[{"name": n, "description": d} for n, d in LABELS], base_model=str(folder), recipe="seed"
+    ).resolved(1000, n_params=sum(p.numel() for p in model.parameters()))
     model = get_peft_model(model, lora_config(cfg, model.config.num_hidden_layers))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
@@ -119,14 +150,21 @@ def train_steps(folder: Path, device: str, *, steps: int, batch: int, seq: int, 
             timed += time.time() - tick
         losses.append(round(loss.item(), 4))
     timed_steps = steps - warmup
-    numbers = {"quantization": "4-bit NF4, double quantization (bitsandbytes)" if cuda else "none (dry run, CPU)",
-               "load_seconds": round(load_seconds, 1), "memory_after_load_gb": round(loaded_gb, 2) if cuda else None,
-               "trainable_parameters": trainable, "steps": steps, "timed_steps": timed_steps, "batch": batch,
-               "sequence_length": seq, "gradient_checkpointing": gradient_checkpointing,
-               "seconds_per_step": round(timed / timed_steps, 3),
-               "tokens_per_second": round(batch * seq * timed_steps / timed, 1),
-               "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
-               "losses": losses}
+    numbers = {
+        "quantization": "4-bit NF4, double quantization (bitsandbytes)" if cuda else "none (dry run, CPU)",
+        "load_seconds": round(load_seconds, 1),
+        "memory_after_load_gb": round(loaded_gb, 2) if cuda else None,
+        "trainable_parameters": trainable,
+        "steps": steps,
+        "timed_steps": timed_steps,
+        "batch": batch,
+        "sequence_length": seq,
+        "gradient_checkpointing": gradient_checkpointing,
+        "seconds_per_step": round(timed / timed_steps, 3),
+        "tokens_per_second": round(batch * seq * timed_steps / timed, 1),
+        "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+        "losses": losses,
+    }
     return numbers, model
 
 
@@ -150,8 +188,10 @@ def classify(folder: Path, adapter: Path, device: str, rounds: int) -> dict:
     labels = [LabelInfo(n, d) for n, d in LABELS]
     started = time.time()
     classifier = Classifier.load(str(folder), labels)
-    numbers = {"load_seconds": round(time.time() - started, 1),
-               "device": str(next(classifier._model.parameters()).device)}
+    numbers = {
+        "load_seconds": round(time.time() - started, 1),
+        "device": str(next(classifier._model.parameters()).device),
+    }
     items = MESSAGES * rounds
     for name, prepare in (("zero_shot", lambda: None), ("adapter", lambda: classifier.use_adapter(adapter, 1))):
         prepare()
@@ -161,9 +201,12 @@ def classify(folder: Path, adapter: Path, device: str, rounds: int) -> dict:
         tick = time.time()
         predictions = classifier.classify_many(items)
         seconds = time.time() - tick
-        numbers[name] = {"messages": len(items), "messages_per_second": round(len(items) / seconds, 1),
-                         "labels_seen": sorted({p.label for p in predictions}),
-                         "adapter_version": predictions[0].adapter_version}
+        numbers[name] = {
+            "messages": len(items),
+            "messages_per_second": round(len(items) / seconds, 1),
+            "labels_seen": sorted({p.label for p in predictions}),
+            "adapter_version": predictions[0].adapter_version,
+        }
     numbers["merged"] = classifier.merged
     return numbers
 
@@ -176,16 +219,20 @@ def main(argv=None) -> int:
     parser.add_argument("--seq", type=int, default=None, help="tokens per example (default 512; 64 in a dry run)")
     parser.add_argument("--no-gradient-checkpointing", action="store_true")
     parser.add_argument("--tokenizer", help="a tokenizer folder (default: the embedded SmolLM2 tokenizer)")
-    parser.add_argument("--work-dir", help="where the random model is written (about 15 GB for 7B; default: a temp dir)")
+    parser.add_argument(
+        "--work-dir", help="where the random model is written (about 15 GB for 7B; default: a temp dir)"
+    )
     parser.add_argument("--out", help=f"result file (default {RESULT.relative_to(REPO)}; none in a dry run)")
     args = parser.parse_args(argv)
 
     import torch
 
     if not args.dry_run and not torch.cuda.is_available():
-        print("gpu_check: no CUDA device is visible (torch.cuda.is_available() is False; torch "
-              f"{torch.__version__}). Run it on the GPU host with the CUDA build of torch, or use --dry-run.",
-              file=sys.stderr)
+        print(
+            "gpu_check: no CUDA device is visible (torch.cuda.is_available() is False; torch "
+            f"{torch.__version__}). Run it on the GPU host with the CUDA build of torch, or use --dry-run.",
+            file=sys.stderr,
+        )
         return 2
     device = "cpu" if args.dry_run else "cuda"
     steps = args.steps or (3 if args.dry_run else 12)
@@ -197,8 +244,15 @@ def main(argv=None) -> int:
         model_numbers = build_model(folder, tokenizer, TINY if args.dry_run else MISTRAL_7B, device)
         model_numbers["architecture"] = "tiny Mistral (dry run)" if args.dry_run else "Mistral-7B, random weights"
         print(f"model: {model_numbers}", file=sys.stderr)
-        training, model = train_steps(folder, device, steps=steps, batch=args.batch, seq=seq, vocab=len(tokenizer),
-                                      gradient_checkpointing=not args.no_gradient_checkpointing)
+        training, model = train_steps(
+            folder,
+            device,
+            steps=steps,
+            batch=args.batch,
+            seq=seq,
+            vocab=len(tokenizer),
+            gradient_checkpointing=not args.no_gradient_checkpointing,
+        )
         print(f"training: {training}", file=sys.stderr)
         save_adapter(model, adapter)
         del model
@@ -206,10 +260,19 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
         classifier = classify(folder, adapter, device, rounds=10 if args.dry_run else 20)
         print(f"classifier: {classifier}", file=sys.stderr)
-    result = {"dry_run": args.dry_run, "model": model_numbers, "qlora_training": training, "classifier": classifier,
-              "total_seconds": round(time.time() - started, 1),
-              "machine": {"gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
-                          "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()}}
+    result = {
+        "dry_run": args.dry_run,
+        "model": model_numbers,
+        "qlora_training": training,
+        "classifier": classifier,
+        "total_seconds": round(time.time() - started, 1),
+        "machine": {
+            "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "python": platform.python_version(),
+        },
+    }
     out = args.out or (None if args.dry_run else RESULT)
     if out:
         Path(out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -30,11 +30,13 @@ def both_poolings(model, rows, pad_id, poolings, batch_size=32):
     out = {pooling: [] for pooling in poolings}
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
-            ids, mask = pad_batch(rows[start:start + batch_size], pad_id, "cpu")
+            ids, mask = pad_batch(rows[start : start + batch_size], pad_id, "cpu")
             hidden = body(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state.float()
             weights = mask.unsqueeze(-1).float()
-            pooled = {"mean": (hidden * weights).sum(1) / weights.sum(1),
-                      "last": hidden[torch.arange(len(ids)), mask.sum(1) - 1]}
+            pooled = {
+                "mean": (hidden * weights).sum(1) / weights.sum(1),
+                "last": hidden[torch.arange(len(ids)), mask.sum(1) - 1],
+            }
             for pooling in poolings:
                 out[pooling].append(pooled[pooling])
     return {pooling: torch.cat(parts) for pooling, parts in out.items()}
@@ -61,9 +63,13 @@ def main() -> None:
     names = sorted({r["label"] for r in train})
     spec = PromptSpec((), False, 1500)
     y = torch.tensor([names.index(r["label"]) for r in train])
-    report = {"benchmark": "banking77_probe", "protocol": f"10 per intent from train.csv (seed 42); {len(test)} test "
-              "rows; frozen base model, linear head fitted on its pooled hidden states", "machine": machine(),
-              "models": []}
+    report = {
+        "benchmark": "banking77_probe",
+        "protocol": f"10 per intent from train.csv (seed 42); {len(test)} test "
+        "rows; frozen base model, linear head fitted on its pooled hidden states",
+        "machine": machine(),
+        "models": [],
+    }
     for model_name in args.models.split(","):
         path = resolve_base_model(model_name, CACHE / "models")
         tokenizer, model = load_tokenizer(path), load_base_model(path, device="cpu").eval()
@@ -80,9 +86,15 @@ def main() -> None:
             with torch.no_grad():
                 predicted = head(test_x[pooling]).argmax(-1)
             m = classification_metrics([r["label"] for r in test], [names[i] for i in predicted], names)
-            row = {"name": f"{model_name} frozen + probe ({pooling})", "model": model_name, "pooling": pooling,
-                   "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "features_seconds": seconds,
-                   "tokens_per_second": sum(map(len, rows)) / seconds}
+            row = {
+                "name": f"{model_name} frozen + probe ({pooling})",
+                "model": model_name,
+                "pooling": pooling,
+                "accuracy": m["accuracy"],
+                "macro_f1": m["macro_f1"],
+                "features_seconds": seconds,
+                "tokens_per_second": sum(map(len, rows)) / seconds,
+            }
             print(json.dumps(row), flush=True)
             report["models"].append(row)
             args.out.write_text(json.dumps(report, indent=2))

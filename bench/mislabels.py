@@ -43,12 +43,20 @@ def main():
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--share", type=float, default=0.10)
-    parser.add_argument("--train", nargs="?", const="noisy,corrected,clean", default="",
-                        help="also train these sets (default: noisy,corrected,clean; slow)")
+    parser.add_argument(
+        "--train",
+        nargs="?",
+        const="noisy,corrected,clean",
+        default="",
+        help="also train these sets (default: noisy,corrected,clean; slow)",
+    )
     parser.add_argument("--epochs", type=int, default=0, help="training epochs (0 = the recipe's own)")
     parser.add_argument("--test-per-intent", type=int, default=0, help="test rows per intent (0 = all 3,080)")
-    parser.add_argument("--clean-from-banking77", action="store_true",
-                        help="take accuracy_clean from bench/results/banking77.json (small-model run)")
+    parser.add_argument(
+        "--clean-from-banking77",
+        action="store_true",
+        help="take accuracy_clean from bench/results/banking77.json (small-model run)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "mislabels.json")
     args = parser.parse_args()
 
@@ -60,13 +68,24 @@ def main():
     seconds = time.perf_counter() - started
     found = {f.ids[0] for f in flagged}
     true_positives = len(found & flipped)
-    suggested_right = sum(1 for f in flagged if f.ids[0] in flipped and f.detail["suggested"] == clean[f.ids[0]]["label"])
-    report = {"benchmark": "mislabels", "machine": machine(), "examples": len(noisy), "flipped": len(flipped),
-              "method": f"{method} + logistic regression, 5-fold out-of-fold probabilities, confident learning",
-              "flagged": len(found), "precision": true_positives / len(found) if found else 0.0,
-              "recall": true_positives / len(flipped), "suggestion_correct_fraction":
-                  suggested_right / true_positives if true_positives else 0.0, "check_seconds": seconds,
-              "accuracy_noisy": None, "accuracy_corrected": None, "accuracy_clean": None}
+    suggested_right = sum(
+        1 for f in flagged if f.ids[0] in flipped and f.detail["suggested"] == clean[f.ids[0]]["label"]
+    )
+    report = {
+        "benchmark": "mislabels",
+        "machine": machine(),
+        "examples": len(noisy),
+        "flipped": len(flipped),
+        "method": f"{method} + logistic regression, 5-fold out-of-fold probabilities, confident learning",
+        "flagged": len(found),
+        "precision": true_positives / len(found) if found else 0.0,
+        "recall": true_positives / len(flipped),
+        "suggestion_correct_fraction": suggested_right / true_positives if true_positives else 0.0,
+        "check_seconds": seconds,
+        "accuracy_noisy": None,
+        "accuracy_corrected": None,
+        "accuracy_clean": None,
+    }
     print(json.dumps({k: v for k, v in report.items() if k != "machine"}, indent=2), flush=True)
     if args.clean_from_banking77 and (args.epochs or args.test_per_intent):
         raise SystemExit("--clean-from-banking77 needs the banking77 protocol (no --epochs, --test-per-intent)")
@@ -86,8 +105,10 @@ def main():
         runs = json.loads((REPO / "bench" / "results" / "banking77.json").read_text())["models"]
         run = next(r for r in runs if r.get("recipe") == "small-model")
         report["accuracy_clean"] = run["accuracy"]
-        report.setdefault("runs", {})["clean"] = {"from": "bench/results/banking77.json", **{
-            k: run[k] for k in ("accuracy", "macro_f1", "train_seconds", "epochs_run", "best_epoch")}}
+        report.setdefault("runs", {})["clean"] = {
+            "from": "bench/results/banking77.json",
+            **{k: run[k] for k in ("accuracy", "macro_f1", "train_seconds", "epochs_run", "best_epoch")},
+        }
     if args.train or args.clean_from_banking77:
         report["training_protocol"] = protocol
     args.out.write_text(json.dumps(report, indent=2))
@@ -99,17 +120,27 @@ def main():
             corrected[f.ids[0]]["label"] = f.detail["suggested"]
         sets = {"noisy": noisy, "corrected": corrected, "clean": clean}
         for name in args.train.split(","):
-            trained = train_recipe(f"mislabels-{name}", overrides,
-                                   [{"text": r["text"], "label": r["label"]} for r in sets[name]], CACHE / "models", 0)
+            trained = train_recipe(
+                f"mislabels-{name}",
+                overrides,
+                [{"text": r["text"], "label": r["label"]} for r in sets[name]],
+                CACHE / "models",
+                0,
+            )
             training = trained["result"]["training"]
             measured = evaluate_adapter(trained["run_dir"] / "adapter", CACHE / "models", test)
             report[f"accuracy_{name}"] = measured["accuracy"]
             report.setdefault("runs", {})[name] = {
-                "accuracy": measured["accuracy"], "macro_f1": measured["macro_f1"],
-                "wall_seconds": trained["wall_seconds"], "epochs_run": (training["epochs"] or [{}])[-1].get("epoch"),
-                "stop_reason": training["stop_reason"], "best_epoch": training["best_epoch"]}
+                "accuracy": measured["accuracy"],
+                "macro_f1": measured["macro_f1"],
+                "wall_seconds": trained["wall_seconds"],
+                "epochs_run": (training["epochs"] or [{}])[-1].get("epoch"),
+                "stop_reason": training["stop_reason"],
+                "best_epoch": training["best_epoch"],
+            }
             print(name, report[f"accuracy_{name}"], flush=True)
             args.out.write_text(json.dumps(report, indent=2))
+
 
 if __name__ == "__main__":
     main()

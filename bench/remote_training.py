@@ -44,9 +44,16 @@ LONG = {**FAST, "epochs": 200}
 def make_settings(data_dir: Path, model: str, **extra):
     from bot.settings import load_settings
 
-    return load_settings({"SUPPORTBOT_DATA_DIR": str(data_dir), "SUPPORTBOT_BASE_MODEL": model,
-                          "SUPPORTBOT_ZERO_SHOT_MODEL": model,
-                          "SUPPORTBOT_REPORT_CHANNEL": "C0REPORTS", **extra}, env_file=None)
+    return load_settings(
+        {
+            "SUPPORTBOT_DATA_DIR": str(data_dir),
+            "SUPPORTBOT_BASE_MODEL": model,
+            "SUPPORTBOT_ZERO_SHOT_MODEL": model,
+            "SUPPORTBOT_REPORT_CHANNEL": "C0REPORTS",
+            **extra,
+        },
+        env_file=None,
+    )
 
 
 def label_toy_data(settings) -> None:
@@ -86,12 +93,14 @@ def one_run(settings, params) -> dict:
     started = time.time()
     worker.run_once()
     seconds = time.time() - started
-    moving = [t for t, key, p in said if key.endswith(":progress") and p["text"] not in
-              (f"Training run {run.id}: 0%",)]
+    moving = [t for t, key, p in said if key.endswith(":progress") and p["text"] not in (f"Training run {run.id}: 0%",)]
     result = json.loads((settings.runs_dir / f"run-{run.id}" / "result.json").read_text())
-    return {"status": runs.get_run(db, run.id).status, "seconds": round(seconds, 1),
-            "train_seconds": round(result.get("training", {}).get("train_seconds") or 0, 1),
-            "first_progress_seconds": round(moving[0] - started, 1) if moving else None}
+    return {
+        "status": runs.get_run(db, run.id).status,
+        "seconds": round(seconds, 1),
+        "train_seconds": round(result.get("training", {}).get("train_seconds") or 0, 1),
+        "first_progress_seconds": round(moving[0] - started, 1) if moving else None,
+    }
 
 
 def in_background(settings, params):
@@ -122,8 +131,14 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="remote-training-"))
     model = build_tiny_model(work / "tiny-model")
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=100 * 2**20,
-             logging_level=logging.WARNING, log_to_driver=False)
+    ray.init(
+        num_cpus=2,
+        num_gpus=0,
+        include_dashboard=False,
+        object_store_memory=100 * 2**20,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
     address = ray.get_runtime_context().gcs_address
     try:
         local = make_settings(work / "local", model)
@@ -152,12 +167,18 @@ def main() -> int:
         print(f"killed worker: {killed.status}: {killed.error}; serving v{after.version}", file=sys.stderr)
     finally:
         ray.shutdown()
-    result = {"backend": "ray", "status": ray_run["status"], "ray_seconds": ray_run["seconds"],
-              "local_seconds": local_run["seconds"], "first_progress_seconds": ray_run["first_progress_seconds"],
-              "cancel_seconds": round(cancel_seconds, 1) if cancelled == "cancelled" else None,
-              "killed_worker": {"run_status": killed.status,
-                                "serving_adapter_unchanged": serving is not None and after is not None
-                                and after.version == serving.version}}
+    result = {
+        "backend": "ray",
+        "status": ray_run["status"],
+        "ray_seconds": ray_run["seconds"],
+        "local_seconds": local_run["seconds"],
+        "first_progress_seconds": ray_run["first_progress_seconds"],
+        "cancel_seconds": round(cancel_seconds, 1) if cancelled == "cancelled" else None,
+        "killed_worker": {
+            "run_status": killed.status,
+            "serving_adapter_unchanged": serving is not None and after is not None and after.version == serving.version,
+        },
+    }
     RESULT.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(result, indent=2))
     return 0

@@ -34,8 +34,14 @@ def _scores(name: str, role: str, logp: np.ndarray, gold: np.ndarray, names: lis
 
     probs = np.exp(logp)
     m = classification_metrics([names[i] for i in gold], [names[i] for i in probs.argmax(1)], names)
-    return {"name": name, "role": role, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
-            "ece": expected_calibration_error(probs, gold), "selective": selective_accuracy(probs, gold)}
+    return {
+        "name": name,
+        "role": role,
+        "accuracy": m["accuracy"],
+        "macro_f1": m["macro_f1"],
+        "ece": expected_calibration_error(probs, gold),
+        "selective": selective_accuracy(probs, gold),
+    }
 
 
 def embedding_classifier(train: list[dict], test: list[dict], names: list[str]):
@@ -50,31 +56,68 @@ def embedding_classifier(train: list[dict], test: list[dict], names: list[str]):
     return fitted, x_train, x_test, {"embed_seconds": embed_seconds, "fit_seconds": time.perf_counter() - started}
 
 
-def candidate_entries(gate: dict, fitted, x_test: np.ndarray, adapter_logp: np.ndarray | None,
-                      gold: np.ndarray, names: list[str], adapter_name: str) -> list[dict]:
+def candidate_entries(
+    gate: dict,
+    fitted,
+    x_test: np.ndarray,
+    adapter_logp: np.ndarray | None,
+    gold: np.ndarray,
+    names: list[str],
+    adapter_name: str,
+) -> list[dict]:
     """Every candidate of the run's gate, scored on the test rows with the run's own temperatures and mix."""
     from classifier.calibration import log_softmax
     from classifier.ensemble import Mix
 
     by_kind = {c["kind"]: c for c in gate["candidates"]}
-    entries = [{**_scores("embeddings (MiniLM + logistic regression, calibrated)", "baseline",
-                          fitted.log_probs(x_test), gold, names), "kind": "embeddings"}]
+    entries = [
+        {
+            **_scores(
+                "embeddings (MiniLM + logistic regression, calibrated)",
+                "baseline",
+                fitted.log_probs(x_test),
+                gold,
+                names,
+            ),
+            "kind": "embeddings",
+        }
+    ]
     if adapter_logp is not None:
         t = by_kind["adapter"]["details"]["temperature"]
-        entries.append({**_scores(f"{adapter_name} (calibrated, T={t:.2f})", "adapter",
-                                  log_softmax(adapter_logp / t), gold, names), "kind": "adapter"})
+        entries.append(
+            {
+                **_scores(
+                    f"{adapter_name} (calibrated, T={t:.2f})", "adapter", log_softmax(adapter_logp / t), gold, names
+                ),
+                "kind": "adapter",
+            }
+        )
         if "ensemble" in by_kind:
             mix = Mix.from_dict(by_kind["ensemble"]["details"]["mix"])
-            entries.append({**_scores(f"{adapter_name} + embeddings (weight {mix.weight:.2f} on the adapter)",
-                                      "ensemble", mix.log_probs(adapter_logp, fitted.logits(x_test)), gold, names),
-                            "kind": "ensemble"})
+            entries.append(
+                {
+                    **_scores(
+                        f"{adapter_name} + embeddings (weight {mix.weight:.2f} on the adapter)",
+                        "ensemble",
+                        mix.log_probs(adapter_logp, fitted.logits(x_test)),
+                        gold,
+                        names,
+                    ),
+                    "kind": "ensemble",
+                }
+            )
     return entries
 
 
 def served_entry(gate: dict, entries: list[dict]) -> dict:
     picked = next(e for e in entries if e["kind"] == gate["kind"])
-    return {**picked, "name": f"served: {picked['name']}", "role": "served", "picked": gate["picked"],
-            "reason": gate["reason"]}
+    return {
+        **picked,
+        "name": f"served: {picked['name']}",
+        "role": "served",
+        "picked": gate["picked"],
+        "reason": gate["reason"],
+    }
 
 
 def held_out_intents(train: list[dict], test: list[dict], names: list[str], x_train, x_test, seed: int = 42) -> dict:
@@ -90,15 +133,32 @@ def held_out_intents(train: list[dict], test: list[dict], names: list[str], x_tr
     novel = fitted.novel(x_test)
     rows = []
     for threshold in THRESHOLDS:
-        for rule, flagged in (("confidence", confidence < threshold), ("confidence or novelty",
-                                                                       (confidence < threshold) | novel)):
-            rows.append({"threshold": threshold, "rule": rule,
-                         "out_of_scope_flagged": float(flagged[~in_scope].mean()),
-                         "in_scope_flagged": float(flagged[in_scope].mean())})
-    rows.append({"threshold": None, "rule": "novelty alone", "out_of_scope_flagged": float(novel[~in_scope].mean()),
-                 "in_scope_flagged": float(novel[in_scope].mean())})
-    return {"held_out": held, "out_of_scope_rows": int((~in_scope).sum()), "in_scope_rows": int(in_scope.sum()),
-            "rows": rows}
+        for rule, flagged in (
+            ("confidence", confidence < threshold),
+            ("confidence or novelty", (confidence < threshold) | novel),
+        ):
+            rows.append(
+                {
+                    "threshold": threshold,
+                    "rule": rule,
+                    "out_of_scope_flagged": float(flagged[~in_scope].mean()),
+                    "in_scope_flagged": float(flagged[in_scope].mean()),
+                }
+            )
+    rows.append(
+        {
+            "threshold": None,
+            "rule": "novelty alone",
+            "out_of_scope_flagged": float(novel[~in_scope].mean()),
+            "in_scope_flagged": float(novel[in_scope].mean()),
+        }
+    )
+    return {
+        "held_out": held,
+        "out_of_scope_rows": int((~in_scope).sum()),
+        "in_scope_rows": int(in_scope.sum()),
+        "rows": rows,
+    }
 
 
 def main() -> None:
@@ -109,15 +169,25 @@ def main() -> None:
     names = sorted({r["label"] for r in train})
     gold = np.array([names.index(r["label"]) for r in test])
     fitted, x_train, x_test, seconds = embedding_classifier(train, test, names)
-    entry = _scores("embeddings (MiniLM + logistic regression, calibrated)", "baseline", fitted.log_probs(x_test),
-                    gold, names)
-    raw = _scores("embeddings, uncalibrated", "baseline", np.log(np.clip(
-        np.exp(fitted.logits(x_test) - fitted.logits(x_test).max(1, keepdims=True)), 1e-300, None)) - np.log(
-        np.exp(fitted.logits(x_test) - fitted.logits(x_test).max(1, keepdims=True)).sum(1, keepdims=True)),
-        gold, names)
-    report = {"benchmark": "banking77_embeddings", "temperature": fitted.temperature,
-              "novelty_threshold": fitted.min_similarity, **seconds, "models": [entry, raw],
-              "held_out_intents": held_out_intents(train, test, names, x_train, x_test)}
+    entry = _scores(
+        "embeddings (MiniLM + logistic regression, calibrated)", "baseline", fitted.log_probs(x_test), gold, names
+    )
+    raw = _scores(
+        "embeddings, uncalibrated",
+        "baseline",
+        np.log(np.clip(np.exp(fitted.logits(x_test) - fitted.logits(x_test).max(1, keepdims=True)), 1e-300, None))
+        - np.log(np.exp(fitted.logits(x_test) - fitted.logits(x_test).max(1, keepdims=True)).sum(1, keepdims=True)),
+        gold,
+        names,
+    )
+    report = {
+        "benchmark": "banking77_embeddings",
+        "temperature": fitted.temperature,
+        "novelty_threshold": fitted.min_similarity,
+        **seconds,
+        "models": [entry, raw],
+        "held_out_intents": held_out_intents(train, test, names, x_train, x_test),
+    }
     out = REPO / "bench" / "results" / "banking77_embeddings.json"
     out.write_text(json.dumps(report, indent=2))
     print(json.dumps({k: v for k, v in report.items() if k != "held_out_intents"}, indent=1)[:3000])
@@ -129,8 +199,15 @@ if __name__ == "__main__":
     main()
 
 
-def add_serving(report: dict, train: list[dict], test: list[dict], result: dict, adapter_probs: np.ndarray | None,
-                columns: list[str], adapter_name: str) -> None:
+def add_serving(
+    report: dict,
+    train: list[dict],
+    test: list[dict],
+    result: dict,
+    adapter_probs: np.ndarray | None,
+    columns: list[str],
+    adapter_name: str,
+) -> None:
     """Append the embedding classifier, the ensemble and the served entry to `report` (banking77.json).
 
     `result` is the default run's result.json (its gate chose on the run's own eval split);
@@ -153,9 +230,12 @@ def add_serving(report: dict, train: list[dict], test: list[dict], result: dict,
         calibrated = next(e for e in entries if e["kind"] == "adapter")
         for model in report["models"]:
             if model.get("default"):
-                model.update(ece_calibrated=calibrated["ece"], ece=_scores(
-                    "raw", "adapter", adapter_logp - np.log(np.exp(adapter_logp).sum(1, keepdims=True)), gold,
-                    names)["ece"])
+                model.update(
+                    ece_calibrated=calibrated["ece"],
+                    ece=_scores(
+                        "raw", "adapter", adapter_logp - np.log(np.exp(adapter_logp).sum(1, keepdims=True)), gold, names
+                    )["ece"],
+                )
     report["models"].append(served)
     report["gate"] = {k: result["gate"][k] for k in ("picked", "kind", "reason", "candidates")}
     report["held_out_intents"] = held_out_intents(train, test, names, x_train, x_test)

@@ -46,8 +46,9 @@ def main():
     path = resolve_base_model("embedded", CACHE / "models")
     tokenizer = load_tokenizer(path)
     spec = PromptSpec(tuple(LabelInfo(n) for n in names), False, 1500, verbalize=True)
-    cfg = TrainConfig(labels=[{"name": n} for n in names], max_steps=args.steps, epochs=1, recipe="seed",
-                      method="scoring").resolved(len(train))
+    cfg = TrainConfig(
+        labels=[{"name": n} for n in names], max_steps=args.steps, epochs=1, recipe="seed", method="scoring"
+    ).resolved(len(train))
     rows = tokenize_examples(tokenizer, spec, train, cfg.max_length)
     tokens_per_example = sum(len(r["input_ids"]) for r in rows) / len(rows)
     examples_seen = args.steps * cfg.batch_size * cfg.grad_accum
@@ -60,28 +61,48 @@ def main():
         training_args.save_strategy = "no"
         training_args.load_best_model_at_end = False
         if name.startswith("supportbot"):
-            trainer = _sft_trainer_class()(model=model, args=training_args, train_dataset=Dataset.from_list(rows),
-                                           processing_class=tokenizer,
-                                           data_collator=DataCollatorForLanguageModeling(tokenizer.pad_token_id))
+            trainer = _sft_trainer_class()(
+                model=model,
+                args=training_args,
+                train_dataset=Dataset.from_list(rows),
+                processing_class=tokenizer,
+                data_collator=DataCollatorForLanguageModeling(tokenizer.pad_token_id),
+            )
         else:
             training_args.dataset_kwargs = None
-            conversational = Dataset.from_list([
-                {"prompt": prompt_messages(spec, r["text"]),
-                 "completion": [{"role": "assistant", "content": spec.answer(r["label"])}]} for r in train])
-            trainer = SFTTrainer(model=model, args=training_args, train_dataset=conversational,
-                                 processing_class=tokenizer)
+            conversational = Dataset.from_list(
+                [
+                    {
+                        "prompt": prompt_messages(spec, r["text"]),
+                        "completion": [{"role": "assistant", "content": spec.answer(r["label"])}],
+                    }
+                    for r in train
+                ]
+            )
+            trainer = SFTTrainer(
+                model=model, args=training_args, train_dataset=conversational, processing_class=tokenizer
+            )
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started
-        results[name] = {"seconds": seconds, "seconds_per_step": seconds / args.steps,
-                         "tokens_per_second": tokens_per_example * examples_seen / seconds,
-                         "final_loss": trainer.state.log_history[-1].get("train_loss")}
+        results[name] = {
+            "seconds": seconds,
+            "seconds_per_step": seconds / args.steps,
+            "tokens_per_second": tokens_per_example * examples_seen / seconds,
+            "final_loss": trainer.state.log_history[-1].get("train_loss"),
+        }
         print(name, results[name], flush=True)
     ours, theirs = results.values()
-    report = {"benchmark": "sft_throughput", "machine": machine(), "steps": args.steps,
-              "examples_per_step": cfg.batch_size * cfg.grad_accum, "tokens_per_example": tokens_per_example,
-              "runs": results, "tokens_per_second_ratio": ours["tokens_per_second"] / theirs["tokens_per_second"],
-              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    report = {
+        "benchmark": "sft_throughput",
+        "machine": machine(),
+        "steps": args.steps,
+        "examples_per_step": cfg.batch_size * cfg.grad_accum,
+        "tokens_per_example": tokens_per_example,
+        "runs": results,
+        "tokens_per_second_ratio": ours["tokens_per_second"] / theirs["tokens_per_second"],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"ratio (ours / trl default tokens per second): {report['tokens_per_second_ratio']:.2f}")

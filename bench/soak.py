@@ -55,8 +55,16 @@ INJECTED = ("<!channel>", "<!here>", "<@U0ADMIN>", "<https://evil.example")  # m
 IMPORT_ROWS = 30_000
 HUGE_CHARS = 41_000_000  # one forwarded email of this size, fetched with files.info
 RETRY_AFTER_S = (1, 20, 60)  # Slack retries after ~0 s, 1 min and 5 min; compressed to keep runs short
-FAULTY_METHODS = ["chat.postMessage", "chat.update", "chat.postEphemeral", "files.info", "conversations.history",
-                  "conversations.replies", "files.getUploadURLExternal", "files.completeUploadExternal"]
+FAULTY_METHODS = [
+    "chat.postMessage",
+    "chat.update",
+    "chat.postEphemeral",
+    "files.info",
+    "conversations.history",
+    "conversations.replies",
+    "files.getUploadURLExternal",
+    "files.completeUploadExternal",
+]
 
 
 def percentile(values, q):
@@ -73,7 +81,9 @@ def free_port() -> int:
 def http(url: str, data: bytes | None = None, headers: dict | None = None, timeout: float = 15):
     """(status or None when the connection failed, body, seconds)."""
     started = time.perf_counter()
-    request = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
+    request = urllib.request.Request(
+        url, data=data, headers=headers or {}, method="POST" if data is not None else "GET"
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read().decode("utf-8", "replace"), time.perf_counter() - started
@@ -88,27 +98,43 @@ class System:
 
     def __init__(self, work: Path, zero_shot_model: str | None):
         self.work, self.bot_port = work, free_port()
-        self.standin = subprocess.Popen([sys.executable, "-m", "slack_standin", "--bot-token", TOKEN],
-                                        stdout=subprocess.PIPE, text=True, cwd=REPO)
+        self.standin = subprocess.Popen(
+            [sys.executable, "-m", "slack_standin", "--bot-token", TOKEN], stdout=subprocess.PIPE, text=True, cwd=REPO
+        )
         self.standin_url = f"http://127.0.0.1:{self.standin.stdout.readline().split()[1]}/"
         # Who is in which channel (conversations.members): the outsider is only in the channel outside intake.
-        http(self.standin_url + "_standin/channels", json.dumps({
-            INTAKE: {"members": [ADMIN, AGENT]}, OTHER: {"members": [AGENT, OUTSIDER]},
-            REPORTS: {"members": [ADMIN, AGENT]}}).encode())
-        self.env = {**os.environ, "SUPPORTBOT_DATA_DIR": str(work / "data"), "SLACK_BOT_TOKEN": TOKEN,
-                    "SLACK_SIGNING_SECRET": SECRET, "SLACK_API_URL": self.standin_url + "api/",
-                    "SUPPORTBOT_ADMINS": ADMIN, "SUPPORTBOT_INTAKE_CHANNELS": INTAKE,
-                    "SUPPORTBOT_REPORT_CHANNEL": REPORTS, "SUPPORTBOT_LOG_LEVEL": "INFO",
-                    # a killed worker's run is recovered once its lease expires: short here, to fit the soak
-                    "SUPPORTBOT_RUN_LEASE_S": "10"}
+        http(
+            self.standin_url + "_standin/channels",
+            json.dumps(
+                {
+                    INTAKE: {"members": [ADMIN, AGENT]},
+                    OTHER: {"members": [AGENT, OUTSIDER]},
+                    REPORTS: {"members": [ADMIN, AGENT]},
+                }
+            ).encode(),
+        )
+        self.env = {
+            **os.environ,
+            "SUPPORTBOT_DATA_DIR": str(work / "data"),
+            "SLACK_BOT_TOKEN": TOKEN,
+            "SLACK_SIGNING_SECRET": SECRET,
+            "SLACK_API_URL": self.standin_url + "api/",
+            "SUPPORTBOT_ADMINS": ADMIN,
+            "SUPPORTBOT_INTAKE_CHANNELS": INTAKE,
+            "SUPPORTBOT_REPORT_CHANNEL": REPORTS,
+            "SUPPORTBOT_LOG_LEVEL": "INFO",
+            # a killed worker's run is recovered once its lease expires: short here, to fit the soak
+            "SUPPORTBOT_RUN_LEASE_S": "10",
+        }
         if zero_shot_model:  # the benchmarks' converted SmolLM2: no conversion inside the soak
             self.env["SUPPORTBOT_ZERO_SHOT_MODEL"] = zero_shot_model  # /retrain trains the default base model
         self.bot = self.worker = self.second_worker = None
         self.bot_url = f"http://127.0.0.1:{self.bot_port}/slack/events"
 
     def cli(self, *args) -> None:
-        subprocess.run([sys.executable, "-m", "bot.cli", *args], env=self.env, cwd=REPO, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "bot.cli", *args], env=self.env, cwd=REPO, check=True, stdout=subprocess.DEVNULL
+        )
 
     def long_import(self, rows: int, texts: list[str]) -> dict:
         """A large import through the CLI, as an admin would run it during the day. Its rows carry no label, so the
@@ -121,15 +147,25 @@ class System:
             for i in range(rows):
                 writer.writerow([f"{rng.choice(texts)} (import {i})", ""])
         started = time.time()
-        done = subprocess.run([sys.executable, "-m", "bot.cli", "import", str(path), "--json"], env=self.env,
-                              cwd=REPO, capture_output=True, text=True)
-        return {"rows": rows, "seconds": round(time.time() - started, 1), "exit_code": done.returncode,
-                "stored": json.loads(done.stdout)["stored"] if done.returncode == 0 else done.stderr[-200:]}
+        done = subprocess.run(
+            [sys.executable, "-m", "bot.cli", "import", str(path), "--json"],
+            env=self.env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
+        return {
+            "rows": rows,
+            "seconds": round(time.time() - started, 1),
+            "exit_code": done.returncode,
+            "stored": json.loads(done.stdout)["stored"] if done.returncode == 0 else done.stderr[-200:],
+        }
 
     def _spawn(self, name: str, *args):
         log = open(self.work / f"{name}.log", "a")
-        return subprocess.Popen([sys.executable, "-m", "bot.cli", *args], env=self.env, cwd=REPO, stdout=log,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", *args], env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+        )
 
     def start_bot(self, timeout: float = 120) -> float:
         started = time.time()
@@ -160,8 +196,10 @@ class System:
                     process.kill()
 
     def faults(self, rate: float, seed: int) -> None:
-        http(self.standin_url + "_standin/faults", json.dumps({"rate": rate, "methods": FAULTY_METHODS,
-                                                                "seed": seed}).encode())
+        http(
+            self.standin_url + "_standin/faults",
+            json.dumps({"rate": rate, "methods": FAULTY_METHODS, "seed": seed}).encode(),
+        )
 
     def state(self) -> dict:
         return json.loads(http(self.standin_url + "_standin/state")[1])
@@ -176,11 +214,11 @@ class Traffic:
     def __init__(self, system: System, seed: int, texts: list[str], label_names: list[str]):
         self.system, self.rng, self.texts, self.labels = system, random.Random(seed), texts, label_names
         self.lock = threading.Lock()
-        self.requests: list[dict] = []          # kind, status, seconds, at, expected ("accept" / "reject")
-        self.messages: dict[str, dict] = {}     # ts -> what was sent (kind), for messages the bot must keep
+        self.requests: list[dict] = []  # kind, status, seconds, at, expected ("accept" / "reject")
+        self.messages: dict[str, dict] = {}  # ts -> what was sent (kind), for messages the bot must keep
         self.events: list[tuple[str, str, str]] = []  # (ts, body, content type) acknowledged, for redelivery
-        self.labels_ok: list[tuple[str, str]] = []    # (ts, label) the bot said it stored
-        self.hostile_ts: set[str] = set()       # ts carried by requests that must store nothing
+        self.labels_ok: list[tuple[str, str]] = []  # (ts, label) the bot said it stored
+        self.hostile_ts: set[str] = set()  # ts carried by requests that must store nothing
         self.pending_retries: list[tuple[float, int, str, str, str]] = []
         self._ts = int(time.time()) * 1000
         self.restarting = threading.Event()
@@ -192,8 +230,17 @@ class Traffic:
 
     def record(self, kind: str, expected: str, status, seconds: float, **extra) -> None:
         with self.lock:
-            self.requests.append({"kind": kind, "expected": expected, "status": status, "seconds": seconds,
-                                  "at": time.time(), "during_restart": self.restarting.is_set(), **extra})
+            self.requests.append(
+                {
+                    "kind": kind,
+                    "expected": expected,
+                    "status": status,
+                    "seconds": seconds,
+                    "at": time.time(),
+                    "during_restart": self.restarting.is_set(),
+                    **extra,
+                }
+            )
 
     # -- sending --------------------------------------------------------------------------------------------
     def deliver_event(self, kind: str, body: str, content_type: str, ts: str, retry: int = 0) -> None:
@@ -215,13 +262,16 @@ class Traffic:
         for _, retry, kind, body, content_type in due:
             self.deliver_event(kind, body, content_type, json.loads(body)["event"]["ts"], retry)
 
-    def command(self, kind: str, expected: str, command: str, text: str, user: str = AGENT, channel: str = INTAKE,
-                **sign) -> tuple:
+    def command(
+        self, kind: str, expected: str, command: str, text: str, user: str = AGENT, channel: str = INTAKE, **sign
+    ) -> tuple:
         key = f"soak-{self.ts()}"
-        body, content_type = payloads.slash_command(command, text, user=user, channel=channel,
-                                                    response_url=self.system.standin_url + "respond/" + key)
-        status, answer, seconds = http(self.system.bot_url, body.encode(),
-                                       payloads.signed_headers(SECRET, body, content_type, **sign))
+        body, content_type = payloads.slash_command(
+            command, text, user=user, channel=channel, response_url=self.system.standin_url + "respond/" + key
+        )
+        status, answer, seconds = http(
+            self.system.bot_url, body.encode(), payloads.signed_headers(SECRET, body, content_type, **sign)
+        )
         self.record(kind, expected, status, seconds)
         if status == 200 and CHECKING in answer:  # acknowledged at once, answered through the response URL
             answer = self.later_answer(key)
@@ -241,8 +291,9 @@ class Traffic:
     # -- the mix --------------------------------------------------------------------------------------------
     def message(self) -> None:
         ts = self.ts()
-        body, content_type = payloads.event_callback(payloads.message_event(INTAKE, AGENT, self.rng.choice(self.texts),
-                                                                            ts))
+        body, content_type = payloads.event_callback(
+            payloads.message_event(INTAKE, AGENT, self.rng.choice(self.texts), ts)
+        )
         self.messages[ts] = {"kind": "message"}
         self.deliver_event("message", body, content_type, ts)
 
@@ -259,8 +310,13 @@ class Traffic:
         elif kind == "huge_email":  # what files.info once returned: 41 MB
             text = huge_body(HUGE_CHARS)
             with_body = False
-        file = payloads.email_file(f"F{ts.replace('.', '')}", subject=subject, sender="customer@example.com",
-                                   sender_name="A Customer", body=f"Hello,\n\n{text}\n\nThanks\n--\nA Customer")
+        file = payloads.email_file(
+            f"F{ts.replace('.', '')}",
+            subject=subject,
+            sender="customer@example.com",
+            sender_name="A Customer",
+            body=f"Hello,\n\n{text}\n\nThanks\n--\nA Customer",
+        )
         if not with_body:  # the event leaves the body out; files.info has it
             http(self.system.standin_url + "_standin/files", json.dumps(file).encode())
             file = {k: v for k, v in file.items() if k != "plain_text"}
@@ -293,17 +349,27 @@ class Traffic:
 
     def outsider_click(self) -> None:
         """Someone outside the intake channel clicks *Correct* under one of the bot's replies."""
-        replies = [m for m in self.system.state()["messages"] if m.get("channel") == INTAKE
-                   and (m.get("metadata") or {}).get("event_type") == "supportbot_reply" and m.get("blocks")]
+        replies = [
+            m
+            for m in self.system.state()["messages"]
+            if m.get("channel") == INTAKE
+            and (m.get("metadata") or {}).get("event_type") == "supportbot_reply"
+            and m.get("blocks")
+        ]
         if not replies:
             return
         reply = self.rng.choice(replies)
         button = {**reply["blocks"][-1]["elements"][0], "block_id": "label_actions"}
         body, content_type = payloads.block_action(
-            button, user=OUTSIDER, channel=INTAKE, message={k: reply[k] for k in ("type", "ts", "text", "blocks")},
-            response_url=self.system.standin_url + "respond/soak")
-        status, _, seconds = http(self.system.bot_url, body.encode(), payloads.signed_headers(SECRET, body,
-                                                                                              content_type))
+            button,
+            user=OUTSIDER,
+            channel=INTAKE,
+            message={k: reply[k] for k in ("type", "ts", "text", "blocks")},
+            response_url=self.system.standin_url + "respond/soak",
+        )
+        status, _, seconds = http(
+            self.system.bot_url, body.encode(), payloads.signed_headers(SECRET, body, content_type)
+        )
         self.record("outsider_click", "reject", status, seconds)
 
     def other_command(self) -> None:
@@ -312,9 +378,25 @@ class Traffic:
         self.command("command", "accept", name, text)
 
     def hostile(self) -> None:
-        kind = self.rng.choice(["forged", "replayed", "malformed", "oversized", "non_utf8", "unknown_label",
-                                "unknown_command", "foreign_link", "foreign_channel", "outsider_label",
-                                "outsider_click", "injected_mention", "u2028", "hostile_email", "hostile_email"])
+        kind = self.rng.choice(
+            [
+                "forged",
+                "replayed",
+                "malformed",
+                "oversized",
+                "non_utf8",
+                "unknown_label",
+                "unknown_command",
+                "foreign_link",
+                "foreign_channel",
+                "outsider_label",
+                "outsider_click",
+                "injected_mention",
+                "u2028",
+                "hostile_email",
+                "hostile_email",
+            ]
+        )
         if kind in ("injected_mention", "u2028", "hostile_email"):  # hostile content, but real mail: kept, answered
             return self.email(True, kind)
         if kind == "outsider_click":
@@ -323,41 +405,52 @@ class Traffic:
         self.hostile_ts.add(ts)
         event, content_type = payloads.event_callback(payloads.message_event(INTAKE, AGENT, f"hostile {kind}", ts))
         if kind == "forged":
-            status, _, seconds = http(self.system.bot_url, event.encode(),
-                                      payloads.signed_headers("not-the-secret", event, content_type))
+            status, _, seconds = http(
+                self.system.bot_url, event.encode(), payloads.signed_headers("not-the-secret", event, content_type)
+            )
         elif kind == "replayed":
-            status, _, seconds = http(self.system.bot_url, event.encode(), payloads.signed_headers(
-                SECRET, event, content_type, timestamp=int(time.time()) - 600))
+            status, _, seconds = http(
+                self.system.bot_url,
+                event.encode(),
+                payloads.signed_headers(SECRET, event, content_type, timestamp=int(time.time()) - 600),
+            )
         elif kind == "malformed":
             raw = '{"type": "event_callback", "event": {"ts": "' + ts + '"'
-            status, _, seconds = http(self.system.bot_url, raw.encode(),
-                                      payloads.signed_headers(SECRET, raw, "application/json"))
+            status, _, seconds = http(
+                self.system.bot_url, raw.encode(), payloads.signed_headers(SECRET, raw, "application/json")
+            )
         elif kind == "oversized":
             big, content_type = payloads.event_callback(payloads.message_event(INTAKE, AGENT, "x" * 1_500_000, ts))
-            status, _, seconds = http(self.system.bot_url, big.encode(),
-                                      payloads.signed_headers(SECRET, big, content_type))
+            status, _, seconds = http(
+                self.system.bot_url, big.encode(), payloads.signed_headers(SECRET, big, content_type)
+            )
         elif kind == "non_utf8":
             raw = event.encode().replace(b"hostile", b"hostile \xff\xfe\xc3")
-            status, _, seconds = http(self.system.bot_url, raw, payloads.signed_headers(
-                SECRET, raw.decode("latin-1"), content_type))
+            status, _, seconds = http(
+                self.system.bot_url, raw, payloads.signed_headers(SECRET, raw.decode("latin-1"), content_type)
+            )
         elif kind == "foreign_channel":
             event, content_type = payloads.event_callback(payloads.message_event(OTHER, AGENT, "not for the bot", ts))
-            status, _, seconds = http(self.system.bot_url, event.encode(),
-                                      payloads.signed_headers(SECRET, event, content_type))
+            status, _, seconds = http(
+                self.system.bot_url, event.encode(), payloads.signed_headers(SECRET, event, content_type)
+            )
         elif kind == "outsider_label":  # a real intake message, labeled from another channel by a non-member
             with self.lock:
                 old = [ts for ts, _, _ in self.events]
             if not old:
                 return
-            status, answer = self.command(kind, "reject", "/label", f"{self.labels[0]} {link(INTAKE, old[-1])}",
-                                          user=OUTSIDER, channel=OTHER)
+            status, answer = self.command(
+                kind, "reject", "/label", f"{self.labels[0]} {link(INTAKE, old[-1])}", user=OUTSIDER, channel=OTHER
+            )
             if status == 200 and "Labeled" in answer:
                 self.record(kind + "_accepted", "reject", status, 0.0)
             return
         else:
-            command, text = {"unknown_label": ("/label", f"no_such_label {link(INTAKE, ts)}"),
-                             "unknown_command": ("/frobnicate", "now"),
-                             "foreign_link": ("/label", f"{self.labels[0]} {link(OTHER, ts)}")}[kind]
+            command, text = {
+                "unknown_label": ("/label", f"no_such_label {link(INTAKE, ts)}"),
+                "unknown_command": ("/frobnicate", "now"),
+                "foreign_link": ("/label", f"{self.labels[0]} {link(OTHER, ts)}"),
+            }[kind]
             status, answer = self.command(kind, "reject", command, text)
             if kind != "unknown_command" and status == 200 and "Labeled" in answer:
                 self.record(kind + "_accepted", "reject", status, 0.0)
@@ -365,11 +458,19 @@ class Traffic:
         self.record(kind, "reject", status, seconds)
 
     def step(self) -> None:
-        choice = self.rng.choices(["message", "email", "email_files_info", "redeliver", "label", "command",
-                                   "hostile"], weights=[30, 10, 5, 10, 15, 8, 22])[0]
-        {"message": self.message, "email": lambda: self.email(True), "email_files_info": lambda: self.email(False),
-         "redeliver": self.redeliver, "label": self.label, "command": self.other_command,
-         "hostile": self.hostile}[choice]()
+        choice = self.rng.choices(
+            ["message", "email", "email_files_info", "redeliver", "label", "command", "hostile"],
+            weights=[30, 10, 5, 10, 15, 8, 22],
+        )[0]
+        {
+            "message": self.message,
+            "email": lambda: self.email(True),
+            "email_files_info": lambda: self.email(False),
+            "redeliver": self.redeliver,
+            "label": self.label,
+            "command": self.other_command,
+            "hostile": self.hostile,
+        }[choice]()
 
 
 def link(channel: str, ts: str) -> str:
@@ -379,6 +480,7 @@ def link(channel: str, ts: str) -> str:
 def chaos(system: System, traffic: Traffic, duration: float, started: float, log: dict) -> None:
     """Two /retrain at once, SIGKILL of the worker mid-run, a long import, a SIGTERM and a SIGKILL restart of
     the bot."""
+
     def at(fraction: float) -> None:
         time.sleep(max(0.0, started + duration * fraction - time.time()))
 
@@ -435,8 +537,9 @@ def chaos(system: System, traffic: Traffic, duration: float, started: float, log
         system.bot.wait(120)
         system.start_bot()
         traffic.restarting.clear()
-        log.setdefault("bot_restarts", []).append({"signal": how.name, "seconds_down": round(time.time() - stopped, 1),
-                                                   "at": round(stopped, 1)})
+        log.setdefault("bot_restarts", []).append(
+            {"signal": how.name, "seconds_down": round(time.time() - stopped, 1), "at": round(stopped, 1)}
+        )
 
 
 def peak_rss_mb(pid: int) -> float | None:
@@ -463,7 +566,7 @@ def corrupt_an_adapter(system: System) -> dict:
     served.set_served(db, "adapter", adapter_version=newest.version, reason="soak: an admin's choice", chosen_by=ADMIN)
     weights = Path(newest.path) / "adapter_model.safetensors"
     data = weights.read_bytes()
-    weights.write_bytes(data[:len(data) // 2])
+    weights.write_bytes(data[: len(data) // 2])
     db.conn.close()
     return {"version": newest.version, "at": time.time()}
 
@@ -477,7 +580,9 @@ def settle(system: System, traffic: Traffic, timeout: float) -> float:
             busy = db.execute("SELECT COUNT(*) FROM runs WHERE status IN ('queued', 'running')").fetchone()[0]
             outbox = db.execute("SELECT COUNT(*) FROM outbox WHERE status IN ('pending', 'sending')").fetchone()[0]
             unanswered = db.execute("""SELECT COUNT(*) FROM messages m WHERE m.channel IS NOT NULL AND NOT EXISTS
-                                       (SELECT 1 FROM replies r WHERE r.message_id = m.id AND r.ts != '')""").fetchone()[0]
+                                       (SELECT 1 FROM replies r WHERE r.message_id = m.id AND r.ts != '')""").fetchone()[
+                0
+            ]
         if not traffic.pending_retries and not busy and not outbox and not unanswered:
             return time.time() - started
         time.sleep(2)
@@ -487,48 +592,74 @@ def settle(system: System, traffic: Traffic, timeout: float) -> float:
 def check(system: System, traffic: Traffic, log: dict) -> dict:
     state = system.state()
     db = system.db()
-    stored = {ts: n for ts, n in db.execute("SELECT ts, COUNT(*) FROM messages WHERE channel = ? GROUP BY ts", [INTAKE])}
-    replies = Counter(m.get("thread_ts") for m in state["messages"]
-                      if (m.get("metadata") or {}).get("event_type") == "supportbot_reply")
+    stored = {
+        ts: n for ts, n in db.execute("SELECT ts, COUNT(*) FROM messages WHERE channel = ? GROUP BY ts", [INTAKE])
+    }
+    replies = Counter(
+        m.get("thread_ts")
+        for m in state["messages"]
+        if (m.get("metadata") or {}).get("event_type") == "supportbot_reply"
+    )
     kept = set(traffic.messages)
     acked = {ts for ts, _, _ in traffic.events}
-    labels = Counter(db.execute("""SELECT m.ts, l.label FROM labels l JOIN messages m ON m.id = l.message_id
-                                   WHERE l.method = 'slash_command'""").fetchall())
+    labels = Counter(
+        db.execute("""SELECT m.ts, l.label FROM labels l JOIN messages m ON m.id = l.message_id
+                                   WHERE l.method = 'slash_command'""").fetchall()
+    )
     wanted = Counter(traffic.labels_ok)
-    keys = Counter(((m.get("metadata") or {}).get("event_payload") or {}).get("key") for m in state["messages"]
-                   if m.get("channel") == REPORTS)
+    keys = Counter(
+        ((m.get("metadata") or {}).get("event_payload") or {}).get("key")
+        for m in state["messages"]
+        if m.get("channel") == REPORTS
+    )
     finished = [r for r in db.execute("SELECT id, status, params FROM runs WHERE status NOT IN ('queued', 'running')")]
     interrupted = [r[0] for r in finished if r[1] == "interrupted"]
-    recovered = [i for i in interrupted if any(json.loads(r[2]).get("retry_of") == i and r[1] == "succeeded"
-                                               for r in finished)]
+    recovered = [
+        i for i in interrupted if any(json.loads(r[2]).get("retry_of") == i and r[1] == "succeeded" for r in finished)
+    ]
     # Which model answered (embeddings, adapter vN, adapter vN + embeddings, zero-shot), in the order they served.
     served = db.execute("""SELECT COALESCE(model, 'v' || adapter_version, 'zero-shot') AS m, COUNT(*), MIN(created_at),
                            MAX(created_at) FROM predictions GROUP BY m ORDER BY MIN(created_at)""").fetchall()
     requests = traffic.requests
     accepted = [r for r in requests if r["status"] is not None and 200 <= r["status"] < 300]
     answered = ("unknown_label", "foreign_link", "foreign_channel", "outsider_label", "outsider_click")
-    rejected = Counter(f"{r['kind']} ({r['status']})" for r in requests
-                       if r["expected"] == "reject" and not (r["status"] == 200 and r["kind"] in answered))
-    refused_answers = Counter(r["kind"] for r in requests if r["expected"] == "reject" and r["status"] == 200
-                              and r["kind"] in answered)
+    rejected = Counter(
+        f"{r['kind']} ({r['status']})"
+        for r in requests
+        if r["expected"] == "reject" and not (r["status"] == 200 and r["kind"] in answered)
+    )
+    refused_answers = Counter(
+        r["kind"] for r in requests if r["expected"] == "reject" and r["status"] == 200 and r["kind"] in answered
+    )
     outsider_labels = db.execute("SELECT COUNT(*) FROM labels WHERE labeled_by = ?", [OUTSIDER]).fetchone()[0]
-    posted = [json.dumps(m.get("blocks") or []) + (m.get("text") or "") for m in state["messages"]
-              if m.get("user") == "U0BOT" or m.get("bot_id")]
+    posted = [
+        json.dumps(m.get("blocks") or []) + (m.get("text") or "")
+        for m in state["messages"]
+        if m.get("user") == "U0BOT" or m.get("bot_id")
+    ]
     live = sum(1 for text in posted if any(x in text for x in INJECTED))
     hostile_kinds = Counter(v["kind"] for v in traffic.messages.values())
-    special_stored = {kind: sum(1 for ts, v in traffic.messages.items() if v["kind"] == kind and ts in stored)
-                      for kind in ("injected_mention", "u2028", "hostile_email", "huge_email")}
-    forged = [r for r in requests if r["kind"] in ("forged", "replayed") and r["status"] is not None
-              and 200 <= r["status"] < 300]
+    special_stored = {
+        kind: sum(1 for ts, v in traffic.messages.items() if v["kind"] == kind and ts in stored)
+        for kind in ("injected_mention", "u2028", "hostile_email", "huge_email")
+    }
+    forged = [
+        r
+        for r in requests
+        if r["kind"] in ("forged", "replayed") and r["status"] is not None and 200 <= r["status"] < 300
+    ]
     acks = [r["seconds"] * 1000 for r in accepted if r["expected"] == "accept"]
-    twice = db.execute("SELECT COUNT(*) FROM (SELECT run_id FROM adapters GROUP BY run_id HAVING COUNT(*) > 1)").fetchone()[0]
+    twice = db.execute(
+        "SELECT COUNT(*) FROM (SELECT run_id FROM adapters GROUP BY run_id HAVING COUNT(*) > 1)"
+    ).fetchone()[0]
     corrupt = log.get("corrupt_adapter") or {}
     corrupt_answers = unusable_reports = None
     if "version" in corrupt:
         restart = next((r["at"] for r in log.get("bot_restarts", []) if r["signal"] == "SIGKILL"), corrupt["at"])
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(restart))
-        corrupt_answers = db.execute("SELECT COUNT(*) FROM predictions WHERE adapter_version = ? AND created_at > ?",
-                                     [corrupt["version"], stamp]).fetchone()[0]
+        corrupt_answers = db.execute(
+            "SELECT COUNT(*) FROM predictions WHERE adapter_version = ? AND created_at > ?", [corrupt["version"], stamp]
+        ).fetchone()[0]
         unusable_reports = keys.get(f"adapter:{corrupt['version']}:unusable", 0)
     return {
         "requests_sent": len(requests),
@@ -549,8 +680,9 @@ def check(system: System, traffic: Traffic, log: dict) -> dict:
         "u2028_emails_stored": special_stored["u2028"],
         "hostile_emails_sent": hostile_kinds.get("hostile_email", 0),
         "hostile_emails_stored": special_stored["hostile_email"],
-        "hostile_emails_answered": sum(1 for ts, v in traffic.messages.items()
-                                       if v["kind"] in ("hostile_email", "huge_email") and replies.get(ts)),
+        "hostile_emails_answered": sum(
+            1 for ts, v in traffic.messages.items() if v["kind"] in ("hostile_email", "huge_email") and replies.get(ts)
+        ),
         "huge_email_stored": special_stored["huge_email"],
         "command_answers_missing_after_checking": sum(1 for r in requests if r["kind"] == "answer_never_came"),
         "adapters_registered_twice_for_one_run": twice,
@@ -614,8 +746,11 @@ def main() -> None:
         traffic = Traffic(system, args.seed, texts, names)
         started = time.time()
         threading.Thread(target=chaos, args=(system, traffic, args.duration, started, log), daemon=True).start()
-        print(f"soak: {args.duration:.0f} s of traffic at ~{args.rate}/s, fault rate {args.fault_rate}; logs in "
-              f"{work.name}", flush=True)
+        print(
+            f"soak: {args.duration:.0f} s of traffic at ~{args.rate}/s, fault rate {args.fault_rate}; logs in "
+            f"{work.name}",
+            flush=True,
+        )
         senders = threading.BoundedSemaphore(16)
 
         def one():
@@ -632,8 +767,15 @@ def main() -> None:
         for _ in range(16):
             senders.acquire()
         log["settle_seconds"] = round(settle(system, traffic, args.settle), 1)
-        result = {"benchmark": "soak", "machine": machine(), "duration_s": args.duration, "rate_per_s": args.rate,
-                  "fault_rate": args.fault_rate, "seed": args.seed, **check(system, traffic, log)}
+        result = {
+            "benchmark": "soak",
+            "machine": machine(),
+            "duration_s": args.duration,
+            "rate_per_s": args.rate,
+            "fault_rate": args.fault_rate,
+            "seed": args.seed,
+            **check(system, traffic, log),
+        }
     finally:
         system.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -124,8 +124,9 @@ def worker(ctx: Context):
 
 
 @cli.command()
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
-              help="Port of the local workspace page.")
+@click.option(
+    "--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port of the local workspace page."
+)
 @pass_ctx
 def local(ctx: Context, port: int):
     """Try it without Slack: a local workspace page, the bot and the worker, with a demo data set."""
@@ -147,8 +148,10 @@ def run(click_ctx, ctx: Context, port: int):
     click_ctx.invoke(init)
     missing = ctx.settings.missing_for_slack()
     if missing:
-        click.echo("No Slack app configured (missing " + "; ".join(missing) + "): starting the local workspace. "
-                   "See README, 'Connect it to Slack'.")
+        click.echo(
+            "No Slack app configured (missing " + "; ".join(missing) + "): starting the local workspace. "
+            "See README, 'Connect it to Slack'."
+        )
         click_ctx.invoke(local, port=port)
         return
     click_ctx.invoke(serve)
@@ -173,8 +176,10 @@ def import_(ctx: Context, file: Path, text_col: str, label_col: str, as_json: bo
     if as_json:
         click.echo(json.dumps(result.__dict__))
         return
-    click.echo(f"Imported {result.stored} of {result.rows} rows from {file}"
-               + (f" ({result.already_present} already present)" if result.already_present else ""))
+    click.echo(
+        f"Imported {result.stored} of {result.rows} rows from {file}"
+        + (f" ({result.already_present} already present)" if result.already_present else "")
+    )
     if result.labels_added:
         click.echo(f"New labels ({len(result.labels_added)}): {', '.join(result.labels_added)}")
 
@@ -210,8 +215,13 @@ def open_new_file(out: Path, force: bool, *, binary: bool = False):
 @cli.command()
 @click.option("--format", "fmt", type=click.Choice(["alpaca", "chatml"]), default="chatml", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Training config override that shapes the prompt (e.g. --set label_list_in_prompt=always).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Training config override that shapes the prompt (e.g. --set label_list_in_prompt=always).",
+)
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @pass_ctx
 def export(ctx: Context, fmt: str, out: Path | None, overrides: tuple[str, ...], force: bool):
@@ -249,11 +259,12 @@ def labels_list(ctx: Context, as_json: bool):
     counts = label_store.label_counts(ctx.db)
     defs = label_store.list_label_defs(ctx.db)
     if as_json:
-        click.echo(json.dumps([{"name": d.name, "description": d.description, "count": counts.get(d.name, 0)}
-                               for d in defs]))
+        click.echo(
+            json.dumps([{"name": d.name, "description": d.description, "count": counts.get(d.name, 0)} for d in defs])
+        )
         return
     if not defs:
-        click.echo("No labels yet. Add one: supportbot labels add complaint --description \"...\"")
+        click.echo('No labels yet. Add one: supportbot labels add complaint --description "..."')
     for d in defs:
         click.echo(f"{d.name:32} {counts.get(d.name, 0):6}  {d.description}")
 
@@ -311,8 +322,9 @@ def parse_overrides(pairs: tuple[str, ...]) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or key not in known:
-            raise click.BadParameter(f"{pair!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(known))}",
-                                     param_hint="--set")
+            raise click.BadParameter(
+                f"{pair!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(known))}", param_hint="--set"
+            )
         try:
             params[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -322,8 +334,13 @@ def parse_overrides(pairs: tuple[str, ...]) -> dict:
 
 @cli.command()
 @click.option("--epochs", type=click.IntRange(min=1), help="Override the automatic number of epochs.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Training config override, repeatable (e.g. --set learning_rate=1e-3 --set recipe=small-model).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Training config override, repeatable (e.g. --set learning_rate=1e-3 --set recipe=small-model).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @pass_ctx
 def train(ctx: Context, epochs: int | None, overrides: tuple[str, ...], as_json: bool):
@@ -346,11 +363,18 @@ def train(ctx: Context, epochs: int | None, overrides: tuple[str, ...], as_json:
     except DataError as exc:
         fail(str(exc))
     queued = runs.queue_run(ctx.db, requested_by="cli", params=params)
-    run = runs.claim_run(ctx.db, queued.id, run_dir_for(ctx.settings, queued.id), worker_id=new_worker_id("cli"),
-                         lease_s=ctx.settings.run_lease_s)
+    run = runs.claim_run(
+        ctx.db,
+        queued.id,
+        run_dir_for(ctx.settings, queued.id),
+        worker_id=new_worker_id("cli"),
+        lease_s=ctx.settings.run_lease_s,
+    )
     if run is None:  # a running `supportbot worker` took it: it trains there and reports in Slack
-        fail(f"run {queued.id} was taken by the worker; follow it with `/retrain status` "
-             f"or in {run_dir_for(ctx.settings, queued.id)}")
+        fail(
+            f"run {queued.id} was taken by the worker; follow it with `/retrain status` "
+            f"or in {run_dir_for(ctx.settings, queued.id)}"
+        )
     if not as_json:
         click.echo(f"Run {run.id}: {len(examples)} labeled examples; loading the base model...", err=True)
     with contextlib.ExitStack() as bars:  # the bar opens when the trainer knows its step count, and always closes
@@ -365,8 +389,9 @@ def train(ctx: Context, epochs: int | None, overrides: tuple[str, ...], as_json:
                 bar = None
             if bar is None:
                 label = f"{'Refitting' if record.get('phase') == 'refit' else 'Training'} run {run.id}"
-                bar = bars.enter_context(click.progressbar(length=record["max_steps"], label=label,
-                                                           file=sys.stderr, show_eta=True))
+                bar = bars.enter_context(
+                    click.progressbar(length=record["max_steps"], label=label, file=sys.stderr, show_eta=True)
+                )
             bar.update(record["step"] - bar.pos)
 
         outcome = execute_run(ctx.settings, ctx.db, run, on_progress=progress)
@@ -375,15 +400,26 @@ def train(ctx: Context, epochs: int | None, overrides: tuple[str, ...], as_json:
     if result.get("baseline"):
         metrics["baseline_accuracy"] = result["baseline"]["accuracy"]
     if as_json:
-        click.echo(json.dumps({"run": outcome.run.id, "status": outcome.run.status,
-                               "adapter_version": outcome.adapter.version if outcome.adapter else None,
-                               "promoted": outcome.promoted, "metrics": metrics, "error": outcome.run.error}))
+        click.echo(
+            json.dumps(
+                {
+                    "run": outcome.run.id,
+                    "status": outcome.run.status,
+                    "adapter_version": outcome.adapter.version if outcome.adapter else None,
+                    "promoted": outcome.promoted,
+                    "metrics": metrics,
+                    "error": outcome.run.error,
+                }
+            )
+        )
     elif outcome.run.status == "succeeded":
         from trainer.report import summary_markdown
 
         click.echo(summary_markdown(result))
-        click.echo(f"Adapter version {outcome.adapter.version} "
-                   + ("is now serving." if outcome.promoted else "was registered but not promoted."))
+        click.echo(
+            f"Adapter version {outcome.adapter.version} "
+            + ("is now serving." if outcome.promoted else "was registered but not promoted.")
+        )
     else:
         click.echo(f"Run {outcome.run.id} {outcome.run.status}: {outcome.run.error}", err=True)
     if outcome.run.status != "succeeded":
@@ -402,15 +438,25 @@ def spreadsheet_safe(value):
 
 
 def _prediction_dict(p) -> dict:
-    return {"label": p.label, "confidence": round(p.confidence, 6), "needs_review": p.needs_review,
-            "adapter_version": p.adapter_version, "zero_shot": p.zero_shot, "model": p.model,
-            "scores": {k: round(v, 6) for k, v in p.scores.items()}}
+    return {
+        "label": p.label,
+        "confidence": round(p.confidence, 6),
+        "needs_review": p.needs_review,
+        "adapter_version": p.adapter_version,
+        "zero_shot": p.zero_shot,
+        "model": p.model,
+        "scores": {k: round(v, 6) for k, v in p.scores.items()},
+    }
 
 
 @cli.command()
 @click.argument("text", required=False)
-@click.option("--file", "in_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="CSV of messages to classify.")
+@click.option(
+    "--file",
+    "in_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV of messages to classify.",
+)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Where to write the labeled CSV.")
 @click.option("--text-col", default="text", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
@@ -453,8 +499,14 @@ def classify(ctx: Context, text: str | None, in_file: Path | None, out: Path | N
         writer = csv.DictWriter(f, fieldnames=[spreadsheet_safe(name) for name in fields])
         writer.writeheader()
         for row, p in zip(rows, predictions):
-            cells = {**row, "predicted_label": p.label, "confidence": f"{p.confidence:.4f}",
-                     "needs_review": p.needs_review, "adapter_version": p.adapter_version or "", "model": p.model}
+            cells = {
+                **row,
+                "predicted_label": p.label,
+                "confidence": f"{p.confidence:.4f}",
+                "needs_review": p.needs_review,
+                "adapter_version": p.adapter_version or "",
+                "model": p.model,
+            }
             writer.writerow({spreadsheet_safe(k): spreadsheet_safe(v) for k, v in cells.items()})
     click.echo(f"Classified {len(predictions)} rows into {out}", err=True)
 
@@ -482,8 +534,9 @@ def eval_(ctx: Context, file: Path, text_col: str, label_col: str, as_json: bool
         click.echo(json.dumps({k: metrics[k] for k in ("accuracy", "macro_f1", "n", "per_class")}))
         return
     source = classifier.state.name
-    click.echo(f"{source}: accuracy {metrics['accuracy']:.1%}, macro-F1 {metrics['macro_f1']:.3f} "
-               f"on {metrics['n']} messages")
+    click.echo(
+        f"{source}: accuracy {metrics['accuracy']:.1%}, macro-F1 {metrics['macro_f1']:.3f} on {metrics['n']} messages"
+    )
     click.echo(f"{'label':32} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>7}")
     for name, m in metrics["per_class"].items():
         if m["support"]:
@@ -551,8 +604,13 @@ def export_model(ctx: Context, version: int | None, out: Path, merged: bool):
     adapter = adapters.get_adapter(ctx.db, version) if version else adapters.current_adapter(ctx.db)
     if adapter is None:
         fail("no adapter is serving yet; train one first (supportbot train)")
-    written = export_adapter(adapter.path, base_model_path(ctx.settings, adapter.base_model), out,
-                             name=f"supportbot-v{adapter.version}", merged=merged)
+    written = export_adapter(
+        adapter.path,
+        base_model_path(ctx.settings, adapter.base_model),
+        out,
+        name=f"supportbot-v{adapter.version}",
+        merged=merged,
+    )
     for path in written:
         click.echo(f"wrote {path}")
 

@@ -41,23 +41,38 @@ def seed_demo(db, *, redact: bool = False) -> int:
     path = DEMO / "emails.csv"
     from textprep.cleaning import text_cleaner
 
-    return importing.import_examples(db, path, importing.read_examples(path, text_col="text", label_col="label"),
-                                     clean=text_cleaner(redact)).stored
+    return importing.import_examples(
+        db, path, importing.read_examples(path, text_col="text", label_col="label"), clean=text_cleaner(redact)
+    ).stored
 
 
 def local_settings(settings: Settings, secret: str, api_url: str) -> Settings:
-    return replace(settings, slack_bot_token="xoxb-local-workspace", slack_app_token="", slack_signing_secret=secret,
-                   slack_api_url=api_url, admins=(YOU,), intake_channels=(INTAKE,), report_channel=REPORTS)
+    return replace(
+        settings,
+        slack_bot_token="xoxb-local-workspace",
+        slack_app_token="",
+        slack_signing_secret=secret,
+        slack_api_url=api_url,
+        admins=(YOU,),
+        intake_channels=(INTAKE,),
+        report_channel=REPORTS,
+    )
 
 
 def environment_for(settings: Settings) -> dict:
     """The worker process's environment: the same settings as the bot."""
-    return {**os.environ, "SUPPORTBOT_DATA_DIR": str(settings.data_dir), "SUPPORTBOT_BASE_MODEL": settings.base_model,
-            "SUPPORTBOT_ZERO_SHOT_MODEL": settings.zero_shot_model,
-            "SLACK_BOT_TOKEN": settings.slack_bot_token, "SLACK_SIGNING_SECRET": settings.slack_signing_secret,
-            "SLACK_API_URL": settings.slack_api_url, "SUPPORTBOT_ADMINS": ",".join(settings.admins),
-            "SUPPORTBOT_INTAKE_CHANNELS": ",".join(settings.intake_channels),
-            "SUPPORTBOT_REPORT_CHANNEL": settings.report_channel}
+    return {
+        **os.environ,
+        "SUPPORTBOT_DATA_DIR": str(settings.data_dir),
+        "SUPPORTBOT_BASE_MODEL": settings.base_model,
+        "SUPPORTBOT_ZERO_SHOT_MODEL": settings.zero_shot_model,
+        "SLACK_BOT_TOKEN": settings.slack_bot_token,
+        "SLACK_SIGNING_SECRET": settings.slack_signing_secret,
+        "SLACK_API_URL": settings.slack_api_url,
+        "SUPPORTBOT_ADMINS": ",".join(settings.admins),
+        "SUPPORTBOT_INTAKE_CHANNELS": ",".join(settings.intake_channels),
+        "SUPPORTBOT_REPORT_CHANNEL": settings.report_channel,
+    }
 
 
 class LocalStack:
@@ -67,8 +82,12 @@ class LocalStack:
         from slack_standin.workspace import Workspace
 
         secret = secrets.token_hex(16)
-        self.workspace = Workspace(signing_secret=secret, channels={INTAKE: "support-inbox", REPORTS: "training"},
-                                   user=YOU, bot_token="xoxb-local-workspace").start(port)
+        self.workspace = Workspace(
+            signing_secret=secret,
+            channels={INTAKE: "support-inbox", REPORTS: "training"},
+            user=YOU,
+            bot_token="xoxb-local-workspace",
+        ).start(port)
         self.settings = local_settings(settings, secret, self.workspace.api_url)
         self.host = host
         self.server = self.scheduler = self.ctx = self.worker = None
@@ -84,8 +103,11 @@ class LocalStack:
         if seeded:
             log.info("seeded %d labeled demo emails", seeded)
         self.ctx = BotContext(self.settings)
-        print("Loading the model that answers (a packaged language model, when one is needed, is converted "
-              "once on first use: about a minute)...", flush=True)
+        print(
+            "Loading the model that answers (a packaged language model, when one is needed, is converted "
+            "once on first use: about a minute)...",
+            flush=True,
+        )
         self.ctx.classifier()  # so the first email is answered in seconds, not after a load
         self.server = make_http_server(self.ctx, self.host, 0)
         threading.Thread(target=self.server.serve_forever, daemon=True, name="bot-http").start()
@@ -116,9 +138,12 @@ class LocalStack:
 
 def run_local(settings: Settings, port: int) -> None:
     stack = LocalStack(settings, port=port).start()
-    print(f"\nsupportbot is running locally: open {stack.url}\n"
-          "Forward an email or post a message in #support-inbox, correct the label, then type /retrain.\n"
-          "Press Ctrl-C to stop.\n", flush=True)
+    print(
+        f"\nsupportbot is running locally: open {stack.url}\n"
+        "Forward an email or post a message in #support-inbox, correct the label, then type /retrain.\n"
+        "Press Ctrl-C to stop.\n",
+        flush=True,
+    )
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     try:

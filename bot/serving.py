@@ -53,8 +53,12 @@ def base_model_path(settings: Settings, name: str | None = None) -> str:
 def served_name(kind: str, adapter_version: int | None = None) -> str:
     """How the bot names a serving model everywhere: `embeddings`, `adapter v3`, `adapter v3 + embeddings`,
     `zero-shot`."""
-    return {"zero-shot": "zero-shot", "embeddings": "embeddings", "adapter": f"adapter v{adapter_version}",
-            "ensemble": f"adapter v{adapter_version} + embeddings"}[kind]
+    return {
+        "zero-shot": "zero-shot",
+        "embeddings": "embeddings",
+        "adapter": f"adapter v{adapter_version}",
+        "ensemble": f"adapter v{adapter_version} + embeddings",
+    }[kind]
 
 
 def answered_by(prediction) -> str:
@@ -74,13 +78,13 @@ class NoLabels(RuntimeError):
 class State:
     """What answers now. `name` is what replies show."""
 
-    kind: str                       # zero-shot | embeddings | adapter | ensemble
+    kind: str  # zero-shot | embeddings | adapter | ensemble
     name: str
     adapter_version: int | None = None
     adapter_path: str | None = None
-    details: dict | None = None     # temperatures and the mix, from the gate
-    base_model: str | None = None   # the adapter's base model (it loads on that one)
-    note: str = ""                  # why this differs from the recorded choice, if it does
+    details: dict | None = None  # temperatures and the mix, from the gate
+    base_model: str | None = None  # the adapter's base model (it loads on that one)
+    note: str = ""  # why this differs from the recorded choice, if it does
     # The fitted embedding classifier answering in this state (embeddings and ensemble): part of the
     # state, so a refit that changes it (or its labels) swaps in with the rest, in one assignment.
     embeddings: object | None = field(default=None, compare=False)  # compared by identity in `sync`
@@ -89,8 +93,10 @@ class State:
 def load_classifier(settings: Settings, db, *, on_unusable=None):
     """The process's answering model (the language model is loaded only when an answer needs it)."""
     if len(labels.list_label_defs(db)) < 2:
-        raise NoLabels(f"the label set has {len(labels.list_label_defs(db))} label(s); add at least 2 "
-                       "(supportbot labels add NAME --description TEXT) before classifying")
+        raise NoLabels(
+            f"the label set has {len(labels.list_label_defs(db))} label(s); add at least 2 "
+            "(supportbot labels add NAME --description TEXT) before classifying"
+        )
     served_classifier = ServedClassifier(settings, on_unusable=on_unusable)
     served_classifier.refit(db)
     served_classifier.sync(db)
@@ -117,25 +123,24 @@ def sync_classifier(classifier, db) -> bool:
 class ServedClassifier:
     """Thread-safe; one per process. `classify` and `classify_many` answer as `trainer.classify.Classifier` does."""
 
-    def __init__(self, settings: Settings, *, llm_factory=None, debounce_s: float = REFIT_DEBOUNCE_S,
-                 on_unusable=None):
+    def __init__(self, settings: Settings, *, llm_factory=None, debounce_s: float = REFIT_DEBOUNCE_S, on_unusable=None):
         self.settings = settings
         self.unusable: dict[int, str] = {}  # adapter version -> why it cannot serve (checked once per process)
-        self._on_unusable = on_unusable     # (version, reason, what serves instead), once per adapter
+        self._on_unusable = on_unusable  # (version, reason, what serves instead), once per adapter
         self.threshold = settings.review_threshold
         self._llm_factory = llm_factory
         self._models: dict[str, object] = {}  # base model folder -> trainer.classify.Classifier, loaded on use
-        self._paths: dict[str, str] = {}      # base model name -> the folder it loads from
+        self._paths: dict[str, str] = {}  # base model name -> the folder it loads from
         self._llm_lock = threading.Lock()
         self._resolve_lock = threading.Lock()
-        self._embeddings = None          # trainer.embeddings.EmbeddingClassifier, or None before enough labels
+        self._embeddings = None  # trainer.embeddings.EmbeddingClassifier, or None before enough labels
         self._embed_lock = threading.Lock()
         self._state = State("zero-shot", "zero-shot")
         self._sync_lock = threading.Lock()
         self._fitted_signature = None
         self._poked_signature = None
         self._refit = _Debouncer(debounce_s, self._refit_in_background)
-        self.refits = 0                  # how many refits ran (tests, /model)
+        self.refits = 0  # how many refits ran (tests, /model)
 
     # -- what serves ------------------------------------------------------------------------------------
 
@@ -172,8 +177,9 @@ class ServedClassifier:
                 self._let_go_of_others(wanted)
             refitted_only = wanted == self._state  # same model, a newly fitted embedding classifier
             self._state = wanted
-            (log.debug if refitted_only else log.info)("serving %s%s", wanted.name,
-                                                       f" ({wanted.note})" if wanted.note else "")
+            (log.debug if refitted_only else log.info)(
+                "serving %s%s", wanted.name, f" ({wanted.note})" if wanted.note else ""
+            )
             return True
 
     def _wanted(self, db) -> State:
@@ -191,18 +197,33 @@ class ServedClassifier:
         else:
             choice_kind, version, details = choice.kind, choice.adapter_version, choice.details
         if choice_kind == "embeddings":
-            return State("embeddings", served_name("embeddings"), embeddings=fitted) if fitted is not None else \
-                State("zero-shot", served_name("zero-shot"), note="too few labelled messages for the embeddings")
+            return (
+                State("embeddings", served_name("embeddings"), embeddings=fitted)
+                if fitted is not None
+                else State("zero-shot", served_name("zero-shot"), note="too few labelled messages for the embeddings")
+            )
         adapter = adapters.get_adapter(db, version)
         missing = sorted(set(active) - set(adapter.labels))
         if missing and fitted is not None:
-            return State("embeddings", served_name("embeddings"), embeddings=fitted,
-                         note=f"adapter v{version} was trained before label(s) {', '.join(missing)}")
+            return State(
+                "embeddings",
+                served_name("embeddings"),
+                embeddings=fitted,
+                note=f"adapter v{version} was trained before label(s) {', '.join(missing)}",
+            )
         if choice_kind == "ensemble" and fitted is not None and not set(adapter.labels) - set(fitted.labels):
-            return State("ensemble", served_name("ensemble", version), version, adapter.path, details,
-                         base_model=adapter.base_model, embeddings=fitted)
-        return State("adapter", served_name("adapter", version), version, adapter.path, details,
-                     base_model=adapter.base_model)
+            return State(
+                "ensemble",
+                served_name("ensemble", version),
+                version,
+                adapter.path,
+                details,
+                base_model=adapter.base_model,
+                embeddings=fitted,
+            )
+        return State(
+            "adapter", served_name("adapter", version), version, adapter.path, details, base_model=adapter.base_model
+        )
 
     def _load_adapter(self, wanted: State, db) -> State:
         """`wanted` with its adapter checked and swapped in, or what serves instead when it cannot be."""
@@ -243,8 +264,11 @@ class ServedClassifier:
         note = f"adapter v{broken.adapter_version} cannot serve: {self.unusable[broken.adapter_version]}"
         current = self._state
         fitted = self._embeddings  # read once: a background refit may replace it meanwhile
-        if current.kind in ("adapter", "ensemble") and current.adapter_version not in self.unusable and (
-                current.kind == "adapter" or fitted is not None):
+        if (
+            current.kind in ("adapter", "ensemble")
+            and current.adapter_version not in self.unusable
+            and (current.kind == "adapter" or fitted is not None)
+        ):
             instead = replace(current, note=note, embeddings=fitted if current.kind == "ensemble" else None)
             return instead if self._key(current, resolve=False) in self._models else self._load_adapter(instead, db)
         if fitted is not None:
@@ -345,8 +369,17 @@ class ServedClassifier:
         per_item_ms = (time.perf_counter() - started) * 1000 / max(1, len(cleaned))
         out = []
         for i in range(len(cleaned)):
-            out.append(_prediction(names, logp[i], state, self.threshold, per_item_ms,
-                                   novel=bool(novel[i]) if needs_vectors else False, certified=certified))
+            out.append(
+                _prediction(
+                    names,
+                    logp[i],
+                    state,
+                    self.threshold,
+                    per_item_ms,
+                    novel=bool(novel[i]) if needs_vectors else False,
+                    certified=certified,
+                )
+            )
         return out
 
     def vector_for(self, db, message_id: int, text: str, subject: str | None):
@@ -407,8 +440,9 @@ class ServedClassifier:
         else:
             import numpy as np
 
-            self._embeddings = EmbeddingClassifier.fit(np.stack([from_blob(v) for _, _, v in rows]),
-                                                       [label for _, label, _ in rows], active)
+            self._embeddings = EmbeddingClassifier.fit(
+                np.stack([from_blob(v) for _, _, v in rows]), [label for _, label, _ in rows], active
+            )
         self._fitted_signature = signature
         self.refits += 1
         return self._embeddings is not None
@@ -446,8 +480,9 @@ def _label_signature(db) -> tuple:
     return labels.change_signature(db)
 
 
-def _prediction(names: list[str], logp, state: State, threshold: float, latency_ms: float, *,
-                novel: bool, certified: bool):
+def _prediction(
+    names: list[str], logp, state: State, threshold: float, latency_ms: float, *, novel: bool, certified: bool
+):
     from classifier.classify import Prediction
 
     top_logp = max(logp)
@@ -456,11 +491,19 @@ def _prediction(names: list[str], logp, state: State, threshold: float, latency_
     probs = [w / total for w in weights]
     order = sorted(range(len(names)), key=lambda i: -probs[i])
     top = order[0]
-    return Prediction(label=names[top], confidence=probs[top], needs_review=probs[top] < threshold or novel,
-                      adapter_version=state.adapter_version, zero_shot=False,
-                      scores={names[i]: probs[i] for i in order},
-                      alternatives=[[names[i], probs[i]] for i in order[1:3]], certified=certified,
-                      latency_ms=latency_ms, model=state.name, novel=novel)
+    return Prediction(
+        label=names[top],
+        confidence=probs[top],
+        needs_review=probs[top] < threshold or novel,
+        adapter_version=state.adapter_version,
+        zero_shot=False,
+        scores={names[i]: probs[i] for i in order},
+        alternatives=[[names[i], probs[i]] for i in order[1:3]],
+        certified=certified,
+        latency_ms=latency_ms,
+        model=state.name,
+        novel=novel,
+    )
 
 
 class _Debouncer:

@@ -50,6 +50,7 @@ def _token(prefix):
         if value and not value.startswith(prefix):
             raise SettingsError(f"{var}: expected a token starting with {prefix!r}")
         return value
+
     return parse
 
 
@@ -90,8 +91,9 @@ def _cron(var, value):
     try:
         CronTrigger.from_crontab(value)
     except ValueError:
-        raise SettingsError(f"{var}: expected a cron expression like '0 3 * * 1-5' (or empty to turn it off), "
-                            f"got {value!r}") from None
+        raise SettingsError(
+            f"{var}: expected a cron expression like '0 3 * * 1-5' (or empty to turn it off), got {value!r}"
+        ) from None
     return value
 
 
@@ -132,63 +134,180 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("data_dir", "SUPPORTBOT_DATA_DIR", "./data", _path,
-            "Folder for the database, adapters, training runs and the model cache."),
-    Setting("base_model", "SUPPORTBOT_BASE_MODEL", DEFAULT_BASE_MODEL, _text,
-            "Base model `/retrain` fine-tunes: `minilm` (all-MiniLM-L6-v2, a sentence encoder, Apache-2.0), "
-            "`gemma3-270m` (Gemma 3 270M, Gemma Terms of Use), `smollm2-135m` or `embedded` "
-            "(SmolLM2-135M-Instruct), all shipped as packages; a Hugging Face hub id, or a local folder."),
-    Setting("zero_shot_model", "SUPPORTBOT_ZERO_SHOT_MODEL", ZERO_SHOT_MODEL, _text,
-            "Causal LM that answers from the label descriptions alone, before two labels have two labelled "
-            "messages each (the same names as the base model; a sentence encoder cannot)."),
-    Setting("slack_bot_token", "SLACK_BOT_TOKEN", "", _token("xoxb-"),
-            "Bot token (`xoxb-...`) from the Slack app's OAuth page.", secret=True),
-    Setting("slack_app_token", "SLACK_APP_TOKEN", "", _token("xapp-"),
-            "App-level token (`xapp-...`, scope `connections:write`); when set, the bot uses Socket Mode.",
-            secret=True),
-    Setting("slack_signing_secret", "SLACK_SIGNING_SECRET", "", _text,
-            "Signing secret used to verify requests in HTTP mode.", secret=True),
-    Setting("slack_api_url", "SLACK_API_URL", "https://slack.com/api/", _url,
-            "Web API base URL (GovSlack, or a local stand-in)."),
-    Setting("admins", "SUPPORTBOT_ADMINS", "", _users,
-            "Comma-separated user ids who curate: `/labels add`, `describe` and `retire`, `/datacheck` and its fixes, "
-            "`/retrain` and `/model rollback`."),
-    Setting("intake_channels", "SUPPORTBOT_INTAKE_CHANNELS", "", _channels,
-            "Comma-separated channel ids whose messages and forwarded emails are collected."),
-    Setting("report_channel", "SUPPORTBOT_REPORT_CHANNEL", "", _channel,
-            "Channel id where training progress and reports are posted."),
-    Setting("review_threshold", "SUPPORTBOT_REVIEW_THRESHOLD", "0.5", _fraction,
-            "Below this calibrated confidence (the share of such answers that are right) a prediction is shown "
-            "as \"needs review\"."),
-    Setting("promotion_margin", "SUPPORTBOT_PROMOTION_MARGIN", "0.01", _fraction,
-            "First run only (nothing trained serves yet): the serving gate counts candidates within this macro-F1 "
-            "of the best as just as good and serves the cheapest of them."),
-    Setting("promotion_significance", "SUPPORTBOT_PROMOTION_SIGNIFICANCE", "0.05", _fraction,
-            "After that, what serves changes only when a candidate got more of the same held-out messages right "
-            "than the serving model with a paired test (one-sided exact McNemar) p-value below this."),
-    Setting("retrain_cron", "SUPPORTBOT_RETRAIN_CRON", "", _cron,
-            "Retrain on this cron schedule (e.g. `0 3 * * *`) when enough new labels arrived; empty: off."),
-    Setting("retrain_min_new_labels", "SUPPORTBOT_RETRAIN_MIN_NEW_LABELS", "50", _positive_int,
-            "Human labels needed since the last run before a scheduled retrain starts."),
-    Setting("digest_cron", "SUPPORTBOT_DIGEST_CRON", "0 9 * * 1-5", _cron,
-            "When to post the least-certain messages with label pickers in the report channel; empty: off."),
-    Setting("redact", "SUPPORTBOT_REDACT", "false", _bool,
-            "Replace email addresses, phone and card-like numbers in cleaned text (what models see and train on)."),
-    Setting("keep_run_inputs_days", "SUPPORTBOT_KEEP_RUN_INPUTS_DAYS", "30", _positive_int,
-            "Days a finished training run keeps its copy of the labeled messages (`runs/run-N/*.jsonl`); "
-            "metrics, reports and adapters stay."),
-    Setting("ray_address", "SUPPORTBOT_RAY_ADDRESS", "", _text,
-            "Ray cluster to train on (e.g. `gpu-host:6379`; needs the `ray` extra); empty: the worker trains "
-            "in a child process on its own machine."),
-    Setting("ray_num_gpus", "SUPPORTBOT_RAY_NUM_GPUS", "1", _count,
-            "GPUs a training run asks of the Ray cluster (0 for a CPU-only cluster)."),
-    Setting("run_lease_s", "SUPPORTBOT_RUN_LEASE_S", str(DEFAULT_LEASE_S), _positive_int,
-            "Seconds a worker's hold on its running run lasts unless renewed (it renews every sixth of it while "
-            "it follows the run); another worker settles a run as dead only after its lease expired."),
-    Setting("workers", "SUPPORTBOT_WORKERS", "4", _positive_int,
-            "Threads that run model work and Web API calls after a request is acknowledged."),
-    Setting("log_level", "SUPPORTBOT_LOG_LEVEL", "INFO", _log_level,
-            "Logging level. Tokens and email bodies are never logged at INFO."),
+    Setting(
+        "data_dir",
+        "SUPPORTBOT_DATA_DIR",
+        "./data",
+        _path,
+        "Folder for the database, adapters, training runs and the model cache.",
+    ),
+    Setting(
+        "base_model",
+        "SUPPORTBOT_BASE_MODEL",
+        DEFAULT_BASE_MODEL,
+        _text,
+        "Base model `/retrain` fine-tunes: `minilm` (all-MiniLM-L6-v2, a sentence encoder, Apache-2.0), "
+        "`gemma3-270m` (Gemma 3 270M, Gemma Terms of Use), `smollm2-135m` or `embedded` "
+        "(SmolLM2-135M-Instruct), all shipped as packages; a Hugging Face hub id, or a local folder.",
+    ),
+    Setting(
+        "zero_shot_model",
+        "SUPPORTBOT_ZERO_SHOT_MODEL",
+        ZERO_SHOT_MODEL,
+        _text,
+        "Causal LM that answers from the label descriptions alone, before two labels have two labelled "
+        "messages each (the same names as the base model; a sentence encoder cannot).",
+    ),
+    Setting(
+        "slack_bot_token",
+        "SLACK_BOT_TOKEN",
+        "",
+        _token("xoxb-"),
+        "Bot token (`xoxb-...`) from the Slack app's OAuth page.",
+        secret=True,
+    ),
+    Setting(
+        "slack_app_token",
+        "SLACK_APP_TOKEN",
+        "",
+        _token("xapp-"),
+        "App-level token (`xapp-...`, scope `connections:write`); when set, the bot uses Socket Mode.",
+        secret=True,
+    ),
+    Setting(
+        "slack_signing_secret",
+        "SLACK_SIGNING_SECRET",
+        "",
+        _text,
+        "Signing secret used to verify requests in HTTP mode.",
+        secret=True,
+    ),
+    Setting(
+        "slack_api_url",
+        "SLACK_API_URL",
+        "https://slack.com/api/",
+        _url,
+        "Web API base URL (GovSlack, or a local stand-in).",
+    ),
+    Setting(
+        "admins",
+        "SUPPORTBOT_ADMINS",
+        "",
+        _users,
+        "Comma-separated user ids who curate: `/labels add`, `describe` and `retire`, `/datacheck` and its fixes, "
+        "`/retrain` and `/model rollback`.",
+    ),
+    Setting(
+        "intake_channels",
+        "SUPPORTBOT_INTAKE_CHANNELS",
+        "",
+        _channels,
+        "Comma-separated channel ids whose messages and forwarded emails are collected.",
+    ),
+    Setting(
+        "report_channel",
+        "SUPPORTBOT_REPORT_CHANNEL",
+        "",
+        _channel,
+        "Channel id where training progress and reports are posted.",
+    ),
+    Setting(
+        "review_threshold",
+        "SUPPORTBOT_REVIEW_THRESHOLD",
+        "0.5",
+        _fraction,
+        "Below this calibrated confidence (the share of such answers that are right) a prediction is shown "
+        'as "needs review".',
+    ),
+    Setting(
+        "promotion_margin",
+        "SUPPORTBOT_PROMOTION_MARGIN",
+        "0.01",
+        _fraction,
+        "First run only (nothing trained serves yet): the serving gate counts candidates within this macro-F1 "
+        "of the best as just as good and serves the cheapest of them.",
+    ),
+    Setting(
+        "promotion_significance",
+        "SUPPORTBOT_PROMOTION_SIGNIFICANCE",
+        "0.05",
+        _fraction,
+        "After that, what serves changes only when a candidate got more of the same held-out messages right "
+        "than the serving model with a paired test (one-sided exact McNemar) p-value below this.",
+    ),
+    Setting(
+        "retrain_cron",
+        "SUPPORTBOT_RETRAIN_CRON",
+        "",
+        _cron,
+        "Retrain on this cron schedule (e.g. `0 3 * * *`) when enough new labels arrived; empty: off.",
+    ),
+    Setting(
+        "retrain_min_new_labels",
+        "SUPPORTBOT_RETRAIN_MIN_NEW_LABELS",
+        "50",
+        _positive_int,
+        "Human labels needed since the last run before a scheduled retrain starts.",
+    ),
+    Setting(
+        "digest_cron",
+        "SUPPORTBOT_DIGEST_CRON",
+        "0 9 * * 1-5",
+        _cron,
+        "When to post the least-certain messages with label pickers in the report channel; empty: off.",
+    ),
+    Setting(
+        "redact",
+        "SUPPORTBOT_REDACT",
+        "false",
+        _bool,
+        "Replace email addresses, phone and card-like numbers in cleaned text (what models see and train on).",
+    ),
+    Setting(
+        "keep_run_inputs_days",
+        "SUPPORTBOT_KEEP_RUN_INPUTS_DAYS",
+        "30",
+        _positive_int,
+        "Days a finished training run keeps its copy of the labeled messages (`runs/run-N/*.jsonl`); "
+        "metrics, reports and adapters stay.",
+    ),
+    Setting(
+        "ray_address",
+        "SUPPORTBOT_RAY_ADDRESS",
+        "",
+        _text,
+        "Ray cluster to train on (e.g. `gpu-host:6379`; needs the `ray` extra); empty: the worker trains "
+        "in a child process on its own machine.",
+    ),
+    Setting(
+        "ray_num_gpus",
+        "SUPPORTBOT_RAY_NUM_GPUS",
+        "1",
+        _count,
+        "GPUs a training run asks of the Ray cluster (0 for a CPU-only cluster).",
+    ),
+    Setting(
+        "run_lease_s",
+        "SUPPORTBOT_RUN_LEASE_S",
+        str(DEFAULT_LEASE_S),
+        _positive_int,
+        "Seconds a worker's hold on its running run lasts unless renewed (it renews every sixth of it while "
+        "it follows the run); another worker settles a run as dead only after its lease expired.",
+    ),
+    Setting(
+        "workers",
+        "SUPPORTBOT_WORKERS",
+        "4",
+        _positive_int,
+        "Threads that run model work and Web API calls after a request is acknowledged.",
+    ),
+    Setting(
+        "log_level",
+        "SUPPORTBOT_LOG_LEVEL",
+        "INFO",
+        _log_level,
+        "Logging level. Tokens and email bodies are never logged at INFO.",
+    ),
 )
 
 

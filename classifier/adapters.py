@@ -50,10 +50,16 @@ def check_adapter(folder: str | Path) -> dict:
         head = _tensors(folder / HEAD_FILE)
         rows = len(spec.names)
         weight, bias = head.get("weight"), head.get("bias")
-        if weight is None or bias is None or weight.dim() != 2 or tuple(bias.shape) != (weight.shape[0],) \
-                or weight.shape[0] != rows:
-            raise BrokenAdapter(f"{HEAD_FILE} does not fit its {rows} labels "
-                                f"(weight {None if weight is None else tuple(weight.shape)})")
+        if (
+            weight is None
+            or bias is None
+            or weight.dim() != 2
+            or tuple(bias.shape) != (weight.shape[0],)
+            or weight.shape[0] != rows
+        ):
+            raise BrokenAdapter(
+                f"{HEAD_FILE} does not fit its {rows} labels (weight {None if weight is None else tuple(weight.shape)})"
+            )
     return meta
 
 
@@ -88,8 +94,9 @@ def make_scorer(model, tokenizer, meta: dict, folder: str | Path):
         head = load_head(folder, next(model.parameters()).device)
         hidden = getattr(model.config, "hidden_size", head.in_features)
         if (head.out_features, head.in_features) != (len(spec.names), hidden):
-            raise BrokenAdapter(f"the head is [{head.out_features}, {head.in_features}]; this model needs "
-                                f"[{len(spec.names)}, {hidden}]")
+            raise BrokenAdapter(
+                f"the head is [{head.out_features}, {head.in_features}]; this model needs [{len(spec.names)}, {hidden}]"
+            )
         return HeadScorer(model, tokenizer, spec, head, info["pooling"], int(info["max_length"]))
     from .scoring import LabelScorer
 

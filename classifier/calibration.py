@@ -44,9 +44,12 @@ def fit_temperature(logits: np.ndarray, gold: np.ndarray) -> float:
         return 1.0
     from scipy.optimize import minimize_scalar
 
-    found = minimize_scalar(lambda log_t: nll(logits, gold, math.exp(log_t)),
-                            bounds=(math.log(T_MIN), math.log(T_MAX)), method="bounded",
-                            options={"xatol": 1e-4})
+    found = minimize_scalar(
+        lambda log_t: nll(logits, gold, math.exp(log_t)),
+        bounds=(math.log(T_MIN), math.log(T_MAX)),
+        method="bounded",
+        options={"xatol": 1e-4},
+    )
     return float(math.exp(found.x))
 
 
@@ -67,8 +70,9 @@ def expected_calibration_error(probs: np.ndarray, gold: np.ndarray, bins: int = 
     return float(total / len(gold))
 
 
-def selective_accuracy(probs: np.ndarray, gold: np.ndarray,
-                       thresholds=(0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)) -> list[dict]:
+def selective_accuracy(
+    probs: np.ndarray, gold: np.ndarray, thresholds=(0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+) -> list[dict]:
     """For each review threshold: the share of answers kept (confidence at or above it) and their accuracy.
 
     What `SUPPORTBOT_REVIEW_THRESHOLD` trades: a higher threshold sends more messages to review and
@@ -80,6 +84,11 @@ def selective_accuracy(probs: np.ndarray, gold: np.ndarray,
     rows = []
     for threshold in thresholds:
         kept = confidence >= threshold
-        rows.append({"threshold": threshold, "kept": float(kept.mean()) if len(gold) else 0.0,
-                     "accuracy": float(correct[kept].mean()) if kept.any() else None})
+        rows.append(
+            {
+                "threshold": threshold,
+                "kept": float(kept.mean()) if len(gold) else 0.0,
+                "accuracy": float(correct[kept].mean()) if kept.any() else None,
+            }
+        )
     return rows

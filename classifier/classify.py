@@ -34,12 +34,12 @@ class Prediction:
     needs_review: bool
     adapter_version: int | None
     zero_shot: bool
-    scores: dict            # per label; one left unfinished counts with its upper bound (serving does not certify)
-    alternatives: list      # the next two: [[label, probability], ...]
-    certified: bool         # the top label is provably the most likely label (see trainer.scoring)
+    scores: dict  # per label; one left unfinished counts with its upper bound (serving does not certify)
+    alternatives: list  # the next two: [[label, probability], ...]
+    certified: bool  # the top label is provably the most likely label (see trainer.scoring)
     latency_ms: float
-    model: str = ""         # what answered, as replies name it: "adapter v3", "embeddings", "zero-shot"...
-    novel: bool = False     # unlike any labelled message (embeddings' nearest-neighbour check)
+    model: str = ""  # what answered, as replies name it: "adapter v3", "embeddings", "zero-shot"...
+    novel: bool = False  # unlike any labelled message (embeddings' nearest-neighbour check)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,8 +64,15 @@ def zero_shot_spec(labels: list[LabelInfo], max_body_chars: int = MAX_BODY_CHARS
     return PromptSpec(tuple(labels), True, max_body_chars, verbalize=True)
 
 
-def predict(scorer: LabelScorer, items: list[tuple[str, str | None]], *, threshold: float,
-            adapter_version: int | None, zero_shot: bool, batch_size: int = 16) -> list[Prediction]:
+def predict(
+    scorer: LabelScorer,
+    items: list[tuple[str, str | None]],
+    *,
+    threshold: float,
+    adapter_version: int | None,
+    zero_shot: bool,
+    batch_size: int = 16,
+) -> list[Prediction]:
     """Score items with `scorer` and turn the scores into predictions."""
     started = time.perf_counter()
     scored = scorer.score(items, batch_size=batch_size)
@@ -79,13 +86,20 @@ def predict(scorer: LabelScorer, items: list[tuple[str, str | None]], *, thresho
         # Zero-shot, the model knows the labels only from the prompt, and a message that addresses the
         # model can talk it into one (3 of 3 crafted emails answered `feedback` at 75-81%): a person looks.
         steered = zero_shot and instruction_like(text, subject)
-        predictions.append(Prediction(
-            label=names[top], confidence=probs[top], needs_review=probs[top] < threshold or steered,
-            adapter_version=adapter_version, zero_shot=zero_shot,
-            scores={names[i]: probs[i] for i in order},
-            alternatives=[[names[i], probs[i]] for i in order[1:3]],
-            certified=result.certified, latency_ms=per_item_ms,
-            model="zero-shot" if zero_shot else f"adapter v{adapter_version}"))
+        predictions.append(
+            Prediction(
+                label=names[top],
+                confidence=probs[top],
+                needs_review=probs[top] < threshold or steered,
+                adapter_version=adapter_version,
+                zero_shot=zero_shot,
+                scores={names[i]: probs[i] for i in order},
+                alternatives=[[names[i], probs[i]] for i in order[1:3]],
+                certified=result.certified,
+                latency_ms=per_item_ms,
+                model="zero-shot" if zero_shot else f"adapter v{adapter_version}",
+            )
+        )
     return predictions
 
 
@@ -93,7 +107,7 @@ def predict(scorer: LabelScorer, items: list[tuple[str, str | None]], *, thresho
 class _State:
     version: int | None
     adapter_name: str | None
-    scorer: LabelScorer       # or a trainer.head.HeadScorer (same interface)
+    scorer: LabelScorer  # or a trainer.head.HeadScorer (same interface)
     method: str = "scoring"
 
     @property
@@ -104,8 +118,16 @@ class _State:
 class Classifier:
     """The serving classifier: thread-safe, one model, hot-swappable adapters."""
 
-    def __init__(self, model, tokenizer, labels: list[LabelInfo], *, threshold: float = 0.5, batch_size: int = 16,
-                 merge: bool = True):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        labels: list[LabelInfo],
+        *,
+        threshold: float = 0.5,
+        batch_size: int = 16,
+        merge: bool = True,
+    ):
         self.tokenizer = tokenizer
         self.merge = merge  # fold the serving adapter into full-precision weights (see _merge)
         self.threshold = threshold
@@ -174,8 +196,9 @@ class Classifier:
             if old and old != name and old in self._model.peft_config:
                 self._model.delete_adapter(old)
             self._merge()
-            self._state = _State(version, name, make_scorer(self._model, self.tokenizer, meta, path),
-                                 adapter_method(meta))
+            self._state = _State(
+                version, name, make_scorer(self._model, self.tokenizer, meta, path), adapter_method(meta)
+            )
 
     def use_zero_shot(self, labels: list[LabelInfo]) -> None:
         """Serve the base model alone, prompted with the label descriptions (before any adapter exists)."""
@@ -216,7 +239,7 @@ class Classifier:
         with self._lock:
             while not request.done:  # earlier callers' batches first, oldest first
                 with self._waiting_lock:
-                    batch, self._waiting = self._waiting[:self.batch_size], self._waiting[self.batch_size:]
+                    batch, self._waiting = self._waiting[: self.batch_size], self._waiting[self.batch_size :]
                 self._answer(batch)
         if request.error is not None:
             raise request.error
@@ -252,8 +275,14 @@ class Classifier:
         peft_loaded = hasattr(self._model, "peft_config")
         context = self._model.disable_adapter() if state.zero_shot and peft_loaded else nullcontext()
         with context:
-            return predict(state.scorer, cleaned, threshold=self.threshold, adapter_version=state.version,
-                           zero_shot=state.zero_shot, batch_size=self.batch_size)
+            return predict(
+                state.scorer,
+                cleaned,
+                threshold=self.threshold,
+                adapter_version=state.version,
+                zero_shot=state.zero_shot,
+                batch_size=self.batch_size,
+            )
 
 
 class NoZeroShot:
@@ -263,8 +292,10 @@ class NoZeroShot:
         self.spec = spec
 
     def score(self, items, batch_size: int = 16):
-        raise ModelError("this base model is a sentence encoder: it classifies with a trained adapter only "
-                         "(zero-shot answers need a causal LM)")
+        raise ModelError(
+            "this base model is a sentence encoder: it classifies with a trained adapter only "
+            "(zero-shot answers need a causal LM)"
+        )
 
 
 class _Request:

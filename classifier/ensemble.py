@@ -20,15 +20,16 @@ WEIGHTS = np.linspace(0.0, 1.0, 21)
 
 @dataclass(frozen=True)
 class Mix:
-    weight: float              # on the adapter; 1 - weight on the embeddings
+    weight: float  # on the adapter; 1 - weight on the embeddings
     adapter_temperature: float
     embedding_temperature: float
-    temperature: float         # of the mix itself
+    temperature: float  # of the mix itself
 
     def log_probs(self, adapter_logits: np.ndarray, embedding_logits: np.ndarray) -> np.ndarray:
         """Calibrated log-probabilities of the mix, (n, labels); columns in the same label order."""
-        mixed = (self.weight * log_softmax(np.asarray(adapter_logits) / self.adapter_temperature)
-                 + (1 - self.weight) * log_softmax(np.asarray(embedding_logits) / self.embedding_temperature))
+        mixed = self.weight * log_softmax(np.asarray(adapter_logits) / self.adapter_temperature) + (
+            1 - self.weight
+        ) * log_softmax(np.asarray(embedding_logits) / self.embedding_temperature)
         return log_softmax(mixed / self.temperature)
 
     def to_dict(self) -> dict:
@@ -36,12 +37,18 @@ class Mix:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Mix":
-        return cls(**{k: float(data[k]) for k in ("weight", "adapter_temperature", "embedding_temperature",
-                                                   "temperature")})
+        return cls(
+            **{k: float(data[k]) for k in ("weight", "adapter_temperature", "embedding_temperature", "temperature")}
+        )
 
 
-def fit_mix(adapter_logits: np.ndarray, embedding_logits: np.ndarray, gold: np.ndarray, *,
-            embedding_temperature: float | None = None) -> Mix:
+def fit_mix(
+    adapter_logits: np.ndarray,
+    embedding_logits: np.ndarray,
+    gold: np.ndarray,
+    *,
+    embedding_temperature: float | None = None,
+) -> Mix:
     """Calibrate both models, then pick the weight with the lowest NLL, on these held-out rows.
 
     `embedding_temperature`, when given, is the embedding classifier's own (fitted on its

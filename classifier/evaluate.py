@@ -8,11 +8,17 @@ def classification_metrics(gold: list[str], predicted: list[str], labels: list[s
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     names = list(labels) + sorted((set(gold) | set(predicted)) - set(labels))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        gold, predicted, labels=names, zero_division=0)
+    precision, recall, f1, support = precision_recall_fscore_support(gold, predicted, labels=names, zero_division=0)
     present = [i for i, name in enumerate(names) if support[i] > 0]
-    per_class = {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                        "support": int(support[i])} for i, name in enumerate(names)}
+    per_class = {
+        name: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(names)
+    }
     correct = sum(g == p for g, p in zip(gold, predicted))
     return {
         "n": len(gold),

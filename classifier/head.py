@@ -17,8 +17,9 @@ CUE = "\nCategory:"  # the last token then summarizes the message for the head
 ENCODER_MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on at most 256 tokens
 
 
-def head_prompt_ids(tokenizer, spec: PromptSpec, text: str, subject: str | None, max_length: int,
-                    encoder: bool = False) -> list[int]:
+def head_prompt_ids(
+    tokenizer, spec: PromptSpec, text: str, subject: str | None, max_length: int, encoder: bool = False
+) -> list[int]:
     """The tokens the head reads: the message and the cue; a long one loses its middle, never the cue.
 
     For an encoder: the message with the encoder's own special tokens, and no cue (every token is pooled).
@@ -26,12 +27,17 @@ def head_prompt_ids(tokenizer, spec: PromptSpec, text: str, subject: str | None,
     if encoder:
         from classifier.embeddings import message_text
 
-        return list(tokenizer(message_text(text, subject)[:spec.max_body_chars], truncation=True,
-                              max_length=min(max_length, ENCODER_MAX_TOKENS))["input_ids"])
+        return list(
+            tokenizer(
+                message_text(text, subject)[: spec.max_body_chars],
+                truncation=True,
+                max_length=min(max_length, ENCODER_MAX_TOKENS),
+            )["input_ids"]
+        )
     ids = list(tokenizer(user_prompt(text, subject, spec.max_body_chars) + CUE)["input_ids"])
     if len(ids) > max_length:
         head = max_length * 2 // 3
-        ids = ids[:head] + ids[len(ids) - (max_length - head):]
+        ids = ids[:head] + ids[len(ids) - (max_length - head) :]
     return ids
 
 
@@ -59,8 +65,8 @@ def pad_batch(rows: list[list[int]], pad_id: int, device):
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):  # right padding: the last real token is at mask.sum() - 1
-        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, :len(row)] = 1
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -87,7 +93,7 @@ def features(model, rows: list[list[int]], pad_id: int, pooling: str, batch_size
     out = [None] * len(rows)
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
+            chunk = order[start : start + batch_size]
             vectors = pooled(model, *pad_batch([rows[i] for i in chunk], pad_id, device), pooling)
             for i, vector in zip(chunk, vectors):
                 out[i] = vector
@@ -97,8 +103,13 @@ def features(model, rows: list[list[int]], pad_id: int, pooling: str, batch_size
 def save_head(head, folder: Path) -> None:
     from safetensors.torch import save_file
 
-    save_file({"weight": head.weight.detach().float().cpu().contiguous(),
-               "bias": head.bias.detach().float().cpu().contiguous()}, str(folder / HEAD_FILE))
+    save_file(
+        {
+            "weight": head.weight.detach().float().cpu().contiguous(),
+            "bias": head.bias.detach().float().cpu().contiguous(),
+        },
+        str(folder / HEAD_FILE),
+    )
 
 
 def load_head(folder: str | Path, device):
@@ -128,8 +139,10 @@ class HeadScorer:
     def score(self, items: list[tuple[str, str | None]], batch_size: int = 16) -> list[LabelScores]:
         import torch
 
-        rows = [head_prompt_ids(self.tokenizer, self.spec, text, subject, self.max_length, self.encoder)
-                for text, subject in items]
+        rows = [
+            head_prompt_ids(self.tokenizer, self.spec, text, subject, self.max_length, self.encoder)
+            for text, subject in items
+        ]
         if not rows:
             return []
         with torch.no_grad():

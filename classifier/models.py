@@ -30,7 +30,7 @@ SMOLLM2 = "smollm2-135m"
 GEMMA3 = "gemma3-270m"
 MINILM = "minilm"
 DEFAULT_BASE_MODEL = MINILM  # measured best of the packaged models on CPU (bench/README.md)
-ZERO_SHOT_MODEL = SMOLLM2    # an instruction-tuned LM: what answers from label descriptions before any label
+ZERO_SHOT_MODEL = SMOLLM2  # an instruction-tuned LM: what answers from label descriptions before any label
 GEMMA3_FOLDER = "gemma-3-270m"
 
 
@@ -144,7 +144,8 @@ def use_4bit(quantization: str, device: str) -> bool:
 # turn is written as a user turn, as Gemma has no system role.
 GEMMA_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else 'user' }}\n"
-    "{{ m['content'] }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+    "{{ m['content'] }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
 
 
 def load_tokenizer(path: str):
@@ -171,8 +172,15 @@ def is_encoder(config) -> bool:
     return getattr(config, "model_type", None) in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
-def load_base_model(path: str, *, quantization: str = "auto", dtype: str = "auto", device: str | None = None,
-                    for_training: bool = False, gradient_checkpointing: bool = False):
+def load_base_model(
+    path: str,
+    *,
+    quantization: str = "auto",
+    dtype: str = "auto",
+    device: str | None = None,
+    for_training: bool = False,
+    gradient_checkpointing: bool = False,
+):
     """Load a causal LM, in 4-bit NF4 with double quantization when asked (QLoRA), or an encoder."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -183,8 +191,11 @@ def load_base_model(path: str, *, quantization: str = "auto", dtype: str = "auto
     quantized = use_4bit(quantization, device)
     if quantized:
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch_dtype)
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch_dtype,
+        )
         kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
     try:
         loader = AutoModel if is_encoder(AutoConfig.from_pretrained(path)) else AutoModelForCausalLM
@@ -219,10 +230,12 @@ def _grouped_sdpa(module, query, key, value, attention_mask, dropout: float = 0.
 
     groups = getattr(module, "num_key_value_groups", 1)
     if attention_mask is None or groups == 1 or kwargs.get("position_bias") is not None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     output = torch.nn.functional.scaled_dot_product_attention(
-        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, enable_gqa=True)
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, enable_gqa=True
+    )
     return output.transpose(1, 2).contiguous(), None
 
 
@@ -253,8 +266,10 @@ def decoder_and_head(model):
     (soft-capping, scaling): callers then take the full forward pass.
     """
     config = model.config
-    if any(getattr(config, name, None) not in (None, 1, 1.0)
-           for name in ("final_logit_softcapping", "logit_scale", "logits_scaling")):
+    if any(
+        getattr(config, name, None) not in (None, 1, 1.0)
+        for name in ("final_logit_softcapping", "logit_scale", "logits_scaling")
+    ):
         return None
     causal = model.get_base_model() if hasattr(model, "get_base_model") else model
     return causal.get_decoder(), causal.get_output_embeddings()

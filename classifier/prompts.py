@@ -28,7 +28,8 @@ _INSTRUCTION_LIKE = re.compile(
     r"|\brespond\s+only\b|\banswer\s+only\b|\byou\s+must\s+(answer|respond|reply|say|output|classify)\b"
     r"|\b(AI|assistant|language model|LLM|chatbot|classifier)\b.{0,30}\b(reading|must|should|answer)\b"
     r"|^\s*(system|assistant)\s*:|<\|im_(start|end)\|>|\[/?INST\]|^\s*#{2,}\s*(instruction|answer|response)",
-    re.I | re.M)
+    re.I | re.M,
+)
 
 
 def instruction_like(text: str, subject: str | None = None) -> bool:
@@ -60,7 +61,7 @@ def truncate_middle(text: str, max_chars: int = MAX_BODY_CHARS) -> str:
         return text
     keep = max_chars - len(ELLIPSIS)
     head = keep * 2 // 3
-    return text[:head].rstrip() + ELLIPSIS + text[len(text) - (keep - head):].lstrip()
+    return text[:head].rstrip() + ELLIPSIS + text[len(text) - (keep - head) :].lstrip()
 
 
 def user_prompt(text: str, subject: str | None = None, max_chars: int = MAX_BODY_CHARS) -> str:
@@ -69,13 +70,15 @@ def user_prompt(text: str, subject: str | None = None, max_chars: int = MAX_BODY
     return f"Subject: {subject.strip()}\n\n{body}" if subject and subject.strip() else body
 
 
-def chat_messages(labels: list[LabelInfo], text: str, subject: str | None = None,
-                  max_chars: int = MAX_BODY_CHARS) -> list[dict]:
+def chat_messages(
+    labels: list[LabelInfo], text: str, subject: str | None = None, max_chars: int = MAX_BODY_CHARS
+) -> list[dict]:
     """System and user turns for one message (the prompt; the label is the completion)."""
     return [
         {"role": "system", "content": system_prompt(labels)},
         {"role": "user", "content": user_prompt(text, subject, max_chars)},
     ]
+
 
 AUTO_LABEL_LIST_MAX = 30
 
@@ -92,20 +95,28 @@ def readable(name: str) -> str:
 @dataclass(frozen=True)
 class PromptSpec:
     """Everything that decides what the model reads; saved with the adapter so serving matches training."""
+
     labels: tuple[LabelInfo, ...]
     show_label_list: bool
     max_body_chars: int
     verbalize: bool = False  # answer with readable label text instead of the raw name
 
     def to_dict(self) -> dict:
-        return {"labels": [{"name": label.name, "description": label.description} for label in self.labels],
-                "show_label_list": self.show_label_list, "max_body_chars": self.max_body_chars,
-                "verbalize": self.verbalize}
+        return {
+            "labels": [{"name": label.name, "description": label.description} for label in self.labels],
+            "show_label_list": self.show_label_list,
+            "max_body_chars": self.max_body_chars,
+            "verbalize": self.verbalize,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> "PromptSpec":
-        return cls(tuple(LabelInfo(label["name"], label.get("description", "")) for label in data["labels"]),
-                   bool(data["show_label_list"]), int(data["max_body_chars"]), bool(data.get("verbalize", False)))
+        return cls(
+            tuple(LabelInfo(label["name"], label.get("description", "")) for label in data["labels"]),
+            bool(data["show_label_list"]),
+            int(data["max_body_chars"]),
+            bool(data.get("verbalize", False)),
+        )
 
     @property
     def names(self) -> list[str]:
@@ -121,15 +132,15 @@ class PromptSpec:
 
 
 def prompt_messages(spec: PromptSpec, text: str, subject: str | None = None) -> list[dict]:
-    shown = [LabelInfo(spec.answer(label.name), label.description) for label in spec.labels] \
-        if spec.show_label_list else []
+    shown = (
+        [LabelInfo(spec.answer(label.name), label.description) for label in spec.labels] if spec.show_label_list else []
+    )
     return chat_messages(shown, text, subject, spec.max_body_chars)
 
 
 def prompt_ids(tokenizer, spec: PromptSpec, text: str, subject: str | None = None) -> list[int]:
     """Token ids of the chat prompt up to and including the assistant header."""
-    ids = tokenizer.apply_chat_template(prompt_messages(spec, text, subject), add_generation_prompt=True,
-                                        tokenize=True)
+    ids = tokenizer.apply_chat_template(prompt_messages(spec, text, subject), add_generation_prompt=True, tokenize=True)
     return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
 

@@ -52,9 +52,9 @@ GROUP_CACHE_BYTES = 512 * 2**20  # prompt caches of one search group (the search
 
 @dataclass
 class LabelScores:
-    logprobs: list[float]   # per label, in spec order: exact, or an upper bound where exact is False
+    logprobs: list[float]  # per label, in spec order: exact, or an upper bound where exact is False
     exact: list[bool]
-    certified: bool         # the top label is provably the most likely one
+    certified: bool  # the top label is provably the most likely one
 
 
 class TrieNode:
@@ -109,8 +109,8 @@ def _slot_layer_class():
             keys, values = self.buffers
             if end > keys.shape[-2]:
                 raise ValueError(f"label search cache holds {keys.shape[-2]} positions, {end} needed")
-            keys[:, :, self.length:end] = key_states
-            values[:, :, self.length:end] = value_states
+            keys[:, :, self.length : end] = key_states
+            values[:, :, self.length : end] = value_states
             self.length = end
             self.keys, self.values = keys[:, :, :end], values[:, :, :end]
             return self.keys, self.values
@@ -149,8 +149,13 @@ def _allocate(config, batch: int, capacity: int, like):
 
     heads, head_dim = _kv_shape(config)
     shape = (batch, heads, capacity, head_dim)
-    return [(torch.empty(shape, dtype=like.dtype, device=like.device),
-             torch.empty(shape, dtype=like.dtype, device=like.device)) for _ in range(config.num_hidden_layers)]
+    return [
+        (
+            torch.empty(shape, dtype=like.dtype, device=like.device),
+            torch.empty(shape, dtype=like.dtype, device=like.device),
+        )
+        for _ in range(config.num_hidden_layers)
+    ]
 
 
 def _rows(buffers, rows):
@@ -165,8 +170,16 @@ class LabelScorer:
     weights change, use a new scorer (`Classifier` makes one at every adapter swap) or `reset()`.
     """
 
-    def __init__(self, model, tokenizer, spec: PromptSpec, *, use_prefix_cache: bool = True,
-                 beam_width: int = BEAM_WIDTH, certify: bool = False):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        spec: PromptSpec,
+        *,
+        use_prefix_cache: bool = True,
+        beam_width: int = BEAM_WIDTH,
+        certify: bool = False,
+    ):
 
         self.model, self.tokenizer, self.spec = model, tokenizer, spec
         self.device = next(model.parameters()).device
@@ -250,8 +263,11 @@ class LabelScorer:
         batches: list[list[int]] = []
         for i in order:
             own = len(prompts[i]) - shared
-            if (not batches or len(batches[-1]) == batch_size
-                    or own > BATCH_LENGTH_SPREAD * max(1, len(prompts[batches[-1][0]]) - shared)):
+            if (
+                not batches
+                or len(batches[-1]) == batch_size
+                or own > BATCH_LENGTH_SPREAD * max(1, len(prompts[batches[-1][0]]) - shared)
+            ):
                 batches.append([])
             batches[-1].append(i)
         return batches
@@ -279,15 +295,20 @@ class LabelScorer:
             end, hole = start + len(batch), n_prefix + width - w
             input_ids = torch.full((len(batch), w), self.pad_id, dtype=torch.long, device=self.device)
             for row, suffix in enumerate(batch):
-                input_ids[row, w - len(suffix):] = torch.tensor(suffix, device=self.device)
-                mask[start + row, n_prefix + width - len(suffix):] = 1
+                input_ids[row, w - len(suffix) :] = torch.tensor(suffix, device=self.device)
+                mask[start + row, n_prefix + width - len(suffix) :] = 1
             for k, v in context:
                 # Masked, but never uninitialised memory: a NaN there would poison the attention.
                 k[start:end, :, n_prefix:hole], v[start:end, :, n_prefix:hole] = 0, 0
             positions = (mask[start:end].cumsum(-1) - 1).clamp(min=0)
-            out = self.model(input_ids=input_ids, attention_mask=mask[start:end], position_ids=positions[:, hole:],
-                             cache=_make_cache([(k[start:end], v[start:end]) for k, v in context], hole, config),
-                             use_cache=True, logits_to_keep=1)
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=mask[start:end],
+                position_ids=positions[:, hole:],
+                cache=_make_cache([(k[start:end], v[start:end]) for k, v in context], hole, config),
+                use_cache=True,
+                logits_to_keep=1,
+            )
             logits.append(out.logits[:, -1].float())
             start = end
         logits, last = torch.cat(logits), (mask.cumsum(-1) - 1)[:, -1]
@@ -298,8 +319,12 @@ class LabelScorer:
         # (a beam search would take a forward pass per level for them). Many: the beam.
         first = torch.log_softmax(logits, dim=-1)
         rivals = {row: self._rivals(r) for row, r in enumerate(results) if not r.certified}
-        wanted = [(row, j, 0, float(first[row, self.label_tokens[j][0]]))
-                  for row, labels in rivals.items() if len(labels) <= EXACT_RIVALS for j in labels]
+        wanted = [
+            (row, j, 0, float(first[row, self.label_tokens[j][0]]))
+            for row, labels in rivals.items()
+            if len(labels) <= EXACT_RIVALS
+            for j in labels
+        ]
         for (row, j, _, _), value in zip(wanted, self._score_rest(wanted, context, mask, last)):
             results[row].logprobs[j], results[row].exact[j] = value, True
         for row in {row for row, _, _, _ in wanted}:
@@ -307,8 +332,7 @@ class LabelScorer:
         unsure = [row for row, r in enumerate(results) if not r.certified]
         if unsure and self.beam_width > 1:
             rows = torch.tensor(unsure, device=self.device)
-            wider = self._search(logits[rows], _rows(context, rows), mask[rows], last[rows],
-                                 width=self.beam_width)
+            wider = self._search(logits[rows], _rows(context, rows), mask[rows], last[rows], width=self.beam_width)
             for row, result in zip(unsure, wider):
                 results[row] = result
         return results
@@ -327,7 +351,7 @@ class LabelScorer:
         batch = last_logits.shape[0]
         n_labels = len(self.label_tokens)
         first = torch.log_softmax(last_logits, dim=-1)
-        scores = [[None] * n_labels for _ in range(batch)]   # exact log-likelihoods found
+        scores = [[None] * n_labels for _ in range(batch)]  # exact log-likelihoods found
         bounds = [[float("-inf")] * n_labels for _ in range(batch)]  # upper bounds for the rest
         # Open prefixes: (row, node, score, cache row holding the prompt and the prefix before node.token)
         frontier = []
@@ -362,8 +386,13 @@ class LabelScorer:
             length = cache_mask.shape[1]
             cache_mask = torch.cat([cache_mask, torch.ones_like(cache_mask[:, :1])], dim=1)
             position = position + 1
-            out = self.model(input_ids=ids, attention_mask=cache_mask, position_ids=position[:, None],
-                             cache=_make_cache(cache, length, self.model.config), use_cache=True)
+            out = self.model(
+                input_ids=ids,
+                attention_mask=cache_mask,
+                position_ids=position[:, None],
+                cache=_make_cache(cache, length, self.model.config),
+                use_cache=True,
+            )
             logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
             grown = []
             for i, (row, node, score, _) in enumerate(frontier):
@@ -377,16 +406,25 @@ class LabelScorer:
             best = max((x for x in scores[row] if x is not None), default=float("-inf"))
             wanted.extend((row, j) for j in range(n_labels) if scores[row][j] is None and bounds[row][j] > best)
         if wanted:
-            exact = self._score_rest([(row, j, 0, float(first[row, self.label_tokens[j][0]])) for row, j in wanted],
-                                     context, mask, last_position)
+            exact = self._score_rest(
+                [(row, j, 0, float(first[row, self.label_tokens[j][0]])) for row, j in wanted],
+                context,
+                mask,
+                last_position,
+            )
             for (row, j), value in zip(wanted, exact):
                 scores[row][j] = value
         results = []
         for row in range(batch):
             best = max((x for x in scores[row] if x is not None), default=float("-inf"))
             open_bound = max((b for x, b in zip(scores[row], bounds[row]) if x is None), default=float("-inf"))
-            results.append(LabelScores([x if x is not None else b for x, b in zip(scores[row], bounds[row])],
-                                       [x is not None for x in scores[row]], best >= open_bound))
+            results.append(
+                LabelScores(
+                    [x if x is not None else b for x, b in zip(scores[row], bounds[row])],
+                    [x is not None for x in scores[row]],
+                    best >= open_bound,
+                )
+            )
         return results
 
     @staticmethod
@@ -437,17 +475,22 @@ class LabelScorer:
             targets = []
             for row, i in enumerate(part):
                 _, j, depth, _ = wanted[i]
-                ids[row, :remaining[i]] = torch.tensor(self.label_tokens[j][depth:-1], device=self.device)
-                own[row, :remaining[i]] = 1
-                targets.extend(self.label_tokens[j][depth + 1:])
+                ids[row, : remaining[i]] = torch.tensor(self.label_tokens[j][depth:-1], device=self.device)
+                own[row, : remaining[i]] = 1
+                targets.extend(self.label_tokens[j][depth + 1 :])
             token_logprobs = self._token_logprobs(
-                own.bool(), torch.tensor(targets, device=self.device),
-                input_ids=ids, attention_mask=torch.cat([mask[rows], own], dim=1),
+                own.bool(),
+                torch.tensor(targets, device=self.device),
+                input_ids=ids,
+                attention_mask=torch.cat([mask[rows], own], dim=1),
                 position_ids=last_position[rows, None] + 1 + torch.arange(longest, device=self.device),
-                cache=_make_cache(_rows(context, rows), mask.shape[1], self.model.config), use_cache=False)
+                cache=_make_cache(_rows(context, rows), mask.shape[1], self.model.config),
+                use_cache=False,
+            )
             owner = torch.repeat_interleave(torch.arange(len(part), device=self.device), own.sum(dim=1))
             sums = torch.zeros(len(part), dtype=token_logprobs.dtype, device=self.device).index_add_(
-                0, owner, token_logprobs)
+                0, owner, token_logprobs
+            )
             for row, i in enumerate(part):
                 results[i] = wanted[i][3] + float(sums[row])
         return results
@@ -471,8 +514,8 @@ class LabelScorer:
         chunk = max(1, LOGITS_BUDGET // self.model.config.vocab_size)
         pieces = []
         for start in range(0, len(targets), chunk):
-            logits = head(hidden[start:start + chunk]).float()
-            picked = logits.gather(1, targets[start:start + chunk, None])[:, 0]
+            logits = head(hidden[start : start + chunk]).float()
+            picked = logits.gather(1, targets[start : start + chunk, None])[:, 0]
             pieces.append(picked - torch.logsumexp(logits, dim=-1))
         return torch.cat(pieces) if pieces else hidden.new_zeros(0)
 
@@ -499,8 +542,8 @@ def _length_groups(lengths: list[int], max_rows: int) -> list[list[int]]:
                 best[end], cut[end] = cost, begin
     passes, end = [], len(values)
     while end:
-        members = [i for value in values[cut[end]:end] for i in by_length[value]]
-        passes.extend(members[start:start + max_rows] for start in range(0, len(members), max_rows))
+        members = [i for value in values[cut[end] : end] for i in by_length[value]]
+        passes.extend(members[start : start + max_rows] for start in range(0, len(members), max_rows))
         end = cut[end]
     return passes
 

@@ -15,8 +15,16 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 
 SEARCH_MEMORY_MB = 64  # the near-duplicate search works in chunks of this many MB of distances
-KINDS = ("conflict", "duplicate", "near_conflict", "near_duplicate", "too_few", "imbalance", "leakage",
-         "suspected_mislabel")
+KINDS = (
+    "conflict",
+    "duplicate",
+    "near_conflict",
+    "near_duplicate",
+    "too_few",
+    "imbalance",
+    "leakage",
+    "suspected_mislabel",
+)
 
 
 @dataclass
@@ -47,8 +55,11 @@ def exact_groups(examples: list[dict]) -> list[Finding]:
         who = {str(m["id"]): f"{m['label']} by {m.get('labeled_by', '?')}" for m in members}
         kind = "conflict" if len(labels) > 1 else "duplicate"
         text = members[0]["text"][:80]
-        message = (f"{len(members)} copies of \"{text}\" carry different labels: {', '.join(labels)}"
-                   if kind == "conflict" else f"{len(members)} copies of \"{text}\" ({labels[0]})")
+        message = (
+            f'{len(members)} copies of "{text}" carry different labels: {", ".join(labels)}'
+            if kind == "conflict"
+            else f'{len(members)} copies of "{text}" ({labels[0]})'
+        )
         findings.append(Finding(kind, message, [m["id"] for m in members], labels, {"labeled": who}))
     return findings
 
@@ -83,8 +94,12 @@ def similar_pairs(query, indexed, threshold: float) -> list[tuple[int, int, floa
     search = NearestNeighbors(radius=radius, metric="cosine", algorithm="brute").fit(indexed)
     with config_context(working_memory=SEARCH_MEMORY_MB):  # the size of each chunk of distances
         distances, neighbours = search.radius_neighbors(query, return_distance=True)
-    return [(i, int(j), 1.0 - float(d)) for i, (row_d, row_j) in enumerate(zip(distances, neighbours))
-            for d, j in zip(row_d, row_j) if query is not None or i < j]
+    return [
+        (i, int(j), 1.0 - float(d))
+        for i, (row_d, row_j) in enumerate(zip(distances, neighbours))
+        for d, j in zip(row_d, row_j)
+        if query is not None or i < j
+    ]
 
 
 def near_pairs(examples: list[dict], vecs, threshold: float) -> list[Finding]:
@@ -94,22 +109,40 @@ def near_pairs(examples: list[dict], vecs, threshold: float) -> list[Finding]:
         if normalize(a["text"]) == normalize(b["text"]):
             continue  # reported as an exact duplicate
         kind = "near_conflict" if a["label"] != b["label"] else "near_duplicate"
-        findings.append(Finding(kind, f"\"{a['text'][:60]}\" ({a['label']}) and \"{b['text'][:60]}\" ({b['label']}) "
-                                      f"are {similarity:.0%} alike", [a["id"], b["id"]],
-                                sorted({a["label"], b["label"]}), {"similarity": similarity}))
+        findings.append(
+            Finding(
+                kind,
+                f'"{a["text"][:60]}" ({a["label"]}) and "{b["text"][:60]}" ({b["label"]}) are {similarity:.0%} alike',
+                [a["id"], b["id"]],
+                sorted({a["label"], b["label"]}),
+                {"similarity": similarity},
+            )
+        )
     return findings
 
 
 def label_counts(examples: list[dict], min_per_label: int, imbalance_ratio: float) -> list[Finding]:
     counts = Counter(e["label"] for e in examples)
-    findings = [Finding("too_few", f"`{label}` has {n} example(s); at least {min_per_label} are needed to split "
-                                   "into train and eval", labels=[label], detail={"count": n})
-                for label, n in sorted(counts.items()) if n < min_per_label]
+    findings = [
+        Finding(
+            "too_few",
+            f"`{label}` has {n} example(s); at least {min_per_label} are needed to split into train and eval",
+            labels=[label],
+            detail={"count": n},
+        )
+        for label, n in sorted(counts.items())
+        if n < min_per_label
+    ]
     if counts and max(counts.values()) / max(1, min(counts.values())) > imbalance_ratio:
         big, small = counts.most_common()[0], counts.most_common()[-1]
-        findings.append(Finding("imbalance", f"`{big[0]}` has {big[1]} examples, `{small[0]}` only {small[1]} "
-                                             f"({big[1] / small[1]:.0f}x)", labels=[big[0], small[0]],
-                                detail=dict(counts)))
+        findings.append(
+            Finding(
+                "imbalance",
+                f"`{big[0]}` has {big[1]} examples, `{small[0]}` only {small[1]} ({big[1] / small[1]:.0f}x)",
+                labels=[big[0], small[0]],
+                detail=dict(counts),
+            )
+        )
     return findings
 
 
@@ -117,9 +150,15 @@ def leakage(train: list[dict], evaluation: list[dict], vecs_train, vecs_eval, th
     findings = []
     for i, j, similarity in similar_pairs(vecs_eval, vecs_train, threshold):
         e, t = evaluation[i], train[j]
-        findings.append(Finding("leakage", f"eval \"{e['text'][:60]}\" is {similarity:.0%} like train "
-                                           f"\"{t['text'][:60]}\"", [e["id"], t["id"]], sorted({e["label"], t["label"]}),
-                                {"similarity": similarity}))
+        findings.append(
+            Finding(
+                "leakage",
+                f'eval "{e["text"][:60]}" is {similarity:.0%} like train "{t["text"][:60]}"',
+                [e["id"], t["id"]],
+                sorted({e["label"], t["label"]}),
+                {"similarity": similarity},
+            )
+        )
     return findings
 
 
@@ -162,27 +201,49 @@ def suspected_mislabels(examples: list[dict], vecs, *, folds: int = 5, seed: int
     for i in ranked:
         suggested = classes[int(np.argmax(probs[i]))]
         e = examples[i]
-        findings.append(Finding("suspected_mislabel", f"\"{e['text'][:80]}\" is labeled `{e['label']}`; the check "
-                                                      f"says `{suggested}` ({probs[i].max():.0%} vs {probs[i, y[i]]:.0%})",
-                                [e["id"]], [e["label"], suggested],
-                                {"given": e["label"], "suggested": suggested, "margin": float(margin[i]),
-                                 "labeled_by": e.get("labeled_by")}))
+        findings.append(
+            Finding(
+                "suspected_mislabel",
+                f'"{e["text"][:80]}" is labeled `{e["label"]}`; the check '
+                f"says `{suggested}` ({probs[i].max():.0%} vs {probs[i, y[i]]:.0%})",
+                [e["id"]],
+                [e["label"], suggested],
+                {
+                    "given": e["label"],
+                    "suggested": suggested,
+                    "margin": float(margin[i]),
+                    "labeled_by": e.get("labeled_by"),
+                },
+            )
+        )
     return findings
 
 
-def check_data(examples: list[dict], *, eval_examples: list[dict] | None = None, min_per_label: int = 2,
-               imbalance_ratio: float = 10.0, near_threshold: float = 0.95, folds: int = 5, seed: int = 42) -> dict:
+def check_data(
+    examples: list[dict],
+    *,
+    eval_examples: list[dict] | None = None,
+    min_per_label: int = 2,
+    imbalance_ratio: float = 10.0,
+    near_threshold: float = 0.95,
+    folds: int = 5,
+    seed: int = 42,
+) -> dict:
     """Every check over `examples` (and leakage against `eval_examples` when given)."""
     findings = exact_groups(examples) + label_counts(examples, min_per_label, imbalance_ratio)
     method = None
     if len(examples) >= 2:
         all_examples = examples + (eval_examples or [])
         vecs, method = vectors([e["text"] for e in all_examples])
-        own = vecs[:len(examples)]
+        own = vecs[: len(examples)]
         findings += near_pairs(examples, own, near_threshold)
         if eval_examples:
-            findings += leakage(examples, eval_examples, own, vecs[len(examples):], near_threshold)
+            findings += leakage(examples, eval_examples, own, vecs[len(examples) :], near_threshold)
         findings += suspected_mislabels(examples, own, folds=folds, seed=seed)
     summary = Counter(f.kind for f in findings)
-    return {"examples": len(examples), "method": method, "summary": {k: summary.get(k, 0) for k in KINDS},
-            "findings": [f.to_dict() for f in findings]}
+    return {
+        "examples": len(examples),
+        "method": method,
+        "summary": {k: summary.get(k, 0) for k in KINDS},
+        "findings": [f.to_dict() for f in findings],
+    }

@@ -60,8 +60,9 @@ def _field_of(value, target, where: str = "") -> str | None:
         return where
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for key, item in items:
-        found = _field_of(item, target, f"{where}[{key}]" if isinstance(key, int) else
-                          f"{where}.{key}" if where else key)
+        found = _field_of(
+            item, target, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else key
+        )
         if found is not None:
             return found
     return None
@@ -90,8 +91,12 @@ def loads_line(path, number: int, line: str):
             field = _field_of(value, _TOO_LONG)
         except RecursionError:
             field = None
-        raise JsonlError(path, number, f"{f'`{field}`' if field else 'the line'} is a number of {longest[0]:,} "
-                                       f"digits (at most {sys.get_int_max_str_digits():,})")
+        raise JsonlError(
+            path,
+            number,
+            f"{f'`{field}`' if field else 'the line'} is a number of {longest[0]:,} "
+            f"digits (at most {sys.get_int_max_str_digits():,})",
+        )
     return value
 
 

@@ -24,8 +24,12 @@ from .server import SlackStandIn
 def state(standin: SlackStandIn) -> dict:
     with standin._lock:
         calls = Counter(c.method for c in standin.calls)
-        return {"messages": list(standin.messages.values()), "calls": dict(calls),
-                "faults": dict(standin.faults_injected), "responses": len(standin.responses)}
+        return {
+            "messages": list(standin.messages.values()),
+            "calls": dict(calls),
+            "faults": dict(standin.faults_injected),
+            "responses": len(standin.responses),
+        }
 
 
 def main() -> None:
@@ -41,7 +45,9 @@ def main() -> None:
         if path in ("/_standin/faults", "/_standin/files", "/_standin/channels"):
             body = json.loads(request.rfile.read(int(request.headers.get("Content-Length") or 0)) or b"{}")
             if path == "/_standin/faults":
-                standin.fail_randomly(float(body.get("rate", 0)), tuple(body.get("methods", ())), int(body.get("seed", 0)))
+                standin.fail_randomly(
+                    float(body.get("rate", 0)), tuple(body.get("methods", ())), int(body.get("seed", 0))
+                )
             elif path == "/_standin/channels":
                 for channel, spec in body.items():
                     standin.set_channel(channel, spec.get("members", ()), private=bool(spec.get("private")))

@@ -33,26 +33,32 @@ class Call:
 
 
 class SlackStandIn:
-    def __init__(self, *, bot_token: str = "xoxb-standin", team_id: str = "T0STANDIN", bot_user_id: str = "U0BOT",
-                 bot_id: str = "B0BOT"):
+    def __init__(
+        self,
+        *,
+        bot_token: str = "xoxb-standin",
+        team_id: str = "T0STANDIN",
+        bot_user_id: str = "U0BOT",
+        bot_id: str = "B0BOT",
+    ):
         self.bot_token, self.team_id, self.bot_user_id, self.bot_id = bot_token, team_id, bot_user_id, bot_id
         self.calls: list[Call] = []
-        self.files: dict[str, dict] = {}        # files.info answers, by file id
-        self.uploads: dict[str, bytes] = {}     # bytes uploaded through files.getUploadURLExternal
+        self.files: dict[str, dict] = {}  # files.info answers, by file id
+        self.uploads: dict[str, bytes] = {}  # bytes uploaded through files.getUploadURLExternal
         self.messages: dict[tuple[str, str], dict] = {}  # (channel, ts) -> message as last posted or updated
-        self.responses: list[dict] = []         # bodies posted to response_url
+        self.responses: list[dict] = []  # bodies posted to response_url
         self.responded: dict[str, list[dict]] = {}  # the same, by the response URL's key (`response_url(key)`)
         self.conversations: dict[str, dict] = {}  # id -> {"name", "members": set, "private": bool} (`set_channel`)
         self._faults: dict[str, list[tuple[int, int | None]]] = {}
         self._holds: dict[str, tuple[threading.Event, float]] = {}  # method -> (gate, longest wait) (`hold`)
-        self.answered: Counter = Counter()     # held calls answered, per method
+        self.answered: Counter = Counter()  # held calls answered, per method
         self._random_faults: tuple[float, tuple[str, ...], random.Random] | None = None
         self.faults_injected: Counter = Counter()  # "method status" -> how many answers were faults
         self._ts = itertools.count(1)
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
-        self.listeners: list = []               # callables notified of every recorded call (live pages)
+        self.listeners: list = []  # callables notified of every recorded call (live pages)
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def start(self, port: int = 0) -> "SlackStandIn":
@@ -141,8 +147,11 @@ class SlackStandIn:
     def set_channel(self, channel: str, members, *, private: bool = False, name: str | None = None) -> None:
         """Who is in `channel` (conversations.members) and whether it is private (conversations.info)."""
         with self._lock:
-            self.conversations[channel] = {"name": name or channel.lower(), "members": set(members) | {self.bot_user_id},
-                                      "private": private}
+            self.conversations[channel] = {
+                "name": name or channel.lower(),
+                "members": set(members) | {self.bot_user_id},
+                "private": private,
+            }
 
     def add_file(self, file: dict) -> None:
         self.files[file["id"]] = file
@@ -160,7 +169,7 @@ class SlackStandIn:
             self._record("response_url", _parse(raw, headers), headers)
             self.responses.append(_parse(raw, headers))
             with self._lock:
-                self.responded.setdefault(path[len("/respond/"):], []).append(_parse(raw, headers))
+                self.responded.setdefault(path[len("/respond/") :], []).append(_parse(raw, headers))
             return _send(request, 200, "ok", "text/plain")
         if path.startswith("/upload/"):
             self.uploads[path.rsplit("/", 1)[-1]] = raw
@@ -168,7 +177,7 @@ class SlackStandIn:
             return _send(request, 200, "OK - " + str(len(raw)), "text/plain")
         if not path.startswith("/api/"):
             return _send(request, 404, json.dumps({"ok": False, "error": "not_found"}))
-        method = path[len("/api/"):]
+        method = path[len("/api/") :]
         params = _parse(raw, headers)
         query = parse_qs(urlparse(request.path).query)
         params.update({k: v[0] for k, v in query.items() if k not in params})
@@ -208,8 +217,15 @@ class SlackStandIn:
 
     # -- Web API methods (Slack's response shapes) ---------------------------------------------------------
     def _api_auth_test(self, p):
-        return {"ok": True, "url": "https://standin.slack.com/", "team": "Stand-in", "user": "supportbot",
-                "team_id": self.team_id, "user_id": self.bot_user_id, "bot_id": self.bot_id}
+        return {
+            "ok": True,
+            "url": "https://standin.slack.com/",
+            "team": "Stand-in",
+            "user": "supportbot",
+            "team_id": self.team_id,
+            "user_id": self.bot_user_id,
+            "bot_id": self.bot_id,
+        }
 
     def _api_chat_postMessage(self, p):
         if not p.get("channel"):
@@ -217,8 +233,15 @@ class SlackStandIn:
         if not p.get("text") and not p.get("blocks"):
             return {"ok": False, "error": "no_text"}
         ts = self.next_ts()
-        message = {"type": "message", "user": self.bot_user_id, "bot_id": self.bot_id, "ts": ts,
-                   "text": p.get("text", ""), "blocks": _json(p.get("blocks")) or [], "channel": p["channel"]}
+        message = {
+            "type": "message",
+            "user": self.bot_user_id,
+            "bot_id": self.bot_id,
+            "ts": ts,
+            "text": p.get("text", ""),
+            "blocks": _json(p.get("blocks")) or [],
+            "channel": p["channel"],
+        }
         if p.get("thread_ts"):
             message["thread_ts"] = p["thread_ts"]
         if p.get("metadata"):
@@ -231,8 +254,13 @@ class SlackStandIn:
         if key not in self.messages:
             return {"ok": False, "error": "message_not_found"}
         message = self.messages[key]
-        message.update({"text": p.get("text", message["text"]), "blocks": _json(p.get("blocks")) or message["blocks"],
-                        "edited": {"user": self.bot_user_id, "ts": self.next_ts()}})
+        message.update(
+            {
+                "text": p.get("text", message["text"]),
+                "blocks": _json(p.get("blocks")) or message["blocks"],
+                "edited": {"user": self.bot_user_id, "ts": self.next_ts()},
+            }
+        )
         return {"ok": True, "channel": key[0], "ts": key[1], "text": message["text"], "message": message}
 
     def _api_chat_postEphemeral(self, p):
@@ -254,8 +282,10 @@ class SlackStandIn:
 
     def _api_users_info(self, p):
         user = p.get("user", "")
-        return {"ok": True, "user": {"id": user, "name": user.lower(), "real_name": f"User {user}",
-                                     "is_bot": user == self.bot_user_id}}
+        return {
+            "ok": True,
+            "user": {"id": user, "name": user.lower(), "real_name": f"User {user}", "is_bot": user == self.bot_user_id},
+        }
 
     def _api_conversations_info(self, p):
         channel = p.get("channel") or ""
@@ -263,11 +293,24 @@ class SlackStandIn:
         if known is None and self.conversations:
             return {"ok": False, "error": "channel_not_found"}
         private = bool(known and known["private"])
-        return {"ok": True, "channel": {
-            "id": channel, "name": known["name"] if known else channel.lower(), "is_channel": not private,
-            "is_group": private, "is_im": False, "is_mpim": False, "is_private": private, "is_archived": False,
-            "is_general": False, "created": 1700000000, "creator": "U0CREATOR", "is_member": True,
-            "num_members": len(known["members"]) if known else None}}
+        return {
+            "ok": True,
+            "channel": {
+                "id": channel,
+                "name": known["name"] if known else channel.lower(),
+                "is_channel": not private,
+                "is_group": private,
+                "is_im": False,
+                "is_mpim": False,
+                "is_private": private,
+                "is_archived": False,
+                "is_general": False,
+                "created": 1700000000,
+                "creator": "U0CREATOR",
+                "is_member": True,
+                "num_members": len(known["members"]) if known else None,
+            },
+        }
 
     def _api_conversations_members(self, p):
         """Member ids of a channel, a page at a time (`limit`, `cursor`), as Slack pages them."""
@@ -277,7 +320,7 @@ class SlackStandIn:
         members = sorted(known["members"])
         start = int(base64.b64decode(p["cursor"]).decode().split(":")[1]) if p.get("cursor") else 0
         limit = max(1, min(1000, int(p.get("limit") or 100)))
-        page = members[start:start + limit]
+        page = members[start : start + limit]
         more = start + limit < len(members)
         cursor = base64.b64encode(f"offset:{start + limit}".encode()).decode() if more else ""
         return {"ok": True, "members": page, "response_metadata": {"next_cursor": cursor}}
@@ -289,8 +332,13 @@ class SlackStandIn:
         found.sort(key=lambda m: float(m["ts"]), reverse=True)
         limit = int(p.get("limit") or 100)
         with_metadata = str(p.get("include_all_metadata")).lower() in ("true", "1")
-        return {"ok": True, "messages": [m if with_metadata else {k: v for k, v in m.items() if k != "metadata"}
-                                         for m in found[:limit]], "has_more": len(found) > limit}
+        return {
+            "ok": True,
+            "messages": [
+                m if with_metadata else {k: v for k, v in m.items() if k != "metadata"} for m in found[:limit]
+            ],
+            "has_more": len(found) > limit,
+        }
 
     def _api_conversations_replies(self, p):
         """A thread: its parent (when posted here) and replies, oldest first."""
@@ -298,16 +346,23 @@ class SlackStandIn:
         found = [m for (c, t), m in self.messages.items() if c == channel and (t == ts or m.get("thread_ts") == ts)]
         found.sort(key=lambda m: float(m["ts"]))
         with_metadata = str(p.get("include_all_metadata")).lower() in ("true", "1")
-        return {"ok": True, "messages": [m if with_metadata else {k: v for k, v in m.items() if k != "metadata"}
-                                         for m in found], "has_more": False}
+        return {
+            "ok": True,
+            "messages": [m if with_metadata else {k: v for k, v in m.items() if k != "metadata"} for m in found],
+            "has_more": False,
+        }
 
     def _api_conversations_join(self, p):
         return self._api_conversations_info(p)
 
     def _api_files_getUploadURLExternal(self, p):
         file_id = f"F{next(self._ids):08d}"
-        self.files[file_id] = {"id": file_id, "name": p.get("filename"), "title": p.get("filename"),
-                               "size": int(p.get("length") or 0)}
+        self.files[file_id] = {
+            "id": file_id,
+            "name": p.get("filename"),
+            "title": p.get("filename"),
+            "size": int(p.get("length") or 0),
+        }
         return {"ok": True, "upload_url": f"{self.url}upload/{file_id}", "file_id": file_id}
 
     def _api_files_completeUploadExternal(self, p):
@@ -317,16 +372,27 @@ class SlackStandIn:
             stored = self.files.get(f.get("id"))
             if stored is None or f.get("id") not in self.uploads:
                 return {"ok": False, "error": "file_not_found"}
-            stored.update({"title": f.get("title") or stored["title"], "channels": [p.get("channel_id")],
-                           "initial_comment": p.get("initial_comment"), "thread_ts": p.get("thread_ts")})
+            stored.update(
+                {
+                    "title": f.get("title") or stored["title"],
+                    "channels": [p.get("channel_id")],
+                    "initial_comment": p.get("initial_comment"),
+                    "thread_ts": p.get("thread_ts"),
+                }
+            )
             done.append(stored)
             if p.get("channel_id"):  # sharing posts a message with the file, as Slack does
                 ts = self.next_ts()
                 self.messages[(p["channel_id"], ts)] = {
-                    "type": "message", "user": self.bot_user_id, "bot_id": self.bot_id, "ts": ts,
+                    "type": "message",
+                    "user": self.bot_user_id,
+                    "bot_id": self.bot_id,
+                    "ts": ts,
                     "text": p.get("initial_comment") or "",
-                    "files": [stored], "channel": p["channel_id"],
-                    **({"thread_ts": p["thread_ts"]} if p.get("thread_ts") else {})}
+                    "files": [stored],
+                    "channel": p["channel_id"],
+                    **({"thread_ts": p["thread_ts"]} if p.get("thread_ts") else {}),
+                }
         return {"ok": True, "files": done}
 
 

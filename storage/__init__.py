@@ -8,5 +8,14 @@ named exceptions from `storage.errors`. Open one connection per thread with
 from .db import open_db, write
 from .errors import ImportFormatError, InvalidLabelName, LeaseLost, NotFound, RunConflict, StorageError, UnknownLabel
 
-__all__ = ["open_db", "write", "ImportFormatError", "InvalidLabelName", "LeaseLost", "NotFound", "RunConflict",
-           "StorageError", "UnknownLabel"]
+__all__ = [
+    "open_db",
+    "write",
+    "ImportFormatError",
+    "InvalidLabelName",
+    "LeaseLost",
+    "NotFound",
+    "RunConflict",
+    "StorageError",
+    "UnknownLabel",
+]

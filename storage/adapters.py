@@ -35,12 +35,26 @@ class Adapter:
 
 
 def _adapter(row: dict) -> Adapter:
-    return Adapter(**{**row, "labels": json.loads(row["labels"]), "metrics": json.loads(row["metrics"]),
-                      "is_current": bool(row["is_current"])})
+    return Adapter(
+        **{
+            **row,
+            "labels": json.loads(row["labels"]),
+            "metrics": json.loads(row["metrics"]),
+            "is_current": bool(row["is_current"]),
+        }
+    )
 
 
-def register_adapter(db: Database, *, path: str, base_model: str, labels: list[str], metrics: dict,
-                     run_id: int | None = None, checksum: str | None = None) -> Adapter:
+def register_adapter(
+    db: Database,
+    *,
+    path: str,
+    base_model: str,
+    labels: list[str],
+    metrics: dict,
+    run_id: int | None = None,
+    checksum: str | None = None,
+) -> Adapter:
     """Record a finished adapter (its files must already be complete on disk). Not yet current.
 
     The checksum of its folder is recorded with it (none when there is no folder at `path`). A caller
@@ -105,8 +119,10 @@ def promote(db: Database, version: int) -> Adapter:
     get_adapter(db, version)
     with write(db):
         db.execute("UPDATE adapters SET is_current = 0 WHERE is_current = 1")
-        db.execute("UPDATE adapters SET is_current = 1, promoted_at = COALESCE(promoted_at, ?) WHERE version = ?",
-                   [now(), version])
+        db.execute(
+            "UPDATE adapters SET is_current = 1, promoted_at = COALESCE(promoted_at, ?) WHERE version = ?",
+            [now(), version],
+        )
     return get_adapter(db, version)
 
 
@@ -115,8 +131,12 @@ def rollback(db: Database) -> Adapter:
     current = current_adapter(db)
     if current is None:
         raise NotFound("no adapter is current: nothing to roll back")
-    row = query_one(db, """SELECT version FROM adapters WHERE promoted_at IS NOT NULL AND version < ?
-                           ORDER BY version DESC LIMIT 1""", [current.version])
+    row = query_one(
+        db,
+        """SELECT version FROM adapters WHERE promoted_at IS NOT NULL AND version < ?
+                           ORDER BY version DESC LIMIT 1""",
+        [current.version],
+    )
     if row is None:
         raise NotFound(f"adapter {current.version} is the first promoted one: nothing to roll back to")
     return promote(db, row["version"])

@@ -99,8 +99,12 @@ def _check_members(archive_path: Path, members: list[tarfile.TarInfo]) -> None:
         parts = PurePosixPath(member.name).parts
         if member.name == DB_NAME and member.isfile():
             continue
-        plain = (len(parts) >= 2 and parts[0] == "adapters" and PLAIN_NAME.fullmatch(parts[1])
-                 and all(p not in ("", ".", "..") for p in parts))
+        plain = (
+            len(parts) >= 2
+            and parts[0] == "adapters"
+            and PLAIN_NAME.fullmatch(parts[1])
+            and all(p not in ("", ".", "..") for p in parts)
+        )
         if not plain:
             raise BackupError(f"{archive_path} holds {member.name!r}, which is not part of a supportbot backup")
         if not (member.isfile() or member.isdir()):
@@ -118,11 +122,15 @@ def _prepare_database(path: Path, adapters_dir: Path, runs_dir: Path, archive_pa
         _check_schema(db.conn, archive_path, _schema_after(len(_migration_names())))
         with write(db):
             for version, old in db.execute("SELECT version, path FROM adapters").fetchall():
-                db.execute("UPDATE adapters SET path = ? WHERE version = ?",
-                           [str(adapters_dir / _plain_name(old, "an adapter", archive_path)), version])
+                db.execute(
+                    "UPDATE adapters SET path = ? WHERE version = ?",
+                    [str(adapters_dir / _plain_name(old, "an adapter", archive_path)), version],
+                )
             for run_id, old in db.execute("SELECT id, run_dir FROM runs WHERE run_dir IS NOT NULL").fetchall():
-                db.execute("UPDATE runs SET run_dir = ? WHERE id = ?",
-                           [str(runs_dir / _plain_name(old, "a run", archive_path)), run_id])
+                db.execute(
+                    "UPDATE runs SET run_dir = ? WHERE id = ?",
+                    [str(runs_dir / _plain_name(old, "a run", archive_path)), run_id],
+                )
         return db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
     finally:
         db.conn.close()
@@ -136,15 +144,22 @@ def _check_before_migrating(path: Path, archive_path: Path) -> None:
         if conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
             raise BackupError(f"{archive_path}: its database is damaged (SQLite's quick_check failed)")
         try:
-            applied = [r[0] for r in conn.execute(
-                "SELECT name FROM _sqlite_migrations WHERE migration_set = ? ORDER BY rowid", [MIGRATIONS.name])]
+            applied = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT name FROM _sqlite_migrations WHERE migration_set = ? ORDER BY rowid", [MIGRATIONS.name]
+                )
+            ]
         except sqlite3.DatabaseError:
             applied = []
         known = _migration_names()
-        if not applied or applied != known[:len(applied)]:
-            newer = len(applied) > len(known) and applied[:len(known)] == known
-            raise BackupError(f"{archive_path}: its database was made by a newer supportbot" if newer
-                              else f"{archive_path}: its database is not a supportbot database")
+        if not applied or applied != known[: len(applied)]:
+            newer = len(applied) > len(known) and applied[: len(known)] == known
+            raise BackupError(
+                f"{archive_path}: its database was made by a newer supportbot"
+                if newer
+                else f"{archive_path}: its database is not a supportbot database"
+            )
         _check_schema(conn, archive_path, _schema_after(len(applied)))
     except sqlite3.DatabaseError as exc:
         raise BackupError(f"{archive_path}: its {DB_NAME} is not a usable database ({_one_line(exc)})") from None
@@ -178,8 +193,15 @@ def _check_schema(conn: sqlite3.Connection, archive_path: Path, expected: set[tu
     if found != expected:
         extra = sorted(f"{kind} {name}" for kind, name, _, _ in found - expected)
         missing = sorted(f"{kind} {name}" for kind, name, _, _ in expected - found)
-        what = "; ".join(filter(None, [f"unexpected or changed: {', '.join(extra)}" if extra else "",
-                                       f"missing: {', '.join(missing)}" if missing else ""]))
+        what = "; ".join(
+            filter(
+                None,
+                [
+                    f"unexpected or changed: {', '.join(extra)}" if extra else "",
+                    f"missing: {', '.join(missing)}" if missing else "",
+                ],
+            )
+        )
         raise BackupError(f"{archive_path}: its database schema is not supportbot's ({what}); not restoring it")
 
 
@@ -224,9 +246,12 @@ def _swap_in(staging: Path, db_path: Path, adapters_dir: Path) -> None:
             except OSError:
                 all_back = False
         if not all_back:
-            raise BackupError(f"could not move the restored data into place ({_one_line(exc)}) nor all the old "
-                              f"data back; the old files not put back are in {replaced}") from None
+            raise BackupError(
+                f"could not move the restored data into place ({_one_line(exc)}) nor all the old "
+                f"data back; the old files not put back are in {replaced}"
+            ) from None
         shutil.rmtree(staging, ignore_errors=True)
-        raise BackupError(f"could not move the restored data into place ({_one_line(exc)}); "
-                          f"the old data is unchanged") from None
+        raise BackupError(
+            f"could not move the restored data into place ({_one_line(exc)}); the old data is unchanged"
+        ) from None
     shutil.rmtree(staging, ignore_errors=True)

@@ -12,7 +12,8 @@ def add_embedding(db: Database, message_id: int, model: str, vector: bytes) -> b
     with write(db):
         cursor = db.execute(
             "INSERT OR IGNORE INTO embeddings (message_id, model, vector, created_at) VALUES (?, ?, ?, ?)",
-            [message_id, model, vector, now()])
+            [message_id, model, vector, now()],
+        )
     return cursor.rowcount == 1
 
 
@@ -27,18 +28,27 @@ def count_embeddings(db: Database) -> int:
 
 def unembedded_labelled(db: Database, model: str, limit: int = 256) -> list[dict]:
     """Labelled messages (imports, say) that have no vector from `model` yet: {id, subject, clean_body}."""
-    return list(db.query(
-        """SELECT m.id, m.subject, m.clean_body FROM messages m
+    return list(
+        db.query(
+            """SELECT m.id, m.subject, m.clean_body FROM messages m
            JOIN current_labels c ON c.message_id = m.id
            LEFT JOIN embeddings e ON e.message_id = m.id AND e.model = ?
            WHERE e.message_id IS NULL AND m.deleted_at IS NULL AND c.excluded = 0
-           ORDER BY m.id LIMIT ?""", [model, limit]))
+           ORDER BY m.id LIMIT ?""",
+            [model, limit],
+        )
+    )
 
 
 def labelled_vectors(db: Database, model: str) -> list[tuple[int, str, bytes]]:
     """(message id, current label, vector) of every labelled, kept message that has a vector."""
-    return [(r["id"], r["label"], r["vector"]) for r in db.query(
-        """SELECT m.id, c.label, e.vector FROM messages m
+    return [
+        (r["id"], r["label"], r["vector"])
+        for r in db.query(
+            """SELECT m.id, c.label, e.vector FROM messages m
            JOIN current_labels c ON c.message_id = m.id
            JOIN embeddings e ON e.message_id = m.id AND e.model = ?
-           WHERE m.deleted_at IS NULL AND c.excluded = 0 ORDER BY m.id""", [model])]
+           WHERE m.deleted_at IS NULL AND c.excluded = 0 ORDER BY m.id""",
+            [model],
+        )
+    ]

@@ -87,8 +87,12 @@ def _check(path: str, line: int, text, label) -> Example:
         raise ImportFormatError(path, line, f"label must be text, got {type(label).__name__}")
     for field, value in (("text", text), ("label", label)):
         if value is not None and (bad := _lone_surrogate(value)):
-            raise ImportFormatError(path, line, f"{field} holds a lone surrogate ({bad}, a JSON \\u escape "
-                                                "that is half of a character), which cannot be stored")
+            raise ImportFormatError(
+                path,
+                line,
+                f"{field} holds a lone surrogate ({bad}, a JSON \\u escape "
+                "that is half of a character), which cannot be stored",
+            )
     label = label.strip() if label else None
     if label:
         try:
@@ -113,9 +117,11 @@ def _read_csv(path: str, content: str, text_col: str, label_col: str | None) -> 
     try:
         return _csv_rows(path, reader, text_col, label_col)
     except csv.Error as exc:  # a field over csv's size limit (128 KiB), a NUL byte, a broken quote
-        raise ImportFormatError(path, reader.line_num + 1 if reader.line_num else 1,
-                                f"unreadable CSV ({exc}); a text can have at most {MAX_TEXT_CHARS:,} characters") \
-            from None
+        raise ImportFormatError(
+            path,
+            reader.line_num + 1 if reader.line_num else 1,
+            f"unreadable CSV ({exc}); a text can have at most {MAX_TEXT_CHARS:,} characters",
+        ) from None
 
 
 def _csv_rows(path: str, reader: csv.DictReader, text_col: str, label_col: str | None) -> list[Example]:
@@ -149,9 +155,7 @@ def _read_jsonl(path: str, content: str) -> list[Example]:
             text = row.get("input") or row.get("instruction")
             label = row["output"]
         else:
-            raise ImportFormatError(
-                path, number, "neither Alpaca (instruction/input/output) nor ChatML (messages)"
-            )
+            raise ImportFormatError(path, number, "neither Alpaca (instruction/input/output) nor ChatML (messages)")
         if isinstance(row.get("label"), str):  # `supportbot export` keeps the name beside a readable answer
             label = row["label"]
         examples.append(_check(path, number, text, label))
@@ -168,8 +172,15 @@ def _from_chatml(path: str, number: int, turns) -> tuple[str, str | None]:
     return users[-1], (assistants[-1] if assistants else None)
 
 
-def import_examples(db: Database, path: str | Path, examples: list[Example], *, clean: Callable[[str], str],
-                    by: str = "import", chunk_rows: int = CHUNK_ROWS) -> ImportResult:
+def import_examples(
+    db: Database,
+    path: str | Path,
+    examples: list[Example],
+    *,
+    clean: Callable[[str], str],
+    by: str = "import",
+    chunk_rows: int = CHUNK_ROWS,
+) -> ImportResult:
     """Store parsed examples, adding unseen labels to the label set, `chunk_rows` rows per transaction.
 
     `clean` is the text preparation every door applies (Slack intake too: HTML, quotes, signatures and,
@@ -184,17 +195,24 @@ def import_examples(db: Database, path: str | Path, examples: list[Example], *, 
         active = {r[0] for r in db.execute("SELECT name FROM label_set WHERE active = 1")}
         existing = {r[0] for r in db.execute("SELECT name FROM label_set")}
         if len(active | set(used)) > MAX_ACTIVE_LABELS:
-            raise ImportFormatError(str(path), 1, f"the file uses {len(set(used) - active)} labels that are not "
-                                                  f"active; with the {len(active)} active ones that is more than "
-                                                  f"{MAX_ACTIVE_LABELS} (retire some, or merge labels)")
+            raise ImportFormatError(
+                str(path),
+                1,
+                f"the file uses {len(set(used) - active)} labels that are not "
+                f"active; with the {len(active)} active ones that is more than "
+                f"{MAX_ACTIVE_LABELS} (retire some, or merge labels)",
+            )
         new_labels = sorted(set(used) - existing)
         for name in new_labels:
-            db.execute("INSERT INTO label_set (name, description, active, created_at) VALUES (?, '', 1, ?)",
-                       [name, stamp])
-        db.execute("UPDATE label_set SET active = 1 WHERE name IN (SELECT DISTINCT value FROM json_each(?))",
-                   [json.dumps(used)])
+            db.execute(
+                "INSERT INTO label_set (name, description, active, created_at) VALUES (?, '', 1, ?)", [name, stamp]
+            )
+        db.execute(
+            "UPDATE label_set SET active = 1 WHERE name IN (SELECT DISTINCT value FROM json_each(?))",
+            [json.dumps(used)],
+        )
     for start in range(0, len(examples), max(1, chunk_rows)):
-        chunk = examples[start:start + chunk_rows]
+        chunk = examples[start : start + chunk_rows]
         prepared = [capped(e.text, clean(e.text), e.subject) for e in chunk]  # before the lock, not under it
         with write(db):  # one short transaction per chunk: other writers get the lock in between
             for e, (raw, body, subject) in zip(chunk, prepared):
@@ -211,5 +229,6 @@ def import_examples(db: Database, path: str | Path, examples: list[Example], *, 
                                VALUES (?, ?, ?, 'import', ?)""",
                             [cursor.lastrowid, e.label, by, stamp],
                         )
-    return ImportResult(rows=len(examples), stored=stored, already_present=len(examples) - stored,
-                        labels_added=new_labels)
+    return ImportResult(
+        rows=len(examples), stored=stored, already_present=len(examples) - stored, labels_added=new_labels
+    )

@@ -57,8 +57,9 @@ def check_description(description: str) -> str:
     """A description on one line (whitespace runs become one space), without control or format characters."""
     text = " ".join((description or "").split())
     if len(text) > MAX_DESCRIPTION_CHARS:
-        raise InvalidLabelName(f"a description can have at most {MAX_DESCRIPTION_CHARS} characters "
-                               f"(this one has {len(text)})")
+        raise InvalidLabelName(
+            f"a description can have at most {MAX_DESCRIPTION_CHARS} characters (this one has {len(text)})"
+        )
     if any(unicodedata.category(ch) in ("Cc", "Cf", "Co", "Cs") for ch in text):
         raise InvalidLabelName("a description cannot contain control or invisible formatting characters")
     return text
@@ -68,8 +69,10 @@ def check_room(db: Database, new: int) -> None:
     """Refuse to go over MAX_ACTIVE_LABELS active labels."""
     active = db.execute("SELECT COUNT(*) FROM label_set WHERE active = 1").fetchone()[0]
     if new and active + new > MAX_ACTIVE_LABELS:
-        raise InvalidLabelName(f"{active} labels are active and at most {MAX_ACTIVE_LABELS} can be "
-                               f"(one Slack picker); retire some first (adding {new} would make {active + new})")
+        raise InvalidLabelName(
+            f"{active} labels are active and at most {MAX_ACTIVE_LABELS} can be "
+            f"(one Slack picker); retire some first (adding {new} would make {active + new})"
+        )
 
 
 def add_label_def(db: Database, name: str, description: str = "") -> LabelDef:
@@ -115,8 +118,10 @@ def get_label_def(db: Database, name: str) -> LabelDef:
 
 def list_label_defs(db: Database, *, active_only: bool = True) -> list[LabelDef]:
     where = " WHERE active = 1" if active_only else ""
-    return [LabelDef(**{**r, "active": bool(r["active"])})
-            for r in db.query("SELECT * FROM label_set" + where + " ORDER BY name")]
+    return [
+        LabelDef(**{**r, "active": bool(r["active"])})
+        for r in db.query("SELECT * FROM label_set" + where + " ORDER BY name")
+    ]
 
 
 def resolve_label(db: Database, name: str) -> str:
@@ -131,8 +136,7 @@ def resolve_label(db: Database, name: str) -> str:
     raise UnknownLabel(name, active)
 
 
-def add_label(db: Database, message_id: int, label: str, *, by: str, method: str,
-              excluded: bool = False) -> LabelEvent:
+def add_label(db: Database, message_id: int, label: str, *, by: str, method: str, excluded: bool = False) -> LabelEvent:
     """Record a human label for a message (`excluded`: and leave it out of training). `label` must be active."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -194,8 +198,9 @@ def label_counts(db: Database) -> dict[str, int]:
 def new_human_labels(db: Database, since: str) -> int:
     """Messages given a human label (not an import) after `since`: each message counts once,
     however often it was clicked."""
-    return db.execute("SELECT COUNT(DISTINCT message_id) FROM labels WHERE method != 'import' AND created_at > ?",
-                      [since]).fetchone()[0]
+    return db.execute(
+        "SELECT COUNT(DISTINCT message_id) FROM labels WHERE method != 'import' AND created_at > ?", [since]
+    ).fetchone()[0]
 
 
 def stats(db: Database) -> dict:
@@ -209,8 +214,10 @@ def change_signature(db: Database) -> tuple:
     changes (cheap to read): the serving model refits its embedding classifier when it moves."""
     # Read on every classification, so only indexed lookups: labels are append-only (the newest id moves on
     # every change), and the newest deletion and edit times move on every deletion and edit.
-    row = next(db.query("""SELECT (SELECT MAX(id) FROM labels) AS last,
+    row = next(
+        db.query("""SELECT (SELECT MAX(id) FROM labels) AS last,
                                   (SELECT group_concat(name) FROM label_set WHERE active = 1) AS defs,
                                   (SELECT MAX(deleted_at) FROM messages) AS deleted,
-                                  (SELECT MAX(edited_at) FROM messages) AS edited"""))
+                                  (SELECT MAX(edited_at) FROM messages) AS edited""")
+    )
     return tuple(row.values())

@@ -16,8 +16,8 @@ SOURCES = ("slack_message", "email", "import")
 # What one message may take (a 41 MB email body once took the bot from 122 MB to 6.7 GB). Longer text is
 # cut when stored: the raw body with a note saying where and how long it was, the cleaned text and the
 # subject without one (models read them, and would read the note as the customer's words).
-MAX_RAW_CHARS = 200_000    # the raw body kept; cleaning reads no more either (trainer.text.MAX_PARSE_CHARS)
-MAX_CLEAN_CHARS = 20_000   # the cleaned text people see and models read (a prompt takes 1,500 characters of it)
+MAX_RAW_CHARS = 200_000  # the raw body kept; cleaning reads no more either (trainer.text.MAX_PARSE_CHARS)
+MAX_CLEAN_CHARS = 20_000  # the cleaned text people see and models read (a prompt takes 1,500 characters of it)
 MAX_SUBJECT_CHARS = 1_000
 
 
@@ -94,8 +94,21 @@ def add_message(
                    sender, subject, raw_body, clean_body, content_hash, received_at)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT(external_id) DO NOTHING""",
-            [source, external_id, team, channel, ts, thread_ts, event_id, sender, subject,
-             raw_body, clean, content_hash(subject, clean), now()],
+            [
+                source,
+                external_id,
+                team,
+                channel,
+                ts,
+                thread_ts,
+                event_id,
+                sender,
+                subject,
+                raw_body,
+                clean,
+                content_hash(subject, clean),
+                now(),
+            ],
         )
         created = cursor.rowcount == 1
         row = query_one(db, "SELECT * FROM messages WHERE external_id = ?", [external_id])
@@ -143,10 +156,13 @@ def count_messages(db: Database, *, include_deleted: bool = False) -> int:
     return db.execute("SELECT COUNT(*) FROM messages" + where).fetchone()[0]
 
 
-
 def latest_unlabeled(db: Database, channel: str) -> Message | None:
     """The newest non-deleted message in `channel` that has no label yet (what a bare `/label` labels)."""
-    row = query_one(db, """SELECT * FROM messages m WHERE channel = ? AND deleted_at IS NULL
+    row = query_one(
+        db,
+        """SELECT * FROM messages m WHERE channel = ? AND deleted_at IS NULL
                            AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.message_id = m.id)
-                           ORDER BY ts DESC LIMIT 1""", [channel])
+                           ORDER BY ts DESC LIMIT 1""",
+        [channel],
+    )
     return Message(**row) if row else None

@@ -136,7 +136,7 @@ def m001_initial(db):
         );
         -- Exactly one adapter can be current; switching is one transaction.
         CREATE UNIQUE INDEX adapters_one_current ON adapters(is_current) WHERE is_current = 1;
-        """
+        """,
     )
 
 

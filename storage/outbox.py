@@ -40,8 +40,9 @@ def _item(row: dict) -> OutboxItem:
     return OutboxItem(**{**row, "payload": json.loads(row["payload"])})
 
 
-def put(db: Database, key: str, channel: str, payload: dict, *, kind: str = "message",
-        after_key: str | None = None) -> OutboxItem:
+def put(
+    db: Database, key: str, channel: str, payload: dict, *, kind: str = "message", after_key: str | None = None
+) -> OutboxItem:
     """Queue (or replace, keeping its Slack ts) the message under `key`."""
     with write(db):
         db.execute(
@@ -50,7 +51,8 @@ def put(db: Database, key: str, channel: str, payload: dict, *, kind: str = "mes
                ON CONFLICT(key) DO UPDATE SET payload = excluded.payload, attempts = 0, error = NULL,
                    version = outbox.version + 1, next_attempt_at = excluded.next_attempt_at,
                    status = CASE WHEN outbox.status = 'sending' THEN 'sending' ELSE 'pending' END""",
-            [key, kind, channel, json.dumps(payload), now(), after_key, now()])
+            [key, kind, channel, json.dumps(payload), now(), after_key, now()],
+        )
     return get(db, key)
 
 
@@ -68,12 +70,17 @@ def get(db: Database, key: str) -> OutboxItem | None:
 def claim_due(db: Database, limit: int = 20) -> list[OutboxItem]:
     """Mark due rows 'sending' and return them (oldest first); rows waiting on an unsent row stay."""
     with write(db):
-        rows = list(db.query("""
+        rows = list(
+            db.query(
+                """
             SELECT o.* FROM outbox o
             WHERE o.status = 'pending' AND o.next_attempt_at <= ?
               AND (o.after_key IS NULL OR EXISTS (SELECT 1 FROM outbox a WHERE a.key = o.after_key
                                                   AND a.status = 'sent'))
-            ORDER BY o.id LIMIT ?""", [now(), limit]))
+            ORDER BY o.id LIMIT ?""",
+                [now(), limit],
+            )
+        )
         for row in rows:
             db.execute("UPDATE outbox SET status = 'sending', attempts = attempts + 1 WHERE id = ?", [row["id"]])
     return [_item({**r, "status": "sending", "attempts": r["attempts"] + 1}) for r in rows]
@@ -87,16 +94,20 @@ def in_doubt(db: Database) -> list[OutboxItem]:
 def mark_sent(db: Database, item: OutboxItem, ts: str | None) -> None:
     """Record a delivery; a newer payload put while this one was in flight stays due (progress moves on)."""
     with write(db):
-        db.execute("""UPDATE outbox SET status = CASE WHEN version = ? THEN 'sent' ELSE 'pending' END,
+        db.execute(
+            """UPDATE outbox SET status = CASE WHEN version = ? THEN 'sent' ELSE 'pending' END,
                           ts = COALESCE(?, ts), sent_at = ?, error = NULL WHERE id = ?""",
-                   [item.version, ts, now(), item.id])
+            [item.version, ts, now(), item.id],
+        )
 
 
 def retry_later(db: Database, item_id: int, delay_s: float, error: str) -> None:
     due = (datetime.now(timezone.utc) + timedelta(seconds=delay_s)).isoformat(timespec="milliseconds")
     with write(db):
-        db.execute("UPDATE outbox SET status = 'pending', next_attempt_at = ?, error = ? WHERE id = ?",
-                   [due, error[:500], item_id])
+        db.execute(
+            "UPDATE outbox SET status = 'pending', next_attempt_at = ?, error = ? WHERE id = ?",
+            [due, error[:500], item_id],
+        )
 
 
 def give_up(db: Database, item_id: int, error: str) -> None:

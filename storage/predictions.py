@@ -28,15 +28,33 @@ def _prediction(row: dict) -> Prediction:
     return Prediction(**{**row, "needs_review": bool(row["needs_review"]), "scores": json.loads(row["scores"])})
 
 
-def add_prediction(db: Database, *, message_id: int | None, adapter_version: int | None, label: str,
-                   confidence: float, needs_review: bool, scores: dict, latency_ms: float | None = None,
-                   model: str | None = None) -> Prediction:
+def add_prediction(
+    db: Database,
+    *,
+    message_id: int | None,
+    adapter_version: int | None,
+    label: str,
+    confidence: float,
+    needs_review: bool,
+    scores: dict,
+    latency_ms: float | None = None,
+    model: str | None = None,
+) -> Prediction:
     with write(db):
         cursor = db.execute(
             """INSERT INTO predictions (message_id, adapter_version, label, confidence, needs_review, scores,
                    latency_ms, created_at, model) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            [message_id, adapter_version, label, confidence, int(needs_review), json.dumps(scores), latency_ms, now(),
-             model],
+            [
+                message_id,
+                adapter_version,
+                label,
+                confidence,
+                int(needs_review),
+                json.dumps(scores),
+                latency_ms,
+                now(),
+                model,
+            ],
         )
     return _prediction(query_one(db, "SELECT * FROM predictions WHERE id = ?", [cursor.lastrowid]))
 
@@ -60,8 +78,15 @@ def live_accuracy(db: Database) -> dict:
         JOIN current_labels c ON c.message_id = p.message_id AND c.created_at >= p.created_at
         WHERE p.id = (SELECT MAX(id) FROM predictions WHERE message_id = p.message_id)
         GROUP BY 1 ORDER BY n DESC, model""")
-    return {r["model"]: {"n": r["n"], "confirmed": r["confirmed"], "corrected": r["n"] - r["confirmed"],
-                         "accuracy": r["confirmed"] / r["n"]} for r in rows}
+    return {
+        r["model"]: {
+            "n": r["n"],
+            "confirmed": r["confirmed"],
+            "corrected": r["n"] - r["confirmed"],
+            "accuracy": r["confirmed"] / r["n"],
+        }
+        for r in rows
+    }
 
 
 def least_sure(db: Database, *, since: str, limit: int = 5) -> list[dict]:
@@ -69,9 +94,14 @@ def least_sure(db: Database, *, since: str, limit: int = 5) -> list[dict]:
 
     Each row: id, channel, ts, subject ('' when none), clean_body, label and confidence.
     """
-    return list(db.query("""
+    return list(
+        db.query(
+            """
         SELECT m.id, m.channel, m.ts, COALESCE(m.subject, '') AS subject, m.clean_body, p.label, p.confidence
         FROM messages m JOIN predictions p ON p.id = (SELECT MAX(id) FROM predictions WHERE message_id = m.id)
         WHERE m.deleted_at IS NULL AND m.received_at > ?
           AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.message_id = m.id)
-        ORDER BY p.confidence ASC LIMIT ?""", [since, limit]))
+        ORDER BY p.confidence ASC LIMIT ?""",
+            [since, limit],
+        )
+    )

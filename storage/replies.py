@@ -12,8 +12,11 @@ from .db import now, query_one, write
 def claim_reply(db: Database, message_id: int, channel: str) -> bool:
     """Reserve the right to answer a message; False when it was answered (or is being answered) already."""
     with write(db):
-        cursor = db.execute("INSERT INTO replies (message_id, channel, ts, created_at) VALUES (?, ?, '', ?) "
-                            "ON CONFLICT(message_id) DO NOTHING", [message_id, channel, now()])
+        cursor = db.execute(
+            "INSERT INTO replies (message_id, channel, ts, created_at) VALUES (?, ?, '', ?) "
+            "ON CONFLICT(message_id) DO NOTHING",
+            [message_id, channel, now()],
+        )
     return cursor.rowcount == 1
 
 
@@ -47,10 +50,13 @@ def unanswered(db: Database, *, older_than_s: float, within_hours: float = 24, m
     """
     stamp = lambda delta: (datetime.now(timezone.utc) - delta).isoformat(timespec="milliseconds")  # noqa: E731
     upper, lower = stamp(timedelta(seconds=older_than_s)), stamp(timedelta(hours=within_hours))
-    rows = db.query("""SELECT m.id FROM messages m
+    rows = db.query(
+        """SELECT m.id FROM messages m
                         WHERE m.channel IS NOT NULL AND m.ts IS NOT NULL AND m.deleted_at IS NULL
                           AND m.received_at BETWEEN ? AND ?
                           AND NOT EXISTS (SELECT 1 FROM replies r WHERE r.message_id = m.id)
                           AND (SELECT COUNT(*) FROM predictions p WHERE p.message_id = m.id) < ?
-                        ORDER BY m.id""", [lower, upper, max_attempts])
+                        ORDER BY m.id""",
+        [lower, upper, max_attempts],
+    )
     return [r["id"] for r in rows]

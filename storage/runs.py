@@ -55,8 +55,13 @@ class Metric:
 
 
 def _run(row: dict) -> Run:
-    return Run(**{**row, "params": json.loads(row["params"] or "{}"),
-                  "dataset_stats": json.loads(row["dataset_stats"]) if row["dataset_stats"] else None})
+    return Run(
+        **{
+            **row,
+            "params": json.loads(row["params"] or "{}"),
+            "dataset_stats": json.loads(row["dataset_stats"]) if row["dataset_stats"] else None,
+        }
+    )
 
 
 def queue_run(db: Database, *, requested_by: str, params: dict | None = None) -> Run:
@@ -65,8 +70,10 @@ def queue_run(db: Database, *, requested_by: str, params: dict | None = None) ->
         active = query_one(db, "SELECT id, status FROM runs WHERE status IN ('queued', 'running') ORDER BY id")
         if active:
             raise RunConflict(f"run {active['id']} is already {active['status']}")
-        cursor = db.execute("INSERT INTO runs (status, requested_by, params, queued_at) VALUES ('queued', ?, ?, ?)",
-                            [requested_by, json.dumps(params or {}), now()])
+        cursor = db.execute(
+            "INSERT INTO runs (status, requested_by, params, queued_at) VALUES ('queued', ?, ?, ?)",
+            [requested_by, json.dumps(params or {}), now()],
+        )
     return get_run(db, cursor.lastrowid)
 
 
@@ -79,8 +86,10 @@ def get_run(db: Database, run_id: int) -> Run:
 
 def finished_before(db: Database, cutoff: str) -> list[Run]:
     """Runs that finished (in any way) before the ISO timestamp `cutoff`."""
-    return [_run(r) for r in db.query("SELECT * FROM runs WHERE finished_at IS NOT NULL AND finished_at < ? "
-                                       "ORDER BY id", [cutoff])]
+    return [
+        _run(r)
+        for r in db.query("SELECT * FROM runs WHERE finished_at IS NOT NULL AND finished_at < ? ORDER BY id", [cutoff])
+    ]
 
 
 def list_runs(db: Database, limit: int = 20) -> list[Run]:
@@ -99,15 +108,17 @@ def _lease_end(lease_s: float) -> str:
 
 def _claim(db: Database, run_id: int, run_dir, worker_id: str | None, lease_s: float) -> bool:
     """Inside a write: move this queued run to running, leased to `worker_id` (a fresh id when None)."""
-    cursor = db.execute("UPDATE runs SET status = 'running', started_at = ?, run_dir = ?, worker_id = ?, "
-                        "heartbeat_at = ?, lease_until = ? WHERE id = ? AND status = 'queued'",
-                        [now(), str(run_dir), worker_id or f"unnamed-{secrets.token_hex(6)}", now(),
-                         _lease_end(lease_s), run_id])
+    cursor = db.execute(
+        "UPDATE runs SET status = 'running', started_at = ?, run_dir = ?, worker_id = ?, "
+        "heartbeat_at = ?, lease_until = ? WHERE id = ? AND status = 'queued'",
+        [now(), str(run_dir), worker_id or f"unnamed-{secrets.token_hex(6)}", now(), _lease_end(lease_s), run_id],
+    )
     return cursor.rowcount == 1
 
 
-def claim_next_run(db: Database, *, run_dir_for, worker_id: str | None = None,
-                   lease_s: float = DEFAULT_LEASE_S) -> Run | None:
+def claim_next_run(
+    db: Database, *, run_dir_for, worker_id: str | None = None, lease_s: float = DEFAULT_LEASE_S
+) -> Run | None:
     """Move the oldest queued run to running, leased to `worker_id`; None when nothing is queued or one is running.
 
     `run_dir_for(run_id)` names the run's directory, recorded with the claim.
@@ -122,8 +133,9 @@ def claim_next_run(db: Database, *, run_dir_for, worker_id: str | None = None,
     return get_run(db, row["id"])
 
 
-def claim_run(db: Database, run_id: int, run_dir, *, worker_id: str | None = None,
-              lease_s: float = DEFAULT_LEASE_S) -> Run | None:
+def claim_run(
+    db: Database, run_id: int, run_dir, *, worker_id: str | None = None, lease_s: float = DEFAULT_LEASE_S
+) -> Run | None:
     """Move this queued run to running, leased to `worker_id`; None when another process (a worker) claimed it first."""
     with write(db):
         if query_one(db, "SELECT id FROM runs WHERE status = 'running'"):
@@ -138,9 +150,10 @@ def renew_lease(db: Database, run_id: int, worker_id: str, lease_s: float = DEFA
     A lease that expired but that nobody took over yet is still the holder's: a slow worker keeps its run.
     """
     with write(db):
-        cursor = db.execute("UPDATE runs SET heartbeat_at = ?, lease_until = ? "
-                            "WHERE id = ? AND status = 'running' AND worker_id = ?",
-                            [now(), _lease_end(lease_s), run_id, worker_id])
+        cursor = db.execute(
+            "UPDATE runs SET heartbeat_at = ?, lease_until = ? WHERE id = ? AND status = 'running' AND worker_id = ?",
+            [now(), _lease_end(lease_s), run_id, worker_id],
+        )
         if cursor.rowcount != 1:
             raise LeaseLost(_not_held(db, run_id, worker_id))
 
@@ -152,23 +165,37 @@ def _not_held(db: Database, run_id: int, worker_id: str) -> str:
 
 def expired_runs(db: Database) -> list[Run]:
     """Running runs whose lease has expired (or that were claimed before leases existed): their worker is gone."""
-    return [_run(r) for r in db.query("SELECT * FROM runs WHERE status = 'running' "
-                                       "AND (lease_until IS NULL OR lease_until < ?) ORDER BY id", [now()])]
+    return [
+        _run(r)
+        for r in db.query(
+            "SELECT * FROM runs WHERE status = 'running' AND (lease_until IS NULL OR lease_until < ?) ORDER BY id",
+            [now()],
+        )
+    ]
 
 
 def interrupt_expired(db: Database, run_id: int, error: str) -> Run | None:
     """Mark a running run whose lease has expired as interrupted; None when its holder renewed it meanwhile
     (or another worker settled it first)."""
     with write(db):
-        cursor = db.execute("UPDATE runs SET status = 'interrupted', finished_at = ?, error = ? "
-                            "WHERE id = ? AND status = 'running' AND (lease_until IS NULL OR lease_until < ?)",
-                            [now(), error, run_id, now()])
+        cursor = db.execute(
+            "UPDATE runs SET status = 'interrupted', finished_at = ?, error = ? "
+            "WHERE id = ? AND status = 'running' AND (lease_until IS NULL OR lease_until < ?)",
+            [now(), error, run_id, now()],
+        )
     return get_run(db, run_id) if cursor.rowcount == 1 else None
 
 
-def finish_run(db: Database, run_id: int, status: str, *, error: str | None = None,
-               adapter_version: int | None = None, dataset_stats: dict | None = None,
-               worker_id: str | None = None) -> Run:
+def finish_run(
+    db: Database,
+    run_id: int,
+    status: str,
+    *,
+    error: str | None = None,
+    adapter_version: int | None = None,
+    dataset_stats: dict | None = None,
+    worker_id: str | None = None,
+) -> Run:
     """End a run. Only an active run can end; ending twice is a RunConflict.
 
     With `worker_id`, only a running run still leased to it ends (else LeaseLost): call it inside the
@@ -182,9 +209,15 @@ def finish_run(db: Database, run_id: int, status: str, *, error: str | None = No
             f"""UPDATE runs SET status = ?, finished_at = ?, error = ?, adapter_version = ?,
                    dataset_stats = COALESCE(?, dataset_stats)
                WHERE id = ? AND {held}""",
-            [status, now(), error, adapter_version,
-             json.dumps(dataset_stats) if dataset_stats is not None else None, run_id,
-             *([worker_id] if worker_id is not None else [])],
+            [
+                status,
+                now(),
+                error,
+                adapter_version,
+                json.dumps(dataset_stats) if dataset_stats is not None else None,
+                run_id,
+                *([worker_id] if worker_id is not None else []),
+            ],
         )
         if cursor.rowcount != 1 and worker_id is not None:
             raise LeaseLost(_not_held(db, run_id, worker_id))
@@ -201,14 +234,26 @@ def add_metrics(db: Database, run_id: int, metrics: list[dict]) -> int:
             cursor = db.execute(
                 """INSERT INTO run_metrics (run_id, kind, step, epoch, train_loss, eval_loss, learning_rate)
                    VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id, kind, step) DO NOTHING""",
-                [run_id, m["kind"], m["step"], m.get("epoch"), m.get("train_loss"), m.get("eval_loss"),
-                 m.get("learning_rate")],
+                [
+                    run_id,
+                    m["kind"],
+                    m["step"],
+                    m.get("epoch"),
+                    m.get("train_loss"),
+                    m.get("eval_loss"),
+                    m.get("learning_rate"),
+                ],
             )
             added += cursor.rowcount
     return added
 
 
 def run_metrics(db: Database, run_id: int) -> list[Metric]:
-    return [Metric(**r) for r in db.query(
-        "SELECT kind, step, epoch, train_loss, eval_loss, learning_rate FROM run_metrics "
-        "WHERE run_id = ? ORDER BY step, kind", [run_id])]
+    return [
+        Metric(**r)
+        for r in db.query(
+            "SELECT kind, step, epoch, train_loss, eval_loss, learning_rate FROM run_metrics "
+            "WHERE run_id = ? ORDER BY step, kind",
+            [run_id],
+        )
+    ]

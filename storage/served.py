@@ -34,21 +34,29 @@ def _served(row: dict) -> Served:
     return Served(**{**row, "details": json.loads(row["details"])})
 
 
-def set_served(db: Database, kind: str, *, reason: str, chosen_by: str, adapter_version: int | None = None,
-               details: dict | None = None, run_id: int | None = None) -> Served:
+def set_served(
+    db: Database,
+    kind: str,
+    *,
+    reason: str,
+    chosen_by: str,
+    adapter_version: int | None = None,
+    details: dict | None = None,
+    run_id: int | None = None,
+) -> Served:
     """Make `kind` (with `adapter_version` unless embeddings) the served model from now on."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if (kind == "embeddings") != (adapter_version is None):
         raise ValueError("an adapter version goes with kinds adapter and ensemble, and only with them")
-    if adapter_version is not None and not any(
-            db.query("SELECT 1 FROM adapters WHERE version = ?", [adapter_version])):
+    if adapter_version is not None and not any(db.query("SELECT 1 FROM adapters WHERE version = ?", [adapter_version])):
         raise NotFound(f"no adapter version {adapter_version}")
     with write(db):
         cursor = db.execute(
             """INSERT INTO served_models (kind, adapter_version, details, reason, run_id, chosen_by, created_at)
                VALUES (?, ?, ?, ?, ?, ?, ?)""",
-            [kind, adapter_version, json.dumps(details or {}), reason, run_id, chosen_by, now()])
+            [kind, adapter_version, json.dumps(details or {}), reason, run_id, chosen_by, now()],
+        )
     return _served(next(db.query("SELECT * FROM served_models WHERE id = ?", [cursor.lastrowid])))
 
 

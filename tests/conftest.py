@@ -73,10 +73,20 @@ def build_tiny_model(folder: Path) -> str:
 
     gguf = embedded_gguf()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, initializer_range=0.2)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+        initializer_range=0.2,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -95,15 +105,26 @@ def toy_examples(per_label=20, seed=1):
     import random
 
     rng = random.Random(seed)
-    return [{"text": " ".join(rng.choice(words) for _ in range(5)), "label": label}
-            for label, words in TOY_WORDS.items() for _ in range(per_label)]
+    return [
+        {"text": " ".join(rng.choice(words) for _ in range(5)), "label": label}
+        for label, words in TOY_WORDS.items()
+        for _ in range(per_label)
+    ]
 
 
 def toy_config(base_model, **overrides):
-    config = {"labels": [{"name": n, "description": f"{n} messages"} for n in TOY_WORDS], "base_model": base_model,
-              "learning_rate": 1e-2, "epochs": 8, "grad_accum": 1, "lora_dropout": 0.0, "baseline": False,
-              "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-              "early_stopping_patience": 0, "method": "scoring"}
+    config = {
+        "labels": [{"name": n, "description": f"{n} messages"} for n in TOY_WORDS],
+        "base_model": base_model,
+        "learning_rate": 1e-2,
+        "epochs": 8,
+        "grad_accum": 1,
+        "lora_dropout": 0.0,
+        "baseline": False,
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "early_stopping_patience": 0,
+        "method": "scoring",
+    }
     config.update(overrides)
     return config
 
@@ -134,8 +155,15 @@ def tiny_encoder_dir(request):
     from classifier.embeddings import model_path
 
     tokenizer = AutoTokenizer.from_pretrained(model_path())
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=2, max_position_embeddings=512, initializer_range=0.2)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=512,
+        initializer_range=0.2,
+    )
     torch.manual_seed(0)
     BertModel(config, add_pooling_layer=False).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -150,5 +178,6 @@ def toy_classifier(path):
 
     model = load_base_model(path, device="cpu")
     model.eval()
-    return Classifier(model, load_tokenizer(path), [LabelInfo(name, f"{name} messages") for name in TOY_WORDS],
-                      batch_size=8)
+    return Classifier(
+        model, load_tokenizer(path), [LabelInfo(name, f"{name} messages") for name in TOY_WORDS], batch_size=8
+    )

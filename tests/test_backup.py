@@ -72,8 +72,10 @@ def db_bytes(tmp_path, prepare=None, stop_before=None):
     path.unlink(missing_ok=True)
     db = Database(sqlite3.connect(str(path)))
     MIGRATIONS.apply(db, stop_before=stop_before)
-    db.execute("INSERT INTO messages (source, external_id, raw_body, clean_body, content_hash, received_at) "
-               "VALUES ('import', 'i:backup', 'from the backup', 'from the backup', 'h', '2024-01-01')")
+    db.execute(
+        "INSERT INTO messages (source, external_id, raw_body, clean_body, content_hash, received_at) "
+        "VALUES ('import', 'i:backup', 'from the backup', 'from the backup', 'h', '2024-01-01')"
+    )
     if prepare:
         prepare(db)
     db.conn.commit()
@@ -94,8 +96,8 @@ def live_is_untouched(data):
 
 PLANTED = {
     "trigger": "CREATE TRIGGER copy_out AFTER INSERT ON messages BEGIN "
-               "INSERT INTO outbox (key, kind, channel, payload, status, next_attempt_at, created_at) "
-               "VALUES ('x' || NEW.id, 'message', 'C0PUBLIC', NEW.raw_body, 'pending', '', ''); END",
+    "INSERT INTO outbox (key, kind, channel, payload, status, next_attempt_at, created_at) "
+    "VALUES ('x' || NEW.id, 'message', 'C0PUBLIC', NEW.raw_body, 'pending', '', ''); END",
     "view": "CREATE VIEW leak AS SELECT raw_body FROM messages",
     "table": "CREATE TABLE extra (x)",
     "index": "CREATE INDEX extra_index ON messages(sender)",
@@ -106,8 +108,9 @@ PLANTED = {
 @pytest.mark.parametrize("kind", sorted(PLANTED))
 def test_restore_refuses_a_database_whose_schema_is_not_the_migrations(tmp_path, kind):
     data = live_folder(tmp_path)
-    archive = archive_with(tmp_path / "planted.tar.gz", {
-        "supportbot.db": db_bytes(tmp_path, lambda db: db.execute(PLANTED[kind]))})
+    archive = archive_with(
+        tmp_path / "planted.tar.gz", {"supportbot.db": db_bytes(tmp_path, lambda db: db.execute(PLANTED[kind]))}
+    )
     with pytest.raises(BackupError, match="schema is not supportbot's"):
         restore_into(data, archive)
     live_is_untouched(data)
@@ -115,30 +118,37 @@ def test_restore_refuses_a_database_whose_schema_is_not_the_migrations(tmp_path,
 
 def test_restore_refuses_a_trigger_planted_before_the_migrations_it_lacks(tmp_path):
     """A trigger on the migrations table would fire while an older backup is migrated: refused before that."""
+
     def plant(db):
-        db.execute("CREATE TRIGGER on_migrate AFTER INSERT ON _sqlite_migrations BEGIN "
-                   "DELETE FROM messages; END")
-    archive = archive_with(tmp_path / "old.tar.gz", {
-        "supportbot.db": db_bytes(tmp_path, plant, stop_before="m004_label_exclusion")})
+        db.execute("CREATE TRIGGER on_migrate AFTER INSERT ON _sqlite_migrations BEGIN DELETE FROM messages; END")
+
+    archive = archive_with(
+        tmp_path / "old.tar.gz", {"supportbot.db": db_bytes(tmp_path, plant, stop_before="m004_label_exclusion")}
+    )
     with pytest.raises(BackupError, match="unexpected or changed: trigger on_migrate"):
         restore_into(tmp_path / "fresh", archive, force=False)
     assert not (tmp_path / "fresh" / "supportbot.db").exists()
 
 
 def test_an_older_backup_is_migrated_on_restore(tmp_path):
-    archive = archive_with(tmp_path / "old.tar.gz", {
-        "supportbot.db": db_bytes(tmp_path, stop_before="m004_label_exclusion")})
+    archive = archive_with(
+        tmp_path / "old.tar.gz", {"supportbot.db": db_bytes(tmp_path, stop_before="m004_label_exclusion")}
+    )
     assert restore_into(tmp_path / "fresh", archive, force=False) == 1
     restored = open_db(tmp_path / "fresh" / "supportbot.db")
     assert not MIGRATIONS.pending(restored)
     assert "excluded" in restored["labels"].columns_dict
 
 
-@pytest.mark.parametrize("entries, expected", [
-    ({"adapters/run-1": ("dir",), "adapters/run-1/loop": ("link", ".")}, "a link or special file"),
-    ({"adapters/run-1/../../escape": b"x"}, "not part of a supportbot backup"),
-    ({"runs/run-1/report.png": PNG}, "not part of a supportbot backup"),
-], ids=["symlink in adapters", "dot-dot", "unknown folder"])
+@pytest.mark.parametrize(
+    "entries, expected",
+    [
+        ({"adapters/run-1": ("dir",), "adapters/run-1/loop": ("link", ".")}, "a link or special file"),
+        ({"adapters/run-1/../../escape": b"x"}, "not part of a supportbot backup"),
+        ({"runs/run-1/report.png": PNG}, "not part of a supportbot backup"),
+    ],
+    ids=["symlink in adapters", "dot-dot", "unknown folder"],
+)
 def test_restore_refuses_odd_archive_members_and_keeps_the_live_data(tmp_path, entries, expected):
     data = live_folder(tmp_path)
     good = (make_backup(live_folder(tmp_path, "other", "from the backup"), tmp_path / "b.tar.gz")).read_bytes()
@@ -231,13 +241,17 @@ def test_relay_uploads_only_png_pictures_inside_the_runs_folder(tmp_path, standi
     secret.write_bytes(PNG + b"SLACK_BOT_TOKEN=xoxb-secret")
     (runs_dir / "run-1" / "link.png").symlink_to(secret)
     db = open_db(tmp_path / "data" / "supportbot.db")
-    rows = {"environ": "/proc/self/environ", "outside": str(secret), "link": str(runs_dir / "run-1" / "link.png"),
-            "jsonl": str(runs_dir / "run-1" / "train.jsonl"), "dotdot": str(runs_dir / ".." / "environ"),
-            "picture": str(picture)}
+    rows = {
+        "environ": "/proc/self/environ",
+        "outside": str(secret),
+        "link": str(runs_dir / "run-1" / "link.png"),
+        "jsonl": str(runs_dir / "run-1" / "train.jsonl"),
+        "dotdot": str(runs_dir / ".." / "environ"),
+        "picture": str(picture),
+    }
     for key, path in rows.items():
         outbox.put(db, key, "C9", {"path": path, "filename": f"{key}.png"}, kind="file")
-    Relay(lambda: db, WebClient(token=standin.bot_token, base_url=standin.api_url),
-          files_dir=runs_dir).deliver_due()
+    Relay(lambda: db, WebClient(token=standin.bot_token, base_url=standin.api_url), files_dir=runs_dir).deliver_due()
     assert list(standin.uploads.values()) == [PNG]
     assert outbox.get(db, "picture").status == "sent"
     for key in set(rows) - {"picture"}:

@@ -37,8 +37,9 @@ class Bot:
 
     def send(self, body_and_type, **sign):
         body, content_type = body_and_type
-        response = self.app.dispatch(BoltRequest(body=body, headers=payloads.signed_headers(
-            SECRET, body, content_type, **sign)))
+        response = self.app.dispatch(
+            BoltRequest(body=body, headers=payloads.signed_headers(SECRET, body, content_type, **sign))
+        )
         return response
 
     def event(self, event, **kwargs):
@@ -61,8 +62,9 @@ class Bot:
         return later[0]
 
     def command_ack(self, command, text="", user=AGENT, channel=INTAKE):
-        response = self.send(payloads.slash_command(command, text, user=user, channel=channel,
-                                                    response_url=self.standin.response_url()))
+        response = self.send(
+            payloads.slash_command(command, text, user=user, channel=channel, response_url=self.standin.response_url())
+        )
         assert response.status == 200
         return json.loads(response.body) if response.body else {}
 
@@ -82,15 +84,26 @@ def bot(env, tiny_model_dir, monkeypatch):
     standin.set_channel(PRIVATE, {INSIDER}, private=True)
     monkeypatch.setenv("SUPPORTBOT_BASE_MODEL", tiny_model_dir)
     monkeypatch.setenv("SUPPORTBOT_ZERO_SHOT_MODEL", tiny_model_dir)
-    settings = load_settings({"SUPPORTBOT_DATA_DIR": str(env / "data"), "SUPPORTBOT_BASE_MODEL": tiny_model_dir,
-                              "SUPPORTBOT_ZERO_SHOT_MODEL": tiny_model_dir,
-                              "SLACK_BOT_TOKEN": standin.bot_token, "SLACK_SIGNING_SECRET": SECRET,
-                              "SLACK_API_URL": standin.api_url, "SUPPORTBOT_ADMINS": ADMIN,
-                              "SUPPORTBOT_INTAKE_CHANNELS": f"{INTAKE},{PRIVATE}", "SUPPORTBOT_REVIEW_THRESHOLD": "0.5"},
-                             env_file=None)
+    settings = load_settings(
+        {
+            "SUPPORTBOT_DATA_DIR": str(env / "data"),
+            "SUPPORTBOT_BASE_MODEL": tiny_model_dir,
+            "SUPPORTBOT_ZERO_SHOT_MODEL": tiny_model_dir,
+            "SLACK_BOT_TOKEN": standin.bot_token,
+            "SLACK_SIGNING_SECRET": SECRET,
+            "SLACK_API_URL": standin.api_url,
+            "SUPPORTBOT_ADMINS": ADMIN,
+            "SUPPORTBOT_INTAKE_CHANNELS": f"{INTAKE},{PRIVATE}",
+            "SUPPORTBOT_REVIEW_THRESHOLD": "0.5",
+        },
+        env_file=None,
+    )
     ctx = BotContext(settings)
-    for name, description in (("complaint", "Unhappy customer"), ("question", "Asks how or why"),
-                              ("feedback", "Opinion or praise")):
+    for name, description in (
+        ("complaint", "Unhappy customer"),
+        ("question", "Asks how or why"),
+        ("feedback", "Opinion or praise"),
+    ):
         labels.add_label_def(ctx.db(), name, description)
     app = create_app(ctx, WebClient(token=standin.bot_token, base_url=standin.api_url))
     yield Bot(app, ctx, standin)
@@ -130,8 +143,13 @@ def test_channel_message_is_stored_classified_and_answered_in_thread(bot):
 
 def test_forwarded_email_with_body_in_the_event(bot):
     ts = bot.next_ts()
-    file = payloads.email_file("F0MAIL1", subject="Refund for order 1234", sender="ann@example.com",
-                               sender_name="Ann", body="<p>I was charged <b>twice</b>.</p>")
+    file = payloads.email_file(
+        "F0MAIL1",
+        subject="Refund for order 1234",
+        sender="ann@example.com",
+        sender_name="Ann",
+        body="<p>I was charged <b>twice</b>.</p>",
+    )
     bot.event(payloads.email_event(INTAKE, ts, file))
     bot.settle()
     stored = messages.find_message(bot.db, messages.slack_external_id(INTAKE, ts))
@@ -142,12 +160,19 @@ def test_forwarded_email_with_body_in_the_event(bot):
 
 
 def test_forwarded_email_without_body_is_fetched_with_files_info(bot):
-    full = payloads.email_file("F0MAIL2", subject="Login broken", sender="bob@example.com",
-                               body="I cannot log in since the update.\n\n-- \nBob")
+    full = payloads.email_file(
+        "F0MAIL2",
+        subject="Login broken",
+        sender="bob@example.com",
+        body="I cannot log in since the update.\n\n-- \nBob",
+    )
     bot.standin.add_file(full)
     ts = bot.next_ts()
-    bot.event(payloads.email_event(INTAKE, ts, payloads.email_file("F0MAIL2", subject="Login broken",
-                                                                   sender="bob@example.com", body=None)))
+    bot.event(
+        payloads.email_event(
+            INTAKE, ts, payloads.email_file("F0MAIL2", subject="Login broken", sender="bob@example.com", body=None)
+        )
+    )
     bot.settle()
     assert bot.standin.calls_to("files.info")[0].params["file"] == "F0MAIL2"
     stored = messages.find_message(bot.db, messages.slack_external_id(INTAKE, ts))
@@ -183,12 +208,15 @@ def test_a_huge_email_from_files_info_is_stored_cut_and_answered(bot):
     body = huge_body(600_000)
     bot.standin.add_file(payloads.email_file("F0HUGE", subject="Where is my order", sender="c@example.com", body=body))
     ts = bot.next_ts()
-    bot.event(payloads.email_event(INTAKE, ts, payloads.email_file("F0HUGE", subject="Where is my order",
-                                                                   sender="c@example.com", body=None)))
+    bot.event(
+        payloads.email_event(
+            INTAKE, ts, payloads.email_file("F0HUGE", subject="Where is my order", sender="c@example.com", body=None)
+        )
+    )
     bot.settle()
     stored = messages.find_message(bot.db, messages.slack_external_id(INTAKE, ts))
-    assert stored.raw_body == body[:messages.MAX_RAW_CHARS] + messages.cut_note(len(body))
-    assert stored.clean_body == body[:messages.MAX_CLEAN_CHARS].strip()
+    assert stored.raw_body == body[: messages.MAX_RAW_CHARS] + messages.cut_note(len(body))
+    assert stored.clean_body == body[: messages.MAX_CLEAN_CHARS].strip()
     reply_to(bot, ts)
 
 
@@ -208,13 +236,28 @@ def test_edits_update_text_and_deletes_keep_labels(bot):
     bot.settle()
     message = messages.find_message(bot.db, messages.slack_external_id(INTAKE, ts))
     labels.add_label(bot.db, message.id, "complaint", by=AGENT, method="button")
-    bot.event({"type": "message", "subtype": "message_changed", "channel": INTAKE, "ts": bot.next_ts(),
-               "message": {"type": "message", "user": AGENT, "text": "My card is broken", "ts": ts},
-               "previous_message": {"type": "message", "user": AGENT, "text": "My card is brokn", "ts": ts}})
+    bot.event(
+        {
+            "type": "message",
+            "subtype": "message_changed",
+            "channel": INTAKE,
+            "ts": bot.next_ts(),
+            "message": {"type": "message", "user": AGENT, "text": "My card is broken", "ts": ts},
+            "previous_message": {"type": "message", "user": AGENT, "text": "My card is brokn", "ts": ts},
+        }
+    )
     bot.settle()
     assert messages.get_message(bot.db, message.id).clean_body == "My card is broken"
-    bot.event({"type": "message", "subtype": "message_deleted", "channel": INTAKE, "ts": bot.next_ts(),
-               "deleted_ts": ts, "previous_message": {"type": "message", "user": AGENT, "ts": ts}})
+    bot.event(
+        {
+            "type": "message",
+            "subtype": "message_deleted",
+            "channel": INTAKE,
+            "ts": bot.next_ts(),
+            "deleted_ts": ts,
+            "previous_message": {"type": "message", "user": AGENT, "ts": ts},
+        }
+    )
     bot.settle()
     gone = messages.get_message(bot.db, message.id)
     assert gone.deleted_at and labels.current_label(bot.db, message.id).label == "complaint"
@@ -227,8 +270,10 @@ def test_bots_threads_and_other_channels_are_ignored(bot):
     parent = bot.post("A real request")
     bot.post("a reply in the thread", thread_ts=parent)
     bot.settle()
-    assert [m.clean_body for m in map(lambda r: messages.get_message(bot.db, r[0]),
-                                      bot.db.execute("SELECT id FROM messages").fetchall())] == ["A real request"]
+    assert [
+        m.clean_body
+        for m in map(lambda r: messages.get_message(bot.db, r[0]), bot.db.execute("SELECT id FROM messages").fetchall())
+    ] == ["A real request"]
 
 
 def test_label_command_latest_unlabeled_and_by_link(bot):
@@ -265,20 +310,42 @@ def test_buttons_and_picker_store_human_labels_and_update_the_reply(bot):
     bot.settle()
     reply = reply_to(bot, ts)
     blocks = as_json(reply.params["blocks"])
-    message = {"type": "message", "ts": bot.standin.calls_to("chat.postMessage")[-1].params and
-               next(ts_ for (ch, ts_), m in bot.standin.messages.items() if m.get("thread_ts") == ts),
-               "text": reply.params["text"], "blocks": blocks}
+    message = {
+        "type": "message",
+        "ts": bot.standin.calls_to("chat.postMessage")[-1].params
+        and next(ts_ for (ch, ts_), m in bot.standin.messages.items() if m.get("thread_ts") == ts),
+        "text": reply.params["text"],
+        "blocks": blocks,
+    }
     confirm, picker = blocks[-1]["elements"]
-    bot.send(payloads.block_action({**confirm, "block_id": "label_actions"}, user=AGENT, channel=INTAKE,
-                                   message=message, response_url=bot.standin.response_url()))
+    bot.send(
+        payloads.block_action(
+            {**confirm, "block_id": "label_actions"},
+            user=AGENT,
+            channel=INTAKE,
+            message=message,
+            response_url=bot.standin.response_url(),
+        )
+    )
     bot.settle()
     stored = messages.find_message(bot.db, messages.slack_external_id(INTAKE, ts))
     predicted = predictions.latest_prediction(bot.db, stored.id).label
     assert labels.current_label(bot.db, stored.id).label == predicted
     choice = next(o for o in picker["options"] if o["text"]["text"] == "feedback")
-    bot.send(payloads.block_action({"type": "static_select", "action_id": "label_pick", "block_id": "label_actions",
-                                    "selected_option": choice}, user=ADMIN, channel=INTAKE, message=message,
-                                   response_url=bot.standin.response_url()))
+    bot.send(
+        payloads.block_action(
+            {
+                "type": "static_select",
+                "action_id": "label_pick",
+                "block_id": "label_actions",
+                "selected_option": choice,
+            },
+            user=ADMIN,
+            channel=INTAKE,
+            message=message,
+            response_url=bot.standin.response_url(),
+        )
+    )
     bot.settle()
     history = labels.label_history(bot.db, stored.id)
     assert [(e.label, e.labeled_by, e.method) for e in history][-1] == ("feedback", ADMIN, "button")
@@ -295,9 +362,11 @@ def test_message_shortcut_opens_the_picker_and_the_modal_saves_the_label(bot):
     assert view["callback_id"] == "label_modal"
     stored = messages.find_message(bot.db, messages.slack_external_id(INTAKE, target["ts"]))
     option = next(o for o in view["blocks"][1]["element"]["options"] if o["text"]["text"] == "question")
-    response = bot.send(payloads.view_submission(view, {"label": {"choice": {"type": "static_select",
-                                                                             "selected_option": option}}},
-                                                 user=AGENT))
+    response = bot.send(
+        payloads.view_submission(
+            view, {"label": {"choice": {"type": "static_select", "selected_option": option}}}, user=AGENT
+        )
+    )
     assert response.status == 200
     bot.settle()
     assert labels.current_label(bot.db, stored.id).method == "shortcut"
@@ -325,9 +394,11 @@ def test_retrain_admins_only_queues_once_and_reports_status(bot):
 
 
 def test_datacheck_finds_conflicts_and_its_buttons_fix_them(bot):
-    pairs = [("Where is my parcel?", "question"), ("where is my parcel", "complaint")] + [
-        (f"the app crashed again {i}", "complaint") for i in range(3)] + [(f"how do I pay {i}", "question")
-                                                                         for i in range(3)]
+    pairs = (
+        [("Where is my parcel?", "question"), ("where is my parcel", "complaint")]
+        + [(f"the app crashed again {i}", "complaint") for i in range(3)]
+        + [(f"how do I pay {i}", "question") for i in range(3)]
+    )
     for i, (text, label) in enumerate(pairs):
         m, _ = messages.add_message(bot.db, source="import", external_id=f"i:{i}", raw_body=text)
         labels.add_label(bot.db, m.id, label, by=AGENT, method="cli")
@@ -340,9 +411,15 @@ def test_datacheck_finds_conflicts_and_its_buttons_fix_them(bot):
     assert "*conflict*" in blocks and "complaint by U0AGENT" not in answer["text"]
     conflict_actions = next(b for b in answer["blocks"] if b["type"] == "actions")
     exclude = next(e for e in conflict_actions["elements"] if e["action_id"] == "datacheck_exclude")
-    bot.send(payloads.block_action({**exclude, "block_id": conflict_actions["block_id"]}, user=ADMIN, channel=INTAKE,
-                                   message={"type": "message", "ts": "1.1", "text": ""},
-                                   response_url=bot.standin.response_url()))
+    bot.send(
+        payloads.block_action(
+            {**exclude, "block_id": conflict_actions["block_id"]},
+            user=ADMIN,
+            channel=INTAKE,
+            message={"type": "message", "ts": "1.1", "text": ""},
+            response_url=bot.standin.response_url(),
+        )
+    )
     bot.settle()
     assert bot.standin.responses[-1]["text"] == "Data check: excluded 2 message(s) from training."
     assert [e.excluded and e.method == "datacheck" for e in labels.label_history(bot.db, 1)] == [False, True]
@@ -369,8 +446,10 @@ def test_classify_labels_and_stats_commands(bot):
     answer = bot.standin.responses[-1]
     assert answer["response_type"] == "ephemeral" and "zero-shot" in answer["text"]
     assert bot.command("/classify")["text"] == "Usage: `/classify TEXT`"
-    assert bot.command("/labels", "add refund Wants money back", user=ADMIN)["text"] == \
-        "Label `refund` is active: Wants money back"
+    assert (
+        bot.command("/labels", "add refund Wants money back", user=ADMIN)["text"]
+        == "Label `refund` is active: Wants money back"
+    )
     assert "`refund` (0): Wants money back" in json.dumps(bot.command("/labels")["blocks"])
     assert "Cannot add that label" in bot.command("/labels", "add " + "x" * 70, user=ADMIN)["text"]
     bot.post("The invoice is wrong")
@@ -381,25 +460,36 @@ def test_classify_labels_and_stats_commands(bot):
 
 
 def test_app_home_shows_the_dashboard(bot):
-    bot.event({"type": "app_home_opened", "user": AGENT, "channel": "D0HOME", "tab": "home",
-               "event_ts": "1700000000.1"})
+    bot.event(
+        {"type": "app_home_opened", "user": AGENT, "channel": "D0HOME", "tab": "home", "event_ts": "1700000000.1"}
+    )
     bot.settle()
     view = as_json(bot.standin.wait_for("views.publish")[0].params["view"])
     assert view["type"] == "home" and "*Messages:* 0" in json.dumps(view["blocks"])
 
 
-@pytest.mark.parametrize("sign", [
-    {"secret": "wrong-secret"},
-    {"timestamp": int(time.time()) - 6 * 60},  # older than Slack's 5 minutes: a replay
-])
+@pytest.mark.parametrize(
+    "sign",
+    [
+        {"secret": "wrong-secret"},
+        {"timestamp": int(time.time()) - 6 * 60},  # older than Slack's 5 minutes: a replay
+    ],
+)
 def test_forged_and_expired_requests_are_rejected_and_nothing_is_stored(bot, sign):
     body, content_type = payloads.event_callback(payloads.message_event(INTAKE, AGENT, "forged", bot.next_ts()))
     headers = payloads.signed_headers(sign.get("secret", SECRET), body, content_type, timestamp=sign.get("timestamp"))
     response = bot.app.dispatch(BoltRequest(body=body, headers=headers))
-    command_body, command_type = payloads.slash_command("/label", "complaint", user=AGENT, channel=INTAKE,
-                                                        response_url=bot.standin.response_url())
-    command = bot.app.dispatch(BoltRequest(body=command_body, headers=payloads.signed_headers(
-        sign.get("secret", SECRET), command_body, command_type, timestamp=sign.get("timestamp"))))
+    command_body, command_type = payloads.slash_command(
+        "/label", "complaint", user=AGENT, channel=INTAKE, response_url=bot.standin.response_url()
+    )
+    command = bot.app.dispatch(
+        BoltRequest(
+            body=command_body,
+            headers=payloads.signed_headers(
+                sign.get("secret", SECRET), command_body, command_type, timestamp=sign.get("timestamp")
+            ),
+        )
+    )
     bot.settle()
     assert response.status == 401 and command.status == 401
     assert messages.count_messages(bot.db, include_deleted=True) == 0
@@ -414,12 +504,20 @@ def test_http_mode_serves_signed_requests_on_slack_events(bot):
     serving.start()
     try:
         body, content_type = payloads.event_callback(payloads.message_event(INTAKE, AGENT, "over http", "1700000500.1"))
-        request = urllib.request.Request(f"http://127.0.0.1:{server.server_port}/slack/events", data=body.encode(),
-                                         headers=payloads.signed_headers(SECRET, body, content_type), method="POST")
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{server.server_port}/slack/events",
+            data=body.encode(),
+            headers=payloads.signed_headers(SECRET, body, content_type),
+            method="POST",
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200 and response.headers["Server"] == "waitress"  # not wsgiref's server
-        bad = urllib.request.Request(request.full_url, data=body.encode(), method="POST",
-                                     headers=payloads.signed_headers("nope", body, content_type))
+        bad = urllib.request.Request(
+            request.full_url,
+            data=body.encode(),
+            method="POST",
+            headers=payloads.signed_headers("nope", body, content_type),
+        )
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(bad, timeout=10)
         assert err.value.code == 401
@@ -442,10 +540,12 @@ def test_http_mode_takes_a_burst_of_50_concurrent_requests(bot):
     url = f"http://127.0.0.1:{server.server_port}/slack/events"
 
     def send(i):
-        body, content_type = payloads.slash_command("/labels", "", user=AGENT, channel=INTAKE,
-                                                    response_url=bot.standin.response_url())
-        request = urllib.request.Request(url, data=body.encode(), method="POST",
-                                         headers=payloads.signed_headers(SECRET, body, content_type))
+        body, content_type = payloads.slash_command(
+            "/labels", "", user=AGENT, channel=INTAKE, response_url=bot.standin.response_url()
+        )
+        request = urllib.request.Request(
+            url, data=body.encode(), method="POST", headers=payloads.signed_headers(SECRET, body, content_type)
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status
 
@@ -469,9 +569,13 @@ def test_manifest_declares_exactly_what_the_app_handles(bot):
     assert declared == {"/label", "/retrain", "/model", "/classify", "/labels", "/stats", "/datacheck"}
     assert [s["callback_id"] for s in manifest["features"]["shortcuts"]] == ["label_message"]
     assert set(manifest["settings"]["event_subscriptions"]["bot_events"]) == {
-        "message.channels", "message.groups", "app_home_opened"}
-    unknown = bot.send(payloads.slash_command("/unknown", "", user=AGENT, channel=INTAKE,
-                                              response_url=bot.standin.response_url()))
+        "message.channels",
+        "message.groups",
+        "app_home_opened",
+    }
+    unknown = bot.send(
+        payloads.slash_command("/unknown", "", user=AGENT, channel=INTAKE, response_url=bot.standin.response_url())
+    )
     assert unknown.status == 404  # Bolt answers what no listener handles with 404
 
 
@@ -481,8 +585,11 @@ def test_logs_at_info_never_contain_tokens_or_email_bodies(bot, caplog):
     secret_body = "My account number is 12345678 and I am furious about the fees"
     caplog.set_level(logging.INFO)
     ts = bot.next_ts()
-    bot.event(payloads.email_event(INTAKE, ts, payloads.email_file("F0LOG", subject="Fees", sender="z@example.com",
-                                                                   body=secret_body)))
+    bot.event(
+        payloads.email_event(
+            INTAKE, ts, payloads.email_file("F0LOG", subject="Fees", sender="z@example.com", body=secret_body)
+        )
+    )
     bot.settle()
     reply_to(bot, ts)
     bot.command("/label", "complaint")
@@ -505,6 +612,7 @@ def test_failed_answer_is_retried_by_the_backlog_sweep_once(bot):
     bot.settle()
     stored = messages.find_message(bot.db, messages.slack_external_id(INTAKE, ts))
     from storage import replies
+
     assert replies.get_reply(bot.db, stored.id) is None  # unanswered, and its claim was given back
     assert answer_backlog(bot.ctx, bot.app.client, older_than_s=0) == 1
     bot.settle()
@@ -525,14 +633,28 @@ def test_bot_stopped_between_claim_and_post_answers_after_restart_exactly_once(b
     stored = []
     for text in ("Where is my parcel?", "Your support was great, thanks"):
         ts = bot.next_ts()
-        message, _ = messages.add_message(bot.db, source="slack_message", external_id=messages.slack_external_id(
-            INTAKE, ts), raw_body=text, clean_body=text, subject=None, sender=AGENT, team="T0STANDIN",
-            channel=INTAKE, ts=ts, thread_ts=None, event_id=None)
+        message, _ = messages.add_message(
+            bot.db,
+            source="slack_message",
+            external_id=messages.slack_external_id(INTAKE, ts),
+            raw_body=text,
+            clean_body=text,
+            subject=None,
+            sender=AGENT,
+            team="T0STANDIN",
+            channel=INTAKE,
+            ts=ts,
+            thread_ts=None,
+            event_id=None,
+        )
         assert replies.claim_reply(bot.db, message.id, INTAKE)
         stored.append(message)
-    posted = bot.app.client.chat_postMessage(channel=INTAKE, thread_ts=stored[1].ts, text="earlier answer",
-                                             metadata={"event_type": "supportbot_reply",
-                                                       "event_payload": {"message_id": stored[1].id}})
+    posted = bot.app.client.chat_postMessage(
+        channel=INTAKE,
+        thread_ts=stored[1].ts,
+        text="earlier answer",
+        metadata={"event_type": "supportbot_reply", "event_payload": {"message_id": stored[1].id}},
+    )
     assert answer_backlog(bot.ctx, bot.app.client, older_than_s=0) == 0  # claimed: not touched before recovery
     assert recover_replies(bot.ctx, bot.app.client) == (1, 1)
     assert replies.get_reply(bot.db, stored[1].id)["ts"] == posted["ts"]
@@ -596,8 +718,12 @@ def test_http_mode_checks_the_signature_before_parsing_and_deep_nesting_is_a_400
     form = "payload=" + "%5B" * 100_000
     try:
         assert status(deep, {"content-type": "application/json"}) == 401
-        assert status(deep, {**payloads.signed_headers(SECRET, deep, "application/json"),
-                             "x-slack-request-timestamp": "soon"}) == 401
+        assert (
+            status(
+                deep, {**payloads.signed_headers(SECRET, deep, "application/json"), "x-slack-request-timestamp": "soon"}
+            )
+            == 401
+        )
         assert status(form, {"content-type": "application/x-www-form-urlencoded"}) == 401
         assert status(deep, payloads.signed_headers(SECRET, deep, "application/json")) == 400
         assert status(form, payloads.signed_headers(SECRET, form, "application/x-www-form-urlencoded")) == 400
@@ -621,8 +747,9 @@ def test_http_mode_logs_the_port_it_listens_on(bot, monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger="bot.slack.server"):
         server.serve(bot.ctx.settings, http=True, host="127.0.0.1", port=0)
     listening = [r.getMessage() for r in caplog.records if "listening" in r.msg]
-    assert len(listening) == 1 and re.fullmatch(r"supportbot listening on http://127\.0\.0\.1:\d+/slack/events",
-                                                listening[0])
+    assert len(listening) == 1 and re.fullmatch(
+        r"supportbot listening on http://127\.0\.0\.1:\d+/slack/events", listening[0]
+    )
 
 
 def test_retrain_takes_the_options_its_out_of_memory_advice_names(bot):
@@ -644,10 +771,12 @@ def test_retrain_takes_the_options_its_out_of_memory_advice_names(bot):
         expected = {k: (json.loads(v)) for k, v in (o.split("=") for o in options.split())}
         assert run.params == expected
         runs.finish_run(bot.db, run.id, "cancelled")
-    for bad, says in (("batch_size=0", "`batch_size` takes a whole number from 1 to 64, got `0`"),
-                      ("grad_accum=x", "`grad_accum` takes a whole number from 1 to 64"),
-                      ("gradient_checkpointing=maybe", "`gradient_checkpointing` takes `true` or `false`"),
-                      ("learning_rate=1", "Unknown option `learning_rate=1`")):
+    for bad, says in (
+        ("batch_size=0", "`batch_size` takes a whole number from 1 to 64, got `0`"),
+        ("grad_accum=x", "`grad_accum` takes a whole number from 1 to 64"),
+        ("gradient_checkpointing=maybe", "`gradient_checkpointing` takes `true` or `false`"),
+        ("learning_rate=1", "Unknown option `learning_rate=1`"),
+    ):
         answer = bot.command("/retrain", bad, user=ADMIN)["text"]
         assert answer.startswith(says) and "batch_size=N" in answer
     assert runs.active_run(bot.db) is None
@@ -657,8 +786,9 @@ def test_datacheck_is_answered_while_every_work_thread_is_busy(bot):
     """The heavy check has its own thread and process: a work pool busy classifying does not hold it up."""
     for i in range(3):
         for name in ("complaint", "question"):
-            m, _ = messages.add_message(bot.db, source="import", external_id=f"i:{name}{i}",
-                                        raw_body=f"{name} number {i} about the app")
+            m, _ = messages.add_message(
+                bot.db, source="import", external_id=f"i:{name}{i}", raw_body=f"{name} number {i} about the app"
+            )
             labels.add_label(bot.db, m.id, name, by=ADMIN, method="cli")
     release = threading.Event()
     for _ in range(bot.ctx.settings.workers):
@@ -678,8 +808,11 @@ def test_blank_email_is_answered_once_as_such_not_retried(bot):
     from bot.slack.listeners.intake import NOTHING_TO_CLASSIFY, answer_backlog
 
     ts = bot.next_ts()
-    bot.event(payloads.email_event(INTAKE, ts, payloads.email_file("F0BLANK", subject="  ", sender="x@example.com",
-                                                                   body=" \n ")))
+    bot.event(
+        payloads.email_event(
+            INTAKE, ts, payloads.email_file("F0BLANK", subject="  ", sender="x@example.com", body=" \n ")
+        )
+    )
     bot.settle()
     stored = messages.find_message(bot.db, messages.slack_external_id(INTAKE, ts))
     assert reply_to(bot, ts).params["text"] == NOTHING_TO_CLASSIFY
@@ -707,11 +840,20 @@ def test_every_surface_names_the_model_that_answered_and_what_serves(bot, monkey
     assert "embeddings" in json.dumps(as_json(reply_to(bot, ts).params["blocks"]))
 
     # A run registered adapter v1 but the gate kept the embeddings.
-    a = adapters.register_adapter(bot.db, path="/x", base_model="m", labels=["complaint", "question"],
-                                  metrics={"accuracy": 0.9, "macro_f1": 0.9, "n": 8})
+    a = adapters.register_adapter(
+        bot.db,
+        path="/x",
+        base_model="m",
+        labels=["complaint", "question"],
+        metrics={"accuracy": 0.9, "macro_f1": 0.9, "n": 8},
+    )
     adapters.promote(bot.db, a.version)
-    served.set_served(bot.db, "embeddings", reason="embeddings keep serving: 1 message of difference is not evidence",
-                      chosen_by="gate")
+    served.set_served(
+        bot.db,
+        "embeddings",
+        reason="embeddings keep serving: 1 message of difference is not evidence",
+        chosen_by="gate",
+    )
     # A person confirms one answer and corrects another.
     message_id = messages.find_message(bot.db, messages.slack_external_id(INTAKE, ts)).id
     labels.add_label(bot.db, message_id, "question", by=AGENT, method="button")
@@ -724,8 +866,9 @@ def test_every_surface_names_the_model_that_answered_and_what_serves(bot, monkey
     verdict = "1 confirmed, 0 corrected" if shown.label == "question" else "0 confirmed, 1 corrected"
     assert f"embeddings: {live['embeddings']['accuracy']:.0%} of 1 ({verdict})" in stats
     assert bot.command("/model")["text"].startswith("*Serving:* embeddings - embeddings keep serving")
-    bot.event({"type": "app_home_opened", "user": AGENT, "channel": "D0HOME", "tab": "home",
-               "event_ts": "1700000000.1"})
+    bot.event(
+        {"type": "app_home_opened", "user": AGENT, "channel": "D0HOME", "tab": "home", "event_ts": "1700000000.1"}
+    )
     bot.settle()
     home = json.dumps(as_json(bot.standin.wait_for("views.publish")[0].params["view"])["blocks"])
     assert "*Serving:* embeddings" in home
@@ -736,13 +879,32 @@ def test_the_thread_reply_names_an_ensemble_as_an_ensemble():
     from bot.slack.blocks import prediction_blocks
     from classifier.classify import Prediction
 
-    p = Prediction(label="complaint", confidence=0.9, needs_review=False, adapter_version=3, zero_shot=False,
-                   scores={"complaint": 0.9, "question": 0.1}, alternatives=[["question", 0.1]],
-                   certified=True, latency_ms=1.0, model="adapter v3 + embeddings")
+    p = Prediction(
+        label="complaint",
+        confidence=0.9,
+        needs_review=False,
+        adapter_version=3,
+        zero_shot=False,
+        scores={"complaint": 0.9, "question": 0.1},
+        alternatives=[["question", 0.1]],
+        certified=True,
+        latency_ms=1.0,
+        model="adapter v3 + embeddings",
+    )
     assert answered_by(p) == "adapter v3 + embeddings"
     assert "adapter v3 + embeddings" in json.dumps(prediction_blocks(1, p, ["complaint", "question"]))
-    old_row = predictions.Prediction(id=1, message_id=1, adapter_version=2, label="a", confidence=0.5,
-                                     needs_review=False, scores={}, latency_ms=None, created_at="", model=None)
+    old_row = predictions.Prediction(
+        id=1,
+        message_id=1,
+        adapter_version=2,
+        label="a",
+        confidence=0.5,
+        needs_review=False,
+        scores={},
+        latency_ms=None,
+        created_at="",
+        model=None,
+    )
     assert answered_by(old_row) == "adapter v2"
 
 
@@ -754,7 +916,7 @@ def test_commands_that_ask_slack_acknowledge_before_asking(bot):
     gate = bot.standin.hold("conversations.members")
     acked = bot.command_ack("/label", "complaint")
     assert acked == {"response_type": "ephemeral", "text": CHECKING}
-    assert bot.standin.answered["conversations.members"] == 0   # acknowledged before Slack answered
+    assert bot.standin.answered["conversations.members"] == 0  # acknowledged before Slack answered
     gate.set()
     bot.settle()
     assert bot.standin.answered["conversations.members"] == 1

@@ -34,7 +34,7 @@ def imported_modules(path, package_parts):
                 yield node.lineno, alias.name
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative: resolved against the file's package
-                base = package_parts[:len(package_parts) - (node.level - 1)]
+                base = package_parts[: len(package_parts) - (node.level - 1)]
                 name = ".".join(base + ([node.module] if node.module else []))
             else:
                 name = node.module
@@ -74,17 +74,22 @@ def test_sql_lives_in_storage_only():
     for package in ("bot", "textprep", "classifier", "datacheck", "trainer", "slack_standin"):
         for path, _ in package_files(package):
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                if isinstance(node, ast.Constant) and isinstance(node.value, str) \
-                        and node.value.lstrip().startswith(SQL_WORDS):  # the SQL here is upper-case
+                if (
+                    isinstance(node, ast.Constant)
+                    and isinstance(node.value, str)
+                    and node.value.lstrip().startswith(SQL_WORDS)
+                ):  # the SQL here is upper-case
                     found.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value.strip()[:40]}")
     assert found == []
 
 
 def test_the_bots_listeners_start_without_torch():
     """Every module of the Slack face, the worker and the CLI import without torch and its kin."""
-    code = ("import importlib, pkgutil, sys; import bot.slack, bot.runs.worker, bot.cli; "
-            "[importlib.import_module(m.name) for m in pkgutil.walk_packages(bot.slack.__path__, 'bot.slack.')]; "
-            "print(sorted(m for m in ('torch', 'transformers', 'peft', 'sklearn') if m in sys.modules))")
+    code = (
+        "import importlib, pkgutil, sys; import bot.slack, bot.runs.worker, bot.cli; "
+        "[importlib.import_module(m.name) for m in pkgutil.walk_packages(bot.slack.__path__, 'bot.slack.')]; "
+        "print(sorted(m for m in ('torch', 'transformers', 'peft', 'sklearn') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

@@ -12,7 +12,8 @@ from .conftest import REPO
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("chromium") and shutil.which("chromedriver")),
-    reason="needs Debian's chromium and chromium-driver (`make test` installs them when run as root)")
+    reason="needs Debian's chromium and chromium-driver (`make test` installs them when run as root)",
+)
 
 ARTIFACTS = REPO / "test-artifacts"
 
@@ -24,9 +25,18 @@ def browser():
 
     options = Options()
     options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--window-size=1500,1000"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1500,1000",
+    ):
         options.add_argument(flag)
     return webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
 
@@ -50,8 +60,11 @@ def eventually(check, timeout=90, what="the page to show it"):
 def channel(driver, name):
     from selenium.webdriver.common.by import By
 
-    return next(c for c in driver.find_elements(By.CSS_SELECTOR, "section.channel")
-                if c.find_element(By.TAG_NAME, "h2").text == f"#{name}")
+    return next(
+        c
+        for c in driver.find_elements(By.CSS_SELECTOR, "section.channel")
+        if c.find_element(By.TAG_NAME, "h2").text == f"#{name}"
+    )
 
 
 def forward_email(driver, subject, body):
@@ -88,9 +101,14 @@ def test_the_whole_loop_in_a_browser(env, tiny_model_dir):
 
     from bot.local import LocalStack
 
-    settings = load_settings({"SUPPORTBOT_DATA_DIR": str(env / "data"), "SUPPORTBOT_BASE_MODEL": tiny_model_dir,
-                              "SUPPORTBOT_ZERO_SHOT_MODEL": tiny_model_dir},
-                             env_file=None)
+    settings = load_settings(
+        {
+            "SUPPORTBOT_DATA_DIR": str(env / "data"),
+            "SUPPORTBOT_BASE_MODEL": tiny_model_dir,
+            "SUPPORTBOT_ZERO_SHOT_MODEL": tiny_model_dir,
+        },
+        env_file=None,
+    )
     stack = LocalStack(settings, port=0).start()
     driver = browser()
     ARTIFACTS.mkdir(exist_ok=True)
@@ -107,12 +125,17 @@ def test_the_whole_loop_in_a_browser(env, tiny_model_dir):
         # 2. Correct it with the picker; the reply shows the human label.
         def pick():
             select = bot_reply_under(driver, "Order never arrived").find_element(
-                By.CSS_SELECTOR, "select[data-action-id=label_pick]")
+                By.CSS_SELECTOR, "select[data-action-id=label_pick]"
+            )
             Select(select).select_by_visible_text("complaint")
             return True
+
         eventually(pick, 30, "the label picker")
-        eventually(lambda: "Labeled complaint by @U0YOU" in bot_reply_under(driver, "Order never arrived").text,
-                   30, "the correction in the reply")
+        eventually(
+            lambda: "Labeled complaint by @U0YOU" in bot_reply_under(driver, "Order never arrived").text,
+            30,
+            "the correction in the reply",
+        )
 
         # 3. /retrain: progress updates in place, then the report and its picture.
         type_command(driver, "/retrain")
@@ -122,9 +145,13 @@ def test_the_whole_loop_in_a_browser(env, tiny_model_dir):
         eventually(lambda: "Training run 1 finished" in training().text, 240, "the report")
         assert "100%" in training().text and len(training().find_elements(By.CSS_SELECTOR, ".msg")) >= 2
         assert "Loss per epoch" in training().text
-        eventually(lambda: driver.execute_script(
-            "const i = document.querySelector('img.file'); return i && i.complete && i.naturalWidth > 0;"),
-            60, "the report picture")
+        eventually(
+            lambda: driver.execute_script(
+                "const i = document.querySelector('img.file'); return i && i.complete && i.naturalWidth > 0;"
+            ),
+            60,
+            "the report picture",
+        )
 
         # 4. The report says which candidate the gate serves, and the next email is answered by it.
         from storage import served

@@ -109,6 +109,7 @@ def test_redaction_of_personal_data():
 
 # -- hostile input: every step linear, what is read capped (issue 25) -------------------------------------
 
+
 def test_hostile_bodies_of_200_kb_clean_in_linear_time():
     """Each body once took minutes (quadratic steps); linear, 200 KB cleans in well under a second.
     The bound is ~50x the expected time: a guard against quadratic, not a speed assertion."""
@@ -137,9 +138,11 @@ def test_html_scanner_reads_what_html_parser_read():
     """The one-pass scanner that replaced html.parser gives the same text on these."""
     from textprep.text import html_to_text
 
-    markup = ('<!DOCTYPE html><html><head><title>t</title><style>p {color: red}</style></head><body>'
-              '<p class="x">Order&nbsp;#12 &amp; more</p><!-- a <p>comment</p> --><script>alert(1)</script>'
-              '<div>a < b, and <b>bold</b></div><br/>end</body></html>')
+    markup = (
+        "<!DOCTYPE html><html><head><title>t</title><style>p {color: red}</style></head><body>"
+        '<p class="x">Order&nbsp;#12 &amp; more</p><!-- a <p>comment</p> --><script>alert(1)</script>'
+        "<div>a < b, and <b>bold</b></div><br/>end</body></html>"
+    )
     assert " ".join(html_to_text(markup).split()) == "Order #12 & more a < b, and bold end"
     assert html_to_text("<p>open <a tag that never closes") == "\nopen <a tag that never closes"
     assert html_to_text("before<!-- never closed <p>x") == "before<!-- never closed <p>x"

@@ -32,12 +32,23 @@ def test_export_round_trips_through_import(env):
     out = env / "export.jsonl"
     supportbot("export", "--format", "alpaca", "--out", str(out))
     env2 = env / "second"
-    result = subprocess.run([sys.executable, "-m", "bot.cli", "import", str(out), "--json"], capture_output=True,
-                            text=True, env={"SUPPORTBOT_DATA_DIR": str(env2), "PATH": ""})
+    result = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "import", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        env={"SUPPORTBOT_DATA_DIR": str(env2), "PATH": ""},
+    )
     assert json.loads(result.stdout)["stored"] == 2
-    assert sorted(json.loads(subprocess.run(
-        [sys.executable, "-m", "bot.cli", "stats", "--json"], capture_output=True, text=True,
-        env={"SUPPORTBOT_DATA_DIR": str(env2), "PATH": ""}).stdout)["labels"]) == ["feedback", "refund"]
+    assert sorted(
+        json.loads(
+            subprocess.run(
+                [sys.executable, "-m", "bot.cli", "stats", "--json"],
+                capture_output=True,
+                text=True,
+                env={"SUPPORTBOT_DATA_DIR": str(env2), "PATH": ""},
+            ).stdout
+        )["labels"]
+    ) == ["feedback", "refund"]
 
 
 def test_bad_import_and_bad_setting_are_one_clear_line(env, monkeypatch):
@@ -63,8 +74,10 @@ def test_banking77_import(env):
 
 def test_datacheck_json_lists_findings_with_ids_and_labels(env):
     csv = env / "msgs.csv"
-    csv.write_text("text,label\nWhere is my parcel?,question\nwhere is my parcel,complaint\n"
-                   + "".join(f"the app crashed {i},complaint\nhow do I pay {i},question\n" for i in range(3)))
+    csv.write_text(
+        "text,label\nWhere is my parcel?,question\nwhere is my parcel,complaint\n"
+        + "".join(f"the app crashed {i},complaint\nhow do I pay {i},question\n" for i in range(3))
+    )
     supportbot("import", str(csv))
     report = json.loads(supportbot("datacheck", "--json").stdout)
     assert report["examples"] == 8 and report["summary"]["conflict"] == 1
@@ -86,8 +99,7 @@ def test_backup_restores_messages_labels_and_adapters(env, monkeypatch):
     adapters.promote(db, a.version)
     supportbot("backup", str(env / "backup.tar.gz"))
 
-    assert "exists; restoring would replace it" in supportbot("restore", str(env / "backup.tar.gz"),
-                                                             check=False).stderr
+    assert "exists; restoring would replace it" in supportbot("restore", str(env / "backup.tar.gz"), check=False).stderr
     monkeypatch.setenv("SUPPORTBOT_DATA_DIR", str(env / "restored"))
     assert "Restored 2 messages" in supportbot("restore", str(env / "backup.tar.gz")).stdout
     restored = open_db(env / "restored" / "supportbot.db")
@@ -113,8 +125,15 @@ def test_export_writes_the_prompt_and_answer_training_uses(env):
     supportbot("import", str(csv))
     settings = load_settings()
     db = open_db(settings.db_path)
-    email, _ = messages.add_message(db, source="email", external_id="slack:C1:1.1", raw_body="Card never came",
-                                    subject="Where is my card", channel="C1", ts="1.1")
+    email, _ = messages.add_message(
+        db,
+        source="email",
+        external_id="slack:C1:1.1",
+        raw_body="Card never came",
+        subject="Where is my card",
+        channel="C1",
+        ts="1.1",
+    )
     labels.add_label(db, email.id, "intent_00", by="U1", method="button")
     run_dir = prepare_run(settings, db, runs.queue_run(db, requested_by="test"))
     spec = prompt_spec(load_config(run_dir / "config.json"))
@@ -122,15 +141,21 @@ def test_export_writes_the_prompt_and_answer_training_uses(env):
     chat = [json.loads(line) for line in supportbot("export", "--format", "chatml").stdout.splitlines()]
     assert [r["messages"] for r in chat] == [
         prompt_messages(spec, e["text"], e.get("subject")) + [{"role": "assistant", "content": spec.answer(e["label"])}]
-        for e in trained]
+        for e in trained
+    ]
     assert "intent_05" not in chat[0]["messages"][0]["content"]  # no label list above 30 labels
     assert chat[0]["messages"][-1]["content"] == "intent 00" and chat[0]["label"] == "intent_00"
     assert chat[-1]["messages"][1]["content"].count("Where is my card") == 1  # the subject once
     alpaca = [json.loads(line) for line in supportbot("export", "--format", "alpaca").stdout.splitlines()]
     assert [[r["instruction"], r["input"], r["output"]] for r in alpaca] == [
-        [m["content"] for m in r["messages"]] for r in chat]
+        [m["content"] for m in r["messages"]] for r in chat
+    ]
     out = env / "export.jsonl"
     supportbot("export", "--format", "alpaca", "--out", str(out))
-    again = subprocess.run([sys.executable, "-m", "bot.cli", "import", str(out), "--json"], capture_output=True,
-                           text=True, env={"SUPPORTBOT_DATA_DIR": str(env / "second"), "PATH": "", "PYTHONPATH": str(REPO)})
+    again = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "import", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        env={"SUPPORTBOT_DATA_DIR": str(env / "second"), "PATH": "", "PYTHONPATH": str(REPO)},
+    )
     assert json.loads(again.stdout)["labels_added"] == sorted(names)  # names, not their readable answers

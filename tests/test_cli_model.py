@@ -9,8 +9,16 @@ from storage import adapters, open_db, runs
 
 from .conftest import supportbot, toy_examples
 
-TINY_TRAINING = ["--set", "learning_rate=0.01", "--set", "grad_accum=1", "--epochs", "8",
-                 "--set", 'target_modules=["q_proj","k_proj","v_proj","o_proj","gate_proj","up_proj","down_proj"]']
+TINY_TRAINING = [
+    "--set",
+    "learning_rate=0.01",
+    "--set",
+    "grad_accum=1",
+    "--epochs",
+    "8",
+    "--set",
+    'target_modules=["q_proj","k_proj","v_proj","o_proj","gate_proj","up_proj","down_proj"]',
+]
 
 
 @pytest.fixture
@@ -46,8 +54,11 @@ def test_train_registers_and_serves_then_gates_the_next_run(toy_workspace):
     assert set(p) == {"label", "confidence", "needs_review", "adapter_version", "zero_shot", "model", "scores"}
 
     report = json.loads(supportbot("eval", str(toy_csv), "--json").stdout)
-    assert report["n"] == 60 and report["accuracy"] >= 0.7 and set(report["per_class"]) == {
-        "complaint", "question", "feedback"}
+    assert (
+        report["n"] == 60
+        and report["accuracy"] >= 0.7
+        and set(report["per_class"]) == {"complaint", "question", "feedback"}
+    )
 
     # The second run goes through the serving gate: the serving adapter, the new one, the embeddings and
     # their ensemble on the same split; what the gate picks is what answers next.
@@ -58,7 +69,8 @@ def test_train_registers_and_serves_then_gates_the_next_run(toy_workspace):
     assert names == {"new adapter", "embeddings", "new adapter + embeddings", "adapter v1"}
     assert second["promoted"] == result["promotion"]["promote"] == result["gate"]["new"]
     picked = {"new adapter": "adapter v2", "new adapter + embeddings": "adapter v2 + embeddings"}.get(
-        result["gate"]["picked"], result["gate"]["picked"])
+        result["gate"]["picked"], result["gate"]["picked"]
+    )
     assert json.loads(supportbot("classify", "--json", "how when where can what").stdout)["model"] == picked
 
 
@@ -83,8 +95,10 @@ def test_classify_file_with_the_embeddings_before_any_adapter(toy_workspace):
 
 def test_model_commands_refuse_bad_input_clearly(toy_workspace, monkeypatch):
     env, toy_csv = toy_workspace
-    assert supportbot("classify", "   ", check=False).stderr.strip() == \
-        "Error: nothing to classify: the text is empty or only whitespace"
+    assert (
+        supportbot("classify", "   ", check=False).stderr.strip()
+        == "Error: nothing to classify: the text is empty or only whitespace"
+    )
     result = supportbot("train", "--set", "lerning_rate=1", check=False)
     assert result.returncode == 2 and "expected KEY=VALUE with KEY one of" in result.stderr
     # A workspace with labels but no labelled message answers zero-shot, which needs the zero-shot model.

@@ -36,8 +36,9 @@ def test_jsonl_round_trips_line_breaking_characters(tmp_path):
     assert "\u2028" not in raw and raw.count("\n") == 3
     assert read_jsonl(tmp_path / "train.jsonl") == rows
     # A file written before the fix (the characters raw) reads back too: lines end at "\n" only.
-    (tmp_path / "old.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                                        encoding="utf-8")
+    (tmp_path / "old.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+    )
     assert read_jsonl(tmp_path / "old.jsonl") == rows
     assert mode(tmp_path / "train.jsonl") == 0o600
 
@@ -48,14 +49,23 @@ def test_labeled_message_with_u2028_trains_after_export_and_import(db, tmp_path)
 
     labels.add_label_def(db, "complaint")
     for i in range(3):
-        m, _ = messages.add_message(db, source="slack_message", external_id=f"slack:C1:{i}.1",
-                                    raw_body=f"{BREAKERS} {i}", clean_body=f"{BREAKERS} {i}")
+        m, _ = messages.add_message(
+            db,
+            source="slack_message",
+            external_id=f"slack:C1:{i}.1",
+            raw_body=f"{BREAKERS} {i}",
+            clean_body=f"{BREAKERS} {i}",
+        )
         labels.add_label(db, m.id, "complaint", by="U1", method="button")
     write_jsonl(tmp_path / "train.jsonl", training_examples(db))
     assert [r["text"] for r in read_jsonl(tmp_path / "train.jsonl")] == [f"{BREAKERS} {i}" for i in range(3)]
     exported = tmp_path / "export.jsonl"
-    exported.write_text("".join(dumps_line({"instruction": "Classify", "input": f"{BREAKERS} {i}",
-                                            "output": "complaint"}) for i in range(3)), encoding="utf-8")
+    exported.write_text(
+        "".join(
+            dumps_line({"instruction": "Classify", "input": f"{BREAKERS} {i}", "output": "complaint"}) for i in range(3)
+        ),
+        encoding="utf-8",
+    )
     examples = importing.read_examples(exported)
     assert [e.text for e in examples] == [f"{BREAKERS} {i}" for i in range(3)]
 
@@ -66,7 +76,7 @@ def test_deeply_nested_jsonl_and_huge_csv_field_are_import_errors(tmp_path):
     with pytest.raises(ImportFormatError, match="line 2: JSON nested too deeply"):
         importing.read_examples(nested)
     big = tmp_path / "big.csv"
-    big.write_text("text,label\nfine,a\n\"" + "x" * 200_000 + "\",b\n")
+    big.write_text('text,label\nfine,a\n"' + "x" * 200_000 + '",b\n')
     with pytest.raises(ImportFormatError, match="line 3: unreadable CSV"):
         importing.read_examples(big)
 
@@ -94,8 +104,11 @@ def test_report_picture_draws_label_names_that_look_like_math(tmp_path):
     from trainer.report import draw_report
 
     names = ["$\\notacommand{$", "a_b$c", "plain"]
-    metrics = {"confusion": {"labels": names, "matrix": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]},
-               "accuracy": 1.0, "macro_f1": 1.0}
+    metrics = {
+        "confusion": {"labels": names, "matrix": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]},
+        "accuracy": 1.0,
+        "macro_f1": 1.0,
+    }
     draw_report(tmp_path / "report.png", [{"kind": "train", "step": 1, "train_loss": 1.0}], metrics)
     assert (tmp_path / "report.png").stat().st_size > 0
 
@@ -202,7 +215,7 @@ def one_line_error(result, *expected: str) -> str:
 
 def test_cli_bad_inputs_end_in_one_clear_line(env):
     big = env / "big.csv"
-    big.write_bytes(b"text,label\n\"" + b"x" * (50 * 1024 * 1024) + b"\",a\n")
+    big.write_bytes(b'text,label\n"' + b"x" * (50 * 1024 * 1024) + b'",a\n')
     one_line_error(supportbot("import", str(big)), "line 2: unreadable CSV")
     nested = env / "nested.jsonl"
     nested.write_text("[" * 200_000 + "]" * 200_000 + "\n")
@@ -228,5 +241,12 @@ def test_export_is_private_never_follows_symlinks_or_overwrites_without_force(en
 def test_spreadsheet_cells_that_look_like_formulas_are_neutralised():
     from bot.cli import spreadsheet_safe
 
-    assert [spreadsheet_safe(v) for v in ("=HYPERLINK(\"x\")", "+1", "-2", "@SUM(A1)", "\tx", "fine", 3)] == \
-        ["'=HYPERLINK(\"x\")", "'+1", "'-2", "'@SUM(A1)", "'\tx", "fine", 3]
+    assert [spreadsheet_safe(v) for v in ('=HYPERLINK("x")', "+1", "-2", "@SUM(A1)", "\tx", "fine", 3)] == [
+        '\'=HYPERLINK("x")',
+        "'+1",
+        "'-2",
+        "'@SUM(A1)",
+        "'\tx",
+        "fine",
+        3,
+    ]

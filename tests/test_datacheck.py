@@ -14,9 +14,15 @@ def examples_with(rows):
 
 
 def test_exact_duplicates_and_conflicts_name_who_labeled_what():
-    rows = examples_with([("Where is my parcel?", "question", "U1"), ("where is my parcel", "question", "U2"),
-                          ("I want my money back", "refund", "U1"), ("I want my money back!", "complaint", "U3"),
-                          ("Something else entirely", "feedback", "U1")])
+    rows = examples_with(
+        [
+            ("Where is my parcel?", "question", "U1"),
+            ("where is my parcel", "question", "U2"),
+            ("I want my money back", "refund", "U1"),
+            ("I want my money back!", "complaint", "U3"),
+            ("Something else entirely", "feedback", "U1"),
+        ]
+    )
     found = {f.kind: f for f in exact_groups(rows)}
     assert found["duplicate"].ids == [1, 2]
     assert found["conflict"].ids == [3, 4] and found["conflict"].labels == ["complaint", "refund"]
@@ -24,8 +30,10 @@ def test_exact_duplicates_and_conflicts_name_who_labeled_what():
 
 
 def test_too_few_and_imbalance():
-    rows = examples_with([(f"q {i}", "question", "U1") for i in range(30)] + [("only one", "refund", "U1"),
-                                                                            ("two", "bug", "U1"), ("three", "bug", "U1")])
+    rows = examples_with(
+        [(f"q {i}", "question", "U1") for i in range(30)]
+        + [("only one", "refund", "U1"), ("two", "bug", "U1"), ("three", "bug", "U1")]
+    )
     kinds = {(f.kind, tuple(f.labels)) for f in label_counts(rows, 2, 10)}
     assert ("too_few", ("refund",)) in kinds and ("imbalance", ("question", "refund")) in kinds
     assert not any(k == ("too_few", ("bug",)) for k in kinds)
@@ -58,10 +66,14 @@ def test_suspected_mislabels_find_the_flipped_labels(noisy_toy):
 
 def near_split():
     """Train rows with a near duplicate pair, and an eval row that leaks one of them."""
-    train = examples_with([("My card payment was declined at the shop today", "card", "U1"),
-                           ("My card payment got declined at the shop today", "card", "U2"),
-                           ("How do I change my address?", "question", "U1"),
-                           ("The app crashes on start", "bug", "U1")])
+    train = examples_with(
+        [
+            ("My card payment was declined at the shop today", "card", "U1"),
+            ("My card payment got declined at the shop today", "card", "U2"),
+            ("How do I change my address?", "question", "U1"),
+            ("The app crashes on start", "bug", "U1"),
+        ]
+    )
     return train, [{"id": 99, "text": "My card payment was declined at the shop today!", "label": "card"}]
 
 

@@ -19,8 +19,9 @@ def encoder_config(path, **overrides):
 
 @pytest.fixture(scope="module")
 def encoder_run(tiny_encoder_dir, tmp_path_factory):
-    run_dir = make_run_dir(tmp_path_factory.mktemp("encoder"), encoder_config(tiny_encoder_dir, learning_rate=1e-2),
-                           toy_examples())
+    run_dir = make_run_dir(
+        tmp_path_factory.mktemp("encoder"), encoder_config(tiny_encoder_dir, learning_rate=1e-2), toy_examples()
+    )
     return run_dir, run(run_dir)
 
 
@@ -73,8 +74,9 @@ def test_the_refitted_encoder_adapter_reloads_and_answers_like_the_saved_one(enc
     # The same adapter, unmerged, through its own scorer: the same probabilities.
     base = load_base_model(tiny_encoder_dir, device="cpu").eval()
     model = PeftModel.from_pretrained(base, str(run_dir / "adapter")).eval()
-    scorer = make_scorer(model, load_tokenizer(tiny_encoder_dir), read_adapter_meta(run_dir / "adapter"),
-                         run_dir / "adapter")
+    scorer = make_scorer(
+        model, load_tokenizer(tiny_encoder_dir), read_adapter_meta(run_dir / "adapter"), run_dir / "adapter"
+    )
     with torch.no_grad():
         direct = scorer.score([(t, None) for t in texts])
     for prediction, scores in zip(served, direct):
@@ -176,7 +178,8 @@ def test_a_head_adapter_exports_with_its_head_and_no_text_generation_files(encod
 
 
 def test_the_bot_answers_zero_shot_with_the_llm_then_with_an_adapter_on_the_encoder(
-        encoder_run, env, tiny_encoder_dir, tiny_model_dir):
+    encoder_run, env, tiny_encoder_dir, tiny_model_dir
+):
     """Each base model loads once, on first use: the zero-shot LM, and the encoder the adapter was trained on."""
     from bot.serving import ServedClassifier
     from bot.settings import load_settings
@@ -184,8 +187,14 @@ def test_the_bot_answers_zero_shot_with_the_llm_then_with_an_adapter_on_the_enco
 
     run_dir, result = encoder_run
     # The setting names another base model than the adapter's: the adapter must load on its own.
-    settings = load_settings({"SUPPORTBOT_DATA_DIR": str(env / "data"), "SUPPORTBOT_BASE_MODEL": tiny_model_dir,
-                              "SUPPORTBOT_ZERO_SHOT_MODEL": tiny_model_dir}, env_file=None)
+    settings = load_settings(
+        {
+            "SUPPORTBOT_DATA_DIR": str(env / "data"),
+            "SUPPORTBOT_BASE_MODEL": tiny_model_dir,
+            "SUPPORTBOT_ZERO_SHOT_MODEL": tiny_model_dir,
+        },
+        env_file=None,
+    )
     db = open_db(settings.db_path)
     for name in TOY_WORDS:
         labels.add_label_def(db, name, f"{name} messages")
@@ -193,8 +202,13 @@ def test_the_bot_answers_zero_shot_with_the_llm_then_with_an_adapter_on_the_enco
     served.sync(db)
     first = served.classify("how when where can")
     assert first.model == "zero-shot" and served.state.kind == "zero-shot"
-    adapter = adapters.register_adapter(db, path=str(run_dir / "adapter"), base_model=tiny_encoder_dir,
-                                        labels=list(TOY_WORDS), metrics=result["metrics"])
+    adapter = adapters.register_adapter(
+        db,
+        path=str(run_dir / "adapter"),
+        base_model=tiny_encoder_dir,
+        labels=list(TOY_WORDS),
+        metrics=result["metrics"],
+    )
     adapters.promote(db, adapter.version)
     assert served.sync(db)
     answer = served.classify("how when where can which")
@@ -241,8 +255,9 @@ def test_encoders_are_told_from_decoders_by_model_type(tiny_encoder_dir, tiny_mo
 
 
 def test_lora_targets_the_model_lacks_are_named_with_the_ones_it_has(tiny_encoder_dir, tmp_path):
-    run_dir = make_run_dir(tmp_path / "run", encoder_config(tiny_encoder_dir, target_modules=["q_lin", "query"]),
-                           toy_examples())
+    run_dir = make_run_dir(
+        tmp_path / "run", encoder_config(tiny_encoder_dir, target_modules=["q_lin", "query"]), toy_examples()
+    )
     result = run(run_dir)
     assert result["status"] == "failed" and result["bad_input"]
     assert "target_modules: q_lin not in this model" in result["error"] and "intermediate" not in result["error"]
@@ -261,26 +276,36 @@ def test_a_serving_adapter_on_another_base_model_is_named_as_not_scored(env, tin
 
     from .test_serving import fake_embed
 
-    settings = load_settings({"SUPPORTBOT_DATA_DIR": str(env / "data"), "SUPPORTBOT_BASE_MODEL": tiny_encoder_dir},
-                             env_file=None)
+    settings = load_settings(
+        {"SUPPORTBOT_DATA_DIR": str(env / "data"), "SUPPORTBOT_BASE_MODEL": tiny_encoder_dir}, env_file=None
+    )
     db = open_db(settings.db_path)
     for name in TOY_WORDS:
         labels.add_label_def(db, name, f"{name} messages")
     for i, example in enumerate(toy_examples(per_label=4)):
-        m, _ = messages.add_message(db, source="slack_message", external_id=f"m{i}", raw_body=example["text"],
-                                    clean_body=example["text"])
+        m, _ = messages.add_message(
+            db, source="slack_message", external_id=f"m{i}", raw_body=example["text"], clean_body=example["text"]
+        )
         labels.add_label(db, m.id, example["label"], by="U1", method="cli")
     (env / "old").mkdir()
-    old = adapters.register_adapter(db, path=str(env / "old"), base_model="gemma3-270m", labels=list(TOY_WORDS),
-                                    metrics={})
+    old = adapters.register_adapter(
+        db, path=str(env / "old"), base_model="gemma3-270m", labels=list(TOY_WORDS), metrics={}
+    )
     adapters.promote(db, old.version)
     config = load_config(prepare_run(settings, db, runs.queue_run(db, requested_by="test")) / "config.json")
     assert config.compare_adapter == "" and "another base model, gemma3-270m" in config.serving_model["not_comparable"]
     monkeypatch.setattr(candidates, "embed_examples", lambda rows: fake_embed([r["text"] for r in rows]))
     rows = toy_examples(per_label=9)
-    gate = candidates.evaluate_candidates(list(TOY_WORDS), rows[0::3], rows[1::3], rows[2::3],
-                                          np.zeros((9, 3)), np.zeros((9, 3)), margin=0.01,
-                                          serving=config.serving_model)
+    gate = candidates.evaluate_candidates(
+        list(TOY_WORDS),
+        rows[0::3],
+        rows[1::3],
+        rows[2::3],
+        np.zeros((9, 3)),
+        np.zeros((9, 3)),
+        margin=0.01,
+        serving=config.serving_model,
+    )
     assert "was not scored: it was trained on another base model, gemma3-270m" in gate["reason"]
 
 
@@ -306,6 +331,7 @@ def test_with_a_refit_the_gate_compares_models_trained_on_the_same_examples(monk
     scores = np.zeros((12, 3))
     for same_data, expected in ((True, len(train)), (False, len(train) + len(dev))):
         sizes.clear()
-        candidates.evaluate_candidates(list(TOY_WORDS), train, dev, evaluation, scores, scores, margin=0.01,
-                                       same_data=same_data)
+        candidates.evaluate_candidates(
+            list(TOY_WORDS), train, dev, evaluation, scores, scores, margin=0.01, same_data=same_data
+        )
         assert sizes[0] == expected  # the embedding candidate scored on eval

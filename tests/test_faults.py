@@ -18,8 +18,9 @@ from .test_bot import AGENT, INTAKE, SECRET, bot  # noqa: F401
 
 def signed_post(url, body_and_type, timeout):
     body, content_type = body_and_type
-    request = urllib.request.Request(url, data=body.encode(), method="POST",
-                                     headers=payloads.signed_headers(SECRET, body, content_type))
+    request = urllib.request.Request(
+        url, data=body.encode(), method="POST", headers=payloads.signed_headers(SECRET, body, content_type)
+    )
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return response.status, response.read()
 
@@ -51,11 +52,15 @@ def test_120_idle_half_sent_connections_do_not_starve_a_signed_event_or_stats(ht
         time.sleep(0.5)  # the server has taken them all in
         started = time.monotonic()
         ts = bot.next_ts()
-        status, _ = signed_post(url, payloads.event_callback(payloads.message_event(INTAKE, AGENT, "still heard?", ts)),
-                                timeout=5)
+        status, _ = signed_post(
+            url, payloads.event_callback(payloads.message_event(INTAKE, AGENT, "still heard?", ts)), timeout=5
+        )
         assert status == 200
-        status, _ = signed_post(url, payloads.slash_command("/stats", "", user=AGENT, channel=INTAKE,
-                                                            response_url=bot.standin.response_url()), timeout=5)
+        status, _ = signed_post(
+            url,
+            payloads.slash_command("/stats", "", user=AGENT, channel=INTAKE, response_url=bot.standin.response_url()),
+            timeout=5,
+        )
         assert status == 200 and time.monotonic() - started < 5
         bot.settle()
         assert messages.find_message(bot.db, messages.slack_external_id(INTAKE, ts)) is not None
@@ -112,7 +117,7 @@ def test_full_disk_events_are_held_in_memory_refused_beyond_the_limit_then_store
         raise sqlite3.OperationalError("database or disk is full")
 
     def half_written(fd, data):
-        real_write(fd, data[:len(data) // 2])  # what a filling disk does: part of the line, then ENOSPC
+        real_write(fd, data[: len(data) // 2])  # what a filling disk does: part of the line, then ENOSPC
         raise OSError(errno.ENOSPC, "No space left on device")
 
     spool(bot.ctx).hold_limit = 5
@@ -169,8 +174,9 @@ def mount_small_tmpfs(folder, size="3m"):
     import subprocess
 
     folder.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True
+    )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a small filesystem here (needs root): {result.stderr.strip()}")
 
@@ -273,13 +279,18 @@ def build_head_adapter(folder, encoder_dir, rows=3, hidden=32):
     from .conftest import TOY_WORDS
 
     folder.mkdir(parents=True, exist_ok=True)
-    get_peft_model(load_base_model(encoder_dir, device="cpu"),
-                   LoraConfig(r=4, target_modules=["query", "value"])).save_pretrained(folder)
+    get_peft_model(
+        load_base_model(encoder_dir, device="cpu"), LoraConfig(r=4, target_modules=["query", "value"])
+    ).save_pretrained(folder)
     torch.manual_seed(0)
     save_head(torch.nn.Linear(hidden, rows), folder)
     spec = PromptSpec(tuple(LabelInfo(n, f"{n} messages") for n in TOY_WORDS), False, 2000)
-    meta = {"base_model": encoder_dir, "method": "head", "prompt": spec.to_dict(),
-            "head": {"labels": spec.names, "pooling": "mean", "max_length": 64}}
+    meta = {
+        "base_model": encoder_dir,
+        "method": "head",
+        "prompt": spec.to_dict(),
+        "head": {"labels": spec.names, "pooling": "mean", "max_length": 64},
+    }
     (folder / "supportbot.json").write_text(json.dumps(meta))
     return folder
 
@@ -289,7 +300,7 @@ def corrupt(folder, kind):
 
     weights, head = folder / "adapter_model.safetensors", folder / "head.safetensors"
     if kind == "truncated weights":
-        weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     elif kind == "garbage head":
         head.write_bytes(b"\x13\x37" * 500)
     elif kind == "tampered head":  # a valid file, other numbers: only the checksum tells
@@ -309,9 +320,13 @@ def corrupt(folder, kind):
 def serve_adapter(db, folder, encoder_dir):
     from storage import adapters, served
 
-    adapter = adapters.register_adapter(db, path=str(folder), base_model=encoder_dir,
-                                        labels=["complaint", "question", "feedback"],
-                                        metrics={"accuracy": 0.9, "macro_f1": 0.9, "n": 6})
+    adapter = adapters.register_adapter(
+        db,
+        path=str(folder),
+        base_model=encoder_dir,
+        labels=["complaint", "question", "feedback"],
+        metrics={"accuracy": 0.9, "macro_f1": 0.9, "n": 6},
+    )
     adapters.promote(db, adapter.version)
     served.set_served(db, "adapter", adapter_version=adapter.version, reason="test", chosen_by="gate")
     return adapter
@@ -320,11 +335,17 @@ def serve_adapter(db, folder, encoder_dir):
 def label_two_each(db):
     from storage import labels
 
-    for i, (text, label) in enumerate((("broken refund", "complaint"), ("angry late", "complaint"),
-                                       ("how when", "question"), ("what which", "question"),
-                                       ("love great", "feedback"), ("thanks nice", "feedback"))):
-        m, _ = messages.add_message(db, source="slack_message", external_id=f"seed-{i}", raw_body=text,
-                                    clean_body=text)
+    for i, (text, label) in enumerate(
+        (
+            ("broken refund", "complaint"),
+            ("angry late", "complaint"),
+            ("how when", "question"),
+            ("what which", "question"),
+            ("love great", "feedback"),
+            ("thanks nice", "feedback"),
+        )
+    ):
+        m, _ = messages.add_message(db, source="slack_message", external_id=f"seed-{i}", raw_body=text, clean_body=text)
         labels.add_label(db, m.id, label, by="U1", method="cli")
 
 
@@ -369,8 +390,9 @@ def test_an_intact_adapter_serves(adapter_bot):
     assert unusable_reports(bot) == []
 
 
-@pytest.mark.parametrize("kind", ["truncated weights", "garbage head", "tampered head", "bad metadata",
-                                  "deleted folder"])
+@pytest.mark.parametrize(
+    "kind", ["truncated weights", "garbage head", "tampered head", "bad metadata", "deleted folder"]
+)
 def test_a_corrupt_adapter_gives_way_the_bot_answers_and_says_so_once(adapter_bot, kind):
     bot, folder = adapter_bot
     corrupt(folder, kind)
@@ -387,8 +409,9 @@ def test_a_corrupt_adapter_gives_way_the_bot_answers_and_says_so_once(adapter_bo
 
 
 # The same damage in an adapter registered that way (its checksum matches): the files are read through.
-@pytest.mark.parametrize("kind", ["truncated weights", "garbage head", "bad metadata", "too few head rows",
-                                  "head of another hidden size"])
+@pytest.mark.parametrize(
+    "kind", ["truncated weights", "garbage head", "bad metadata", "too few head rows", "head of another hidden size"]
+)
 def test_an_adapter_registered_broken_never_serves(workspace_for_adapters, tiny_encoder_dir, kind):
     from bot.serving import ServedClassifier
 
@@ -412,8 +435,9 @@ def test_an_adapter_registered_broken_never_serves(workspace_for_adapters, tiny_
     classifier.close()
 
 
-def test_the_adapter_serving_before_keeps_serving_when_the_next_one_is_corrupt(workspace_for_adapters,
-                                                                               tiny_encoder_dir):
+def test_the_adapter_serving_before_keeps_serving_when_the_next_one_is_corrupt(
+    workspace_for_adapters, tiny_encoder_dir
+):
     from bot.serving import ServedClassifier
 
     settings, db, tmp_path = workspace_for_adapters
@@ -439,8 +463,14 @@ def workspace_for_adapters(env, tiny_model_dir, monkeypatch):
     from .test_serving import fake_embed
 
     monkeypatch.setattr(embeddings, "embed", fake_embed)
-    settings = load_settings({"SUPPORTBOT_DATA_DIR": str(env / "data"), "SUPPORTBOT_BASE_MODEL": tiny_model_dir,
-                              "SUPPORTBOT_ZERO_SHOT_MODEL": tiny_model_dir}, env_file=None)
+    settings = load_settings(
+        {
+            "SUPPORTBOT_DATA_DIR": str(env / "data"),
+            "SUPPORTBOT_BASE_MODEL": tiny_model_dir,
+            "SUPPORTBOT_ZERO_SHOT_MODEL": tiny_model_dir,
+        },
+        env_file=None,
+    )
     db = open_db(settings.db_path)
     for name in ("complaint", "question", "feedback"):
         labels.add_label_def(db, name, f"{name} messages")

@@ -11,9 +11,11 @@ from .conftest import TOY_WORDS, make_run_dir, toy_classifier, toy_config, toy_e
 
 @pytest.fixture(scope="module")
 def head_run(tiny_model_dir, tmp_path_factory):
-    run_dir = make_run_dir(tmp_path_factory.mktemp("head"), toy_config(tiny_model_dir, method="head", epochs=4,
-                                                                                      dev_fraction=0.0),
-                           toy_examples())
+    run_dir = make_run_dir(
+        tmp_path_factory.mktemp("head"),
+        toy_config(tiny_model_dir, method="head", epochs=4, dev_fraction=0.0),
+        toy_examples(),
+    )
     return run_dir, run(run_dir)
 
 
@@ -102,13 +104,43 @@ def test_the_report_says_where_early_stopping_stopped_and_counts_the_progress_st
     from bot.slack.reports import progress_payload, report_payload
     from trainer.report import summary_markdown
 
-    training = {"stop_reason": "early_stopping", "best_step": 7, "global_step": 9, "max_steps": 12,
-                "best_epoch": 3, "train_seconds": 60, "epochs": [{"epoch": 3, "train_loss": 0.5, "eval_loss": 0.6}]}
-    gate = {"picked": "new adapter", "kind": "adapter", "new": True, "reason": "first", "ece": 0.1, "selective": [],
-            "details": {}, "candidates": [{"name": "new adapter", "kind": "adapter", "serving": False, "right": 4,
-                                           "n": 8, "accuracy": 0.5, "macro_f1": 0.5, "ece": 0.1}]}
-    result = {"status": "succeeded", "training": training, "promotion": {"promote": True, "reason": "first"},
-              "gate": gate, "metrics": {"accuracy": 0.5, "macro_f1": 0.5, "n": 8, "per_class": {}}}
+    training = {
+        "stop_reason": "early_stopping",
+        "best_step": 7,
+        "global_step": 9,
+        "max_steps": 12,
+        "best_epoch": 3,
+        "train_seconds": 60,
+        "epochs": [{"epoch": 3, "train_loss": 0.5, "eval_loss": 0.6}],
+    }
+    gate = {
+        "picked": "new adapter",
+        "kind": "adapter",
+        "new": True,
+        "reason": "first",
+        "ece": 0.1,
+        "selective": [],
+        "details": {},
+        "candidates": [
+            {
+                "name": "new adapter",
+                "kind": "adapter",
+                "serving": False,
+                "right": 4,
+                "n": 8,
+                "accuracy": 0.5,
+                "macro_f1": 0.5,
+                "ece": 0.1,
+            }
+        ],
+    }
+    result = {
+        "status": "succeeded",
+        "training": training,
+        "promotion": {"promote": True, "reason": "first"},
+        "gate": gate,
+        "metrics": {"accuracy": 0.5, "macro_f1": 0.5, "n": 8, "per_class": {}},
+    }
     text = str(report_payload(1, result, 1)["blocks"])
     assert "early stopping at step 9 of 12: the eval loss had not improved since step 7" in text
     assert "9 steps" in text and "12 steps" not in text

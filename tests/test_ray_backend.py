@@ -42,8 +42,15 @@ def ray_head():
     """A one-node Ray cluster (2 CPUs, no GPU, no dashboard, 100 MB object store); its address."""
     if os.environ.get("RAY_AUTH_TOKEN") != AUTH["RAY_AUTH_TOKEN"]:
         pytest.skip("Ray was imported before this module could give it an authentication token")
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=100 * 2**20,
-             _node_ip_address="127.0.0.1", logging_level=logging.WARNING, log_to_driver=False)
+    ray.init(
+        num_cpus=2,
+        num_gpus=0,
+        include_dashboard=False,
+        object_store_memory=100 * 2**20,
+        _node_ip_address="127.0.0.1",
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -67,8 +74,9 @@ def on_ray(system, ray_head):
 
 def streamed_metrics(settings, run_id):
     metrics = settings.runs_dir / f"run-{run_id}" / "metrics.jsonl"
-    wait_until(lambda: metrics.exists() and '"train"' in metrics.read_text(), 120,
-               "training metrics to come back from Ray")
+    wait_until(
+        lambda: metrics.exists() and '"train"' in metrics.read_text(), 120, "training metrics to come back from Ray"
+    )
 
 
 def long_run_training(bot, worker, settings):
@@ -102,8 +110,10 @@ def test_ray_errors_tell_lost_runs_from_failed_ones():
 def test_retrain_through_ray_streams_progress_reports_and_promotes(on_ray):
     bot, worker, relay, settings, said = on_ray
     bot.command("/retrain", user=ADMIN)
-    bot.db.execute("UPDATE runs SET params = ? WHERE id = 1",
-                   [json.dumps({**FAST, "learning_rate": 1e-3, "epochs": 20, "early_stopping_patience": 0})])  # seconds of steps: progress
+    bot.db.execute(
+        "UPDATE runs SET params = ? WHERE id = 1",
+        [json.dumps({**FAST, "learning_rate": 1e-3, "epochs": 20, "early_stopping_patience": 0})],
+    )  # seconds of steps: progress
     bot.db.conn.commit()
     with relay_running(relay):
         assert worker.run_once()
@@ -112,7 +122,8 @@ def test_retrain_through_ray_streams_progress_reports_and_promotes(on_ray):
     run_dir = settings.runs_dir / "run-1"
     assert not (run_dir / "trainer.pid").exists()  # no local trainer: it ran on the cluster
     assert {"adapter", "result.json", "report.md", "report.png", "eval_predictions.jsonl"} <= {
-        p.name for p in run_dir.iterdir()}
+        p.name for p in run_dir.iterdir()
+    }
     current = adapters.current_adapter(bot.db)
     assert current.version == 1 and current.run_id == 1 and (current.path.endswith("run-1"))
     assert (settings.adapters_dir / "run-1" / "adapter_config.json").exists()
@@ -126,7 +137,9 @@ def test_retrain_through_ray_streams_progress_reports_and_promotes(on_ray):
     assert steps[-1] == "Training run 1: 100%" and max_steps > 1
     deliver_all(relay, bot.db)
     posts = bot.standin.calls_to("chat.postMessage")
-    assert any("finished" in c.params["text"] and "now serving: *adapter v1*" in json.dumps(c.params["blocks"]) for c in posts)
+    assert any(
+        "finished" in c.params["text"] and "now serving: *adapter v1*" in json.dumps(c.params["blocks"]) for c in posts
+    )
     assert bot.standin.calls_to("files.completeUploadExternal")  # the picture came back and was posted
 
 
@@ -179,9 +192,13 @@ def test_too_few_gpus_on_the_cluster_fails_the_run_saying_so(on_ray):
 def test_supportbot_worker_with_the_address_set_trains_on_ray_and_a_sigterm_requeues(on_ray, env, ray_head):
     bot, worker, relay, settings, said = on_ray
     queue(bot, {**FAST, "learning_rate": 1e-3, "epochs": 200, "early_stopping_patience": 0})
-    process = subprocess.Popen([sys.executable, "-m", "bot.cli", "worker"], cwd=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE,
-                               env={**os.environ, "SUPPORTBOT_RAY_ADDRESS": ray_head, "SUPPORTBOT_RAY_NUM_GPUS": "0"})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "worker"],
+        cwd=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "SUPPORTBOT_RAY_ADDRESS": ray_head, "SUPPORTBOT_RAY_NUM_GPUS": "0"},
+    )
     streamed_metrics(settings, 1)
     assert not (settings.runs_dir / "run-1" / "trainer.pid").exists()  # training on the cluster, not locally
     process.send_signal(signal.SIGTERM)

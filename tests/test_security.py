@@ -35,10 +35,17 @@ def click(bot, ts, user, channel=INTAKE, element=0, option=None, message=None):
         action = {**controls[0], "block_id": "label_actions"}
     else:
         picked = next(o for o in controls[1]["options"] if o["text"]["text"] == option)
-        action = {"type": "static_select", "action_id": "label_pick", "block_id": "label_actions",
-                  "selected_option": picked}
-    response = bot.send(payloads.block_action(action, user=user, channel=channel, message=reply,
-                                              response_url=bot.standin.response_url()))
+        action = {
+            "type": "static_select",
+            "action_id": "label_pick",
+            "block_id": "label_actions",
+            "selected_option": picked,
+        }
+    response = bot.send(
+        payloads.block_action(
+            action, user=user, channel=channel, message=reply, response_url=bot.standin.response_url()
+        )
+    )
     assert response.status == 200
     bot.settle()
 
@@ -75,9 +82,11 @@ def test_label_command_is_for_members_of_the_message_channel(bot):
     assert bot.command("/label", "question", user=OUTSIDER, channel=INTAKE)["text"].startswith("Only members")
     assert label_rows(bot) == 0
     assert bot.command("/label", f"question {link(INTAKE, public)}", user=AGENT)["text"].startswith(
-        "Labeled `question`")
-    assert bot.command("/label", f"complaint {link(PRIVATE, private)}", user=INSIDER,
-                       channel=PRIVATE)["text"].startswith("Labeled `complaint`")
+        "Labeled `question`"
+    )
+    assert bot.command("/label", f"complaint {link(PRIVATE, private)}", user=INSIDER, channel=PRIVATE)[
+        "text"
+    ].startswith("Labeled `complaint`")
     assert label_rows(bot) == 2
 
 
@@ -86,8 +95,8 @@ def test_reply_buttons_and_picker_refuse_outsiders_and_clicks_from_another_messa
     other = bot.post("Where is my parcel?")
     bot.settle()
     message = stored(bot, ts)
-    click(bot, ts, OUTSIDER)                          # Correct, by someone outside the channel
-    click(bot, ts, OUTSIDER, option="feedback")       # the picker, likewise
+    click(bot, ts, OUTSIDER)  # Correct, by someone outside the channel
+    click(bot, ts, OUTSIDER, option="feedback")  # the picker, likewise
     refusals = [r["text"] for r in bot.standin.responses[-2:]]
     assert all(t.startswith("Only members of <#C0INTAKE> can label") for t in refusals)
     assert all(r["response_type"] == "ephemeral" for r in bot.standin.responses[-2:])
@@ -132,8 +141,10 @@ def test_shortcut_and_modal_are_for_members_only(bot):
     assert response.status == 200 and "Only members" in json.loads(response.body)["errors"]["label"]
     other_message = dict(option, value=json.dumps({"m": 999, "l": "question"}))
     forged = {"label": {"choice": {"type": "static_select", "selected_option": other_message}}}
-    assert "another message" in json.loads(bot.send(payloads.view_submission(view, forged, user=AGENT)).body)[
-        "errors"]["label"]
+    assert (
+        "another message"
+        in json.loads(bot.send(payloads.view_submission(view, forged, user=AGENT)).body)["errors"]["label"]
+    )
     bot.settle()
     assert labels.current_label(bot.db, stored(bot, target["ts"]).id) is None
     assert bot.send(payloads.view_submission(view, values, user=AGENT)).body == ""
@@ -158,8 +169,10 @@ def test_admin_retires_a_label_it_is_no_longer_offered_or_trained_on_and_history
     bot.settle()
     click(bot, ts, AGENT, option="complaint")
     message = stored(bot, ts)
-    assert bot.command("/labels", "describe complaint Unhappy about the product", user=ADMIN)["text"] == \
-        "Label `complaint` is active: Unhappy about the product"
+    assert (
+        bot.command("/labels", "describe complaint Unhappy about the product", user=ADMIN)["text"]
+        == "Label `complaint` is active: Unhappy about the product"
+    )
     assert bot.command("/labels", "retire complaint", user=ADMIN)["text"].startswith("Label `complaint` is retired")
     assert [d.name for d in labels.list_label_defs(bot.db)] == ["feedback", "question"]
     assert training_examples(bot.db) == []
@@ -172,15 +185,23 @@ def test_admin_retires_a_label_it_is_no_longer_offered_or_trained_on_and_history
 
 
 def conflicting_data(bot):
-    for i, (text, label, channel) in enumerate([("Where is my parcel?", "question", INTAKE),
-                                                ("where is my parcel", "complaint", PRIVATE)]):
-        m, _ = messages.add_message(bot.db, source="slack_message", external_id=f"slack:{channel}:{i}.1",
-                                    raw_body=text, channel=channel, ts=f"{i}.1")
+    for i, (text, label, channel) in enumerate(
+        [("Where is my parcel?", "question", INTAKE), ("where is my parcel", "complaint", PRIVATE)]
+    ):
+        m, _ = messages.add_message(
+            bot.db,
+            source="slack_message",
+            external_id=f"slack:{channel}:{i}.1",
+            raw_body=text,
+            channel=channel,
+            ts=f"{i}.1",
+        )
         labels.add_label(bot.db, m.id, label, by=AGENT, method="button")
     for i in range(3):
         for label in ("complaint", "question"):
-            m, _ = messages.add_message(bot.db, source="import", external_id=f"i:{label}{i}",
-                                        raw_body=f"{label} example {i}")
+            m, _ = messages.add_message(
+                bot.db, source="import", external_id=f"i:{label}{i}", raw_body=f"{label} example {i}"
+            )
             labels.add_label(bot.db, m.id, label, by=ADMIN, method="cli")
 
 
@@ -192,14 +213,33 @@ def test_datacheck_and_its_buttons_are_for_admins(bot, user, channel):
     assert answer["text"].startswith("Only admins can run the data check")
     bot.settle()
     assert "parcel" not in json.dumps(bot.standin.responses)
-    for action_id, value in (("datacheck_exclude", {"m": [1, 2], "l": "question"}),
-                             ("datacheck_change", None), ("datacheck_keep", {"m": 1, "l": "complaint"})):
-        action = {"type": "button", "action_id": action_id, "block_id": "datacheck_1", "value": json.dumps(value)} \
-            if value else {"type": "static_select", "action_id": action_id, "block_id": "datacheck_1",
-                           "selected_option": {"text": {"type": "plain_text", "text": "feedback"},
-                                               "value": json.dumps({"m": 1, "l": "feedback"})}}
-        bot.send(payloads.block_action(action, user=user, channel=channel, message={"type": "message", "ts": "1.1"},
-                                       response_url=bot.standin.response_url()))
+    for action_id, value in (
+        ("datacheck_exclude", {"m": [1, 2], "l": "question"}),
+        ("datacheck_change", None),
+        ("datacheck_keep", {"m": 1, "l": "complaint"}),
+    ):
+        action = (
+            {"type": "button", "action_id": action_id, "block_id": "datacheck_1", "value": json.dumps(value)}
+            if value
+            else {
+                "type": "static_select",
+                "action_id": action_id,
+                "block_id": "datacheck_1",
+                "selected_option": {
+                    "text": {"type": "plain_text", "text": "feedback"},
+                    "value": json.dumps({"m": 1, "l": "feedback"}),
+                },
+            }
+        )
+        bot.send(
+            payloads.block_action(
+                action,
+                user=user,
+                channel=channel,
+                message={"type": "message", "ts": "1.1"},
+                response_url=bot.standin.response_url(),
+            )
+        )
         bot.settle()
         assert bot.standin.responses[-1]["text"].startswith("Only admins can change or exclude training data")
     assert len(labels.labeled_messages(bot.db)) == rows
@@ -214,7 +254,7 @@ def test_datacheck_hides_text_of_channels_the_admin_is_not_in(bot):
     shown = json.dumps(blocks)
     assert "*conflict*" in shown and "parcel" not in shown and "text hidden" in shown
     conflict = next(i for i, b in enumerate(blocks) if "*conflict*" in json.dumps(b))
-    assert [b["type"] for b in blocks[conflict + 1:conflict + 2]] != ["actions"]  # no fixes: it cannot be read
+    assert [b["type"] for b in blocks[conflict + 1 : conflict + 2]] != ["actions"]  # no fixes: it cannot be read
 
 
 def test_datacheck_buttons_count_only_as_shown_to_that_admin_and_while_they_can_read_the_messages(bot, monkeypatch):
@@ -225,14 +265,21 @@ def test_datacheck_buttons_count_only_as_shown_to_that_admin_and_while_they_can_
     assert bot.command("/datacheck", user=ADMIN)["text"].startswith("Checking")
     bot.settle()
     blocks = bot.standin.responses[-1]["blocks"]
-    actions = next(b for b in blocks if b["type"] == "actions" and
-                   json.loads(b["elements"][-1]["value"])["m"] == [1, 2])  # the conflict: INTAKE and PRIVATE
+    actions = next(
+        b for b in blocks if b["type"] == "actions" and json.loads(b["elements"][-1]["value"])["m"] == [1, 2]
+    )  # the conflict: INTAKE and PRIVATE
     keep, change, exclude = actions["elements"]
 
     def press(element):
-        bot.send(payloads.block_action({**element, "block_id": actions["block_id"]}, user=ADMIN, channel=INTAKE,
-                                       message={"type": "message", "ts": "1.1"},
-                                       response_url=bot.standin.response_url()))
+        bot.send(
+            payloads.block_action(
+                {**element, "block_id": actions["block_id"]},
+                user=ADMIN,
+                channel=INTAKE,
+                message={"type": "message", "ts": "1.1"},
+                response_url=bot.standin.response_url(),
+            )
+        )
         bot.settle()
         return bot.standin.responses[-1]["text"]
 
@@ -240,12 +287,14 @@ def test_datacheck_buttons_count_only_as_shown_to_that_admin_and_while_they_can_
     sealed = json.loads(exclude["value"])
     never_shown = {"m": [1, 2], "l": "question"}  # e.g. typed into the local workspace page
     assert press({**exclude, "value": json.dumps(never_shown)}).startswith("That button is not from a data check")
-    for forged in ({**sealed, "m": [1, 2, 3]},  # the shown value, changed
-                   json.loads(keep["value"]),  # another button's value under this one
-                   {**never_shown, "s": permissions.seal(bot.ctx, "U0OTHERADMIN", "datacheck_exclude",
-                                                         never_shown)["s"]}):  # sealed for another admin
+    for forged in (
+        {**sealed, "m": [1, 2, 3]},  # the shown value, changed
+        json.loads(keep["value"]),  # another button's value under this one
+        {**never_shown, "s": permissions.seal(bot.ctx, "U0OTHERADMIN", "datacheck_exclude", never_shown)["s"]},
+    ):  # sealed for another admin
         assert press({**exclude, "value": json.dumps(forged)}).startswith(
-            "That button is not from a data check shown to you; nothing was changed")
+            "That button is not from a data check shown to you; nothing was changed"
+        )
     assert press({**exclude, "value": "not json"}).startswith("That button is not from a data check")
     # The admin leaves the private channel after the check: its buttons no longer change that message.
     bot.standin.set_channel(PRIVATE, {INSIDER}, private=True)
@@ -265,8 +314,15 @@ def test_digest_hides_private_text_escapes_the_rest_and_its_pickers_check_member
     bot.ctx.settings = replace(bot.ctx.settings, report_channel="C0REPORTS")
     bot.standin.set_channel("C0REPORTS", {ADMIN, AGENT, OUTSIDER})
     public_ts = bot.next_ts()
-    bot.event(payloads.email_event(INTAKE, public_ts, payloads.email_file(
-        "F0HOSTILE", subject=HOSTILE, sender="x@example.com", body="line one\n<!here> line two")))
+    bot.event(
+        payloads.email_event(
+            INTAKE,
+            public_ts,
+            payloads.email_file(
+                "F0HOSTILE", subject=HOSTILE, sender="x@example.com", body="line one\n<!here> line two"
+            ),
+        )
+    )
     private_ts = bot.post("My salary account 4242 was frozen", channel=PRIVATE, user=INSIDER)
     bot.settle()
     assert post_digest(bot.ctx, bot.app.client) == "queued digest of 2 messages"
@@ -279,14 +335,22 @@ def test_digest_hides_private_text_escapes_the_rest_and_its_pickers_check_member
     quoted = next(b["text"]["text"] for b in digest["blocks"][1:] if "evil" in b["text"]["text"])
     assert all(line.startswith(">") for line in quoted.split("\n")[:-1])  # the newline did not end the quote
     private_id = stored(bot, private_ts, PRIVATE)
-    picker = next(b["accessory"] for b in digest["blocks"] if b.get("accessory") and
-                  json.loads(b["accessory"]["options"][0]["value"])["m"] == private_id.id)
+    picker = next(
+        b["accessory"]
+        for b in digest["blocks"]
+        if b.get("accessory") and json.loads(b["accessory"]["options"][0]["value"])["m"] == private_id.id
+    )
     choice = next(o for o in picker["options"] if o["text"]["text"] == "complaint")
     for user in (AGENT, INSIDER):
-        bot.send(payloads.block_action({"type": "static_select", "action_id": "label_pick", "block_id": "d",
-                                        "selected_option": choice}, user=user, channel="C0REPORTS",
-                                       message={"type": "message", "ts": digest["ts"], "text": ""},
-                                       response_url=bot.standin.response_url()))
+        bot.send(
+            payloads.block_action(
+                {"type": "static_select", "action_id": "label_pick", "block_id": "d", "selected_option": choice},
+                user=user,
+                channel="C0REPORTS",
+                message={"type": "message", "ts": digest["ts"], "text": ""},
+                response_url=bot.standin.response_url(),
+            )
+        )
         bot.settle()
         if user == AGENT:
             assert bot.standin.responses[-1]["text"].startswith("Only members of <#G0PRIVATE>")
@@ -303,13 +367,17 @@ def test_thread_reply_and_label_replies_never_carry_live_mrkdwn(bot):
         alternatives = [("x>y&<@U1>", 0.3)]
         model, novel = "zero-shot", False  # other fields a reply may read
 
-    shown = mrkdwn_texts(blocks.prediction_blocks(1, Guess(), ["a`<!here>`b"],
-                                                  human={"label": "q`<!channel>", "by": "U0AGENT"}))
+    shown = mrkdwn_texts(
+        blocks.prediction_blocks(1, Guess(), ["a`<!here>`b"], human={"label": "q`<!channel>", "by": "U0AGENT"})
+    )
     assert "&lt;!here&gt;" in shown and shown.count("`") % 2 == 0  # the code spans stay closed
     assert "<!here>" not in shown and "<!channel>" not in shown and "<@U1>" not in shown
     ts = bot.next_ts()
-    bot.event(payloads.email_event(INTAKE, ts, payloads.email_file("F0SUBJ", subject=HOSTILE, sender="x@example.com",
-                                                                   body="please call")))
+    bot.event(
+        payloads.email_event(
+            INTAKE, ts, payloads.email_file("F0SUBJ", subject=HOSTILE, sender="x@example.com", body="please call")
+        )
+    )
     bot.settle()
     answer = bot.command("/label", "complaint", user=AGENT)["text"]
     assert answer.startswith("Labeled `complaint`: ") and "<!channel>" not in answer and "&lt;!channel&gt;" in answer
@@ -319,8 +387,19 @@ def test_thread_reply_and_label_replies_never_carry_live_mrkdwn(bot):
     assert "<!channel>" not in retrain
 
 
-@pytest.mark.parametrize("name", ["bad\u202ename", "zero\u200bwidth", "\U0001F525\U0001F525", "<!here>", "a`b",
-                                  "$\\notacommand{$", "=HYPERLINK(1)", "x" * 65])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "bad\u202ename",
+        "zero\u200bwidth",
+        "\U0001f525\U0001f525",
+        "<!here>",
+        "a`b",
+        "$\\notacommand{$",
+        "=HYPERLINK(1)",
+        "x" * 65,
+    ],
+)
 def test_label_names_follow_the_documented_pattern(bot, name):
     answer = bot.command("/labels", f"add {name} desc", user=ADMIN)["text"]
     assert answer.startswith("Cannot add that label: invalid label name") and "<!here>" not in answer

@@ -47,14 +47,27 @@ def answers(n, right):
 
 
 def test_first_run_serves_the_cheaper_model_within_the_margin():
-    d = choose([cand("new adapter", "adapter", 0.80), cand("embeddings", "embeddings", 0.795),
-                cand("new adapter + embeddings", "ensemble", 0.804)], margin=0.01, serving_kind="zero-shot")
+    d = choose(
+        [
+            cand("new adapter", "adapter", 0.80),
+            cand("embeddings", "embeddings", 0.795),
+            cand("new adapter + embeddings", "ensemble", 0.804),
+        ],
+        margin=0.01,
+        serving_kind="zero-shot",
+    )
     assert d.picked.name == "embeddings" and "within 0.01" in d.reason and "cheaper" in d.reason
 
 
 def test_first_run_serves_the_best_when_the_cheap_one_is_clearly_worse():
-    d = choose([cand("new adapter", "adapter", 0.80), cand("embeddings", "embeddings", 0.70),
-                cand("new adapter + embeddings", "ensemble", 0.86)], margin=0.01)
+    d = choose(
+        [
+            cand("new adapter", "adapter", 0.80),
+            cand("embeddings", "embeddings", 0.70),
+            cand("new adapter + embeddings", "ensemble", 0.86),
+        ],
+        margin=0.01,
+    )
     assert d.picked.name == "new adapter + embeddings" and "has the best macro-F1" in d.reason
 
 
@@ -62,18 +75,24 @@ def test_mcnemar_counts_only_the_messages_two_candidates_disagree_on():
     from trainer.gate import mcnemar_p
 
     one_more = cand("a", "adapter", 0.9, correct=answers(8, 7)), cand("b", "embeddings", 0.8, correct=answers(8, 6))
-    assert mcnemar_p(*one_more) == 0.5           # 1 of 1 disagreement: a coin flip
+    assert mcnemar_p(*one_more) == 0.5  # 1 of 1 disagreement: a coin flip
     ten = cand("a", "adapter", 0.9, correct=[True] * 10), cand("b", "embeddings", 0.8, correct=[False] * 10)
     assert mcnemar_p(*ten) == pytest.approx(1 / 1024)
-    assert mcnemar_p(ten[1], ten[0]) == 1.0     # one-sided: worse is never better
+    assert mcnemar_p(ten[1], ten[0]) == 1.0  # one-sided: worse is never better
 
 
 def test_one_more_right_answer_of_eight_does_not_replace_the_serving_model():
     # The demo retrain: the adapter 7 of 8, the embeddings (serving) 6 of 8. The old margin rule served the
     # adapter on this; the report itself says 8 messages cannot tell them apart.
-    d = choose([cand("new adapter", "adapter", 0.87, correct=answers(8, 7)),
-                cand("embeddings", "embeddings", 0.75, serving=True, correct=answers(8, 6))],
-               margin=0.01, significance=0.05, serving_kind="embeddings")
+    d = choose(
+        [
+            cand("new adapter", "adapter", 0.87, correct=answers(8, 7)),
+            cand("embeddings", "embeddings", 0.75, serving=True, correct=answers(8, 6)),
+        ],
+        margin=0.01,
+        significance=0.05,
+        serving_kind="embeddings",
+    )
     assert d.picked.name == "embeddings" and d.p_value == 0.5
     assert "keeps serving" in d.reason and "7 of 8" in d.reason and "p = 0.5" in d.reason
 
@@ -81,8 +100,12 @@ def test_one_more_right_answer_of_eight_does_not_replace_the_serving_model():
 def test_a_clear_win_on_the_same_messages_replaces_the_serving_model():
     serving = cand("adapter v1", "adapter", 0.70, serving=True, correct=answers(100, 70))
     better = cand("new adapter", "adapter", 0.85, correct=answers(100, 85))
-    d = choose([serving, better, cand("embeddings", "embeddings", 0.69, correct=answers(100, 69))],
-               margin=0.01, significance=0.05, serving_kind="adapter")
+    d = choose(
+        [serving, better, cand("embeddings", "embeddings", 0.69, correct=answers(100, 69))],
+        margin=0.01,
+        significance=0.05,
+        serving_kind="adapter",
+    )
     assert d.picked is better and d.p_value < 0.001
     assert d.reason.startswith("new adapter got 85 of 100 held-out messages right against adapter v1's 70")
 
@@ -121,8 +144,11 @@ def clustered(labels_, per_label, seed=0, dim=384):
     rng = np.random.default_rng(seed)
     centres = {name: rng.normal(0, 1, dim) for name in sorted(set(labels_))}
     vectors = np.stack([centres[name] + rng.normal(0, 0.6, dim) for name in labels_ for _ in range(per_label)])
-    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32), \
-        [name for name in labels_ for _ in range(per_label)], centres
+    return (
+        (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32),
+        [name for name in labels_ for _ in range(per_label)],
+        centres,
+    )
 
 
 def test_embedding_classifier_learns_calibrates_and_flags_the_unfamiliar():
@@ -153,8 +179,7 @@ def test_ensemble_weight_and_temperatures_never_look_at_the_eval_split(monkeypat
     from tests.conftest import toy_examples
     from trainer import candidates
 
-    monkeypatch.setattr(candidates, "embed_examples",
-                        lambda rows: fake_embed([r["text"] for r in rows]))
+    monkeypatch.setattr(candidates, "embed_examples", lambda rows: fake_embed([r["text"] for r in rows]))
     names = ["complaint", "feedback", "question"]
     rows = toy_examples(per_label=12)
     train, dev, evaluation = rows[0::3], rows[1::3], rows[2::3]
@@ -166,8 +191,9 @@ def test_ensemble_weight_and_temperatures_never_look_at_the_eval_split(monkeypat
     second = candidates.evaluate_candidates(names, train, dev, flipped, adapter_dev, adapter_eval * 5, margin=0.01)
     mixes = [next(c for c in g["candidates"] if c["kind"] == "ensemble")["details"]["mix"] for g in (first, second)]
     assert mixes[0] == mixes[1]
-    temperatures = [next(c for c in g["candidates"] if c["kind"] == "adapter")["details"]["temperature"]
-                    for g in (first, second)]
+    temperatures = [
+        next(c for c in g["candidates"] if c["kind"] == "adapter")["details"]["temperature"] for g in (first, second)
+    ]
     assert temperatures[0] == temperatures[1]
     assert {c["kind"] for c in first["candidates"]} == {"adapter", "embeddings", "ensemble"}
 
@@ -193,7 +219,7 @@ def test_the_embedder_never_tokenizes_past_what_it_reads(monkeypatch):
     assert model.max_seq_length <= embeddings.MAX_TOKENS
     # What the cut keeps is still more than the model reads, even in long words: nothing it read is lost.
     for words in ("My parcel is late. ", "internationalization "):
-        kept = model.tokenizer((words * 1000)[:embeddings.MAX_EMBED_CHARS])["input_ids"]
+        kept = model.tokenizer((words * 1000)[: embeddings.MAX_EMBED_CHARS])["input_ids"]
         assert len(kept) > embeddings.MAX_TOKENS
 
 
@@ -213,9 +239,14 @@ def workspace(env, tiny_model_dir, monkeypatch):
         return fake_embed(texts)
 
     monkeypatch.setattr(embeddings, "embed", counting_embed)
-    settings = load_settings({"SUPPORTBOT_DATA_DIR": str(env / "data"), "SUPPORTBOT_BASE_MODEL": tiny_model_dir,
-                              "SUPPORTBOT_ZERO_SHOT_MODEL": tiny_model_dir},
-                             env_file=None)
+    settings = load_settings(
+        {
+            "SUPPORTBOT_DATA_DIR": str(env / "data"),
+            "SUPPORTBOT_BASE_MODEL": tiny_model_dir,
+            "SUPPORTBOT_ZERO_SHOT_MODEL": tiny_model_dir,
+        },
+        env_file=None,
+    )
     db = open_db(settings.db_path)
     for name in ("complaint", "question", "feedback"):
         labels.add_label_def(db, name, f"{name} messages")
@@ -224,16 +255,21 @@ def workspace(env, tiny_model_dir, monkeypatch):
 
 def add_labelled(db, text, label, n=[0]):
     n[0] += 1
-    m, _ = messages.add_message(db, source="slack_message", external_id=f"x{n[0]}-{time.time()}", raw_body=text,
-                             clean_body=text)
+    m, _ = messages.add_message(
+        db, source="slack_message", external_id=f"x{n[0]}-{time.time()}", raw_body=text, clean_body=text
+    )
     labels.add_label(db, m.id, label, by="U1", method="cli")
     return m
 
 
 def label_two_of_each(db):
     """Two labelled messages for complaint and question: enough for the embedding classifier to serve."""
-    for text, label in (("broken refund", "complaint"), ("angry late", "complaint"), ("how when", "question"),
-                        ("what which", "question")):
+    for text, label in (
+        ("broken refund", "complaint"),
+        ("angry late", "complaint"),
+        ("how when", "question"),
+        ("what which", "question"),
+    ):
         add_labelled(db, text, label)
 
 
@@ -270,7 +306,7 @@ def test_label_changes_refit_once_after_the_burst(workspace):
     assert classifier.refits == 1 and "feedback" not in {classifier.classify("love great").label}
     for text in ("love great", "thanks nice", "awesome wonderful"):
         add_labelled(db, text, "feedback")
-        classifier.sync(db)   # what every classification does: notices the change, never refits inline
+        classifier.sync(db)  # what every classification does: notices the change, never refits inline
         assert classifier.refits == 1
     deadline = time.time() + 10
     while classifier.refits < 2 and time.time() < deadline:
@@ -303,8 +339,13 @@ def test_an_adapter_that_lacks_a_new_label_gives_way_to_the_embeddings(workspace
 
     settings, db, _ = workspace
     label_two_of_each(db)
-    a = adapters.register_adapter(db, path="/nowhere", base_model="m", labels=["complaint", "question"],
-                                  metrics={"accuracy": 0.9, "macro_f1": 0.9, "n": 4})
+    a = adapters.register_adapter(
+        db,
+        path="/nowhere",
+        base_model="m",
+        labels=["complaint", "question"],
+        metrics={"accuracy": 0.9, "macro_f1": 0.9, "n": 4},
+    )
     adapters.promote(db, a.version)
     served.set_served(db, "adapter", adapter_version=a.version, reason="test", chosen_by="gate")
     classifier = ServedClassifier(settings)
@@ -320,8 +361,9 @@ def test_served_model_rows_check_their_kind(db):
         served.set_served(db, "adapter", reason="x", chosen_by="gate")
     with pytest.raises(ValueError):
         served.set_served(db, "telepathy", reason="x", chosen_by="gate")
-    first = served.set_served(db, "embeddings", reason="cheapest within the margin", chosen_by="gate",
-                              details={"temperature": 1.3})
+    first = served.set_served(
+        db, "embeddings", reason="cheapest within the margin", chosen_by="gate", details={"temperature": 1.3}
+    )
     assert served.current_served(db) == first and first.details == {"temperature": 1.3}
     assert json.loads(json.dumps(first.details)) == first.details
 
@@ -332,8 +374,9 @@ def test_a_run_scores_every_candidate_on_eval_and_records_the_gates_choice(tiny_
     from trainer.run import run
 
     monkeypatch.setattr(candidates, "embed_examples", lambda rows: fake_embed([r["text"] for r in rows]))
-    run_dir = make_run_dir(tmp_path / "run", toy_config(tiny_model_dir, baseline=True, epochs=2),
-                           toy_examples(per_label=10))
+    run_dir = make_run_dir(
+        tmp_path / "run", toy_config(tiny_model_dir, baseline=True, epochs=2), toy_examples(per_label=10)
+    )
     result = run(run_dir)
     assert result["status"] == "succeeded", result.get("error")
     assert result["data"]["dev"] > 0 and result["data"]["eval"] > 0
@@ -360,12 +403,21 @@ def test_the_worker_records_what_the_gate_chose(env, tmp_path):
     adapter_dir.mkdir()
     (adapter_dir / "adapter_config.json").write_text("{}")
     run_ = runs.queue_run(db, requested_by="U1")
-    result = {"adapter_dir": str(adapter_dir), "base_model": "m", "labels": ["a", "b"],
-              "metrics": {"accuracy": 0.5, "macro_f1": 0.5, "n": 4},
-              "promotion": {"promote": True, "reason": "the ensemble has the best macro-F1 (0.900)"},
-              "gate": {"kind": "ensemble", "new": True, "reason": "the ensemble has the best macro-F1 (0.900)",
-                       "details": {"mix": {"weight": 0.4, "adapter_temperature": 2.0,
-                                           "embedding_temperature": 1.0, "temperature": 1.1}}}}
+    result = {
+        "adapter_dir": str(adapter_dir),
+        "base_model": "m",
+        "labels": ["a", "b"],
+        "metrics": {"accuracy": 0.5, "macro_f1": 0.5, "n": 4},
+        "promotion": {"promote": True, "reason": "the ensemble has the best macro-F1 (0.900)"},
+        "gate": {
+            "kind": "ensemble",
+            "new": True,
+            "reason": "the ensemble has the best macro-F1 (0.900)",
+            "details": {
+                "mix": {"weight": 0.4, "adapter_temperature": 2.0, "embedding_temperature": 1.0, "temperature": 1.1}
+            },
+        },
+    }
     adapter, promoted = register_result(settings, db, run_, result)
     choice = served.current_served(db)
     assert promoted and (choice.kind, choice.adapter_version, choice.run_id) == ("ensemble", adapter.version, run_.id)
@@ -389,7 +441,7 @@ def test_a_refit_never_changes_the_embeddings_under_an_answer_in_flight(workspac
     # Labels change and the refit finds too few for an embedding classifier; the swap has not happened yet.
     labels.retire_label(db, "question")
     assert classifier.refit(db) is False
-    p = classifier.classify("broken refund angry")   # answered by the state it read, whole
+    p = classifier.classify("broken refund angry")  # answered by the state it read, whole
     assert p.model == "embeddings" and p.label in serving_labels
     classifier.sync(db)
     assert classifier.state.kind == "zero-shot"
@@ -414,7 +466,7 @@ def test_a_refit_never_changes_the_embeddings_under_an_answer_in_flight(workspac
         for _ in range(6):
             labels.retire_label(db, "question")
             classifier.refit(db)
-            time.sleep(0.02)      # answers in flight between the refit and the swap
+            time.sleep(0.02)  # answers in flight between the refit and the swap
             classifier.sync(db)
             labels.add_label_def(db, "question", "question messages")
             classifier.refit(db)
@@ -442,8 +494,8 @@ def test_an_edited_message_is_embedded_again_and_the_signature_sees_the_edit(wor
     before = from_blob(stored_embeddings.get_embedding(db, m.id, EMBEDDER))
     signature = labels.change_signature(db)
     messages.edit_message(db, m.id, raw_body="broken refund angry late")
-    assert stored_embeddings.get_embedding(db, m.id, EMBEDDER) is None   # gone with the edit, same transaction
-    assert labels.change_signature(db) != signature                      # so the serving model refits
+    assert stored_embeddings.get_embedding(db, m.id, EMBEDDER) is None  # gone with the edit, same transaction
+    assert labels.change_signature(db) != signature  # so the serving model refits
     classifier.refit(db)
     after = from_blob(stored_embeddings.get_embedding(db, m.id, EMBEDDER))
     assert np.allclose(after, fake_embed(["broken refund angry late"])[0]) and not np.allclose(after, before)

@@ -13,10 +13,18 @@ def test_defaults(tmp_path):
 
 
 def test_values_parsed():
-    s = load_settings({"SUPPORTBOT_ADMINS": "U01ABC, W02XYZ", "SUPPORTBOT_INTAKE_CHANNELS": "C1AA,C2BB",
-                       "SUPPORTBOT_REPORT_CHANNEL": "C3CC", "SLACK_API_URL": "http://127.0.0.1:8123/api",
-                       "SUPPORTBOT_REVIEW_THRESHOLD": "0.7", "SLACK_BOT_TOKEN": "xoxb-1",
-                       "SLACK_SIGNING_SECRET": "s"}, env_file=None)
+    s = load_settings(
+        {
+            "SUPPORTBOT_ADMINS": "U01ABC, W02XYZ",
+            "SUPPORTBOT_INTAKE_CHANNELS": "C1AA,C2BB",
+            "SUPPORTBOT_REPORT_CHANNEL": "C3CC",
+            "SLACK_API_URL": "http://127.0.0.1:8123/api",
+            "SUPPORTBOT_REVIEW_THRESHOLD": "0.7",
+            "SLACK_BOT_TOKEN": "xoxb-1",
+            "SLACK_SIGNING_SECRET": "s",
+        },
+        env_file=None,
+    )
     assert s.admins == ("U01ABC", "W02XYZ") and s.intake_channels == ("C1AA", "C2BB")
     assert s.report_channel == "C3CC" and s.review_threshold == 0.7
     assert s.slack_api_url == "http://127.0.0.1:8123/api/"
@@ -29,20 +37,27 @@ def test_ray_settings_default_to_the_local_backend_and_one_gpu():
     assert (s.ray_address, s.ray_num_gpus) == ("gpu-host:6379", 0)
 
 
-@pytest.mark.parametrize("var, value, expected", [
-    ("SUPPORTBOT_ADMINS", "bob", "SUPPORTBOT_ADMINS: expected comma-separated Slack user ids"),
-    ("SUPPORTBOT_INTAKE_CHANNELS", "#support", "SUPPORTBOT_INTAKE_CHANNELS: expected comma-separated Slack channel"),
-    ("SUPPORTBOT_REPORT_CHANNEL", "C1AA,C2BB", "SUPPORTBOT_REPORT_CHANNEL: expected one Slack channel id"),
-    ("SLACK_BOT_TOKEN", "xapp-123", "SLACK_BOT_TOKEN: expected a token starting with 'xoxb-'"),
-    ("SLACK_APP_TOKEN", "xoxb-123", "SLACK_APP_TOKEN: expected a token starting with 'xapp-'"),
-    ("SLACK_API_URL", "slack.com/api", "SLACK_API_URL: expected an http(s) URL"),
-    ("SUPPORTBOT_REVIEW_THRESHOLD", "high", "SUPPORTBOT_REVIEW_THRESHOLD: expected a number between 0 and 1"),
-    ("SUPPORTBOT_REVIEW_THRESHOLD", "1.5", "SUPPORTBOT_REVIEW_THRESHOLD: expected a number between 0 and 1"),
-    ("SUPPORTBOT_WORKERS", "0", "SUPPORTBOT_WORKERS: expected a whole number"),
-    ("SUPPORTBOT_RAY_NUM_GPUS", "-1", "SUPPORTBOT_RAY_NUM_GPUS: expected a whole number (0 or more)"),
-    ("SUPPORTBOT_RAY_NUM_GPUS", "one", "SUPPORTBOT_RAY_NUM_GPUS: expected a whole number (0 or more)"),
-    ("SUPPORTBOT_DATA_DIR", " ", "SUPPORTBOT_DATA_DIR: expected a folder path"),
-])
+@pytest.mark.parametrize(
+    "var, value, expected",
+    [
+        ("SUPPORTBOT_ADMINS", "bob", "SUPPORTBOT_ADMINS: expected comma-separated Slack user ids"),
+        (
+            "SUPPORTBOT_INTAKE_CHANNELS",
+            "#support",
+            "SUPPORTBOT_INTAKE_CHANNELS: expected comma-separated Slack channel",
+        ),
+        ("SUPPORTBOT_REPORT_CHANNEL", "C1AA,C2BB", "SUPPORTBOT_REPORT_CHANNEL: expected one Slack channel id"),
+        ("SLACK_BOT_TOKEN", "xapp-123", "SLACK_BOT_TOKEN: expected a token starting with 'xoxb-'"),
+        ("SLACK_APP_TOKEN", "xoxb-123", "SLACK_APP_TOKEN: expected a token starting with 'xapp-'"),
+        ("SLACK_API_URL", "slack.com/api", "SLACK_API_URL: expected an http(s) URL"),
+        ("SUPPORTBOT_REVIEW_THRESHOLD", "high", "SUPPORTBOT_REVIEW_THRESHOLD: expected a number between 0 and 1"),
+        ("SUPPORTBOT_REVIEW_THRESHOLD", "1.5", "SUPPORTBOT_REVIEW_THRESHOLD: expected a number between 0 and 1"),
+        ("SUPPORTBOT_WORKERS", "0", "SUPPORTBOT_WORKERS: expected a whole number"),
+        ("SUPPORTBOT_RAY_NUM_GPUS", "-1", "SUPPORTBOT_RAY_NUM_GPUS: expected a whole number (0 or more)"),
+        ("SUPPORTBOT_RAY_NUM_GPUS", "one", "SUPPORTBOT_RAY_NUM_GPUS: expected a whole number (0 or more)"),
+        ("SUPPORTBOT_DATA_DIR", " ", "SUPPORTBOT_DATA_DIR: expected a folder path"),
+    ],
+)
 def test_wrong_value_is_one_line_naming_the_variable(var, value, expected):
     with pytest.raises(SettingsError) as err:
         load_settings({var: value}, env_file=None)
@@ -58,9 +73,17 @@ def test_env_file_read_and_environment_wins(tmp_path):
 
 def test_settings_table_lists_every_variable():
     table = settings_table()
-    for var in ("SUPPORTBOT_DATA_DIR", "SUPPORTBOT_BASE_MODEL", "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN",
-                "SLACK_SIGNING_SECRET", "SLACK_API_URL", "SUPPORTBOT_ADMINS", "SUPPORTBOT_INTAKE_CHANNELS",
-                "SUPPORTBOT_REPORT_CHANNEL"):
+    for var in (
+        "SUPPORTBOT_DATA_DIR",
+        "SUPPORTBOT_BASE_MODEL",
+        "SLACK_BOT_TOKEN",
+        "SLACK_APP_TOKEN",
+        "SLACK_SIGNING_SECRET",
+        "SLACK_API_URL",
+        "SUPPORTBOT_ADMINS",
+        "SUPPORTBOT_INTAKE_CHANNELS",
+        "SUPPORTBOT_REPORT_CHANNEL",
+    ):
         assert f"`{var}`" in table
 
 

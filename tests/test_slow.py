@@ -25,27 +25,42 @@ def model_cache(request):
 
 @pytest.mark.parametrize("quantization", ["none", "4bit"])
 def test_real_model_trains_a_few_steps_and_classifies(tmp_path, model_cache, quantization):
-    config = toy_config("smollm2-135m", model_cache_dir=model_cache, quantization=quantization, max_steps=2,
-                        learning_rate=1e-3, batch_size=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    config = toy_config(
+        "smollm2-135m",
+        model_cache_dir=model_cache,
+        quantization=quantization,
+        max_steps=2,
+        learning_rate=1e-3,
+        batch_size=4,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+    )
     run_dir = make_run_dir(tmp_path / "run", config, toy_examples(per_label=6))
     result = run(run_dir)
     assert result["status"] == "succeeded", result.get("error")
     assert result["training"]["global_step"] == 2
-    train_losses = [json.loads(line)["train_loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-                    if json.loads(line)["kind"] == "train"]
+    train_losses = [
+        json.loads(line)["train_loss"]
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["kind"] == "train"
+    ]
     assert len(train_losses) == 2 and all(loss == loss and loss < 20 for loss in train_losses)  # finite, sane
     adapter_config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
-    assert adapter_config["r"] == 16 and set(adapter_config["target_modules"]) == {"q_proj", "k_proj", "v_proj",
-                                                                                   "o_proj"}
-    assert result["metrics"]["n"] == 3 and set(result["metrics"]["per_class"]) == {"complaint", "question",
-                                                                                   "feedback"}
+    assert adapter_config["r"] == 16 and set(adapter_config["target_modules"]) == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+    }
+    assert result["metrics"]["n"] == 3 and set(result["metrics"]["per_class"]) == {"complaint", "question", "feedback"}
     if quantization == "none":
         from classifier.classify import Classifier
         from classifier.models import resolve_base_model
         from classifier.prompts import LabelInfo
 
-        classifier = Classifier.load(resolve_base_model("embedded", model_cache),
-                                     [LabelInfo("complaint"), LabelInfo("question"), LabelInfo("feedback")])
+        classifier = Classifier.load(
+            resolve_base_model("embedded", model_cache),
+            [LabelInfo("complaint"), LabelInfo("question"), LabelInfo("feedback")],
+        )
         zero_shot = classifier.classify("Where can I find my invoice?")
         assert zero_shot.zero_shot and zero_shot.label in ("complaint", "question", "feedback")
         classifier.use_adapter(run_dir / "adapter", version=1)
@@ -83,8 +98,14 @@ def test_the_default_base_model_learns_real_intents_with_the_default_recipe(tmp_
 
     from .conftest import BANKING77
 
-    INTENTS = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_failed", "age_limit",
-               "Refund_not_showing_up"]  # spelled as in the CSV
+    INTENTS = [
+        "card_arrival",
+        "lost_or_stolen_card",
+        "exchange_rate",
+        "top_up_failed",
+        "age_limit",
+        "Refund_not_showing_up",
+    ]  # spelled as in the CSV
 
     def rows(name, per_label):
         picked: dict = {}

@@ -29,8 +29,12 @@ def test_soak_hostile_mix_is_refused_stored_and_escaped(bot, monkeypatch):
     server = make_http_server(bot.ctx, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        traffic = soak.Traffic(InProcessSystem(bot, f"http://127.0.0.1:{server.server_port}/slack/events"), 1,
-                               ["where is my card", "my transfer failed"], ["complaint", "question"])
+        traffic = soak.Traffic(
+            InProcessSystem(bot, f"http://127.0.0.1:{server.server_port}/slack/events"),
+            1,
+            ["where is my card", "my transfer failed"],
+            ["complaint", "question"],
+        )
         traffic.email(True, "injected_mention")
         traffic.email(True, "u2028")
         traffic.message()

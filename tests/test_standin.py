@@ -43,22 +43,37 @@ def test_signatures_verify_with_slack_sdk_and_expire():
     headers = payloads.signed_headers(SECRET, body, content_type)
     verifier = SignatureVerifier(SECRET)
     assert verifier.is_valid(body, headers["x-slack-request-timestamp"], headers["x-slack-signature"])
-    assert not SignatureVerifier("other").is_valid(body, headers["x-slack-request-timestamp"],
-                                                   headers["x-slack-signature"])
+    assert not SignatureVerifier("other").is_valid(
+        body, headers["x-slack-request-timestamp"], headers["x-slack-signature"]
+    )
     old = payloads.signed_headers(SECRET, body, content_type, timestamp=int(time.time()) - 301)
     assert not verifier.is_valid(body, old["x-slack-request-timestamp"], old["x-slack-signature"])
 
 
 def test_payloads_are_recognised_by_bolt():
-    event = bolt_body(payloads.event_callback(payloads.email_event("C1", "1.000001", payloads.email_file(
-        "F1", subject="s", sender="a@example.com", body="b"))))
+    event = bolt_body(
+        payloads.event_callback(
+            payloads.email_event(
+                "C1", "1.000001", payloads.email_file("F1", subject="s", sender="a@example.com", body="b")
+            )
+        )
+    )
     assert is_event(event) and to_event(event)["files"][0]["filetype"] == "email"
-    assert is_slash_command(bolt_body(payloads.slash_command("/label", "x", user="U1", channel="C1",
-                                                             response_url="http://127.0.0.1/r")))
+    assert is_slash_command(
+        bolt_body(payloads.slash_command("/label", "x", user="U1", channel="C1", response_url="http://127.0.0.1/r"))
+    )
     message = {"type": "message", "ts": "1.000001", "text": "t"}
-    assert is_block_actions(bolt_body(payloads.block_action({"type": "button", "action_id": "a", "value": "v"},
-                                                            user="U1", channel="C1", message=message,
-                                                            response_url="http://127.0.0.1/r")))
+    assert is_block_actions(
+        bolt_body(
+            payloads.block_action(
+                {"type": "button", "action_id": "a", "value": "v"},
+                user="U1",
+                channel="C1",
+                message=message,
+                response_url="http://127.0.0.1/r",
+            )
+        )
+    )
     assert is_message_shortcut(bolt_body(payloads.message_shortcut("cb", user="U1", channel="C1", message=message)))
     assert is_view_submission(bolt_body(payloads.view_submission({"callback_id": "m"}, {}, user="U1")))
 
@@ -66,11 +81,15 @@ def test_payloads_are_recognised_by_bolt():
 def test_web_api_answers_parse_as_slack_sdk_responses(standin):
     client = WebClient(token=standin.bot_token, base_url=standin.api_url)
     assert client.auth_test()["user_id"] == standin.bot_user_id
-    posted = client.chat_postMessage(channel="C1", text="hello", metadata={"event_type": "t", "event_payload": {"k": 1}})
+    posted = client.chat_postMessage(
+        channel="C1", text="hello", metadata={"event_type": "t", "event_payload": {"k": 1}}
+    )
     assert posted["ok"] and posted["message"]["text"] == "hello"
     client.chat_update(channel="C1", ts=posted["ts"], text="edited")
     history = client.conversations_history(channel="C1", include_all_metadata=True)
-    assert history["messages"][0]["text"] == "edited" and history["messages"][0]["metadata"]["event_payload"] == {"k": 1}
+    assert history["messages"][0]["text"] == "edited" and history["messages"][0]["metadata"]["event_payload"] == {
+        "k": 1
+    }
     with pytest.raises(SlackApiError) as err:
         client.chat_update(channel="C1", ts="9.9", text="x")
     assert err.value.response["error"] == "message_not_found"
@@ -127,12 +146,16 @@ def test_standin_process_injects_faults_at_the_set_rate_and_reports_its_state():
     import sys
     import urllib.request
 
-    process = subprocess.Popen([sys.executable, "-m", "slack_standin", "--bot-token", "xoxb-p"],
-                               stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "slack_standin", "--bot-token", "xoxb-p"], stdout=subprocess.PIPE, text=True
+    )
     try:
         base = f"http://127.0.0.1:{process.stdout.readline().split()[1]}/"
-        request = urllib.request.Request(base + "_standin/faults", method="POST", data=json.dumps(
-            {"rate": 0.5, "methods": ["chat.postMessage"], "seed": 3}).encode())
+        request = urllib.request.Request(
+            base + "_standin/faults",
+            method="POST",
+            data=json.dumps({"rate": 0.5, "methods": ["chat.postMessage"], "seed": 3}).encode(),
+        )
         urllib.request.urlopen(request, timeout=10)
         client = WebClient(token="xoxb-p", base_url=base + "api/", retry_handlers=[])
         outcomes = []
@@ -198,14 +221,19 @@ def test_workspace_refuses_requests_from_other_pages_and_other_host_names():
 
     post = {"channel": "C1", "text": "/labels retire complaint"}
     try:
-        status, body = request("POST", "/ui/post", post, **{"Content-Type": "text/plain",
-                                                            "Origin": "http://evil.example"})
+        status, body = request(
+            "POST", "/ui/post", post, **{"Content-Type": "text/plain", "Origin": "http://evil.example"}
+        )
         assert status == 403 and "evil.example" in body
         assert request("POST", "/ui/post", post, **{"Content-Type": "text/plain"})[0] == 415
         assert request("POST", "/ui/post", post, **{"Content-Type": "application/json", "Origin": "null"})[0] == 403
         assert request("GET", "/ui/state", Host=f"rebound.evil.example:{port}")[0] == 403
-        assert request("POST", "/api/auth.test", Host=f"rebound.evil.example:{port}",
-                       Authorization="Bearer xoxb-standin")[0] == 403
+        assert (
+            request("POST", "/api/auth.test", Host=f"rebound.evil.example:{port}", Authorization="Bearer xoxb-standin")[
+                0
+            ]
+            == 403
+        )
         assert workspace.deliveries == [] and workspace.messages == {}
         # The page itself (same origin, JSON) and loopback clients without an Origin still work.
         own = {"Content-Type": "application/json", "Origin": f"http://localhost:{port}"}

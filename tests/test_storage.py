@@ -13,7 +13,8 @@ def test_migrations_apply_on_empty_database_and_again_on_reopen(db_path):
     applied = schema_version(db)
     assert applied == [m.name for m in MIGRATIONS._migrations]
     assert {"messages", "labels", "label_set", "predictions", "runs", "run_metrics", "adapters"} <= set(
-        db.table_names())
+        db.table_names()
+    )
     messages.add_message(db, source="import", external_id="x:1", raw_body="hello")
     db.conn.close()
     again = open_db(db_path)
@@ -27,10 +28,24 @@ def test_database_uses_wal(db):
 
 def test_duplicate_delivery_stored_once(db):
     key = messages.slack_external_id("C1", "1700000000.000100")
-    first, created = messages.add_message(db, source="email", external_id=key, raw_body="Card  broken\n",
-                                          channel="C1", ts="1700000000.000100", event_id="Ev1")
-    second, created_again = messages.add_message(db, source="email", external_id=key, raw_body="Card broken",
-                                                 channel="C1", ts="1700000000.000100", event_id="Ev1")
+    first, created = messages.add_message(
+        db,
+        source="email",
+        external_id=key,
+        raw_body="Card  broken\n",
+        channel="C1",
+        ts="1700000000.000100",
+        event_id="Ev1",
+    )
+    second, created_again = messages.add_message(
+        db,
+        source="email",
+        external_id=key,
+        raw_body="Card broken",
+        channel="C1",
+        ts="1700000000.000100",
+        event_id="Ev1",
+    )
     assert created and not created_again
     assert first.id == second.id
     assert messages.count_messages(db) == 1
@@ -46,7 +61,9 @@ def test_label_history_and_current_label(db):
     labels.add_label(db, m.id, "QUESTION", by="U2", method="slash_command")  # case-insensitive match
     history = labels.label_history(db, m.id)
     assert [(e.label, e.labeled_by, e.method) for e in history] == [
-        ("complaint", "U1", "button"), ("question", "U2", "slash_command")]
+        ("complaint", "U1", "button"),
+        ("question", "U2", "slash_command"),
+    ]
     assert labels.current_label(db, m.id).label == "question"
     assert labels.label_counts(db) == {"complaint": 0, "question": 1}
 
@@ -95,8 +112,9 @@ def test_eight_threads_write_at_once_without_loss(db_path):
             own = open_db(db_path)  # one connection per thread
             barrier.wait()
             for i in range(per_thread):
-                m, _ = messages.add_message(own, source="slack_message", external_id=f"slack:C{n}:{i}",
-                                            raw_body=f"thread {n} message {i}")
+                m, _ = messages.add_message(
+                    own, source="slack_message", external_id=f"slack:C{n}:{i}", raw_body=f"thread {n} message {i}"
+                )
                 labels.add_label(own, m.id, "question", by=f"U{n}", method="button")
                 # Read then write in one transaction, as queue_run and claim_next_run do:
                 # the pattern that fails with "database is locked" under deferred transactions.
@@ -124,8 +142,14 @@ def test_run_lifecycle_allows_one_active_run(db, tmp_path):
     claimed = runs.claim_next_run(db, run_dir_for=lambda i: tmp_path / f"run-{i}")
     assert claimed.id == run.id and claimed.status == "running"
     assert runs.claim_next_run(db, run_dir_for=lambda i: tmp_path) is None
-    assert runs.add_metrics(db, run.id, [{"kind": "train", "step": 1, "train_loss": 2.0},
-                                         {"kind": "train", "step": 1, "train_loss": 2.0}]) == 1
+    assert (
+        runs.add_metrics(
+            db,
+            run.id,
+            [{"kind": "train", "step": 1, "train_loss": 2.0}, {"kind": "train", "step": 1, "train_loss": 2.0}],
+        )
+        == 1
+    )
     done = runs.finish_run(db, run.id, "succeeded")
     assert done.status == "succeeded" and done.finished_at
     with pytest.raises(RunConflict):
@@ -158,17 +182,39 @@ def test_promotion_and_rollback_keep_one_current(db):
 def test_live_accuracy_counts_labels_given_after_prediction_per_model_that_answered(db):
     labels.add_label_def(db, "a")
     labels.add_label_def(db, "b")
-    answered = [(3, "adapter v3", "a"), (3, "adapter v3", "b"), (None, "embeddings", "a"),
-                (None, "embeddings", "a"), (None, "embeddings", "b"), (3, "adapter v3 + embeddings", "a"),
-                (None, None, "a")]  # the last: stored before predictions named their model
+    answered = [
+        (3, "adapter v3", "a"),
+        (3, "adapter v3", "b"),
+        (None, "embeddings", "a"),
+        (None, "embeddings", "a"),
+        (None, "embeddings", "b"),
+        (3, "adapter v3 + embeddings", "a"),
+        (None, None, "a"),
+    ]  # the last: stored before predictions named their model
     for i, (version, model, human) in enumerate(answered):
         m, _ = messages.add_message(db, source="import", external_id=f"i:{i}", raw_body=f"message {i}")
-        predictions.add_prediction(db, message_id=m.id, adapter_version=version, label="a", confidence=0.9,
-                                   needs_review=False, scores={"a": 0.9, "b": 0.1}, model=model)
+        predictions.add_prediction(
+            db,
+            message_id=m.id,
+            adapter_version=version,
+            label="a",
+            confidence=0.9,
+            needs_review=False,
+            scores={"a": 0.9, "b": 0.1},
+            model=model,
+        )
         labels.add_label(db, m.id, human, by="U1", method="button")
     unjudged, _ = messages.add_message(db, source="import", external_id="i:x", raw_body="no label yet")
-    predictions.add_prediction(db, message_id=unjudged.id, adapter_version=None, label="a", confidence=0.9,
-                               needs_review=False, scores={"a": 0.9, "b": 0.1}, model="embeddings")
+    predictions.add_prediction(
+        db,
+        message_id=unjudged.id,
+        adapter_version=None,
+        label="a",
+        confidence=0.9,
+        needs_review=False,
+        scores={"a": 0.9, "b": 0.1},
+        model="embeddings",
+    )
     live = predictions.live_accuracy(db)
     assert list(live) == ["embeddings", "adapter v3", "adapter v3 + embeddings", "zero-shot"]
     assert live["embeddings"] == {"n": 3, "confirmed": 2, "corrected": 1, "accuracy": 2 / 3}
@@ -181,11 +227,13 @@ def test_queries_the_bot_used_to_write_itself(db):
     labels.add_label_def(db, "complaint")
     ids = []
     for n, ts in enumerate(("1700000000.000100", "1700000000.000300", "1700000000.000200")):
-        m, _ = messages.add_message(db, source="slack_message", external_id=f"slack:C1:{ts}", raw_body=f"msg {n}",
-                                    channel="C1", ts=ts)
+        m, _ = messages.add_message(
+            db, source="slack_message", external_id=f"slack:C1:{ts}", raw_body=f"msg {n}", channel="C1", ts=ts
+        )
         ids.append(m.id)
-    messages.add_message(db, source="slack_message", external_id="slack:C2:1", raw_body="elsewhere", channel="C2",
-                         ts="1700000001.000000")
+    messages.add_message(
+        db, source="slack_message", external_id="slack:C2:1", raw_body="elsewhere", channel="C2", ts="1700000001.000000"
+    )
     assert messages.latest_unlabeled(db, "C1").id == ids[1]  # newest by Slack ts, not by id
     labels.add_label(db, ids[1], "complaint", by="U1", method="button")
     assert messages.latest_unlabeled(db, "C1").id == ids[2]
@@ -196,8 +244,15 @@ def test_queries_the_bot_used_to_write_itself(db):
     assert labels.new_human_labels(db, "") == 1  # imports are not people's labels
     assert labels.new_human_labels(db, "9999") == 0
     for message_id, confidence in ((ids[0], 0.9), (ids[1], 0.1), (ids[2], 0.4)):
-        predictions.add_prediction(db, message_id=message_id, adapter_version=None, label="complaint",
-                                   confidence=confidence, needs_review=False, scores={"complaint": confidence})
+        predictions.add_prediction(
+            db,
+            message_id=message_id,
+            adapter_version=None,
+            label="complaint",
+            confidence=confidence,
+            needs_review=False,
+            scores={"complaint": confidence},
+        )
     unsure = predictions.least_sure(db, since="", limit=5)
     assert [r["id"] for r in unsure] == [ids[2], ids[0]]  # the labeled one is left out; least sure first
     assert unsure[0]["subject"] == "" and unsure[0]["confidence"] == 0.4
@@ -208,14 +263,15 @@ def test_huge_bodies_are_stored_cut_at_the_caps_with_a_note_on_the_raw_body(db, 
     from storage.importing import import_examples, read_examples
 
     raw = "".join(f"line {i} of a very long email\n" for i in range(20_000))  # about 570,000 characters
-    m, _ = messages.add_message(db, source="email", external_id="e:huge", raw_body=raw, clean_body=raw,
-                                subject="S" * 5000)
-    assert m.raw_body == raw[:messages.MAX_RAW_CHARS] + messages.cut_note(len(raw))
+    m, _ = messages.add_message(
+        db, source="email", external_id="e:huge", raw_body=raw, clean_body=raw, subject="S" * 5000
+    )
+    assert m.raw_body == raw[: messages.MAX_RAW_CHARS] + messages.cut_note(len(raw))
     assert m.raw_body.endswith(f"only the first 200,000 of {len(raw):,} characters are kept]")
-    assert m.clean_body == raw[:messages.MAX_CLEAN_CHARS] and m.subject == "S" * messages.MAX_SUBJECT_CHARS
+    assert m.clean_body == raw[: messages.MAX_CLEAN_CHARS] and m.subject == "S" * messages.MAX_SUBJECT_CHARS
     assert m.content_hash == messages.content_hash(m.subject, m.clean_body)
     edited = messages.edit_message(db, m.id, raw_body=raw + "edited")
-    assert edited.raw_body.startswith(raw[:messages.MAX_RAW_CHARS]) and "cut by supportbot" in edited.raw_body
+    assert edited.raw_body.startswith(raw[: messages.MAX_RAW_CHARS]) and "cut by supportbot" in edited.raw_body
     assert len(edited.clean_body) <= messages.MAX_CLEAN_CHARS
     small, _ = messages.add_message(db, source="email", external_id="e:small", raw_body="short", subject="Hi")
     assert (small.raw_body, small.clean_body, small.subject) == ("short", "short", "Hi")  # under the caps: as is

@@ -83,16 +83,20 @@ def test_reloaded_and_merged_adapter_give_the_same_predictions(trained, tiny_mod
     assert len(evaluated) == result["metrics"]["n"]
     texts = [e["text"] for e in evaluated]
     tokenizer = load_tokenizer(tiny_model_dir)
-    classifier = Classifier(load_base_model(tiny_model_dir, device="cpu"), tokenizer,
-                            [LabelInfo("complaint"), LabelInfo("question"), LabelInfo("feedback")])
+    classifier = Classifier(
+        load_base_model(tiny_model_dir, device="cpu"),
+        tokenizer,
+        [LabelInfo("complaint"), LabelInfo("question"), LabelInfo("feedback")],
+    )
     classifier.use_adapter(run_dir / "adapter", version=1)
     reloaded = classifier.classify_many(texts)
     assert [p.label for p in reloaded] == [e["predicted"] for e in evaluated]
     assert [p.confidence for p in reloaded] == pytest.approx([e["confidence"] for e in evaluated], abs=1e-4)
     assert all(p.adapter_version == 1 and not p.zero_shot for p in reloaded)
 
-    merged = PeftModel.from_pretrained(load_base_model(tiny_model_dir, device="cpu"),
-                                       str(run_dir / "adapter")).merge_and_unload()
+    merged = PeftModel.from_pretrained(
+        load_base_model(tiny_model_dir, device="cpu"), str(run_dir / "adapter")
+    ).merge_and_unload()
     spec = PromptSpec.from_dict(json.loads((run_dir / "adapter" / "supportbot.json").read_text())["prompt"])
     with torch.inference_mode():
         merged_scores = LabelScorer(merged.eval(), tokenizer, spec, beam_width=99).score([(t, None) for t in texts])
@@ -128,10 +132,13 @@ def test_cancel_stops_cleanly_without_an_adapter(tiny_model_dir, tmp_path):
     assert not (run_dir / "adapter").exists()
 
 
-@pytest.mark.parametrize("losses, expected", [
-    ([2.0, 1.5, float("nan")], "the training loss became nan at step 3"),
-    ([2.0, 1.5, 9.0], "rose to 9.000 at step 3, 4.5x its first value 2.000"),
-])
+@pytest.mark.parametrize(
+    "losses, expected",
+    [
+        ([2.0, 1.5, float("nan")], "the training loss became nan at step 3"),
+        ([2.0, 1.5, 9.0], "rose to 9.000 at step 3, 4.5x its first value 2.000"),
+    ],
+)
 def test_diverging_loss_stops_training_with_a_reason(tmp_path, losses, expected):
     from types import SimpleNamespace
 
@@ -144,21 +151,25 @@ def test_diverging_loss_stops_training_with_a_reason(tmp_path, losses, expected)
     report, _ = _callbacks(cfg, ListSink(), tmp_path)
     control = TrainerControl()
     for step, loss in enumerate(losses, start=1):
-        report.on_log(None, SimpleNamespace(global_step=step, max_steps=10, epoch=step / 10), control,
-                      logs={"loss": loss})
+        report.on_log(
+            None, SimpleNamespace(global_step=step, max_steps=10, epoch=step / 10), control, logs={"loss": loss}
+        )
     assert control.should_training_stop
     assert expected in report.problem
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"learning_rate": 0}, "learning_rate: expected a number between 0 and 1"),
-    ({"lora_r": 0}, "lora_r: expected a whole number of at least 1"),
-    ({"quantization": "8bit"}, "quantization: expected one of auto, 4bit, none"),
-    ({"labels": [{"name": "only"}]}, "labels: a classifier needs at least 2 labels"),
-    ({"labels": [{"name": "a"}, {"name": "a"}]}, "labels: duplicate names"),
-    ({"target_modules": []}, "target_modules: expected a non-empty list"),
-    ({"lerning_rate": 1e-3}, "unknown field(s) lerning_rate"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"learning_rate": 0}, "learning_rate: expected a number between 0 and 1"),
+        ({"lora_r": 0}, "lora_r: expected a whole number of at least 1"),
+        ({"quantization": "8bit"}, "quantization: expected one of auto, 4bit, none"),
+        ({"labels": [{"name": "only"}]}, "labels: a classifier needs at least 2 labels"),
+        ({"labels": [{"name": "a"}, {"name": "a"}]}, "labels: duplicate names"),
+        ({"target_modules": []}, "target_modules: expected a non-empty list"),
+        ({"lerning_rate": 1e-3}, "unknown field(s) lerning_rate"),
+    ],
+)
 def test_bad_config_rejected_before_any_model_loads(tmp_path, override, message):
     config = toy_config("/nonexistent/model")
     config.update(override)
@@ -169,15 +180,22 @@ def test_bad_config_rejected_before_any_model_loads(tmp_path, override, message)
     assert not (run_dir / "metrics.jsonl").exists()
 
 
-@pytest.mark.parametrize("examples, message", [
-    ([], "training data is empty"),
-    ([{"text": "x", "label": "complaint"}] * 4, "every example is labeled 'complaint'"),
-    ([{"text": "x", "label": "complaint"}] * 2 + [{"text": "y", "label": "praise"}] * 2,
-     "not in the label set: praise"),
-    ([{"text": "x", "label": "complaint"}] * 3 + [{"text": "y", "label": "question"}],
-     "fewer than 2 examples, too few to split into train and eval: question (1)"),
-    ([{"text": "  ", "label": "complaint"}] * 2 + [{"text": "y", "label": "question"}] * 2, "empty text"),
-])
+@pytest.mark.parametrize(
+    "examples, message",
+    [
+        ([], "training data is empty"),
+        ([{"text": "x", "label": "complaint"}] * 4, "every example is labeled 'complaint'"),
+        (
+            [{"text": "x", "label": "complaint"}] * 2 + [{"text": "y", "label": "praise"}] * 2,
+            "not in the label set: praise",
+        ),
+        (
+            [{"text": "x", "label": "complaint"}] * 3 + [{"text": "y", "label": "question"}],
+            "fewer than 2 examples, too few to split into train and eval: question (1)",
+        ),
+        ([{"text": "  ", "label": "complaint"}] * 2 + [{"text": "y", "label": "question"}] * 2, "empty text"),
+    ],
+)
 def test_bad_datasets_get_clear_errors(tmp_path, examples, message):
     run_dir = make_run_dir(tmp_path / "run", toy_config("/nonexistent/model"), examples)
     result = run(run_dir)
@@ -193,7 +211,10 @@ def test_python_m_trainer_exit_codes(tmp_path):
 
 
 def test_stratified_split_is_seeded_and_keeps_every_label():
-    examples = toy_examples(per_label=10) + [{"text": "rare one", "label": "rare"}, {"text": "rare two", "label": "rare"}]
+    examples = toy_examples(per_label=10) + [
+        {"text": "rare one", "label": "rare"},
+        {"text": "rare two", "label": "rare"},
+    ]
     train, evaluation = stratified_split(examples, 0.2, seed=42)
     again = stratified_split(examples, 0.2, seed=42)
     assert (train, evaluation) == again
@@ -242,8 +263,7 @@ def test_classification_metrics_list_each_label_once():
     m = classification_metrics(["a", "a", "b", "c"], ["a", "b", "b", "x"], ["a", "b", "c"])
     assert m["confusion"]["labels"] == ["a", "b", "c", "x"]  # an unknown prediction gets its own column, once
     assert m["confusion"]["matrix"] == [[1, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0]]
-    assert m["accuracy"] == 0.5 and m["per_class"]["a"] == {"precision": 1.0, "recall": 0.5, "f1": 2 / 3,
-                                                            "support": 2}
+    assert m["accuracy"] == 0.5 and m["per_class"]["a"] == {"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2}
     assert m["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 0) / 3)
 
 

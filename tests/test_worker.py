@@ -33,19 +33,26 @@ def system(env, tiny_model_dir, monkeypatch):
     from slack_standin.server import SlackStandIn
 
     standin = SlackStandIn().start()
-    environment = {"SUPPORTBOT_DATA_DIR": str(env / "data"), "SUPPORTBOT_BASE_MODEL": tiny_model_dir,
-                   "SUPPORTBOT_ZERO_SHOT_MODEL": tiny_model_dir,
-                   "SLACK_BOT_TOKEN": standin.bot_token, "SLACK_SIGNING_SECRET": SECRET,
-                   "SLACK_API_URL": standin.api_url, "SUPPORTBOT_ADMINS": ADMIN,
-                   "SUPPORTBOT_INTAKE_CHANNELS": INTAKE, "SUPPORTBOT_REPORT_CHANNEL": REPORTS}
+    environment = {
+        "SUPPORTBOT_DATA_DIR": str(env / "data"),
+        "SUPPORTBOT_BASE_MODEL": tiny_model_dir,
+        "SUPPORTBOT_ZERO_SHOT_MODEL": tiny_model_dir,
+        "SLACK_BOT_TOKEN": standin.bot_token,
+        "SLACK_SIGNING_SECRET": SECRET,
+        "SLACK_API_URL": standin.api_url,
+        "SUPPORTBOT_ADMINS": ADMIN,
+        "SUPPORTBOT_INTAKE_CHANNELS": INTAKE,
+        "SUPPORTBOT_REPORT_CHANNEL": REPORTS,
+    }
     for key, value in environment.items():
         monkeypatch.setenv(key, value)
     settings = load_settings(environment, env_file=None)
     ctx = BotContext(settings)
     db = ctx.db()
     for e in toy_examples():
-        m, _ = messages.add_message(db, source="import", external_id=f"toy:{len(e['text'])}:{e['text']}",
-                                    raw_body=e["text"])
+        m, _ = messages.add_message(
+            db, source="import", external_id=f"toy:{len(e['text'])}:{e['text']}", raw_body=e["text"]
+        )
         labels.add_label_def(db, e["label"])
         labels.add_label(db, m.id, e["label"], by=ADMIN, method="cli")
     app = create_app(ctx, WebClient(token=standin.bot_token, base_url=standin.api_url))
@@ -152,8 +159,10 @@ def wait_until(predicate, timeout=60, what="condition"):
 def running_trainer(settings, run_id):
     pid_file = settings.runs_dir / f"run-{run_id}" / "trainer.pid"
     metrics = settings.runs_dir / f"run-{run_id}" / "metrics.jsonl"
-    wait_until(lambda: pid_file.exists() and metrics.exists() and '"train"' in metrics.read_text(),
-               what="the trainer to start training")
+    wait_until(
+        lambda: pid_file.exists() and metrics.exists() and '"train"' in metrics.read_text(),
+        what="the trainer to start training",
+    )
     return json.loads(pid_file.read_text())["pid"]
 
 
@@ -177,8 +186,9 @@ def test_sigkill_of_the_trainer_child_fails_the_run_and_keeps_the_serving_adapte
 
 
 def start_worker_process(env):
-    return subprocess.Popen([sys.executable, "-m", "bot.cli", "worker"], cwd=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "worker"], cwd=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
 def test_sigkill_of_the_worker_interrupts_the_run_and_the_next_one_proceeds(system, env, monkeypatch):
@@ -189,8 +199,13 @@ def test_sigkill_of_the_worker_interrupts_the_run_and_the_next_one_proceeds(syst
     trainer_pid = running_trainer(settings, 1)
     process.kill()  # SIGKILL: no chance to clean up
     process.wait(10)
-    wait_until(lambda: not os.path.exists(f"/proc/{trainer_pid}") or
-               open(f"/proc/{trainer_pid}/stat").read().split()[2] == "Z", 10, "the trainer to die with the worker")
+    wait_until(
+        lambda: (
+            not os.path.exists(f"/proc/{trainer_pid}") or open(f"/proc/{trainer_pid}/stat").read().split()[2] == "Z"
+        ),
+        10,
+        "the trainer to die with the worker",
+    )
     assert runs.get_run(bot.db, 1).status == "running"  # nobody marked it yet
     from storage import RunConflict
 
@@ -265,8 +280,11 @@ def test_relay_restart_neither_loses_nor_duplicates(system):
     for key in ("run:1:report", "run:2:report"):
         outbox.put(bot.db, key, REPORTS, {"text": key})
     # A relay that delivered run 1's report and died before recording it; run 2's never went out.
-    relay.client.chat_postMessage(channel=REPORTS, text="run:1:report",
-                                  metadata={"event_type": "supportbot_outbox", "event_payload": {"key": "run:1:report"}})
+    relay.client.chat_postMessage(
+        channel=REPORTS,
+        text="run:1:report",
+        metadata={"event_type": "supportbot_outbox", "event_payload": {"key": "run:1:report"}},
+    )
     outbox.claim_due(bot.db)
     assert {i.key for i in outbox.in_doubt(bot.db)} == {"run:1:report", "run:2:report"}
     fresh = Relay(bot.ctx.db, relay_client(settings))
@@ -336,6 +354,7 @@ def test_starting_a_trainer_leaves_its_log_closed_in_the_worker(tmp_path):
 
 # -- leases: a second worker (a rolling deploy) and a worker that stalls past its lease -----------------------------
 
+
 def two_workers(env, monkeypatch, **settings_changes):
     """Two workers on one database, as during a rolling deploy."""
     import dataclasses
@@ -350,8 +369,12 @@ def claimed_by(worker):
     from bot.runs.execute import run_dir_for
 
     runs.queue_run(worker.db, requested_by=ADMIN, params=FAST)
-    run = runs.claim_next_run(worker.db, run_dir_for=lambda i: run_dir_for(worker.settings, i), worker_id=worker.id,
-                              lease_s=worker.settings.run_lease_s)
+    run = runs.claim_next_run(
+        worker.db,
+        run_dir_for=lambda i: run_dir_for(worker.settings, i),
+        worker_id=worker.id,
+        lease_s=worker.settings.run_lease_s,
+    )
     os.makedirs(run.run_dir)
     return run
 
@@ -427,10 +450,19 @@ class StalledRun:
             return None
         (self.run_dir / "adapter").mkdir()
         (self.run_dir / "adapter" / "adapter_config.json").write_text("{}")
-        (self.run_dir / "result.json").write_text(json.dumps({
-            "status": "succeeded", "adapter_dir": str(self.run_dir / "adapter"), "base_model": "m",
-            "labels": ["a", "b"], "metrics": {"accuracy": 0.9, "macro_f1": 0.9, "n": 4},
-            "promotion": {"promote": True, "reason": "better"}, "data": {"train": 8}}))
+        (self.run_dir / "result.json").write_text(
+            json.dumps(
+                {
+                    "status": "succeeded",
+                    "adapter_dir": str(self.run_dir / "adapter"),
+                    "base_model": "m",
+                    "labels": ["a", "b"],
+                    "metrics": {"accuracy": 0.9, "macro_f1": 0.9, "n": 4},
+                    "promotion": {"promote": True, "reason": "better"},
+                    "data": {"train": 8},
+                }
+            )
+        )
         return Ending(0)
 
     def cancel(self):
@@ -485,6 +517,7 @@ def test_finishing_needs_the_lease(env, monkeypatch):
 
 # -- the pid file: nothing is killed unless it is proven to be this run's trainer ----------------------------------
 
+
 def test_a_pid_file_naming_an_unrelated_process_kills_nothing(env, monkeypatch, caplog):
     from bot.runs.local import PID_FILE, kill_orphan, owner_of, start_time
 
@@ -495,10 +528,12 @@ def test_a_pid_file_naming_an_unrelated_process_kills_nothing(env, monkeypatch, 
     unrelated = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
         forged = {"pid": unrelated.pid, "start_time": start_time(unrelated.pid), "token": "guessed", **owner}
-        for content, why in ((str(unrelated.pid), "not one this version writes"),
-                             (json.dumps({**forged, "start_time": forged["start_time"] + 1}), "started when"),
-                             (json.dumps(forged), "token"),
-                             (json.dumps({**forged, "worker_id": second.id}), "not by the run's worker")):
+        for content, why in (
+            (str(unrelated.pid), "not one this version writes"),
+            (json.dumps({**forged, "start_time": forged["start_time"] + 1}), "started when"),
+            (json.dumps(forged), "token"),
+            (json.dumps({**forged, "worker_id": second.id}), "not by the run's worker"),
+        ):
             pid_file.write_text(content)
             caplog.clear()
             assert not kill_orphan(run.run_dir, owner)

@@ -27,8 +27,11 @@ _SIGNATURE_MARKERS = [
     re.compile(r"^-- ?$", re.M),  # the standard signature separator
     re.compile(r"^\s*(Sent from my (iPhone|iPad|Android|Galaxy|mobile)|Get Outlook for (iOS|Android)).*$", re.I | re.M),
 ]
-_CLOSING = re.compile(r"^[ \t]*(best( regards)?|kind regards|regards|thanks( a lot)?|thank you|cheers|sincerely|"
-                      r"many thanks|br|mit freundlichen grüßen|cordialement)[,!.]?[ \t]*$", re.I | re.M)
+_CLOSING = re.compile(
+    r"^[ \t]*(best( regards)?|kind regards|regards|thanks( a lot)?|thank you|cheers|sincerely|"
+    r"many thanks|br|mit freundlichen grüßen|cordialement)[,!.]?[ \t]*$",
+    re.I | re.M,
+)
 _CLOSING_TAIL_LINES, _CLOSING_TAIL_CHARS = 4, 120  # the most a name block under a closing line holds
 _HEADER_FIELD = re.compile(r"^\s*(From|Date|Sent|Subject|To|Cc):\s*(.*)$", re.I)
 
@@ -50,7 +53,7 @@ def _cut_at_first(text: str, patterns) -> tuple[str, bool]:
     positions = [m.start() for p in patterns for m in [p.search(text)] if m]
     if not positions:
         return text, False
-    return text[:min(positions)], True
+    return text[: min(positions)], True
 
 
 def _strip_quote_blocks(text: str) -> tuple[str, bool]:
@@ -64,7 +67,7 @@ def _parse_forward(text: str) -> tuple[str, dict]:
     match = _FORWARD_MARKER.search(text)
     if not match:
         return text, {}
-    above, below = text[:match.start()].strip(), text[match.end():].lstrip("\n")
+    above, below = text[: match.start()].strip(), text[match.end() :].lstrip("\n")
     fields, body_lines, in_header = {}, [], True
     for line in below.split("\n"):
         if in_header:
@@ -90,7 +93,7 @@ def _strip_closing(text: str) -> tuple[str, bool]:
     body = text.rstrip()
     cut = None
     for match in reversed(list(_CLOSING.finditer(body))):
-        tail = body[match.end():].lstrip()
+        tail = body[match.end() :].lstrip()
         if tail.count("\n") >= _CLOSING_TAIL_LINES or len(tail) > _CLOSING_TAIL_CHARS:
             break
         cut = match.start()
@@ -110,8 +113,12 @@ def clean_email(raw: str | bytes, *, redact_personal: bool = False) -> CleanEmai
     text, forwarded = _parse_forward(text)
     if forwarded:
         removed.append("forward header")
-    steps = (("quoted reply", lambda t: _cut_at_first(t, _REPLY_MARKERS)), ("quoted lines", _strip_quote_blocks),
-             ("signature", lambda t: _cut_at_first(t, _SIGNATURE_MARKERS)), ("closing", _strip_closing))
+    steps = (
+        ("quoted reply", lambda t: _cut_at_first(t, _REPLY_MARKERS)),
+        ("quoted lines", _strip_quote_blocks),
+        ("signature", lambda t: _cut_at_first(t, _SIGNATURE_MARKERS)),
+        ("closing", _strip_closing),
+    )
     for name, step in steps:
         text, cut = step(text)
         if cut:

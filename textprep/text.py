@@ -37,12 +37,12 @@ def html_to_text(markup: str) -> str:
         if match is None:
             parts.append(markup[pos:])
             break
-        parts.append(markup[pos:match.start()])
+        parts.append(markup[pos : match.start()])
         pos = match.end()
         if match.group() == "<!--":
             end = markup.find("-->", pos)
             if end < 0:  # never closed: text, as html.parser reads it
-                parts.append(markup[match.start():])
+                parts.append(markup[match.start() :])
                 break
             pos = end + 3
             continue
@@ -60,7 +60,9 @@ def to_text(value: str | bytes) -> str:
 
     Only the first `MAX_PARSE_CHARS` characters are read."""
     if isinstance(value, (bytes, bytearray)):
-        value = bytes(value[:MAX_PARSE_CHARS * 4]).decode("utf-8", errors="replace")  # UTF-8: at most 4 bytes a character
+        value = bytes(value[: MAX_PARSE_CHARS * 4]).decode(
+            "utf-8", errors="replace"
+        )  # UTF-8: at most 4 bytes a character
     value = value[:MAX_PARSE_CHARS]
     if _HTML_HINT.search(value):
         value = html_to_text(value)

@@ -29,15 +29,29 @@ def probability_matrix(predictions: list, names: list[str]) -> np.ndarray:
     return np.log(np.array([[max(p.scores.get(n, 0.0), 1e-30) for n in names] for p in predictions]))
 
 
-def score(name: str, kind: str, logp: np.ndarray, gold: np.ndarray, names: list[str], *, serving: bool = False,
-          details: dict | None = None) -> Candidate:
+def score(
+    name: str,
+    kind: str,
+    logp: np.ndarray,
+    gold: np.ndarray,
+    names: list[str],
+    *,
+    serving: bool = False,
+    details: dict | None = None,
+) -> Candidate:
     probs = np.exp(logp)
     predicted = [names[i] for i in probs.argmax(axis=1)]
     metrics = classification_metrics([names[i] for i in gold], predicted, names)
     metrics["ece"] = expected_calibration_error(probs, gold)
     metrics["selective"] = selective_accuracy(probs, gold)
-    return Candidate(name, kind, metrics, serving=serving, details=details or {},
-                     correct=tuple(bool(x) for x in probs.argmax(axis=1) == gold))
+    return Candidate(
+        name,
+        kind,
+        metrics,
+        serving=serving,
+        details=details or {},
+        correct=tuple(bool(x) for x in probs.argmax(axis=1) == gold),
+    )
 
 
 def embed_examples(examples: list[dict]) -> np.ndarray:
@@ -46,11 +60,21 @@ def embed_examples(examples: list[dict]) -> np.ndarray:
     return embed([message_text(e["text"], e.get("subject")) for e in examples])
 
 
-def evaluate_candidates(names: list[str], train: list[dict], dev: list[dict], evaluation: list[dict],
-                        adapter_dev: np.ndarray | None, adapter_eval: np.ndarray, *, margin: float,
-                        serving: dict | None = None, serving_eval: np.ndarray | None = None,
-                        same_data: bool = False, significance: float = SIGNIFICANCE,
-                        embeddings: bool = True) -> dict:
+def evaluate_candidates(
+    names: list[str],
+    train: list[dict],
+    dev: list[dict],
+    evaluation: list[dict],
+    adapter_dev: np.ndarray | None,
+    adapter_eval: np.ndarray,
+    *,
+    margin: float,
+    serving: dict | None = None,
+    serving_eval: np.ndarray | None = None,
+    same_data: bool = False,
+    significance: float = SIGNIFICANCE,
+    embeddings: bool = True,
+) -> dict:
     """Score the candidates on `evaluation` and choose. Arrays are the adapter's log-scores, (n, labels).
 
     `serving` describes the model answering now ({kind, name, details}); `serving_eval` is its
@@ -69,48 +93,99 @@ def evaluate_candidates(names: list[str], train: list[dict], dev: list[dict], ev
     serving_kind = (serving or {}).get("kind")
     candidates = []
     adapter_t = fit_temperature(adapter_dev, gold_dev) if adapter_dev is not None and len(dev) else 1.0
-    candidates.append(score("new adapter", "adapter", log_softmax(adapter_eval / adapter_t), gold_eval, names,
-                            details={"temperature": adapter_t}))
+    candidates.append(
+        score(
+            "new adapter",
+            "adapter",
+            log_softmax(adapter_eval / adapter_t),
+            gold_eval,
+            names,
+            details={"temperature": adapter_t},
+        )
+    )
     fitted = None
     if embeddings:
         vectors = embed_examples(train + dev + evaluation)
-        x_train, x_dev = vectors[:len(train)], vectors[len(train):len(train) + len(dev)]
-        x_eval = vectors[len(train) + len(dev):]
+        x_train, x_dev = vectors[: len(train)], vectors[len(train) : len(train) + len(dev)]
+        x_eval = vectors[len(train) + len(dev) :]
         y_train, y_dev = [e["label"] for e in train], [e["label"] for e in dev]
-        fitted = EmbeddingClassifier.fit(x_train, y_train, names) if same_data else \
-            EmbeddingClassifier.fit(np.concatenate([x_train, x_dev]), y_train + y_dev, names)
-        candidates.append(score("embeddings", "embeddings", fitted.log_probs(x_eval), gold_eval, names,
-                                serving=serving_kind == "embeddings",
-                                details={"temperature": fitted.temperature}))
+        fitted = (
+            EmbeddingClassifier.fit(x_train, y_train, names)
+            if same_data
+            else EmbeddingClassifier.fit(np.concatenate([x_train, x_dev]), y_train + y_dev, names)
+        )
+        candidates.append(
+            score(
+                "embeddings",
+                "embeddings",
+                fitted.log_probs(x_eval),
+                gold_eval,
+                names,
+                serving=serving_kind == "embeddings",
+                details={"temperature": fitted.temperature},
+            )
+        )
         if adapter_dev is not None and len(dev):
             # The ensemble weight: adapter held-out on dev, embeddings fitted on train alone, never eval.
             on_train = EmbeddingClassifier.fit(x_train, y_train, names)
             mix = fit_mix(adapter_dev, on_train.logits(x_dev), gold_dev, embedding_temperature=on_train.temperature)
-            candidates.append(score("new adapter + embeddings", "ensemble",
-                                    mix.log_probs(adapter_eval, fitted.logits(x_eval)), gold_eval, names,
-                                    details={"mix": mix.to_dict()}))
+            candidates.append(
+                score(
+                    "new adapter + embeddings",
+                    "ensemble",
+                    mix.log_probs(adapter_eval, fitted.logits(x_eval)),
+                    gold_eval,
+                    names,
+                    details={"mix": mix.to_dict()},
+                )
+            )
     if serving_kind in ("adapter", "ensemble") and serving_eval is not None:
         details = serving.get("details") or {}
         if serving_kind == "ensemble" and details.get("mix") and fitted is not None:
             logp = Mix.from_dict(details["mix"]).log_probs(serving_eval, fitted.logits(x_eval))
         else:
             logp = log_softmax(serving_eval / float(details.get("temperature") or 1.0))
-        candidates.append(score(serving.get("name") or "serving adapter", serving_kind, logp, gold_eval, names,
-                                serving=True, details=details))
+        candidates.append(
+            score(
+                serving.get("name") or "serving adapter",
+                serving_kind,
+                logp,
+                gold_eval,
+                names,
+                serving=True,
+                details=details,
+            )
+        )
     if serving_kind in ("adapter", "ensemble") and serving_eval is None and (serving or {}).get("not_comparable"):
         reason_suffix = f" ({serving.get('name') or 'the serving adapter'} was not scored: {serving['not_comparable']})"
     else:
         reason_suffix = ""
     decision = choose(candidates, margin, significance, serving_kind=serving_kind)
     picked, reason = decision.picked, decision.reason + reason_suffix
-    return {"candidates": [_summary(c) for c in candidates], "picked": picked.name, "kind": picked.kind,
-            "new": not picked.serving and picked.kind in ("adapter", "ensemble"), "reason": reason,
-            "p_value": decision.p_value, "significance": significance,
-            "details": picked.details, "ece": picked.metrics["ece"], "selective": picked.metrics["selective"]}
+    return {
+        "candidates": [_summary(c) for c in candidates],
+        "picked": picked.name,
+        "kind": picked.kind,
+        "new": not picked.serving and picked.kind in ("adapter", "ensemble"),
+        "reason": reason,
+        "p_value": decision.p_value,
+        "significance": significance,
+        "details": picked.details,
+        "ece": picked.metrics["ece"],
+        "selective": picked.metrics["selective"],
+    }
 
 
 def _summary(candidate: Candidate) -> dict:
     m = candidate.metrics
-    return {"name": candidate.name, "kind": candidate.kind, "serving": candidate.serving,
-            "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "ece": m["ece"], "n": m["n"], "right": candidate.right,
-            "details": candidate.details}
+    return {
+        "name": candidate.name,
+        "kind": candidate.kind,
+        "serving": candidate.serving,
+        "accuracy": m["accuracy"],
+        "macro_f1": m["macro_f1"],
+        "ece": m["ece"],
+        "n": m["n"],
+        "right": candidate.right,
+        "details": candidate.details,
+    }

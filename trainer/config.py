@@ -41,93 +41,129 @@ def _help(text: str, **kwargs):
 
 @dataclass
 class TrainConfig:
-    labels: list = _help("The label set: a list of {name, description}. Every example's label must be in it.",
-                         default_factory=list)
-    base_model: str = _help("`minilm` (all-MiniLM-L6-v2, a sentence encoder), `gemma3-270m` (Gemma 3 270M), "
-                            "`smollm2-135m` or `embedded` (SmolLM2-135M-Instruct), a hub id or a local folder.",
-                            default=DEFAULT_BASE_MODEL)
-    model_cache_dir: str = _help("Where a packaged model is converted to once and loaded from afterwards.",
-                                 default="")
-    recipe: str = _help("`auto` (encoder for a sentence encoder, small-model below 1B parameters, else seed), "
-                        "`seed` (7B-class models), `small-model` (what measured best for ~100M decoders on CPU) "
-                        "or `encoder`. A recipe fills only the fields left unset (None, or epochs 0); see RECIPES.",
-                        default="auto")
-    method: str | None = _help("`head` (a linear head on the LM's hidden states, trained with LoRA on the body; its "
-                               "label set is fixed at training time), `scoring` (the label's likelihood as the "
-                               "answer to a chat prompt) or None / `auto`: the recipe decides (head).",
-                               default=None)
-    quantization: str = _help("`auto` (4-bit on CUDA, none on CPU), `4bit` (NF4 + double quant) or `none`.",
-                              default="auto")
-    compute_dtype: str = _help("`auto` (bf16 where supported, else fp16 on CUDA; fp32 on CPU), `bf16`, `fp16`, "
-                               "`fp32`.", default="auto")
+    labels: list = _help(
+        "The label set: a list of {name, description}. Every example's label must be in it.", default_factory=list
+    )
+    base_model: str = _help(
+        "`minilm` (all-MiniLM-L6-v2, a sentence encoder), `gemma3-270m` (Gemma 3 270M), "
+        "`smollm2-135m` or `embedded` (SmolLM2-135M-Instruct), a hub id or a local folder.",
+        default=DEFAULT_BASE_MODEL,
+    )
+    model_cache_dir: str = _help("Where a packaged model is converted to once and loaded from afterwards.", default="")
+    recipe: str = _help(
+        "`auto` (encoder for a sentence encoder, small-model below 1B parameters, else seed), "
+        "`seed` (7B-class models), `small-model` (what measured best for ~100M decoders on CPU) "
+        "or `encoder`. A recipe fills only the fields left unset (None, or epochs 0); see RECIPES.",
+        default="auto",
+    )
+    method: str | None = _help(
+        "`head` (a linear head on the LM's hidden states, trained with LoRA on the body; its "
+        "label set is fixed at training time), `scoring` (the label's likelihood as the "
+        "answer to a chat prompt) or None / `auto`: the recipe decides (head).",
+        default=None,
+    )
+    quantization: str = _help(
+        "`auto` (4-bit on CUDA, none on CPU), `4bit` (NF4 + double quant) or `none`.", default="auto"
+    )
+    compute_dtype: str = _help(
+        "`auto` (bf16 where supported, else fp16 on CUDA; fp32 on CPU), `bf16`, `fp16`, `fp32`.", default="auto"
+    )
     lora_r: int = _help("LoRA rank.", default=16)
     lora_alpha: int = _help("LoRA alpha (scale = alpha / r).", default=32)
     lora_dropout: float = _help("Dropout on the LoRA path.", default=0.05)
-    target_modules: list | None = _help("Modules LoRA adapts; None: the recipe decides (seed: q/k/v/o; "
-                                        "small-model: every linear layer).", default=None)
+    target_modules: list | None = _help(
+        "Modules LoRA adapts; None: the recipe decides (seed: q/k/v/o; small-model: every linear layer).", default=None
+    )
     learning_rate: float | None = _help("Peak learning rate; None: the recipe decides (seed 2e-4).", default=None)
-    lr_scheduler: str = _help("Learning-rate schedule (transformers' names: cosine, linear, constant...).",
-                              default="cosine")
+    lr_scheduler: str = _help(
+        "Learning-rate schedule (transformers' names: cosine, linear, constant...).", default="cosine"
+    )
     warmup_ratio: float = _help("Fraction of steps spent warming up.", default=0.03)
     batch_size: int = _help("Examples per device step.", default=4)
     grad_accum: int = _help("Steps accumulated per optimizer update.", default=4)
     epochs: int = _help("Epochs; 0 = the recipe decides (seed: 4 under 1,000 examples, 2 above).", default=0)
     evals_per_epoch: int = _help("Evaluations (and early-stopping checks) per epoch.", default=2)
-    early_stopping_patience: int = _help("Stop after this many evaluations without a better eval loss.",
-                                         default=2)
+    early_stopping_patience: int = _help("Stop after this many evaluations without a better eval loss.", default=2)
     max_length: int = _help("Longest training sequence in tokens (prompt + label).", default=512)
-    max_body_chars: int = _help("Longer email bodies keep their start and end up to this many characters.",
-                                default=MAX_BODY_CHARS)
-    label_list_in_prompt: str = _help("`auto` (when at most 30 labels), `always` or `never`: name the labels "
-                                      "in the system prompt.", default="auto")
-    label_verbalizer: str = _help("`readable` (answer `card arrival` for label card_arrival) or `raw` (the name "
-                                  "as is).", default="readable")
-    gradient_checkpointing: bool = _help("Trade compute for memory (helps 7B models on small GPUs).",
-                                         default=False)
+    max_body_chars: int = _help(
+        "Longer email bodies keep their start and end up to this many characters.", default=MAX_BODY_CHARS
+    )
+    label_list_in_prompt: str = _help(
+        "`auto` (when at most 30 labels), `always` or `never`: name the labels in the system prompt.", default="auto"
+    )
+    label_verbalizer: str = _help(
+        "`readable` (answer `card arrival` for label card_arrival) or `raw` (the name as is).", default="readable"
+    )
+    gradient_checkpointing: bool = _help("Trade compute for memory (helps 7B models on small GPUs).", default=False)
     seed: int = _help("Seed for the split, initialization and data order.", default=42)
-    eval_fraction: float = _help("Share of examples held out when no eval.jsonl is given (stratified).",
-                                 default=0.2)
-    dev_fraction: float = _help("Share of the training side held out from the adapter (stratified) for early "
-                                "stopping, calibration and the ensemble weight, so that the eval split is "
-                                "used only to compare candidates. 0: early stopping on eval, no ensemble.",
-                                default=0.125)
-    serving_model: dict = _help("What answers now, for the serving gate: {kind, name, details}; kind is "
-                                "embeddings, adapter or ensemble (the adapter's folder is compare_adapter); "
-                                "`not_comparable` says why an adapter that serves cannot be scored here.",
-                                default_factory=dict)
-    divergence_factor: float = _help("Stop with an error when the training loss exceeds this multiple of its "
-                                     "first value.", default=4.0)
-    compare_adapter: str = _help("Folder of the adapter now serving; evaluated on the same split for the "
-                                 "promotion gate.", default="")
-    promotion_margin: float = _help("First run only (nothing trained serves yet): candidates within this "
-                                    "macro-F1 of the best count as just as good, and the cheapest serves.",
-                                    default=0.01)
-    promotion_significance: float = _help("What serves changes only when a candidate got more eval messages "
-                                          "right than it, with a one-sided exact McNemar p-value below this.",
-                                          default=0.05)
-    baseline: bool = _help("Also score the embedding classifier and its ensemble with the adapter on the same "
-                           "split for the serving gate (false, or without the embedding model: the gate "
-                           "chooses among the adapters; a TF-IDF baseline is reported).", default=True)
-    injection_augmentation: float = _help("Share of training examples copied with an appended instruction to "
-                                          "answer another label (true label kept), so the adapter learns to "
-                                          "ignore instructions inside emails.", default=0.3)
+    eval_fraction: float = _help("Share of examples held out when no eval.jsonl is given (stratified).", default=0.2)
+    dev_fraction: float = _help(
+        "Share of the training side held out from the adapter (stratified) for early "
+        "stopping, calibration and the ensemble weight, so that the eval split is "
+        "used only to compare candidates. 0: early stopping on eval, no ensemble.",
+        default=0.125,
+    )
+    serving_model: dict = _help(
+        "What answers now, for the serving gate: {kind, name, details}; kind is "
+        "embeddings, adapter or ensemble (the adapter's folder is compare_adapter); "
+        "`not_comparable` says why an adapter that serves cannot be scored here.",
+        default_factory=dict,
+    )
+    divergence_factor: float = _help(
+        "Stop with an error when the training loss exceeds this multiple of its first value.", default=4.0
+    )
+    compare_adapter: str = _help(
+        "Folder of the adapter now serving; evaluated on the same split for the promotion gate.", default=""
+    )
+    promotion_margin: float = _help(
+        "First run only (nothing trained serves yet): candidates within this "
+        "macro-F1 of the best count as just as good, and the cheapest serves.",
+        default=0.01,
+    )
+    promotion_significance: float = _help(
+        "What serves changes only when a candidate got more eval messages "
+        "right than it, with a one-sided exact McNemar p-value below this.",
+        default=0.05,
+    )
+    baseline: bool = _help(
+        "Also score the embedding classifier and its ensemble with the adapter on the same "
+        "split for the serving gate (false, or without the embedding model: the gate "
+        "chooses among the adapters; a TF-IDF baseline is reported).",
+        default=True,
+    )
+    injection_augmentation: float = _help(
+        "Share of training examples copied with an appended instruction to "
+        "answer another label (true label kept), so the adapter learns to "
+        "ignore instructions inside emails.",
+        default=0.3,
+    )
     max_steps: int = _help("Stop after this many optimizer steps (0 = no limit; for smoke tests).", default=0)
-    pooling: str | None = _help("Head method: which hidden state the head reads, `last` (the last token of the "
-                                "prompt, which ends with a cue) or `mean` (the mean over the prompt's tokens; "
-                                "unit length for an encoder). None: the recipe decides (encoder: mean, else last).",
-                                default=None)
-    refit: bool | None = _help("After the gate has measured the adapter on eval, train it again from the start on "
-                               "every labelled example (train, dev and eval) for as many epochs as early stopping "
-                               "chose, and save that one: with ten examples a label, the two held-out splits are "
-                               "a third of the data. The recorded metrics, temperature and ensemble weight stay "
-                               "those of the first training. If the refit fails, the first adapter is kept. None: "
-                               "the recipe decides (encoder: yes, since a retrain takes a minute or two; else no).",
-                               default=None)
-    head_init: str = _help("Head method: `probe` (fit the head on the base model's frozen features first, then "
-                           "train it with LoRA) or `random`.", default="probe")
-    lora_layers: int | None = _help("LoRA on the top N transformer layers only (0 = every layer). Backpropagation "
-                                    "then stops at the lowest adapted layer, so a training step costs less. None: "
-                                    "the recipe decides (seed: every layer; small-model: the top 6).", default=None)
+    pooling: str | None = _help(
+        "Head method: which hidden state the head reads, `last` (the last token of the "
+        "prompt, which ends with a cue) or `mean` (the mean over the prompt's tokens; "
+        "unit length for an encoder). None: the recipe decides (encoder: mean, else last).",
+        default=None,
+    )
+    refit: bool | None = _help(
+        "After the gate has measured the adapter on eval, train it again from the start on "
+        "every labelled example (train, dev and eval) for as many epochs as early stopping "
+        "chose, and save that one: with ten examples a label, the two held-out splits are "
+        "a third of the data. The recorded metrics, temperature and ensemble weight stay "
+        "those of the first training. If the refit fails, the first adapter is kept. None: "
+        "the recipe decides (encoder: yes, since a retrain takes a minute or two; else no).",
+        default=None,
+    )
+    head_init: str = _help(
+        "Head method: `probe` (fit the head on the base model's frozen features first, then "
+        "train it with LoRA) or `random`.",
+        default="probe",
+    )
+    lora_layers: int | None = _help(
+        "LoRA on the top N transformer layers only (0 = every layer). Backpropagation "
+        "then stops at the lowest adapted layer, so a training step costs less. None: "
+        "the recipe decides (seed: every layer; small-model: the top 6).",
+        default=None,
+    )
     label_smoothing: float = _help("Head method: label smoothing of the cross-entropy.", default=0.0)
 
     def label_names(self) -> list[str]:
@@ -169,21 +205,42 @@ RECIPES = {
     # The project's seed recipe for 7B-class models on a GPU host (QLoRA through `quantization=auto`). A head on
     # the last token: on 7B models LoRA + a head beat generating the label and matched BERT-class encoders
     # (LS-LLaMA, arXiv 2310.01208; arXiv 2512.12677), and it is one forward pass per message.
-    "seed": {"method": "head", "learning_rate": 2e-4, "target_modules": ATTENTION, "lora_layers": 0,
-             "pooling": "last", "refit": False, "epochs": lambda n: 4 if n < 1000 else 2},
+    "seed": {
+        "method": "head",
+        "learning_rate": 2e-4,
+        "target_modules": ATTENTION,
+        "lora_layers": 0,
+        "pooling": "last",
+        "refit": False,
+        "epochs": lambda n: 4 if n < 1000 else 2,
+    },
     # What measured best for ~100-300M models on CPU, Banking77 10-shot (bench/README.md): from the probe-fitted
     # head, a gentle fine-tune (lr 1e-4, one epoch: 72.7%) beat lr 1e-3 for 3 epochs (68.3%), which moved the
     # features out from under the head. LoRA on the top 6 layers only: a step costs about half as much
     # (backpropagation stops there), so a 770-example retrain of Gemma 3 270M takes minutes on 2 cores.
-    "small-model": {"method": "head", "learning_rate": 1e-4, "target_modules": ALL_LINEAR, "lora_layers": 6,
-                    "pooling": "last", "refit": False, "epochs": lambda n: 1},
+    "small-model": {
+        "method": "head",
+        "learning_rate": 1e-4,
+        "target_modules": ALL_LINEAR,
+        "lora_layers": 6,
+        "pooling": "last",
+        "refit": False,
+        "epochs": lambda n: 1,
+    },
     # A sentence encoder (all-MiniLM-L6-v2, 22M parameters): what measured best on Banking77 10-shot
     # (bench/README.md). Its embeddings already separate intents well (logistic regression on them is
     # the embedding classifier), so the head starts from that fit and LoRA at lr 1e-3 moves the whole
     # encoder towards the team's labels. A step costs a tenth of a 135M decoder's, so ten epochs and a
     # refit on all the data still take minutes.
-    "encoder": {"method": "head", "learning_rate": 1e-3, "target_modules": ENCODER_LINEAR, "lora_layers": 0,
-                "pooling": "mean", "refit": True, "epochs": lambda n: 10 if n < 1000 else 4},
+    "encoder": {
+        "method": "head",
+        "learning_rate": 1e-3,
+        "target_modules": ENCODER_LINEAR,
+        "lora_layers": 0,
+        "pooling": "mean",
+        "refit": True,
+        "epochs": lambda n: 10 if n < 1000 else 4,
+    },
 }
 
 CHOICES = {
@@ -196,16 +253,17 @@ CHOICES = {
     "label_list_in_prompt": ("auto", "always", "never"),
     "label_verbalizer": ("readable", "raw"),
 }
-POSITIVE_INTS = ("lora_r", "lora_alpha", "batch_size", "grad_accum", "evals_per_epoch", "max_length",
-                 "max_body_chars")
+POSITIVE_INTS = ("lora_r", "lora_alpha", "batch_size", "grad_accum", "evals_per_epoch", "max_length", "max_body_chars")
 
 
 def validate(config: TrainConfig) -> TrainConfig:
     """Raise ConfigError for the first value that cannot work."""
     for name, allowed in CHOICES.items():
         if getattr(config, name) not in allowed:
-            raise ConfigError(f"{name}: expected one of {', '.join(str(a) for a in allowed if a is not None)}, "
-                              f"got {getattr(config, name)!r}")
+            raise ConfigError(
+                f"{name}: expected one of {', '.join(str(a) for a in allowed if a is not None)}, "
+                f"got {getattr(config, name)!r}"
+            )
     for name in POSITIVE_INTS:
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -216,8 +274,9 @@ def validate(config: TrainConfig) -> TrainConfig:
             continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"{name}: expected a whole number of at least 0, got {value!r}")
-    if config.learning_rate is not None and not (isinstance(config.learning_rate, (int, float))
-                                                 and 0 < config.learning_rate < 1):
+    if config.learning_rate is not None and not (
+        isinstance(config.learning_rate, (int, float)) and 0 < config.learning_rate < 1
+    ):
         raise ConfigError(f"learning_rate: expected a number between 0 and 1, got {config.learning_rate!r}")
     for name in ("lora_dropout", "warmup_ratio", "promotion_margin", "injection_augmentation", "label_smoothing"):
         value = getattr(config, name)
@@ -230,15 +289,16 @@ def validate(config: TrainConfig) -> TrainConfig:
     if config.refit is not None and not isinstance(config.refit, bool):
         raise ConfigError(f"refit: expected true, false or null, got {config.refit!r}")
     if not isinstance(config.serving_model, dict):
-        raise ConfigError(f"serving_model: expected an object like {{\"kind\": \"adapter\"}}, got "
-                          f"{config.serving_model!r}")
+        raise ConfigError(f'serving_model: expected an object like {{"kind": "adapter"}}, got {config.serving_model!r}')
     if not 0 < config.eval_fraction < 1:
         raise ConfigError(f"eval_fraction: expected a number between 0 and 1, got {config.eval_fraction!r}")
     if config.divergence_factor <= 1:
         raise ConfigError(f"divergence_factor: expected a number above 1, got {config.divergence_factor!r}")
     if config.target_modules is not None and (
-            not isinstance(config.target_modules, list) or not config.target_modules
-            or not all(isinstance(m, str) and m for m in config.target_modules)):
+        not isinstance(config.target_modules, list)
+        or not config.target_modules
+        or not all(isinstance(m, str) and m for m in config.target_modules)
+    ):
         raise ConfigError("target_modules: expected a non-empty list of module names like q_proj")
     if not isinstance(config.labels, list) or not config.labels:
         raise ConfigError("labels: expected a non-empty list of {name, description}")

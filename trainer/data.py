@@ -81,15 +81,21 @@ def chatml_row(spec: PromptSpec, example: dict) -> dict:
     `label` keeps the label's name where the answer is its readable form (`card arrival`).
     """
     answer = {"role": "assistant", "content": spec.answer(example["label"])}
-    return {"messages": prompt_messages(spec, example["text"], example.get("subject")) + [answer],
-            "label": example["label"]}
+    return {
+        "messages": prompt_messages(spec, example["text"], example.get("subject")) + [answer],
+        "label": example["label"],
+    }
 
 
 def alpaca_row(spec: PromptSpec, example: dict) -> dict:
     """An example as an Alpaca row (instruction: the system turn; input: the user turn), as `chatml_row`."""
     system, user = prompt_messages(spec, example["text"], example.get("subject"))
-    return {"instruction": system["content"], "input": user["content"], "output": spec.answer(example["label"]),
-            "label": example["label"]}
+    return {
+        "instruction": system["content"],
+        "input": user["content"],
+        "output": spec.answer(example["label"]),
+        "label": example["label"],
+    }
 
 
 def tokenize_examples(tokenizer, spec: PromptSpec, examples: list[dict], max_length: int) -> list[dict]:
@@ -102,6 +108,6 @@ def tokenize_examples(tokenizer, spec: PromptSpec, examples: list[dict], max_len
         if len(prompt) > room:
             # Keep the system prompt's start and the assistant header at the end.
             head = room * 2 // 3
-            prompt = prompt[:head] + prompt[len(prompt) - (room - head):]
+            prompt = prompt[:head] + prompt[len(prompt) - (room - head) :]
         rows.append({"input_ids": prompt + completion, "labels": [-100] * len(prompt) + completion})
     return rows

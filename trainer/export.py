@@ -17,8 +17,9 @@ def system_prompt_of(adapter_dir: Path) -> str:
     return prompt_messages(spec, "x")[0]["content"]
 
 
-def export_adapter(adapter_dir: str | Path, base_model_path: str, out_dir: str | Path, *, name: str,
-                   merged: bool = False) -> list[Path]:
+def export_adapter(
+    adapter_dir: str | Path, base_model_path: str, out_dir: str | Path, *, name: str, merged: bool = False
+) -> list[Path]:
     """Write `out_dir/adapter/`, `Modelfile`, `vllm.txt` and, with `merged`, `out_dir/merged/`. Returns the paths.
 
     Ollama reads the Modelfile's paths from the Modelfile's folder, not from where this runs: a local base
@@ -37,11 +38,16 @@ def export_adapter(adapter_dir: str | Path, base_model_path: str, out_dir: str |
     system = system_prompt_of(adapter_dir).replace('"""', "'''")
     written = [copied]
     modelfile = out_dir / "Modelfile"
-    modelfile.write_text(f'# ollama create {name} -f Modelfile\nFROM {base_model_path}\nADAPTER ./adapter\n'
-                         f'PARAMETER temperature 0\nSYSTEM """{system}"""\n', encoding="utf-8")
+    modelfile.write_text(
+        f"# ollama create {name} -f Modelfile\nFROM {base_model_path}\nADAPTER ./adapter\n"
+        f'PARAMETER temperature 0\nSYSTEM """{system}"""\n',
+        encoding="utf-8",
+    )
     vllm = out_dir / "vllm.txt"
-    vllm.write_text(f"vllm serve {base_model_path} --enable-lora --max-lora-rank {rank} "
-                    f"--lora-modules {name}={copied.resolve()}\n", encoding="utf-8")
+    vllm.write_text(
+        f"vllm serve {base_model_path} --enable-lora --max-lora-rank {rank} --lora-modules {name}={copied.resolve()}\n",
+        encoding="utf-8",
+    )
     written += [modelfile, vllm]
     if merged:
         written.append(_merge(adapter_dir, base_model_path, out_dir))

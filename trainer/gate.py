@@ -28,12 +28,12 @@ SIGNIFICANCE = 0.05
 
 @dataclass
 class Candidate:
-    name: str                 # as the bot names it in replies: "adapter v3", "embeddings", "adapter v3 + embeddings"
-    kind: str                 # embeddings | zero-shot | adapter | ensemble
-    metrics: dict             # at least accuracy and macro_f1 on the gate's split
-    serving: bool = False     # the model answering now
+    name: str  # as the bot names it in replies: "adapter v3", "embeddings", "adapter v3 + embeddings"
+    kind: str  # embeddings | zero-shot | adapter | ensemble
+    metrics: dict  # at least accuracy and macro_f1 on the gate's split
+    serving: bool = False  # the model answering now
     details: dict = field(default_factory=dict)
-    correct: tuple = ()       # per eval message, whether this candidate got it right (same rows for all)
+    correct: tuple = ()  # per eval message, whether this candidate got it right (same rows for all)
 
     @property
     def cost(self) -> int:
@@ -50,8 +50,8 @@ class Candidate:
 @dataclass(frozen=True)
 class Decision:
     picked: Candidate
-    reason: str               # one sentence, with the numbers
-    p_value: float | None     # the paired test that decided, when one did
+    reason: str  # one sentence, with the numbers
+    p_value: float | None  # the paired test that decided, when one did
 
 
 def mcnemar_p(challenger: Candidate, incumbent: Candidate) -> float:
@@ -66,11 +66,12 @@ def mcnemar_p(challenger: Candidate, incumbent: Candidate) -> float:
     n = b + c
     if n == 0:
         return 1.0
-    return sum(comb(n, k) for k in range(b, n + 1)) / 2 ** n
+    return sum(comb(n, k) for k in range(b, n + 1)) / 2**n
 
 
-def choose(candidates: list[Candidate], margin: float, significance: float = SIGNIFICANCE, *,
-           serving_kind: str | None = None) -> Decision:
+def choose(
+    candidates: list[Candidate], margin: float, significance: float = SIGNIFICANCE, *, serving_kind: str | None = None
+) -> Decision:
     """The candidate to serve and why. `serving_kind`: what answers now (zero-shot or None: nothing trained)."""
     if not candidates:
         raise ValueError("the gate needs at least one candidate")
@@ -81,29 +82,38 @@ def choose(candidates: list[Candidate], margin: float, significance: float = SIG
     if stand_in:  # the serving model was not scored: the cheapest candidate is the one to beat
         incumbent = min(candidates, key=lambda c: (c.cost, -c.metrics["macro_f1"]))
     others = [c for c in candidates if c is not incumbent]
-    tested = sorted(((mcnemar_p(c, incumbent), c) for c in others if c.right > incumbent.right),
-                    key=lambda t: (t[0], -t[1].metrics["macro_f1"], t[1].cost))
-    better = [(p, c) for p, c in tested if p < significance
-              and c.metrics["macro_f1"] >= incumbent.metrics["macro_f1"]]
+    tested = sorted(
+        ((mcnemar_p(c, incumbent), c) for c in others if c.right > incumbent.right),
+        key=lambda t: (t[0], -t[1].metrics["macro_f1"], t[1].cost),
+    )
+    better = [(p, c) for p, c in tested if p < significance and c.metrics["macro_f1"] >= incumbent.metrics["macro_f1"]]
     n = len(incumbent.correct)
     if better:
         p, picked = max(better, key=lambda t: (t[1].metrics["macro_f1"], -t[1].cost, -t[0]))
-        reason = (f"{picked.name} got {picked.right} of {n} held-out messages right against "
-                  f"{incumbent.name}'s {incumbent.right} (paired test p = {p:.3g} < {significance:g})")
+        reason = (
+            f"{picked.name} got {picked.right} of {n} held-out messages right against "
+            f"{incumbent.name}'s {incumbent.right} (paired test p = {p:.3g} < {significance:g})"
+        )
         return Decision(picked, reason, p)
     stays = f"{incumbent.name} {'serves (it is the cheapest)' if stand_in else 'keeps serving'}"
     if not tested:
-        return Decision(incumbent, f"{stays}: no candidate got more of the {n} held-out messages right "
-                                   f"({incumbent.right} of {n})", None)
+        return Decision(
+            incumbent,
+            f"{stays}: no candidate got more of the {n} held-out messages right ({incumbent.right} of {n})",
+            None,
+        )
     p, best = tested[0]
     gap = best.right - incumbent.right
     if p < significance:  # more right answers, but a lower macro-F1: no clear win
         why = f"but a lower macro-F1 ({best.metrics['macro_f1']:.3f} vs {incumbent.metrics['macro_f1']:.3f})"
     else:
-        why = (f"and {gap} message{'s' if gap != 1 else ''} of difference is not evidence "
-               f"(paired test p = {p:.2g}, needs < {significance:g})")
-    return Decision(incumbent, f"{stays}: {best.name} got {best.right} of {n} right against {incumbent.right}, "
-                               + why, p)
+        why = (
+            f"and {gap} message{'s' if gap != 1 else ''} of difference is not evidence "
+            f"(paired test p = {p:.2g}, needs < {significance:g})"
+        )
+    return Decision(
+        incumbent, f"{stays}: {best.name} got {best.right} of {n} right against {incumbent.right}, " + why, p
+    )
 
 
 def _first_choice(candidates: list[Candidate], margin: float) -> Decision:
@@ -118,6 +128,8 @@ def _first_choice(candidates: list[Candidate], margin: float) -> Decision:
         if others:
             reason += f"; {', '.join(c.name for c in others)} within {margin:.2f} but not cheaper"
     else:
-        reason = (f"nothing trained served yet; {picked.name} (macro-F1 {f1:.3f}) is within {margin:.2f} of the "
-                  f"best, {best.name} ({best.metrics['macro_f1']:.3f}), and cheaper to run")
+        reason = (
+            f"nothing trained served yet; {picked.name} (macro-F1 {f1:.3f}) is within {margin:.2f} of the "
+            f"best, {best.name} ({best.metrics['macro_f1']:.3f}), and cheaper to run"
+        )
     return Decision(picked, reason, None)

@@ -70,6 +70,11 @@ def epoch_table(records: list[dict]) -> list[dict]:
     rows = []
     for epoch in sorted(table):
         losses = table[epoch]["train_losses"]
-        rows.append({"epoch": epoch, "train_loss": sum(losses) / len(losses) if losses else None,
-                     "eval_loss": table[epoch]["eval_loss"]})
+        rows.append(
+            {
+                "epoch": epoch,
+                "train_loss": sum(losses) / len(losses) if losses else None,
+                "eval_loss": table[epoch]["eval_loss"],
+            }
+        )
     return rows

@@ -16,7 +16,7 @@ def stop_text(training: dict) -> str:
     best = training.get("best_step")
     best_part = f"; best eval loss at step {best}" if best else ""
     if reason == "early_stopping":
-        return (f"early stopping at step {step} of {total}: the eval loss had not improved since step {best}")
+        return f"early stopping at step {step} of {total}: the eval loss had not improved since step {best}"
     if reason == "completed":
         return f"all {total} steps done{best_part}"
     if reason == "max_steps":
@@ -32,11 +32,15 @@ def refit_text(result: dict) -> str:
     if not refit:
         return ""
     if refit.get("error"):
-        return (f"Training again on every labelled example failed ({refit['error']}); the saved adapter is the "
-                f"one measured here.")
-    return (f"The saved adapter was then trained again on all {refit['examples']} labelled examples "
-            f"({refit['steps']} steps in {refit['train_seconds']:.0f} s); the scores, temperature and mix here "
-            f"are the first training's, measured on messages it never saw.")
+        return (
+            f"Training again on every labelled example failed ({refit['error']}); the saved adapter is the "
+            f"one measured here."
+        )
+    return (
+        f"The saved adapter was then trained again on all {refit['examples']} labelled examples "
+        f"({refit['steps']} steps in {refit['train_seconds']:.0f} s); the scores, temperature and mix here "
+        f"are the first training's, measured on messages it never saw."
+    )
 
 
 def baseline_verdict(adapter: dict, baseline: dict | None) -> str:
@@ -47,22 +51,32 @@ def baseline_verdict(adapter: dict, baseline: dict | None) -> str:
     n = adapter.get("n") or 0
     few = 0 < n < SMALL_EVAL
     if gap > 0.02 and few:
-        verdict = (f"The fine-tuned adapter scored {adapter['accuracy']:.1%} against the cheap baseline's "
-                   f"{baseline['accuracy']:.1%} ({baseline['method']}) on these held-out messages.")
+        verdict = (
+            f"The fine-tuned adapter scored {adapter['accuracy']:.1%} against the cheap baseline's "
+            f"{baseline['accuracy']:.1%} ({baseline['method']}) on these held-out messages."
+        )
     elif gap > 0.02:
-        verdict = (f"The fine-tuned adapter beats the cheap baseline ({baseline['method']}) by {gap * 100:.1f} "
-                   f"accuracy points: fine-tuning earns its cost here.")
+        verdict = (
+            f"The fine-tuned adapter beats the cheap baseline ({baseline['method']}) by {gap * 100:.1f} "
+            f"accuracy points: fine-tuning earns its cost here."
+        )
     elif gap >= -0.02:
-        verdict = (f"The adapter and the cheap baseline ({baseline['method']}) are within 2 points "
-                   f"({adapter['accuracy']:.1%} vs {baseline['accuracy']:.1%}): fine-tuning does not clearly earn "
-                   f"its cost on this data yet.")
+        verdict = (
+            f"The adapter and the cheap baseline ({baseline['method']}) are within 2 points "
+            f"({adapter['accuracy']:.1%} vs {baseline['accuracy']:.1%}): fine-tuning does not clearly earn "
+            f"its cost on this data yet."
+        )
     else:
-        verdict = (f"The cheap baseline ({baseline['method']}) beats the adapter by {-gap * 100:.1f} points "
-                   f"({baseline['accuracy']:.1%} vs {adapter['accuracy']:.1%}): on this data fine-tuning does not "
-                   f"earn its cost yet; more labeled examples or a larger base model may change that.")
+        verdict = (
+            f"The cheap baseline ({baseline['method']}) beats the adapter by {-gap * 100:.1f} points "
+            f"({baseline['accuracy']:.1%} vs {adapter['accuracy']:.1%}): on this data fine-tuning does not "
+            f"earn its cost yet; more labeled examples or a larger base model may change that."
+        )
     if few:
-        verdict += (f" With {n} held-out examples one message moves accuracy by {100 / n:.1f} points, and "
-                    f"early stopping judges the adapter on a few more: too few labeled messages to tell yet.")
+        verdict += (
+            f" With {n} held-out examples one message moves accuracy by {100 / n:.1f} points, and "
+            f"early stopping judges the adapter on a few more: too few labeled messages to tell yet."
+        )
     return verdict
 
 
@@ -75,23 +89,29 @@ def summary_markdown(result: dict) -> str:
         lines += [f"Error: {result['error']}", ""]
     data = result.get("data") or {}
     if data:
-        lines += [f"Base model: {result.get('base_model')}. Examples: {data.get('train')} train, "
-                  f"{data.get('eval')} eval, {len(result.get('labels', []))} labels.", ""]
+        lines += [
+            f"Base model: {result.get('base_model')}. Examples: {data.get('train')} train, "
+            f"{data.get('eval')} eval, {len(result.get('labels', []))} labels.",
+            "",
+        ]
     training = result.get("training") or {}
     if training.get("epochs"):
         lines += ["| epoch | train loss | eval loss |", "| --- | --- | --- |"]
         for row in training["epochs"]:
             fmt = lambda v: f"{v:.4f}" if v is not None else "-"  # noqa: E731
             lines.append(f"| {row['epoch']} | {fmt(row['train_loss'])} | {fmt(row['eval_loss'])} |")
-        lines += ["", f"Best epoch: {training.get('best_epoch')}; stopped: {stop_text(training)}; "
-                      f"{training.get('global_step')} steps in {training.get('train_seconds', 0):.0f} s.", ""]
+        lines += [
+            "",
+            f"Best epoch: {training.get('best_epoch')}; stopped: {stop_text(training)}; "
+            f"{training.get('global_step')} steps in {training.get('train_seconds', 0):.0f} s.",
+            "",
+        ]
     metrics = result.get("metrics")
     if metrics:
         line = f"Accuracy {metrics['accuracy']:.1%}, macro-F1 {metrics['macro_f1']:.3f} on {metrics['n']} eval examples"
         serving = result.get("serving")
         if serving:
-            line += (f" (serving adapter: {serving['metrics']['accuracy']:.1%}, "
-                     f"{serving['metrics']['macro_f1']:.3f})")
+            line += f" (serving adapter: {serving['metrics']['accuracy']:.1%}, {serving['metrics']['macro_f1']:.3f})"
         lines += [line + ".", ""]
         worst = worst_classes(metrics)
         if worst:
@@ -101,13 +121,19 @@ def summary_markdown(result: dict) -> str:
     gate = result.get("gate")
     if gate:
         lines += ["| candidate | right | accuracy | macro-F1 | ECE |", "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {c['name']}{' (serving)' if c['serving'] else ''} | {c.get('right', '')}/{c['n']} | "
-                  f"{c['accuracy']:.1%} | {c['macro_f1']:.3f} | {c['ece']:.3f} |" for c in gate["candidates"]]
+        lines += [
+            f"| {c['name']}{' (serving)' if c['serving'] else ''} | {c.get('right', '')}/{c['n']} | "
+            f"{c['accuracy']:.1%} | {c['macro_f1']:.3f} | {c['ece']:.3f} |"
+            for c in gate["candidates"]
+        ]
         lines += ["", f"Serving {gate['picked']}: {gate['reason']}.", ""]
     baseline = result.get("baseline")
     if baseline and not any(c["kind"] == "embeddings" for c in (gate or {}).get("candidates", [])):
-        lines += [f"Baseline ({baseline['method']}): accuracy {baseline['accuracy']:.1%}, "
-                  f"macro-F1 {baseline['macro_f1']:.3f}.", ""]
+        lines += [
+            f"Baseline ({baseline['method']}): accuracy {baseline['accuracy']:.1%}, "
+            f"macro-F1 {baseline['macro_f1']:.3f}.",
+            "",
+        ]
     if result.get("verdict"):
         lines += [result["verdict"], ""]
     if result.get("picture_error"):
@@ -179,5 +205,3 @@ def _draw(path: str | Path, records: list[dict], metrics: dict | None) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-

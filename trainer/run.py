@@ -49,8 +49,12 @@ def load_examples(run_dir: Path, cfg: TrainConfig) -> tuple[list[dict], list[dic
 
 def prompt_spec(cfg: TrainConfig) -> PromptSpec:
     labels = tuple(LabelInfo(label["name"], label.get("description", "")) for label in cfg.labels)
-    return PromptSpec(labels, label_list_shown(cfg.label_list_in_prompt, len(labels)), cfg.max_body_chars,
-                      verbalize=cfg.label_verbalizer == "readable")
+    return PromptSpec(
+        labels,
+        label_list_shown(cfg.label_list_in_prompt, len(labels)),
+        cfg.max_body_chars,
+        verbalize=cfg.label_verbalizer == "readable",
+    )
 
 
 def save_adapter(model, adapter_dir: Path, cfg: TrainConfig, spec: PromptSpec, result: dict, head=None) -> None:
@@ -58,9 +62,14 @@ def save_adapter(model, adapter_dir: Path, cfg: TrainConfig, spec: PromptSpec, r
     staging = adapter_dir.with_name(adapter_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
-    meta = {"base_model": cfg.base_model, "method": cfg.method, "prompt": spec.to_dict(),
-            "config": json.loads(cfg.to_json()), "data": result["data"],
-            "metrics": {k: result["metrics"][k] for k in ("accuracy", "macro_f1", "n")}}
+    meta = {
+        "base_model": cfg.base_model,
+        "method": cfg.method,
+        "prompt": spec.to_dict(),
+        "config": json.loads(cfg.to_json()),
+        "data": result["data"],
+        "metrics": {k: result["metrics"][k] for k in ("accuracy", "macro_f1", "n")},
+    }
     if head is not None:
         from classifier.head import save_head
 
@@ -72,14 +81,20 @@ def save_adapter(model, adapter_dir: Path, cfg: TrainConfig, spec: PromptSpec, r
     staging.rename(adapter_dir)
 
 
-HOW = {"head": "with a linear head on the model's hidden states, trained with the LoRA (one label set, fixed "
-              "when trained)", "scoring": "by scoring each label as the assistant's answer"}
+HOW = {
+    "head": "with a linear head on the model's hidden states, trained with the LoRA (one label set, fixed "
+    "when trained)",
+    "scoring": "by scoring each label as the assistant's answer",
+}
 
 
 def model_card(cfg: TrainConfig, spec: PromptSpec, result: dict) -> str:
     metrics, data = result["metrics"], result["data"]
-    rows = "\n".join(f"| {name} | {data['per_label'].get(name, 0)} | {metrics['per_class'][name]['f1']:.3f} |"
-                     for name in spec.names if name in metrics["per_class"])
+    rows = "\n".join(
+        f"| {name} | {data['per_label'].get(name, 0)} | {metrics['per_class'][name]['f1']:.3f} |"
+        for name in spec.names
+        if name in metrics["per_class"]
+    )
     return f"""---
 library_name: peft
 base_model: {cfg.base_model}
@@ -87,14 +102,14 @@ tags: [lora, text-classification, supportbot]
 ---
 # supportbot adapter
 
-A LoRA adapter (r={cfg.lora_r}, alpha={cfg.lora_alpha}, modules {', '.join(cfg.target_modules)}) that classifies
+A LoRA adapter (r={cfg.lora_r}, alpha={cfg.lora_alpha}, modules {", ".join(cfg.target_modules)}) that classifies
 customer-support messages into {len(spec.names)} labels {HOW[cfg.method]}.
 
 - Base model: {cfg.base_model}
-- Training examples: {data['train']}; evaluation examples: {data['eval']}
-- Accuracy {metrics['accuracy']:.1%}, macro-F1 {metrics['macro_f1']:.3f} on the evaluation split
+- Training examples: {data["train"]}; evaluation examples: {data["eval"]}
+- Accuracy {metrics["accuracy"]:.1%}, macro-F1 {metrics["macro_f1"]:.3f} on the evaluation split
 - Learning rate {cfg.learning_rate}, {cfg.epochs} epochs max, batch {cfg.batch_size} x {cfg.grad_accum}, seed {cfg.seed}
-- Stopped: {result['training']['stop_reason']}{refit_line(result)}
+- Stopped: {result["training"]["stop_reason"]}{refit_line(result)}
 
 | label | train examples | eval F1 |
 | --- | --- | --- |
@@ -114,8 +129,7 @@ def evaluate_with(scorer, examples: list[dict], batch_size: int) -> tuple[dict, 
     from classifier.evaluate import classification_metrics
 
     items = [(e["text"], e.get("subject")) for e in examples]
-    predictions = predict(scorer, items, threshold=0.0, adapter_version=None, zero_shot=False,
-                          batch_size=batch_size)
+    predictions = predict(scorer, items, threshold=0.0, adapter_version=None, zero_shot=False, batch_size=batch_size)
     predicted = [p.label for p in predictions]
     return classification_metrics([e["label"] for e in examples], predicted, scorer.spec.names), predictions
 
@@ -150,9 +164,17 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
     train, evaluation = load_examples(run_dir, cfg)
     train, dev = split_dev(train, cfg)
     spec = prompt_spec(cfg)
-    result.update(config=json.loads(cfg.to_json()), base_model=cfg.base_model, labels=spec.names,
-                  data={"train": len(train), "dev": len(dev), "eval": len(evaluation),
-                        "per_label": dict(sorted(Counter(e["label"] for e in train).items()))})
+    result.update(
+        config=json.loads(cfg.to_json()),
+        base_model=cfg.base_model,
+        labels=spec.names,
+        data={
+            "train": len(train),
+            "dev": len(dev),
+            "eval": len(evaluation),
+            "per_label": dict(sorted(Counter(e["label"] for e in train).items())),
+        },
+    )
 
     from classifier.models import is_encoder, load_base_model, load_tokenizer, pick_device, resolve_base_model
 
@@ -161,8 +183,14 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
     tokenizer = load_tokenizer(path)
 
     def load():
-        return load_base_model(path, quantization=cfg.quantization, dtype=cfg.compute_dtype, device=device,
-                               for_training=True, gradient_checkpointing=cfg.gradient_checkpointing)
+        return load_base_model(
+            path,
+            quantization=cfg.quantization,
+            dtype=cfg.compute_dtype,
+            device=device,
+            for_training=True,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+        )
 
     model = load()
     encoder = is_encoder(model.config)
@@ -185,16 +213,23 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
         train_rows = tokenize_examples(tokenizer, spec, augmented, cfg.max_length)
         eval_rows = tokenize_examples(tokenizer, spec, stopping, cfg.max_length)
         model, outcome = fit(model, tokenizer, cfg, train_rows, eval_rows, run_dir, sink, device)
-    records, _ = read_metrics(run_dir / "metrics.jsonl") if isinstance(sink, JsonlSink) else (
-        getattr(sink, "records", []), 0)
+    records, _ = (
+        read_metrics(run_dir / "metrics.jsonl") if isinstance(sink, JsonlSink) else (getattr(sink, "records", []), 0)
+    )
     from .report import baseline_verdict, best_epoch, draw_report, summary_markdown
 
     result["training"] = {
-        "stop_reason": outcome.stop_reason, "best_step": outcome.best_step, "best_eval_loss": outcome.best_eval_loss,
-        "global_step": outcome.global_step, "max_steps": outcome.max_steps,
-        "train_seconds": outcome.train_seconds, "train_tokens": outcome.train_tokens,
+        "stop_reason": outcome.stop_reason,
+        "best_step": outcome.best_step,
+        "best_eval_loss": outcome.best_eval_loss,
+        "global_step": outcome.global_step,
+        "max_steps": outcome.max_steps,
+        "train_seconds": outcome.train_seconds,
+        "train_tokens": outcome.train_tokens,
         "tokens_per_second": outcome.train_tokens / outcome.train_seconds if outcome.train_seconds else None,
-        "epochs": epoch_table(records), "best_epoch": best_epoch(records)}
+        "epochs": epoch_table(records),
+        "best_epoch": best_epoch(records),
+    }
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     if outcome.stop_reason == "cancelled":
         result.update(status="cancelled", error="cancelled on request")
@@ -207,12 +242,19 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
 
     model.config.use_cache = True
     batch = cfg.batch_size * 2
-    scorer = HeadScorer(model, tokenizer, spec, head, cfg.pooling, cfg.max_length) if head is not None \
+    scorer = (
+        HeadScorer(model, tokenizer, spec, head, cfg.pooling, cfg.max_length)
+        if head is not None
         else LabelScorer(model, tokenizer, spec)
+    )
     result["metrics"], predictions = evaluate_with(scorer, evaluation, batch)
-    write_jsonl(run_dir / "eval_predictions.jsonl",
-                [{**e, "predicted": p.label, "confidence": p.confidence, "scores": p.scores}
-                 for e, p in zip(evaluation, predictions)])
+    write_jsonl(
+        run_dir / "eval_predictions.jsonl",
+        [
+            {**e, "predicted": p.label, "confidence": p.confidence, "scores": p.scores}
+            for e, p in zip(evaluation, predictions)
+        ],
+    )
     dev_predictions = evaluate_with(scorer, dev, batch)[1] if dev else None
     result["serving"], serving_predictions, serving_scorer = None, None, None
     if cfg.compare_adapter:
@@ -225,12 +267,15 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
         model.set_adapter("default")
         model.delete_adapter("serving")
         result["serving"] = {"path": cfg.compare_adapter, "metrics": serving_metrics}
-    result["gate"] = _gate(cfg, spec.names, train, dev, evaluation, predictions, dev_predictions,
-                           serving_predictions)
+    result["gate"] = _gate(cfg, spec.names, train, dev, evaluation, predictions, dev_predictions, serving_predictions)
     embeddings = next((c for c in result["gate"]["candidates"] if c["kind"] == "embeddings"), None)
     if embeddings:
-        result["baseline"] = {"method": "MiniLM embeddings + logistic regression", "accuracy": embeddings["accuracy"],
-                              "macro_f1": embeddings["macro_f1"], "seconds": result["gate"]["seconds"]}
+        result["baseline"] = {
+            "method": "MiniLM embeddings + logistic regression",
+            "accuracy": embeddings["accuracy"],
+            "macro_f1": embeddings["macro_f1"],
+            "seconds": result["gate"]["seconds"],
+        }
     else:
         result["baseline"] = _baseline(cfg, train + dev, evaluation, spec.names)
     result["promotion"] = {"promote": result["gate"]["new"], "reason": result["gate"]["reason"]}
@@ -242,8 +287,9 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
     if cfg.refit and head is not None:
         del scorer, serving_scorer, model  # the refit loads the base model afresh: never hold two copies
         try:
-            model, head = refit(load, tokenizer, cfg, spec, train + dev + evaluation, augmented, outcome, run_dir,
-                                sink, result)
+            model, head = refit(
+                load, tokenizer, cfg, spec, train + dev + evaluation, augmented, outcome, run_dir, sink, result
+            )
         except Exception as exc:  # noqa: BLE001 - out of memory, divergence: the measured adapter still serves
             result["refit"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
         else:
@@ -264,15 +310,27 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
 def check_fits_model(cfg: TrainConfig, encoder: bool) -> None:
     """An encoder has no LM head to score labels with, and the encoder recipe names BERT's layers."""
     if encoder and cfg.method == "scoring":
-        raise ConfigError(f"method: {cfg.base_model} is a sentence encoder, which trains a head only "
-                          f"(method head), not label scoring")
+        raise ConfigError(
+            f"method: {cfg.base_model} is a sentence encoder, which trains a head only (method head), not label scoring"
+        )
     if not encoder and cfg.recipe == "encoder":
-        raise ConfigError(f"recipe: encoder is for sentence encoders; {cfg.base_model} is a causal LM "
-                          f"(use auto, small-model or seed)")
+        raise ConfigError(
+            f"recipe: encoder is for sentence encoders; {cfg.base_model} is a causal LM (use auto, small-model or seed)"
+        )
 
 
-def refit(load, tokenizer, cfg: TrainConfig, spec: PromptSpec, everything: list[dict], augmented_train: list[dict],
-          outcome, run_dir: Path, sink: MetricsSink, result: dict):
+def refit(
+    load,
+    tokenizer,
+    cfg: TrainConfig,
+    spec: PromptSpec,
+    everything: list[dict],
+    augmented_train: list[dict],
+    outcome,
+    run_dir: Path,
+    sink: MetricsSink,
+    result: dict,
+):
     """Train the head adapter again on every labelled example, as long as early stopping found best (in epochs).
 
     The gate's numbers were measured on eval with the adapter trained without it; this one has seen
@@ -288,11 +346,20 @@ def refit(load, tokenizer, cfg: TrainConfig, spec: PromptSpec, everything: list[
     augmented = augment_with_injections(everything, spec.names, cfg.injection_augmentation, cfg.seed)
     best = outcome.best_step or outcome.global_step
     steps = max(1, round(best * steps_per_epoch(cfg, len(augmented)) / steps_per_epoch(cfg, len(augmented_train))))
-    again = replace(cfg, max_steps=steps, epochs=max(1, math.ceil(steps / steps_per_epoch(cfg, len(augmented)))),
-                    early_stopping_patience=0)
+    again = replace(
+        cfg,
+        max_steps=steps,
+        epochs=max(1, math.ceil(steps / steps_per_epoch(cfg, len(augmented)))),
+        early_stopping_patience=0,
+    )
     model, head, second = fit_head(load(), tokenizer, again, spec, augmented, [], run_dir, _Phase(sink, "refit"))
-    result["refit"] = {"examples": len(everything), "steps": second.global_step, "train_seconds": second.train_seconds,
-                       "train_tokens": second.train_tokens, "stop_reason": second.stop_reason}
+    result["refit"] = {
+        "examples": len(everything),
+        "steps": second.global_step,
+        "train_seconds": second.train_seconds,
+        "train_tokens": second.train_tokens,
+        "stop_reason": second.stop_reason,
+    }
     return model, head
 
 
@@ -314,8 +381,9 @@ def split_dev(train: list[dict], cfg: TrainConfig) -> tuple[list[dict], list[dic
     return stratified_split(train, cfg.dev_fraction, cfg.seed + 1)
 
 
-def _gate(cfg: TrainConfig, names: list[str], train, dev, evaluation, predictions, dev_predictions,
-          serving_predictions) -> dict:
+def _gate(
+    cfg: TrainConfig, names: list[str], train, dev, evaluation, predictions, dev_predictions, serving_predictions
+) -> dict:
     """Score every candidate on eval and choose what serves (trainer.gate: the one promotion rule)."""
     import time
 
@@ -330,11 +398,19 @@ def _gate(cfg: TrainConfig, names: list[str], train, dev, evaluation, prediction
 
     def gate(with_embeddings: bool) -> dict:
         return evaluate_candidates(
-            names, train, dev, evaluation,
+            names,
+            train,
+            dev,
+            evaluation,
             probability_matrix(dev_predictions, names) if dev_predictions else None,
-            probability_matrix(predictions, names), margin=cfg.promotion_margin, serving=serving,
+            probability_matrix(predictions, names),
+            margin=cfg.promotion_margin,
+            serving=serving,
             serving_eval=probability_matrix(serving_predictions, names) if serving_predictions else None,
-            same_data=bool(cfg.refit), significance=cfg.promotion_significance, embeddings=with_embeddings)
+            same_data=bool(cfg.refit),
+            significance=cfg.promotion_significance,
+            embeddings=with_embeddings,
+        )
 
     try:
         result = gate(cfg.baseline)
@@ -350,8 +426,9 @@ def _baseline(cfg: TrainConfig, train: list[dict], evaluation: list[dict], names
     from classifier.baseline import fit_predict
     from classifier.evaluate import classification_metrics
 
-    method, predicted, seconds = fit_predict([e["text"] for e in train], [e["label"] for e in train],
-                                             [e["text"] for e in evaluation])
+    method, predicted, seconds = fit_predict(
+        [e["text"] for e in train], [e["label"] for e in train], [e["text"] for e in evaluation]
+    )
     metrics = classification_metrics([e["label"] for e in evaluation], predicted, names)
     return {"method": method, "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "seconds": seconds}
 

@@ -38,9 +38,11 @@ log = logging.getLogger(__name__)
 
 RUN_BOOKKEEPING = ("retry_of",)  # run params for the queue, not for the trainer's config
 # Every option named here is one /retrain accepts (bot.slack.listeners.commands.RETRAIN_NUMBERS and RETRAIN_SWITCHES).
-OOM_HINT = ("Out of memory. Try a smaller batch with more accumulation (same effective batch): "
-            "`/retrain batch_size=2 grad_accum=8`, or `/retrain gradient_checkpointing=true`; "
-            "on a CUDA host the base model is loaded in 4-bit by default.")
+OOM_HINT = (
+    "Out of memory. Try a smaller batch with more accumulation (same effective batch): "
+    "`/retrain batch_size=2 grad_accum=8`, or `/retrain gradient_checkpointing=true`; "
+    "on a CUDA host the base model is loaded in 4-bit by default."
+)
 
 
 @dataclass
@@ -84,8 +86,10 @@ def run_dir_for(settings: Settings, run_id: int) -> Path:
 
 def training_examples(db) -> list[dict]:
     """The labeled messages as the trainer and the data check read them (subject apart, as serving passes it)."""
-    return [{"id": m.message_id, "text": m.text, "subject": m.subject, "label": m.label, "labeled_by": m.labeled_by}
-            for m in labels.labeled_messages(db)]
+    return [
+        {"id": m.message_id, "text": m.text, "subject": m.subject, "label": m.label, "labeled_by": m.labeled_by}
+        for m in labels.labeled_messages(db)
+    ]
 
 
 def label_set(db, examples: list[dict]) -> list[dict]:
@@ -103,24 +107,36 @@ def prepare_run(settings: Settings, db, run: runs.Run) -> Path:
     private_folder(run_dir)  # 0700: it gets a copy of the labeled messages
     examples = training_examples(db)
     current = adapters.current_adapter(db)
-    config = {"labels": label_set(db, examples),
-              "base_model": settings.base_model, "model_cache_dir": str(settings.model_cache_dir),
-              "promotion_margin": settings.promotion_margin,
-              "promotion_significance": settings.promotion_significance,
-              "compare_adapter": current.path if current and Path(current.path).is_dir() else "",
-              "serving_model": recorded_choice(db)}
+    config = {
+        "labels": label_set(db, examples),
+        "base_model": settings.base_model,
+        "model_cache_dir": str(settings.model_cache_dir),
+        "promotion_margin": settings.promotion_margin,
+        "promotion_significance": settings.promotion_significance,
+        "compare_adapter": current.path if current and Path(current.path).is_dir() else "",
+        "serving_model": recorded_choice(db),
+    }
     config.update({k: v for k, v in run.params.items() if k not in RUN_BOOKKEEPING})
     if current and current.base_model != config["base_model"]:
         config["compare_adapter"] = ""  # an adapter loads on its own base model only; the gate goes without it
-        config["serving_model"] = {**config["serving_model"], "not_comparable": (
-            f"it was trained on another base model, {current.base_model}")}
+        config["serving_model"] = {
+            **config["serving_model"],
+            "not_comparable": (f"it was trained on another base model, {current.base_model}"),
+        }
     (run_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     write_jsonl(run_dir / "train.jsonl", examples)
     return run_dir
 
 
-def follow(db, run_id: int, run_dir: Path, handle: RunHandle, on_progress: Callable[[dict], None] | None = None,
-           poll_s: float = 0.5, lease: Lease | None = None) -> Ending:
+def follow(
+    db,
+    run_id: int,
+    run_dir: Path,
+    handle: RunHandle,
+    on_progress: Callable[[dict], None] | None = None,
+    poll_s: float = 0.5,
+    lease: Lease | None = None,
+) -> Ending:
     """Copy metric lines into storage while the run executes (and pass on a cancel); returns how it ended.
 
     With a `lease`, it is renewed as the run is followed; once lost, the run is stopped (it is no longer ours).
@@ -183,16 +199,29 @@ def record_adapter(db, run: runs.Run, result: dict, path: Path, checksum: str) -
     if result.get("baseline"):
         summary["baseline_accuracy"] = result["baseline"]["accuracy"]
     with write(db):
-        adapter = adapters.register_adapter(db, path=str(path), base_model=result["base_model"],
-                                            labels=result["labels"], metrics=summary, run_id=run.id,
-                                            checksum=checksum)
+        adapter = adapters.register_adapter(
+            db,
+            path=str(path),
+            base_model=result["base_model"],
+            labels=result["labels"],
+            metrics=summary,
+            run_id=run.id,
+            checksum=checksum,
+        )
         promoted = bool(result["promotion"]["promote"])
         if promoted:
             adapter = adapters.promote(db, adapter.version)
         gate = result.get("gate")
         if gate and (promoted or gate["kind"] == "embeddings"):
-            served.set_served(db, gate["kind"], adapter_version=adapter.version if promoted else None,
-                              details=gate["details"], reason=gate["reason"], run_id=run.id, chosen_by="gate")
+            served.set_served(
+                db,
+                gate["kind"],
+                adapter_version=adapter.version if promoted else None,
+                details=gate["details"],
+                reason=gate["reason"],
+                run_id=run.id,
+                chosen_by="gate",
+            )
     return adapter, promoted
 
 
@@ -212,16 +241,24 @@ def finish_succeeded(settings: Settings, db, run: runs.Run, result: dict, stats:
     try:
         with write(db):
             adapter, promoted = record_adapter(db, run, result, target, checksum)
-            finished = runs.finish_run(db, run.id, "succeeded", adapter_version=adapter.version,
-                                       dataset_stats=stats, worker_id=run.worker_id)
+            finished = runs.finish_run(
+                db, run.id, "succeeded", adapter_version=adapter.version, dataset_stats=stats, worker_id=run.worker_id
+            )
     except LeaseLost:
         shutil.rmtree(target, ignore_errors=True)  # never registered: nothing refers to it
         raise
     return RunOutcome(finished, result, adapter, promoted)
 
 
-def execute_run(settings: Settings, db, run: runs.Run, on_progress=None, on_start=None,
-                interrupted: Callable[[], bool] = lambda: False, backend: RunBackend | None = None) -> RunOutcome:
+def execute_run(
+    settings: Settings,
+    db,
+    run: runs.Run,
+    on_progress=None,
+    on_start=None,
+    interrupted: Callable[[], bool] = lambda: False,
+    backend: RunBackend | None = None,
+) -> RunOutcome:
     """Execute a claimed (running) run end to end on `backend` (default: the settings') and record how it ended.
 
     `interrupted()` true after the run ends means the worker stopped it (SIGTERM): the run is
@@ -244,8 +281,9 @@ def execute_run(settings: Settings, db, run: runs.Run, on_progress=None, on_star
         return RunOutcome(runs.get_run(db, run.id), result or {}, None, False, lease_lost=str(exc))
 
 
-def _record_ending(settings: Settings, db, run: runs.Run, run_dir: Path, ending: Ending, result: dict | None,
-                   interrupted: bool) -> RunOutcome:
+def _record_ending(
+    settings: Settings, db, run: runs.Run, run_dir: Path, ending: Ending, result: dict | None, interrupted: bool
+) -> RunOutcome:
     """Finish the run as its ending says (LeaseLost when this process no longer holds it)."""
     code, stats = ending.code, (result or {}).get("data")
 
@@ -253,12 +291,14 @@ def _record_ending(settings: Settings, db, run: runs.Run, run_dir: Path, ending:
         return runs.finish_run(db, run.id, status, dataset_stats=stats, worker_id=run.worker_id, **kwargs)
 
     if interrupted and not (code == 0 and result and result["status"] == "succeeded"):
-        return RunOutcome(finish("interrupted", error="the worker was stopped during this run"), result or {},
-                          None, False)
+        return RunOutcome(
+            finish("interrupted", error="the worker was stopped during this run"), result or {}, None, False
+        )
     if ending.lost:
         return RunOutcome(finish("interrupted", error=ending.reason), result or {}, None, False)
     if code == 0 and result and result["status"] == "succeeded":
         return finish_succeeded(settings, db, run, result, stats)
     status = "cancelled" if result and result["status"] == "cancelled" else "failed"
-    return RunOutcome(finish(status, error=explain_failure(run_dir, code, result, ending.reason)), result or {},
-                      None, False)
+    return RunOutcome(
+        finish(status, error=explain_failure(run_dir, code, result, ending.reason)), result or {}, None, False
+    )

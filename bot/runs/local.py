@@ -45,7 +45,7 @@ def start_time(pid: int) -> int | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rfind(")") + 2:].split()  # the command name, in parentheses, may hold spaces
+    fields = stat[stat.rfind(")") + 2 :].split()  # the command name, in parentheses, may hold spaces
     return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
 
 
@@ -56,9 +56,14 @@ def start_recorded(command: list[str], run_dir: Path, owner: dict | None = None)
     """
     token = secrets.token_hex(16)
     with open(run_dir / "trainer.log", "ab") as output:  # the child has its own copy of the descriptor
-        child = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
-                                 preexec_fn=_die_with_parent,
-                                 env={**os.environ, "TOKENIZERS_PARALLELISM": "false", TOKEN_VAR: token})
+        child = subprocess.Popen(
+            command,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            env={**os.environ, "TOKENIZERS_PARALLELISM": "false", TOKEN_VAR: token},
+        )
     record = {"pid": child.pid, "start_time": start_time(child.pid), "token": token, **(owner or {})}
     tmp = run_dir / f"{PID_FILE}.tmp"
     tmp.write_text(json.dumps(record), encoding="utf-8")
@@ -94,7 +99,7 @@ def _environment_token(pid: int) -> str | None:
     except OSError:  # gone, or another user's process
         return None
     prefix = f"{TOKEN_VAR}=".encode()
-    return next((v[len(prefix):].decode(errors="replace") for v in environ if v.startswith(prefix)), None)
+    return next((v[len(prefix) :].decode(errors="replace") for v in environ if v.startswith(prefix)), None)
 
 
 def why_not_ours(record: dict | None, owner: dict) -> str:

@@ -99,7 +99,7 @@ class RemoteRun:
                 data = metrics.read()
         except FileNotFoundError:
             data = b""
-        data = data[:data.rfind(b"\n") + 1]  # a line still being written waits for the next call
+        data = data[: data.rfind(b"\n") + 1]  # a line still being written waits for the next call
         return data, offset + len(data), code
 
     def cancel(self) -> None:
@@ -173,8 +173,12 @@ class RayRun:
             return Ending(None, lost=True, reason="the worker was stopped during this run")
         if self.cancelled_at is not None and time.time() - self.cancelled_at > CANCEL_GRACE_S:
             ray.kill(self.actor)
-            self._write_result({"status": "cancelled", "error": f"cancelled on request (the trainer had not "
-                                                                  f"stopped after {CANCEL_GRACE_S:.0f} s: killed)"})
+            self._write_result(
+                {
+                    "status": "cancelled",
+                    "error": f"cancelled on request (the trainer had not stopped after {CANCEL_GRACE_S:.0f} s: killed)",
+                }
+            )
             return Ending(None)
         if self.pending is None:
             self.pending = self.actor.read.remote(self.offset)
@@ -249,24 +253,45 @@ class RayBackend:
         try:
             import ray
         except ImportError:
-            return Unstarted(Ending(None, reason="SUPPORTBOT_RAY_ADDRESS is set but Ray is not installed: "
-                                                 "pip install 'supportbot[ray]'"))
+            return Unstarted(
+                Ending(
+                    None, reason="SUPPORTBOT_RAY_ADDRESS is set but Ray is not installed: pip install 'supportbot[ray]'"
+                )
+            )
         try:
             connect(self.address)
             gpus = ray.cluster_resources().get("GPU", 0)
         except ray.exceptions.AuthenticationError as exc:  # trying again would not help
-            return Unstarted(Ending(None, reason=f"the Ray cluster at {self.address} refused the worker: {exc} "
-                                                 "(RAY_AUTH_MODE=token and RAY_AUTH_TOKEN from the cluster's head)"))
+            return Unstarted(
+                Ending(
+                    None,
+                    reason=f"the Ray cluster at {self.address} refused the worker: {exc} "
+                    "(RAY_AUTH_MODE=token and RAY_AUTH_TOKEN from the cluster's head)",
+                )
+            )
         except Exception as exc:  # noqa: BLE001 - unreachable, not a node of it, ...: said in the run's error
             first = (str(exc).splitlines() or [""])[0][:300]
-            return Unstarted(Ending(None, lost=True, reason=f"cannot reach the Ray cluster at {self.address}: "
-                                                            f"{type(exc).__name__}: {first}"))
+            return Unstarted(
+                Ending(
+                    None,
+                    lost=True,
+                    reason=f"cannot reach the Ray cluster at {self.address}: {type(exc).__name__}: {first}",
+                )
+            )
         if gpus < self.num_gpus:
-            return Unstarted(Ending(None, reason=f"the Ray cluster at {self.address} has {gpus:g} GPUs and a run asks "
-                                                 f"for {self.num_gpus} (SUPPORTBOT_RAY_NUM_GPUS; 0 for a CPU cluster)"))
+            return Unstarted(
+                Ending(
+                    None,
+                    reason=f"the Ray cluster at {self.address} has {gpus:g} GPUs and a run asks "
+                    f"for {self.num_gpus} (SUPPORTBOT_RAY_NUM_GPUS; 0 for a CPU cluster)",
+                )
+            )
         config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
         compare = Path(config.get("compare_adapter") or "")
         serving = pack(compare) if config.get("compare_adapter") and compare.is_dir() else None
-        actor = ray.remote(RemoteRun).options(num_gpus=self.num_gpus, num_cpus=1, max_restarts=0,
-                                              max_task_retries=0).remote(pack(run_dir, INPUTS), serving)
+        actor = (
+            ray.remote(RemoteRun)
+            .options(num_gpus=self.num_gpus, num_cpus=1, max_restarts=0, max_task_retries=0)
+            .remote(pack(run_dir, INPUTS), serving)
+        )
         return RayRun(run_dir, actor)

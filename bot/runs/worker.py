@@ -114,8 +114,12 @@ class Worker:
 
     def run_once(self) -> bool:
         """Execute the next queued run, if any. Returns whether one ran."""
-        run = runs.claim_next_run(self.db, run_dir_for=lambda i: run_dir_for(self.settings, i), worker_id=self.id,
-                                  lease_s=self.settings.run_lease_s)
+        run = runs.claim_next_run(
+            self.db,
+            run_dir_for=lambda i: run_dir_for(self.settings, i),
+            worker_id=self.id,
+            lease_s=self.settings.run_lease_s,
+        )
         if run is None:
             return False
         log.info("run %d claimed (asked by %s)", run.id, run.requested_by)
@@ -127,14 +131,16 @@ class Worker:
                 last["eval"] = record.get("eval_loss")
             if time.time() - last["at"] >= self.progress_every_s:  # throttled: well inside chat.update limits
                 last["at"] = time.time()
-                self._say(f"run:{run.id}:progress",
-                          self.reports.progress_payload(run.id, record, started, last["eval"]))
+                self._say(
+                    f"run:{run.id}:progress", self.reports.progress_payload(run.id, record, started, last["eval"])
+                )
 
         def remember(handle) -> None:
             self._handle = handle
 
-        outcome = execute_run(self.settings, self.db, run, on_progress=progress, on_start=remember,
-                              interrupted=self.stop_requested.is_set)
+        outcome = execute_run(
+            self.settings, self.db, run, on_progress=progress, on_start=remember, interrupted=self.stop_requested.is_set
+        )
         self._handle = None
         self._finish(outcome)
         return True
@@ -143,21 +149,37 @@ class Worker:
         run = outcome.run
         key = f"run:{run.id}:report"
         if outcome.lease_lost:  # the worker that took it over reported it and queued it again
-            log.warning("run %d was taken over by another worker; this one recorded nothing of it: %s",
-                        run.id, outcome.lease_lost)
+            log.warning(
+                "run %d was taken over by another worker; this one recorded nothing of it: %s",
+                run.id,
+                outcome.lease_lost,
+            )
             return
         if run.status == "succeeded":
             result = outcome.result
-            self._say(f"run:{run.id}:progress", self.reports.progress_payload(
-                run.id, {"step": result["training"]["global_step"], "max_steps": result["training"]["max_steps"],
-                         "epoch": (result["training"]["epochs"] or [{}])[-1].get("epoch"), "finished": True},
-                time.time(), None))
+            self._say(
+                f"run:{run.id}:progress",
+                self.reports.progress_payload(
+                    run.id,
+                    {
+                        "step": result["training"]["global_step"],
+                        "max_steps": result["training"]["max_steps"],
+                        "epoch": (result["training"]["epochs"] or [{}])[-1].get("epoch"),
+                        "finished": True,
+                    },
+                    time.time(),
+                    None,
+                ),
+            )
             self._say(key, self.reports.report_payload(run.id, result, outcome.adapter.version))
             picture = Path(result["adapter_dir"]).parent / "report.png"
             if picture.exists():
-                self._say(f"run:{run.id}:picture", {"path": str(picture), "title": f"Training run {run.id}",
-                                                     "filename": f"run-{run.id}-report.png"},
-                          kind="file", after_key=key)
+                self._say(
+                    f"run:{run.id}:picture",
+                    {"path": str(picture), "title": f"Training run {run.id}", "filename": f"run-{run.id}-report.png"},
+                    kind="file",
+                    after_key=key,
+                )
             log.info("run %d succeeded: adapter v%d, promoted=%s", run.id, outcome.adapter.version, outcome.promoted)
             return
         if run.status == "interrupted" and not self.stop_requested.is_set():  # lost with its host or worker

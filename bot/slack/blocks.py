@@ -27,8 +27,12 @@ def option_value(message_id: int, label: str) -> str:
 def label_select(labels: list[str], message_id: int, initial: str | None = None) -> dict:
     # storage keeps at most 100 labels active (a static select's limit), so every label is offered
     options = [{"text": plain(name, 75), "value": option_value(message_id, name)} for name in labels[:MAX_OPTIONS]]
-    element = {"type": "static_select", "action_id": PICK_ACTION,
-               "placeholder": {"type": "plain_text", "text": "Change label"}, "options": options}
+    element = {
+        "type": "static_select",
+        "action_id": PICK_ACTION,
+        "placeholder": {"type": "plain_text", "text": "Change label"},
+        "options": options,
+    }
     if initial in labels[:MAX_OPTIONS]:
         element["initial_option"] = options[labels.index(initial)]
     return element
@@ -43,16 +47,32 @@ def prediction_blocks(message_id: int, prediction, labels: list[str], human: dic
     if prediction.needs_review:
         head = f":warning: *Needs review* - best guess {code(prediction.label)} ({prediction.confidence:.0%})"
     alternatives = ", ".join(f"{code(name)} {p:.0%}" for name, p in prediction.alternatives)
-    blocks = [{"type": "section", "block_id": "prediction", "text": _mrkdwn(head)},
-              {"type": "context", "elements": [_mrkdwn(f"{source}" + (f" · next: {alternatives}" if alternatives
-                                                                         else ""))]}]
+    blocks = [
+        {"type": "section", "block_id": "prediction", "text": _mrkdwn(head)},
+        {"type": "context", "elements": [_mrkdwn(f"{source}" + (f" · next: {alternatives}" if alternatives else ""))]},
+    ]
     if human:
-        blocks.append({"type": "section", "block_id": "human",
-                       "text": _mrkdwn(f":white_check_mark: Labeled {code(human['label'])} by <@{escape(human['by'])}>")})
-    confirm = {"type": "button", "action_id": CONFIRM_ACTION, "text": {"type": "plain_text", "text": "Correct"},
-               "style": "primary", "value": option_value(message_id, prediction.label)}
-    blocks.append({"type": "actions", "block_id": "label_actions",
-                   "elements": [confirm, label_select(labels, message_id, human["label"] if human else None)]})
+        blocks.append(
+            {
+                "type": "section",
+                "block_id": "human",
+                "text": _mrkdwn(f":white_check_mark: Labeled {code(human['label'])} by <@{escape(human['by'])}>"),
+            }
+        )
+    confirm = {
+        "type": "button",
+        "action_id": CONFIRM_ACTION,
+        "text": {"type": "plain_text", "text": "Correct"},
+        "style": "primary",
+        "value": option_value(message_id, prediction.label),
+    }
+    blocks.append(
+        {
+            "type": "actions",
+            "block_id": "label_actions",
+            "elements": [confirm, label_select(labels, message_id, human["label"] if human else None)],
+        }
+    )
     return blocks
 
 
@@ -63,12 +83,22 @@ def prediction_text(prediction) -> str:
 
 
 def label_modal(message_id: int, labels: list[str], preview: str) -> dict:
-    return {"type": "modal", "callback_id": MODAL_CALLBACK, "private_metadata": json.dumps({"m": message_id}),
-            "title": {"type": "plain_text", "text": "Label this message"},
-            "submit": {"type": "plain_text", "text": "Save"},
-            "blocks": [{"type": "section", "text": _mrkdwn(quote(preview, 280))},
-                       {"type": "input", "block_id": "label", "label": {"type": "plain_text", "text": "Label"},
-                        "element": {**label_select(labels, message_id), "action_id": "choice"}}]}
+    return {
+        "type": "modal",
+        "callback_id": MODAL_CALLBACK,
+        "private_metadata": json.dumps({"m": message_id}),
+        "title": {"type": "plain_text", "text": "Label this message"},
+        "submit": {"type": "plain_text", "text": "Save"},
+        "blocks": [
+            {"type": "section", "text": _mrkdwn(quote(preview, 280))},
+            {
+                "type": "input",
+                "block_id": "label",
+                "label": {"type": "plain_text", "text": "Label"},
+                "element": {**label_select(labels, message_id), "action_id": "choice"},
+            },
+        ],
+    }
 
 
 def stats_blocks(stats: dict, live: dict, last_run=None, serving: str = "") -> list[dict]:
@@ -79,13 +109,29 @@ def stats_blocks(stats: dict, live: dict, last_run=None, serving: str = "") -> l
     blocks = [{"type": "section", "text": _mrkdwn("\n".join(lines))}]
     blocks += sections(["*Per label*"] + counts, max_blocks=40, more="`/labels` lists them all")
     if live:
-        rows = "\n".join(f"{escape(model)}: {x['accuracy']:.0%} of {x['n']} ({x['confirmed']} confirmed, "
-                         f"{x['corrected']} corrected)" for model, x in live.items())
-        blocks.append({"type": "section", "text": _mrkdwn(
-            "*Live accuracy* (each message's latest prediction, by the model that made it, against the label a "
-            "person gave afterwards)\n" + rows)})
+        rows = "\n".join(
+            f"{escape(model)}: {x['accuracy']:.0%} of {x['n']} ({x['confirmed']} confirmed, {x['corrected']} corrected)"
+            for model, x in live.items()
+        )
+        blocks.append(
+            {
+                "type": "section",
+                "text": _mrkdwn(
+                    "*Live accuracy* (each message's latest prediction, by the model that made it, against the label a "
+                    "person gave afterwards)\n" + rows
+                ),
+            }
+        )
     if last_run:
-        blocks.append({"type": "context", "elements": [_mrkdwn(
-            f"Last training run {last_run.id}: {last_run.status}"
-            + (f" - {escape(last_run.error[:200])}" if last_run.error else ""))]})
+        blocks.append(
+            {
+                "type": "context",
+                "elements": [
+                    _mrkdwn(
+                        f"Last training run {last_run.id}: {last_run.status}"
+                        + (f" - {escape(last_run.error[:200])}" if last_run.error else "")
+                    )
+                ],
+            }
+        )
     return blocks

@@ -79,13 +79,15 @@ class BotContext:
         # Bolt's listeners (they run after the acknowledgement) and our slower jobs get separate pools,
         # so a backlog of model work never delays acknowledgements.
         self.listener_executor = TrackingExecutor(max_workers=10, thread_name_prefix="supportbot-listener")
-        self.executor = TrackingExecutor(max_workers=settings.workers, thread_name_prefix="supportbot-work",
-                                         on_failure=self.db_failed)
+        self.executor = TrackingExecutor(
+            max_workers=settings.workers, thread_name_prefix="supportbot-work", on_failure=self.db_failed
+        )
         # Storing a channel message (files.info, cleaning, the database write) gets a small pool of its own:
         # the listener thread only hands the event over, so no message, however large, holds one up, and
         # storing never waits behind model work.
-        self.intake_executor = TrackingExecutor(max_workers=INTAKE_WORKERS, thread_name_prefix="supportbot-intake",
-                                                on_failure=self.db_failed)
+        self.intake_executor = TrackingExecutor(
+            max_workers=INTAKE_WORKERS, thread_name_prefix="supportbot-intake", on_failure=self.db_failed
+        )
         # Heavy data checks (/datacheck) get one thread of their own, and do their work in a child process
         # (bot.slack.listeners.datacheck): they neither hold up answers nor keep their memory in the bot.
         self.check_executor = TrackingExecutor(max_workers=1, thread_name_prefix="supportbot-check")
@@ -122,6 +124,7 @@ class BotContext:
 
     def reopens_db(self, fn):
         """`fn`, which after a database error leaves its thread to open a fresh connection (scheduled jobs)."""
+
         @functools.wraps(fn)
         def run(*args, **kwargs):
             try:
@@ -129,6 +132,7 @@ class BotContext:
             except sqlite3.DatabaseError as exc:
                 self.db_failed(exc)
                 raise
+
         return run
 
     def classifier(self):
@@ -140,8 +144,9 @@ class BotContext:
                 if self._classifier_factory is not None:
                     self._classifier = self._classifier_factory(self.settings, self.db())
                 else:
-                    self._classifier = load_classifier(self.settings, self.db(),
-                                                       on_unusable=self.report_unusable_adapter)
+                    self._classifier = load_classifier(
+                        self.settings, self.db(), on_unusable=self.report_unusable_adapter
+                    )
             classifier = self._classifier
         sync_classifier(classifier, self.db())
         return classifier

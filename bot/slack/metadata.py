@@ -7,7 +7,7 @@ again.
 
 from __future__ import annotations
 
-REPLY = "supportbot_reply"    # a thread reply to a collected message: {"message_id": ...}
+REPLY = "supportbot_reply"  # a thread reply to a collected message: {"message_id": ...}
 OUTBOX = "supportbot_outbox"  # a relayed report or notice: {"key": ...}
 
 

@@ -9,8 +9,8 @@ and `>`; nothing else is needed (https://api.slack.com/reference/surfaces/format
 
 from __future__ import annotations
 
-SECTION_CHARS = 3000   # Slack's limit for a section's text
-MAX_BLOCKS = 50        # Slack's limit for blocks in a message
+SECTION_CHARS = 3000  # Slack's limit for a section's text
+MAX_BLOCKS = 50  # Slack's limit for blocks in a message
 
 
 def escape(text) -> str:
@@ -35,7 +35,7 @@ def code(text) -> str:
 def plain(text, limit: int = 3000) -> dict:
     """A plain_text object (no formatting at all), cut to `limit` characters."""
     value = str(text or " ")
-    return {"type": "plain_text", "text": value if len(value) <= limit else value[:limit - 1] + "…", "emoji": False}
+    return {"type": "plain_text", "text": value if len(value) <= limit else value[: limit - 1] + "…", "emoji": False}
 
 
 def fit(text: str, limit: int = SECTION_CHARS) -> str:
@@ -43,7 +43,7 @@ def fit(text: str, limit: int = SECTION_CHARS) -> str:
     if len(text) <= limit:
         return text
     cut = text.rfind("\n", 0, limit - 1)
-    return text[:cut if cut > limit // 2 else limit - 1] + "…"
+    return text[: cut if cut > limit // 2 else limit - 1] + "…"
 
 
 def sections(lines: list[str], *, max_blocks: int = MAX_BLOCKS - 2, more: str = "") -> list[dict]:
@@ -59,8 +59,12 @@ def sections(lines: list[str], *, max_blocks: int = MAX_BLOCKS - 2, more: str = 
             current = ""
             if len(blocks) == max_blocks:
                 rest = len(lines) - i
-                blocks.append({"type": "context", "elements": [
-                    {"type": "mrkdwn", "text": f"… and {rest} more" + (f" ({more})" if more else "")}]})
+                blocks.append(
+                    {
+                        "type": "context",
+                        "elements": [{"type": "mrkdwn", "text": f"… and {rest} more" + (f" ({more})" if more else "")}],
+                    }
+                )
                 return blocks
         current = f"{current}\n{line}" if current else line
     if current:

@@ -136,8 +136,10 @@ def require_labeler(ctx: BotContext, client, user: str, message) -> None:
         raise Refused(f"<#{message.channel}> is not an intake channel, so its messages are not labeled here.")
     if not is_member(ctx, client, user, message.channel):
         log.info("refused label by %s on message %d: not a member of %s", user, message.id, message.channel)
-        raise Refused(f"Only members of <#{message.channel}> can label its messages, and you are not in it "
-                      "(or Slack could not confirm it: try again).")
+        raise Refused(
+            f"Only members of <#{message.channel}> can label its messages, and you are not in it "
+            "(or Slack could not confirm it: try again)."
+        )
 
 
 def require_channel_labeler(ctx: BotContext, client, user: str, channel: str | None) -> None:
@@ -157,16 +159,23 @@ def require_clicked(db, body: dict, message_id: int) -> None:
     sent = outbox.find_sent(db, channel, ts) if channel and ts else None
     if sent and message_id in (sent.payload.get("message_ids") or []):
         return
-    log.info("refused click by %s: message %s is not under %s/%s", (body.get("user") or {}).get("id"), message_id,
-             channel, ts)
+    log.info(
+        "refused click by %s: message %s is not under %s/%s",
+        (body.get("user") or {}).get("id"),
+        message_id,
+        channel,
+        ts,
+    )
     raise Refused("That button does not belong to this message; nothing was changed.")
 
 
 def _seal_of(ctx: BotContext, user: str, action_id: str, data: dict) -> str:
-    key = hmac.new(ctx.settings.slack_bot_token.encode(), b"supportbot: buttons shown to one person",
-                   hashlib.sha256).digest()
-    shown = json.dumps([user, action_id, {k: v for k, v in data.items() if k != "s"}], sort_keys=True,
-                       separators=(",", ":"))
+    key = hmac.new(
+        ctx.settings.slack_bot_token.encode(), b"supportbot: buttons shown to one person", hashlib.sha256
+    ).digest()
+    shown = json.dumps(
+        [user, action_id, {k: v for k, v in data.items() if k != "s"}], sort_keys=True, separators=(",", ":")
+    )
     digest = hmac.new(key, shown.encode(), hashlib.sha256).digest()[:16]
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
@@ -194,8 +203,10 @@ def require_reader(ctx: BotContext, client, user: str, message) -> None:
     if can_read(ctx, client, user, message):
         return
     log.info("refused a data-check fix by %s on message %d: not a member of %s", user, message.id, message.channel)
-    raise Refused(f"Message {message.id} is in <#{message.channel}>, which you are not in (or Slack could not "
-                  "confirm it: try again); nothing was changed.")
+    raise Refused(
+        f"Message {message.id} is in <#{message.channel}>, which you are not in (or Slack could not "
+        "confirm it: try again); nothing was changed."
+    )
 
 
 def refuse(client, body: dict, user: str, text: str, respond=None) -> None:
@@ -216,4 +227,3 @@ def hidden(message) -> str:
     """What is shown instead of a message's text to someone who cannot read it."""
     where = f"<#{message.channel}>" if message.channel else "an import"
     return f"(message {message.id} from {where}: its text is shown only to members of that channel)"
-

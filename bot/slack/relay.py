@@ -84,8 +84,9 @@ class Relay:
                 outbox.give_up(db, item.id, f"refused: {exc}")
                 continue
             except SlackApiError as exc:
-                self._failed(db, item, exc.response.status_code, exc.response.headers,
-                             exc.response.get("error") or str(exc))
+                self._failed(
+                    db, item, exc.response.status_code, exc.response.headers, exc.response.get("error") or str(exc)
+                )
                 continue
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
                 self._failed(db, item, None, {}, f"network: {exc}")
@@ -99,18 +100,26 @@ class Relay:
         if item.kind == "file":
             parent = outbox.get(db, item.after_key) if item.after_key else None
             content = self._picture(payload.get("path"))
-            self.client.files_upload_v2(channel=item.channel, file=content, title=payload.get("title"),
-                                        filename=payload.get("filename") or "report.png",
-                                        initial_comment=payload.get("initial_comment"),
-                                        thread_ts=parent.ts if parent else None)
+            self.client.files_upload_v2(
+                channel=item.channel,
+                file=content,
+                title=payload.get("title"),
+                filename=payload.get("filename") or "report.png",
+                initial_comment=payload.get("initial_comment"),
+                thread_ts=parent.ts if parent else None,
+            )
             return None
         if item.ts:
-            self.client.chat_update(channel=item.channel, ts=item.ts, text=payload["text"],
-                                    blocks=payload.get("blocks"))
+            self.client.chat_update(
+                channel=item.channel, ts=item.ts, text=payload["text"], blocks=payload.get("blocks")
+            )
             return item.ts
         posted = self.client.chat_postMessage(
-            channel=item.channel, text=payload["text"], blocks=payload.get("blocks"),
-            metadata=metadata.tag(metadata.OUTBOX, key=item.key))
+            channel=item.channel,
+            text=payload["text"],
+            blocks=payload.get("blocks"),
+            metadata=metadata.tag(metadata.OUTBOX, key=item.key),
+        )
         return posted["ts"]
 
     def _picture(self, path) -> bytes:
@@ -141,7 +150,7 @@ class Relay:
             delay = float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else 30.0
             outbox.retry_later(db, item.id, delay, f"rate limited (429), retrying after {delay:.0f} s")
         elif status is None or status >= 500 or error in ("internal_error", "fatal_error", "service_unavailable"):
-            delay = min(MAX_BACKOFF_S, 2 ** item.attempts)
+            delay = min(MAX_BACKOFF_S, 2**item.attempts)
             outbox.retry_later(db, item.id, delay, f"{error} (attempt {item.attempts}), retrying in {delay} s")
         else:
             # A permanent error (channel_not_found, not_in_channel, invalid_auth): retrying will not help.

@@ -40,9 +40,13 @@ def progress_payload(run_id: int, record: dict, started: float, last_eval: float
     if last_eval is not None:
         parts.append(f"eval loss {last_eval:.3f}")
     text = f":hourglass_flowing_sand: Training run {run_id}: `{bar(fraction)}` {fraction:.0%}"
-    return {"text": f"Training run {run_id}: {fraction:.0%}",
-            "blocks": [_section(text), {"type": "context", "elements": [
-                {"type": "mrkdwn", "text": " · ".join(parts) + f" · {eta}"}]}]}
+    return {
+        "text": f"Training run {run_id}: {fraction:.0%}",
+        "blocks": [
+            _section(text),
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": " · ".join(parts) + f" · {eta}"}]},
+        ],
+    }
 
 
 def loss_table(epochs: list[dict]) -> str:
@@ -52,8 +56,6 @@ def loss_table(epochs: list[dict]) -> str:
         evaluation = f"{e['eval_loss']:.4f}" if e.get("eval_loss") is not None else "-"
         rows.append(f"{e['epoch']:>5}  {train:>10}  {evaluation:>9}")
     return "```\n" + "\n".join(rows) + "\n```"
-
-
 
 
 def named(name: str, adapter_version: int | None) -> str:
@@ -66,8 +68,10 @@ def candidates_table(gate: dict, adapter_version: int | None) -> str:
     for c in gate["candidates"]:
         mark = " (serving)" if c["serving"] else ""
         right = f"{c['right']}/{c['n']}" if "right" in c else ""
-        rows.append(f"{(named(c['name'], adapter_version) + mark)[:28]:<28} {right:>9} {c['accuracy']:>8.1%} "
-                    f"{c['macro_f1']:>8.3f} {c['ece']:>6.3f}")
+        rows.append(
+            f"{(named(c['name'], adapter_version) + mark)[:28]:<28} {right:>9} {c['accuracy']:>8.1%} "
+            f"{c['macro_f1']:>8.3f} {c['ece']:>6.3f}"
+        )
     return "```\n" + "\n".join(rows) + "\n```"
 
 
@@ -75,49 +79,73 @@ def report_payload(run_id: int, result: dict, adapter_version: int | None) -> di
     training, metrics = result["training"], result["metrics"]
     serving = result.get("serving")
     gate = result["gate"]
-    head = (f":white_check_mark: *Training run {run_id} finished* - now serving: "
-            f"*{named(gate['picked'], adapter_version)}*.")
+    head = (
+        f":white_check_mark: *Training run {run_id} finished* - now serving: "
+        f"*{named(gate['picked'], adapter_version)}*."
+    )
     compare = f"Accuracy *{metrics['accuracy']:.1%}*, macro-F1 *{metrics['macro_f1']:.3f}* on {metrics['n']} held-out"
     if serving:
         sm = serving["metrics"]
-        compare += (f"; serving adapter on the same split: {sm['accuracy']:.1%}, {sm['macro_f1']:.3f} "
-                    f"({metrics['macro_f1'] - sm['macro_f1']:+.3f})")
-    lines = [compare + ".",
-             f"Best epoch {training.get('best_epoch')}; stopped: "
-             f"{stop_text(training)}; "
-             f"{training['global_step']} steps in {training['train_seconds'] / 60:.1f} min."
-             + (" " + refit_text(result) if refit_text(result) else ""),
-             "Why: " + named(result["promotion"]["reason"], adapter_version) + "."]
+        compare += (
+            f"; serving adapter on the same split: {sm['accuracy']:.1%}, {sm['macro_f1']:.3f} "
+            f"({metrics['macro_f1'] - sm['macro_f1']:+.3f})"
+        )
+    lines = [
+        compare + ".",
+        f"Best epoch {training.get('best_epoch')}; stopped: "
+        f"{stop_text(training)}; "
+        f"{training['global_step']} steps in {training['train_seconds'] / 60:.1f} min."
+        + (" " + refit_text(result) if refit_text(result) else ""),
+        "Why: " + named(result["promotion"]["reason"], adapter_version) + ".",
+    ]
     kept = next((r for r in gate["selective"] if r["threshold"] == 0.5), None)
-    lines.append(f"Confidence calibrated on held-out messages: expected calibration error {gate['ece']:.3f} "
-                 f"on these {metrics['n']}" + (" (too few to judge calibration)" if metrics["n"] < 100 else "")
-                 + (f"; at a review threshold of 50%, {kept['kept']:.0%} answered without review, "
-                    f"{kept['accuracy']:.0%} of them right" if kept and kept["accuracy"] is not None else "")
-                 + ".")
+    lines.append(
+        f"Confidence calibrated on held-out messages: expected calibration error {gate['ece']:.3f} "
+        f"on these {metrics['n']}"
+        + (" (too few to judge calibration)" if metrics["n"] < 100 else "")
+        + (
+            f"; at a review threshold of 50%, {kept['kept']:.0%} answered without review, "
+            f"{kept['accuracy']:.0%} of them right"
+            if kept and kept["accuracy"] is not None
+            else ""
+        )
+        + "."
+    )
     worst = worst_classes(metrics, 3)
     if worst:
         lines.append("Weakest labels: " + ", ".join(f"{code(n)} F1 {f:.2f}" for n, f, _ in worst) + ".")
     if result.get("baseline"):
         lines.append(escape(result["verdict"]))
     if result.get("picture_error"):
-        lines.append(f"The report picture could not be drawn ({escape(result['picture_error'][:200])}); "
-                     "the run itself succeeded.")
-    blocks = [_section(head), _section("*Loss per epoch*\n" + loss_table(training["epochs"])),
-              _section(f"*Candidates on the same {metrics['n']} held-out messages*\n"
-                       + candidates_table(gate, adapter_version)),
-              _section("\n".join(lines))]
+        lines.append(
+            f"The report picture could not be drawn ({escape(result['picture_error'][:200])}); "
+            "the run itself succeeded."
+        )
+    blocks = [
+        _section(head),
+        _section("*Loss per epoch*\n" + loss_table(training["epochs"])),
+        _section(
+            f"*Candidates on the same {metrics['n']} held-out messages*\n" + candidates_table(gate, adapter_version)
+        ),
+        _section("\n".join(lines)),
+    ]
     return {"text": f"Training run {run_id} finished: accuracy {metrics['accuracy']:.1%}", "blocks": blocks}
 
 
 def failure_payload(run_id: int, status: str, error: str | None) -> dict:
     icon = ":no_entry_sign:" if status == "cancelled" else ":x:"
     text = f"{icon} *Training run {run_id} {status}.* {escape((error or '')[:1500])}".strip()
-    return {"text": f"Training run {run_id} {status}", "blocks": [_section(text + "\nThe serving adapter is unchanged.")]}
+    return {
+        "text": f"Training run {run_id} {status}",
+        "blocks": [_section(text + "\nThe serving adapter is unchanged.")],
+    }
 
 
 def unusable_adapter_payload(version: int, reason: str, instead: str) -> dict:
     """The report channel's note that an adapter cannot serve (sent once per adapter)."""
-    text = (f":warning: *Adapter v{version} cannot serve:* {escape(reason)}\n"
-            f"{escape(instead)} answers instead. Restore its folder from a backup and restart the bot, "
-            "or `/model rollback`, or `/retrain`.")
+    text = (
+        f":warning: *Adapter v{version} cannot serve:* {escape(reason)}\n"
+        f"{escape(instead)} answers instead. Restore its folder from a backup and restart the bot, "
+        "or `/model rollback`, or `/retrain`."
+    )
     return {"text": f"Adapter v{version} cannot serve", "blocks": [_section(text)]}

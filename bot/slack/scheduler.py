@@ -75,17 +75,34 @@ def post_digest(ctx: BotContext, client=None) -> str:
         return "skipped: nothing unsure and unlabeled today"
     client = client or web_client(ctx.settings)
     names = [d.name for d in labels.list_label_defs(db)]
-    body = [{"type": "section", "text": {"type": "mrkdwn", "text": f"*Today's {len(rows)} least certain messages* "
-                                         "- a label on each teaches the model the most (members of a message's "
-                                         "channel can label it)."}}]
+    body = [
+        {
+            "type": "section",
+            "text": {
+                "type": "mrkdwn",
+                "text": f"*Today's {len(rows)} least certain messages* "
+                "- a label on each teaches the model the most (members of a message's "
+                "channel can label it).",
+            },
+        }
+    ]
     for row in rows:
         text = f"{digest_preview(ctx, client, row)}\nguess {mrkdwn.code(row['label'])} ({row['confidence']:.0%})"
-        body.append({"type": "section", "text": {"type": "mrkdwn", "text": text},
-                     "accessory": blocks.label_select(names, row["id"])})
+        body.append(
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": text},
+                "accessory": blocks.label_select(names, row["id"]),
+            }
+        )
     key = f"digest:{dt.date.today().isoformat()}"
     # message_ids: a click on the digest's pickers is accepted only for the messages it lists
-    outbox.put(db, key, ctx.settings.report_channel, {"text": "Messages that need a label", "blocks": body,
-                                                      "message_ids": [row["id"] for row in rows]})
+    outbox.put(
+        db,
+        key,
+        ctx.settings.report_channel,
+        {"text": "Messages that need a label", "blocks": body, "message_ids": [row["id"] for row in rows]},
+    )
     return f"queued digest of {len(rows)} messages"
 
 
@@ -107,18 +124,37 @@ def start_scheduler(ctx: BotContext, client):
     scheduler = BackgroundScheduler(daemon=True)
     job = ctx.reopens_db  # a job that failed on the database opens a fresh connection the next time
     scheduler.add_job(job(relay.deliver_due), "interval", seconds=2, id="relay", max_instances=1, coalesce=True)
-    scheduler.add_job(job(lambda: replay_spool(ctx, answers)), "interval", seconds=5, id="spool", max_instances=1,
-                      coalesce=True)
-    scheduler.add_job(job(lambda: log.info("retention: %s", remove_old_run_inputs(ctx.settings, ctx.db()))),
-                      "interval", hours=24, id="retention", max_instances=1, coalesce=True,
-                      next_run_time=dt.datetime.now(dt.timezone.utc))
-    scheduler.add_job(job(lambda: answer_backlog(ctx, answers, older_than_s=BACKLOG_AFTER_S)), "interval",
-                      seconds=BACKLOG_AFTER_S, id="answers", max_instances=1, coalesce=True)
+    scheduler.add_job(
+        job(lambda: replay_spool(ctx, answers)), "interval", seconds=5, id="spool", max_instances=1, coalesce=True
+    )
+    scheduler.add_job(
+        job(lambda: log.info("retention: %s", remove_old_run_inputs(ctx.settings, ctx.db()))),
+        "interval",
+        hours=24,
+        id="retention",
+        max_instances=1,
+        coalesce=True,
+        next_run_time=dt.datetime.now(dt.timezone.utc),
+    )
+    scheduler.add_job(
+        job(lambda: answer_backlog(ctx, answers, older_than_s=BACKLOG_AFTER_S)),
+        "interval",
+        seconds=BACKLOG_AFTER_S,
+        id="answers",
+        max_instances=1,
+        coalesce=True,
+    )
     if ctx.settings.retrain_cron:
-        scheduler.add_job(job(lambda: log.info("scheduled retrain: %s", maybe_retrain(ctx))),
-                          CronTrigger.from_crontab(ctx.settings.retrain_cron), id="retrain")
+        scheduler.add_job(
+            job(lambda: log.info("scheduled retrain: %s", maybe_retrain(ctx))),
+            CronTrigger.from_crontab(ctx.settings.retrain_cron),
+            id="retrain",
+        )
     if ctx.settings.digest_cron and ctx.settings.report_channel:
-        scheduler.add_job(job(lambda: log.info("digest: %s", post_digest(ctx, answers))),
-                          CronTrigger.from_crontab(ctx.settings.digest_cron), id="digest")
+        scheduler.add_job(
+            job(lambda: log.info("digest: %s", post_digest(ctx, answers))),
+            CronTrigger.from_crontab(ctx.settings.digest_cron),
+            id="digest",
+        )
     scheduler.start()
     return scheduler

@@ -90,8 +90,9 @@ def well_formed(text: str, content_type: str) -> bool:
 def signed(verifier, text: str, environ) -> bool:
     """Does the request carry a valid Slack signature, less than 5 minutes old?"""
     try:
-        return verifier.is_valid(text, environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP"),
-                                 environ.get("HTTP_X_SLACK_SIGNATURE"))
+        return verifier.is_valid(
+            text, environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP"), environ.get("HTTP_X_SLACK_SIGNATURE")
+        )
     except ValueError:  # a timestamp that is not a number
         return False
 
@@ -116,10 +117,19 @@ class HttpServer:
 
         enough_file_descriptors(CONNECTION_LIMIT + 256)  # the connections, plus the database, models and logs
         # poll, not select: select cannot watch descriptors above 1024.
-        self._server = create_server(app, host=host, port=port, threads=HTTP_THREADS, backlog=256,
-                                     max_request_body_size=READ_LIMIT_BYTES, clear_untrusted_proxy_headers=True,
-                                     connection_limit=CONNECTION_LIMIT, channel_timeout=CHANNEL_TIMEOUT_S,
-                                     cleanup_interval=CLEANUP_INTERVAL_S, asyncore_use_poll=True)
+        self._server = create_server(
+            app,
+            host=host,
+            port=port,
+            threads=HTTP_THREADS,
+            backlog=256,
+            max_request_body_size=READ_LIMIT_BYTES,
+            clear_untrusted_proxy_headers=True,
+            connection_limit=CONNECTION_LIMIT,
+            channel_timeout=CHANNEL_TIMEOUT_S,
+            cleanup_interval=CLEANUP_INTERVAL_S,
+            asyncore_use_poll=True,
+        )
         self.server_port = int(self._server.effective_port)  # waitress gives it as text
 
     def serve_forever(self) -> None:
@@ -131,8 +141,9 @@ class HttpServer:
         server.accepting = False
         server.task_dispatcher.shutdown(cancel_pending=False, timeout=timeout)
         deadline = time.monotonic() + 1.0  # answers are written by the server's loop: let it send them
-        while time.monotonic() < deadline and any(getattr(channel, "total_outbufs_len", 0)
-                                                  for channel in list(server._map.values())):
+        while time.monotonic() < deadline and any(
+            getattr(channel, "total_outbufs_len", 0) for channel in list(server._map.values())
+        ):
             time.sleep(0.01)
         for channel in list(server._map.values()):  # an empty map ends serve_forever
             channel.handle_close()

@@ -40,8 +40,8 @@ class Spool:
         self._replay_lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._held: list[dict] = []  # acknowledged, kept nowhere else yet (oldest first)
-        self._admitted = 0           # acknowledged (or about to be), not yet settled
-        self._cut = False            # the file may end in a cut line: the next record starts on a line of its own
+        self._admitted = 0  # acknowledged (or about to be), not yet settled
+        self._cut = False  # the file may end in a cut line: the next record starts on a line of its own
 
     # -- before and after the acknowledgement --------------------------------------------------------
 
@@ -68,8 +68,12 @@ class Spool:
             with self._count_lock:
                 self._held.append(record)
                 held = len(self._held)
-            log.error("intake spool cannot be written (%s): event held in memory (%d held, at most %d)",
-                      exc, held, self.hold_limit)
+            log.error(
+                "intake spool cannot be written (%s): event held in memory (%d held, at most %d)",
+                exc,
+                held,
+                self.hold_limit,
+            )
             return "held"
 
     def held(self) -> int:
@@ -182,7 +186,7 @@ def _hand_over(records: list[dict], handle) -> tuple[int, list[dict]]:
 
 def _write_all(fd: int, data: bytes) -> None:
     while data:
-        data = data[os.write(fd, data):]
+        data = data[os.write(fd, data) :]
 
 
 def _truncate(fd: int, size: int) -> bool:

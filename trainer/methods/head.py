@@ -97,12 +97,21 @@ def check_targets(model, targets: list[str]) -> None:
     linear = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
     missing = [t for t in targets if t not in linear]
     if missing:
-        raise ConfigError(f"target_modules: {', '.join(missing)} not in this model; its linear layers are "
-                          f"{', '.join(sorted(linear))}")
+        raise ConfigError(
+            f"target_modules: {', '.join(missing)} not in this model; its linear layers are {', '.join(sorted(linear))}"
+        )
 
 
-def fit_head(model, tokenizer, cfg: TrainConfig, spec: PromptSpec, train: list[dict], evaluation: list[dict],
-             run_dir: Path, sink: MetricsSink):
+def fit_head(
+    model,
+    tokenizer,
+    cfg: TrainConfig,
+    spec: PromptSpec,
+    train: list[dict],
+    evaluation: list[dict],
+    run_dir: Path,
+    sink: MetricsSink,
+):
     """Train LoRA on `model`'s body and a head on its pooled hidden states. Returns (peft model, head, FitOutcome).
 
     A plain loop: batches of `batch_size`, `grad_accum` of them per optimizer step, AdamW
@@ -125,9 +134,10 @@ def fit_head(model, tokenizer, cfg: TrainConfig, spec: PromptSpec, train: list[d
     encoder = is_encoder_model(model)
 
     def encode(examples):
-        return ([head_prompt_ids(tokenizer, spec, e["text"], e.get("subject"), cfg.max_length, encoder)
-                 for e in examples],
-                torch.tensor([index[e["label"]] for e in examples], device=device))
+        return (
+            [head_prompt_ids(tokenizer, spec, e["text"], e.get("subject"), cfg.max_length, encoder) for e in examples],
+            torch.tensor([index[e["label"]] for e in examples], device=device),
+        )
 
     train_rows, train_y = encode(train)
     eval_rows, eval_y = encode(evaluation)
@@ -137,8 +147,12 @@ def fit_head(model, tokenizer, cfg: TrainConfig, spec: PromptSpec, train: list[d
     hidden = text_config.hidden_size
     if cfg.head_init == "probe":  # LoRA starts as the identity, so these are the base model's features
         peft_model.eval()
-        head = fit_probe(features(peft_model, train_rows, pad, cfg.pooling, cfg.batch_size * 2), train_y,
-                         len(spec.names), encoder=encoder).to(device)
+        head = fit_probe(
+            features(peft_model, train_rows, pad, cfg.pooling, cfg.batch_size * 2),
+            train_y,
+            len(spec.names),
+            encoder=encoder,
+        ).to(device)
     else:
         head = torch.nn.Linear(hidden, len(spec.names)).to(device)
     trainable = [p for p in peft_model.parameters() if p.requires_grad] + list(head.parameters())
@@ -147,8 +161,12 @@ def fit_head(model, tokenizer, cfg: TrainConfig, spec: PromptSpec, train: list[d
     max_steps = per_epoch * cfg.epochs
     if cfg.max_steps:
         max_steps = min(max_steps, cfg.max_steps)
-    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * max_steps),
-                              num_training_steps=max_steps)
+    scheduler = get_scheduler(
+        cfg.lr_scheduler,
+        optimizer,
+        num_warmup_steps=math.ceil(cfg.warmup_ratio * max_steps),
+        num_training_steps=max_steps,
+    )
     eval_every = max(1, per_epoch // cfg.evals_per_epoch)
 
     def evaluate() -> float:
@@ -179,11 +197,11 @@ def fit_head(model, tokenizer, cfg: TrainConfig, spec: PromptSpec, train: list[d
                 if (run_dir / CANCEL_FILE).exists():
                     raise _Stop("cancelled")
                 peft_model.train()
-                group = order[start:start + per_step]
+                group = order[start : start + per_step]
                 optimizer.zero_grad()
                 total = 0.0
                 for m in range(0, len(group), micro):
-                    chunk = group[m:m + micro]
+                    chunk = group[m : m + micro]
                     rows = [train_rows[i] for i in chunk]
                     tokens += sum(len(r) for r in rows)
                     logits = head(pooled(peft_model, *pad_batch(rows, pad, device), cfg.pooling))
@@ -196,17 +214,18 @@ def fit_head(model, tokenizer, cfg: TrainConfig, spec: PromptSpec, train: list[d
                 step += 1
                 epoch = step / per_epoch
                 base = {"step": step, "max_steps": max_steps, "epoch": epoch}
-                sink.write({**base, "kind": "train", "train_loss": total,
-                            "learning_rate": scheduler.get_last_lr()[0]})
+                sink.write({**base, "kind": "train", "train_loss": total, "learning_rate": scheduler.get_last_lr()[0]})
                 first_loss = total if first_loss is None and math.isfinite(total) else first_loss
                 # Measured against a uniform guess too: a probe-initialized head starts near zero loss.
                 reference = max(first_loss or 0.0, math.log(len(spec.names)))
                 if not math.isfinite(total):
                     problem = f"the training loss became {total} at step {step}"
                 elif total > cfg.divergence_factor * reference:
-                    problem = (f"the training loss rose to {total:.3f} at step {step}, "
-                               f"{total / reference:.1f}x the larger of its first value and a uniform guess's "
-                               f"({reference:.3f})")
+                    problem = (
+                        f"the training loss rose to {total:.3f} at step {step}, "
+                        f"{total / reference:.1f}x the larger of its first value and a uniform guess's "
+                        f"({reference:.3f})"
+                    )
                 if problem:
                     raise TrainingError(f"training diverged: {problem}. Try a lower learning_rate.")
                 if eval_rows and (step % eval_every == 0 or step == max_steps):  # none in a refit
@@ -216,8 +235,11 @@ def fit_head(model, tokenizer, cfg: TrainConfig, spec: PromptSpec, train: list[d
                         best_loss, best_step, best_state, bad_evals = eval_loss, step, snapshot(), 0
                     else:
                         bad_evals += 1
-                        if cfg.early_stopping_patience and bad_evals >= cfg.early_stopping_patience \
-                                and step < max_steps:
+                        if (
+                            cfg.early_stopping_patience
+                            and bad_evals >= cfg.early_stopping_patience
+                            and step < max_steps
+                        ):
                             raise _Stop("early_stopping")
     except _Stop as reason:
         stop = str(reason)
@@ -233,7 +255,13 @@ def fit_head(model, tokenizer, cfg: TrainConfig, spec: PromptSpec, train: list[d
                 p.copy_(best_state[f"head.{n}"])
     peft_model.eval()
     head.eval()
-    outcome = FitOutcome(stop_reason=stop, best_step=best_step,
-                         best_eval_loss=best_loss if math.isfinite(best_loss) else None, global_step=step,
-                         max_steps=max_steps, train_seconds=elapsed, train_tokens=tokens)
+    outcome = FitOutcome(
+        stop_reason=stop,
+        best_step=best_step,
+        best_eval_loss=best_loss if math.isfinite(best_loss) else None,
+        global_step=step,
+        max_steps=max_steps,
+        train_seconds=elapsed,
+        train_tokens=tokens,
+    )
     return peft_model, head, outcome

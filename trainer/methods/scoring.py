@@ -23,13 +23,13 @@ class TrainingError(RuntimeError):
 
 @dataclass
 class FitOutcome:
-    stop_reason: str          # "completed", "early_stopping", "cancelled", "max_steps"
+    stop_reason: str  # "completed", "early_stopping", "cancelled", "max_steps"
     best_step: int | None
     best_eval_loss: float | None
     global_step: int
     max_steps: int
     train_seconds: float
-    train_tokens: int         # real (non-padding) tokens seen in training, for tokens/s
+    train_tokens: int  # real (non-padding) tokens seen in training, for tokens/s
 
 
 def lora_config(cfg: TrainConfig, n_layers: int | None = None, encoder: bool = False):
@@ -37,11 +37,19 @@ def lora_config(cfg: TrainConfig, n_layers: int | None = None, encoder: bool = F
 
     top = {}
     if cfg.lora_layers and n_layers and cfg.lora_layers < n_layers:
-        top = {"layers_to_transform": list(range(n_layers - cfg.lora_layers, n_layers)),
-               "layers_pattern": "layer" if encoder else "layers"}  # BERT: encoder.layer.N; Llama: layers.N
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.target_modules), bias="none",
-                      task_type=TaskType.FEATURE_EXTRACTION if encoder else TaskType.CAUSAL_LM, **top)
+        top = {
+            "layers_to_transform": list(range(n_layers - cfg.lora_layers, n_layers)),
+            "layers_pattern": "layer" if encoder else "layers",
+        }  # BERT: encoder.layer.N; Llama: layers.N
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.target_modules),
+        bias="none",
+        task_type=TaskType.FEATURE_EXTRACTION if encoder else TaskType.CAUSAL_LM,
+        **top,
+    )
 
 
 def steps_per_epoch(cfg: TrainConfig, n_train: int) -> int:
@@ -162,8 +170,10 @@ def _callbacks(cfg: TrainConfig, sink: MetricsSink, run_dir: Path):
                 if not math.isfinite(loss):
                     self.problem = f"the training loss became {loss} at step {state.global_step}"
                 elif self.first_loss and loss > cfg.divergence_factor * self.first_loss:
-                    self.problem = (f"the training loss rose to {loss:.3f} at step {state.global_step}, "
-                                    f"{loss / self.first_loss:.1f}x its first value {self.first_loss:.3f}")
+                    self.problem = (
+                        f"the training loss rose to {loss:.3f} at step {state.global_step}, "
+                        f"{loss / self.first_loss:.1f}x its first value {self.first_loss:.3f}"
+                    )
                 if self.problem:
                     control.should_training_stop = True
             if "eval_loss" in logs:
@@ -175,13 +185,24 @@ def _callbacks(cfg: TrainConfig, sink: MetricsSink, run_dir: Path):
             return control
 
     report = Report()
-    stopper = EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience) \
-        if cfg.early_stopping_patience else None
+    stopper = (
+        EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)
+        if cfg.early_stopping_patience
+        else None
+    )
     return report, stopper
 
 
-def fit(model, tokenizer, cfg: TrainConfig, train_rows: list[dict], eval_rows: list[dict], run_dir: Path,
-        sink: MetricsSink, device: str) -> tuple[object, FitOutcome]:
+def fit(
+    model,
+    tokenizer,
+    cfg: TrainConfig,
+    train_rows: list[dict],
+    eval_rows: list[dict],
+    run_dir: Path,
+    sink: MetricsSink,
+    device: str,
+) -> tuple[object, FitOutcome]:
     """Train LoRA on `model` (token rows from `trainer.data.tokenize_examples`). Returns the PEFT model, best weights loaded."""
     import time
 
@@ -207,8 +228,10 @@ def fit(model, tokenizer, cfg: TrainConfig, train_rows: list[dict], eval_rows: l
     try:
         trainer.train()
     except torch.OutOfMemoryError as exc:
-        raise TrainingError(f"out of memory during training ({exc}). Try a smaller batch_size (with a larger "
-                            "grad_accum), gradient_checkpointing, 4-bit quantization or a shorter max_length.") from None
+        raise TrainingError(
+            f"out of memory during training ({exc}). Try a smaller batch_size (with a larger "
+            "grad_accum), gradient_checkpointing, 4-bit quantization or a shorter max_length."
+        ) from None
     elapsed = time.perf_counter() - started
     if report.problem:
         raise TrainingError(f"training diverged: {report.problem}. Try a lower learning_rate.")
@@ -225,9 +248,15 @@ def fit(model, tokenizer, cfg: TrainConfig, train_rows: list[dict], eval_rows: l
     best_step = int(Path(state.best_model_checkpoint).name.split("-")[-1]) if state.best_model_checkpoint else None
     epochs_done = state.epoch or 0
     tokens = sum(len(r["input_ids"]) for r in train_rows) * epochs_done
-    outcome = FitOutcome(stop_reason=reason, best_step=best_step, best_eval_loss=state.best_metric,
-                         global_step=state.global_step, max_steps=state.max_steps, train_seconds=elapsed,
-                         train_tokens=int(tokens))
+    outcome = FitOutcome(
+        stop_reason=reason,
+        best_step=best_step,
+        best_eval_loss=state.best_metric,
+        global_step=state.global_step,
+        max_steps=state.max_steps,
+        train_seconds=elapsed,
+        train_tokens=int(tokens),
+    )
     peft_model = trainer.model
     peft_model.eval()
     return peft_model, outcome

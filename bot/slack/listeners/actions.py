@@ -28,8 +28,9 @@ def _choice(action: dict) -> tuple[int, str]:
         raise Refused("That control carries no message to label; nothing was changed.") from None
 
 
-def record(ctx: BotContext, client, message_id: int, label: str, user: str, method: str, body: dict,
-           respond=None) -> None:
+def record(
+    ctx: BotContext, client, message_id: int, label: str, user: str, method: str, body: dict, respond=None
+) -> None:
     """Save `user`'s label for a message they may label, or tell them privately why not."""
     try:
         message = messages.get_message(ctx.db(), message_id)
@@ -66,8 +67,11 @@ def register(app, ctx: BotContext) -> None:
         user = shortcut["user"]["id"]
         if not ctx.is_intake_channel(channel):
             log.info("refused shortcut by %s in %s: not an intake channel", user, channel)
-            client.chat_postEphemeral(channel=channel, user=user,
-                                      text="This channel is not an intake channel; its messages are not collected.")
+            client.chat_postEphemeral(
+                channel=channel,
+                user=user,
+                text="This channel is not an intake channel; its messages are not collected.",
+            )
             return
         try:  # membership first: an outsider can neither collect nor label a message
             require_channel_labeler(ctx, client, user, channel)
@@ -76,12 +80,21 @@ def register(app, ctx: BotContext) -> None:
             return
         text = target.get("text") or ""
         message, _ = messages.add_message(  # labeling an older message collects it
-            ctx.db(), source="slack_message", external_id=messages.slack_external_id(channel, target["ts"]),
-            raw_body=text, clean_body=ctx.clean(text), sender=target.get("user"), channel=channel, ts=target["ts"],
-            team=(shortcut.get("team") or {}).get("id"))
+            ctx.db(),
+            source="slack_message",
+            external_id=messages.slack_external_id(channel, target["ts"]),
+            raw_body=text,
+            clean_body=ctx.clean(text),
+            sender=target.get("user"),
+            channel=channel,
+            ts=target["ts"],
+            team=(shortcut.get("team") or {}).get("id"),
+        )
         names = [d.name for d in labels.list_label_defs(ctx.db())]
-        client.views_open(trigger_id=shortcut["trigger_id"],
-                          view=blocks.label_modal(message.id, names, message.clean_body or message.subject or ""))
+        client.views_open(
+            trigger_id=shortcut["trigger_id"],
+            view=blocks.label_modal(message.id, names, message.clean_body or message.subject or ""),
+        )
 
     @app.view(blocks.MODAL_CALLBACK)
     def on_modal(ack, body, view, client):

@@ -29,8 +29,10 @@ from .intake import refresh_reply
 log = logging.getLogger(__name__)
 
 LINK = re.compile(r"https?://[^/\s>]+/archives/(?P<channel>[A-Z0-9]+)/p(?P<ts>\d{10})(?P<micro>\d{6})")
-RETRAIN_USAGE = ("Usage: `/retrain [epochs=N] [batch_size=N] [grad_accum=N] [gradient_checkpointing=true] "
-                 "[dry-run]`, `/retrain status`, `/retrain cancel`")
+RETRAIN_USAGE = (
+    "Usage: `/retrain [epochs=N] [batch_size=N] [grad_accum=N] [gradient_checkpointing=true] "
+    "[dry-run]`, `/retrain status`, `/retrain cancel`"
+)
 # What /retrain may set in the run's training config, with the whole numbers each takes.
 RETRAIN_NUMBERS = {"epochs": range(1, 100), "batch_size": range(1, 65), "grad_accum": range(1, 65)}
 RETRAIN_SWITCHES = ("gradient_checkpointing",)
@@ -45,7 +47,9 @@ def parse_link(text: str) -> tuple[str, str] | None:
 def valid_labels(db) -> str:
     """The active labels for a usage or error line, cut to fit a message."""
     names = [code(d.name) for d in labels.list_label_defs(db)]
-    return joined(names, more="`/labels` lists them all") if names else "(none yet: an admin adds them with `/labels add`)"
+    return (
+        joined(names, more="`/labels` lists them all") if names else "(none yet: an admin adds them with `/labels add`)"
+    )
 
 
 def label_command(ctx: BotContext, command: dict, client=None) -> tuple[str, int | None]:
@@ -101,7 +105,9 @@ def retrain_option(word: str) -> tuple[str, object]:
         allowed = RETRAIN_NUMBERS[key]
         if value.isdigit() and int(value) in allowed:
             return key, int(value)
-        raise ValueError(f"`{key}` takes a whole number from {allowed.start} to {allowed.stop - 1}, got {code(value[:20])}.")
+        raise ValueError(
+            f"`{key}` takes a whole number from {allowed.start} to {allowed.stop - 1}, got {code(value[:20])}."
+        )
     if sep and key in RETRAIN_SWITCHES:
         if value in ("true", "false"):
             return key, value == "true"
@@ -145,12 +151,17 @@ def retrain_command(ctx: BotContext, command: dict) -> str:
 
     quick_check = run_check(db, fast=True)
     if quick_check["summary"]["conflict"]:
-        return (f"Cannot train: {summary_line(quick_check)}. Resolve the conflicting labels first "
-                "(`/datacheck` shows them with buttons).")
+        return (
+            f"Cannot train: {summary_line(quick_check)}. Resolve the conflicting labels first "
+            "(`/datacheck` shows them with buttons)."
+        )
     warning = f"\nData check: {summary_line(quick_check)}." if quick_check["findings"] else ""
     if dry_run:
-        return (f"Data check passed: {len(examples)} labeled messages ({summary}). Nothing was queued."
-                + warning + "\nRun `/datacheck` for near duplicates and suspected mislabels.")
+        return (
+            f"Data check passed: {len(examples)} labeled messages ({summary}). Nothing was queued."
+            + warning
+            + "\nRun `/datacheck` for near duplicates and suspected mislabels."
+        )
     try:
         run = runs.queue_run(db, requested_by=user, params=params)
     except RunConflict:
@@ -200,8 +211,13 @@ def model_command(ctx: BotContext, command: dict) -> str:
             restored = adapters.rollback(db)
         except NotFound as exc:
             return f"Cannot roll back: {exc}."
-        served.set_served(db, "adapter", adapter_version=restored.version, chosen_by=command["user_id"],
-                          reason=f"rolled back by <@{command['user_id']}>")
+        served.set_served(
+            db,
+            "adapter",
+            adapter_version=restored.version,
+            chosen_by=command["user_id"],
+            reason=f"rolled back by <@{command['user_id']}>",
+        )
         return f"Rolled back: adapter v{restored.version} is serving again."
     if words:
         return "Usage: `/model` or `/model rollback`."
@@ -216,8 +232,10 @@ def model_command(ctx: BotContext, command: dict) -> str:
     return "\n".join(lines)
 
 
-LABELS_USAGE = ("Usage: `/labels`, or (admins) `/labels add NAME DESCRIPTION`, `/labels describe NAME DESCRIPTION`, "
-                "`/labels retire NAME`")
+LABELS_USAGE = (
+    "Usage: `/labels`, or (admins) `/labels add NAME DESCRIPTION`, `/labels describe NAME DESCRIPTION`, "
+    "`/labels retire NAME`"
+)
 
 
 def labels_command(ctx: BotContext, command: dict) -> dict:
@@ -240,8 +258,10 @@ def labels_command(ctx: BotContext, command: dict) -> dict:
                 d = labels.describe_label(db, words[1], description)
             else:
                 d = labels.retire_label(db, words[1])
-                return {"text": f"Label {code(d.name)} is retired: it is no longer offered or trained on; "
-                                "its history stays (`/labels add` brings it back)."}
+                return {
+                    "text": f"Label {code(d.name)} is retired: it is no longer offered or trained on; "
+                    "its history stays (`/labels add` brings it back)."
+                }
         except StorageError as exc:
             return {"text": f"Cannot {verb} that label: {escape(exc)}"}
         return {"text": f"Label {code(d.name)} is active" + (f": {escape(d.description)}" if d.description else ".")}
@@ -251,8 +271,10 @@ def labels_command(ctx: BotContext, command: dict) -> dict:
     defs = labels.list_label_defs(db)
     if not defs:
         return {"text": "No labels yet. An admin adds one: `/labels add complaint Customer is unhappy`"}
-    lines = [f"{code(d.name)} ({counts.get(d.name, 0)})" + (f": {escape(d.description)}" if d.description else "")
-             for d in defs]
+    lines = [
+        f"{code(d.name)} ({counts.get(d.name, 0)})" + (f": {escape(d.description)}" if d.description else "")
+        for d in defs
+    ]
     return {"text": f"{len(defs)} labels", "blocks": sections(lines)}
 
 
@@ -262,23 +284,28 @@ def serving_line(ctx: BotContext, db) -> str:
     choice, state = served.current_served(db), ctx.serving_state()
     recorded = recorded_choice(db)
     name = state.name if state else recorded["name"] + " (not loaded yet: the first answer loads it)"
-    line = name + (f" ({escape(state.note)})" if state and state.note else "") + (f" - {choice.reason}" if choice else "")
+    line = (
+        name + (f" ({escape(state.note)})" if state and state.note else "") + (f" - {choice.reason}" if choice else "")
+    )
     version = state.adapter_version if state else (choice.adapter_version if choice else None)
     if version is None and not state and recorded["kind"] == "adapter":
         version = adapters.current_adapter(db).version
     adapter = adapters.get_adapter(db, version) if version is not None else None
     if adapter:
         m = adapter.metrics
-        line += (f"\nadapter v{adapter.version}: accuracy {m.get('accuracy', 0):.1%}, macro-F1 "
-                 f"{m.get('macro_f1', 0):.3f} on {m.get('n', 0)} held-out messages"
-                 + (f" (embeddings on the same split: {m['baseline_accuracy']:.1%})" if 'baseline_accuracy' in m else ""))
+        line += (
+            f"\nadapter v{adapter.version}: accuracy {m.get('accuracy', 0):.1%}, macro-F1 "
+            f"{m.get('macro_f1', 0):.3f} on {m.get('n', 0)} held-out messages"
+            + (f" (embeddings on the same split: {m['baseline_accuracy']:.1%})" if "baseline_accuracy" in m else "")
+        )
     return line
 
 
 def stats_payload(ctx: BotContext) -> list[dict]:
     db = ctx.db()
-    return blocks.stats_blocks(labels.stats(db), predictions.live_accuracy(db), next(iter(runs.list_runs(db, 1)), None),
-                               serving_line(ctx, db))
+    return blocks.stats_blocks(
+        labels.stats(db), predictions.live_accuracy(db), next(iter(runs.list_runs(db, 1)), None), serving_line(ctx, db)
+    )
 
 
 def classify_job(ctx: BotContext, text: str, respond) -> None:
@@ -290,8 +317,9 @@ def classify_job(ctx: BotContext, text: str, respond) -> None:
     source = answered_by(p)
     review = " - *needs review*" if p.needs_review else ""
     alternatives = ", ".join(f"{code(n)} {v:.0%}" for n, v in p.alternatives)
-    respond(text=f"{code(p.label)} ({p.confidence:.0%}, {source}){review}. Next: {alternatives}",
-            response_type="ephemeral")
+    respond(
+        text=f"{code(p.label)} ({p.confidence:.0%}, {source}){review}. Next: {alternatives}", response_type="ephemeral"
+    )
 
 
 CHECKING = "Checking..."  # the acknowledgement of a command answered after it (`deferred` below)
@@ -301,6 +329,7 @@ def register(app, ctx: BotContext) -> None:
     def deferred(handler):
         """A command that asks Slack (channel membership) or reads at length: acknowledged at once, answered
         from the command pool through the response URL."""
+
         def listener(ack, command, respond, client):
             ack(response_type="ephemeral", text=CHECKING)
             ctx.command_executor.submit(answer_later, handler, command, respond, client)
@@ -311,8 +340,12 @@ def register(app, ctx: BotContext) -> None:
             except Exception as exc:  # noqa: BLE001 - the person is told; the traceback goes to the log
                 log.exception("%s failed", command.get("command"))
                 ctx.db_failed(exc)  # a database error: this thread opens a fresh connection next time
-                respond(response_type="ephemeral", replace_original=True,
-                        text="Sorry, that failed on our side; it is logged. Try again in a minute.")
+                respond(
+                    response_type="ephemeral",
+                    replace_original=True,
+                    text="Sorry, that failed on our side; it is logged. Try again in a minute.",
+                )
+
         return listener
 
     @deferred

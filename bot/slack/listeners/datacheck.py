@@ -32,8 +32,12 @@ def run_check(db, fast: bool = False) -> dict:
     if not fast:
         return check_data(rows)
     findings = exact_groups(rows) + label_counts(rows, 2, 10.0)
-    return {"examples": len(rows), "method": None, "findings": [f.to_dict() for f in findings],
-            "summary": {k: sum(f.kind == k for f in findings) for k in KINDS}}
+    return {
+        "examples": len(rows),
+        "method": None,
+        "findings": [f.to_dict() for f in findings],
+        "summary": {k: sum(f.kind == k for f in findings) for k in KINDS},
+    }
 
 
 def summary_line(report: dict) -> str:
@@ -46,8 +50,11 @@ def shown_message(finding: dict, readable) -> str:
     if all(readable(i) for i in finding["ids"]):
         return escape(finding["message"])
     labels_in = ", ".join(code(n) for n in finding.get("labels") or [])
-    return (f"messages {', '.join(map(str, finding['ids']))}" + (f" ({labels_in})" if labels_in else "")
-            + ": text hidden, some are in a channel you are not in (an admin who is in it can fix this)")
+    return (
+        f"messages {', '.join(map(str, finding['ids']))}"
+        + (f" ({labels_in})" if labels_in else "")
+        + ": text hidden, some are in a channel you are not in (an admin who is in it can fix this)"
+    )
 
 
 def unsealed(action_id: str, data: dict) -> dict:
@@ -59,23 +66,47 @@ def finding_blocks(finding: dict, names: list[str], readable=lambda message_id: 
 
     `sealed(action_id, data)` is what each control's value carries (the bot seals it for the admin it shows).
     """
+
     def value(action_id: str, data: dict) -> str:
         return json.dumps(sealed(action_id, data), separators=(",", ":"))
 
-    text = {"type": "section", "text": {"type": "mrkdwn", "text": fit(
-        f"*{finding['kind'].replace('_', ' ')}*: {shown_message(finding, readable)}")}}
+    text = {
+        "type": "section",
+        "text": {
+            "type": "mrkdwn",
+            "text": fit(f"*{finding['kind'].replace('_', ' ')}*: {shown_message(finding, readable)}"),
+        },
+    }
     if not all(readable(i) for i in finding["ids"]):  # fixing a message's training data starts with reading it
         return [text]
     first = finding["ids"][0]
     given = finding["detail"].get("given") or finding["labels"][0]
     options = [{"text": plain(n, 75), "value": value(CHANGE, {"m": first, "l": n})} for n in names[:100]]
-    actions = {"type": "actions", "block_id": f"datacheck_{first}", "elements": [
-        {"type": "button", "action_id": KEEP, "text": plain(f"Keep {given}", 75),
-         "value": value(KEEP, {"m": first, "l": given})},
-        {"type": "static_select", "action_id": CHANGE, "placeholder": {"type": "plain_text", "text": "Change to"},
-         "options": options},
-        {"type": "button", "action_id": EXCLUDE, "style": "danger", "text": {"type": "plain_text", "text": "Exclude"},
-         "value": value(EXCLUDE, {"m": finding["ids"], "l": given})}]}
+    actions = {
+        "type": "actions",
+        "block_id": f"datacheck_{first}",
+        "elements": [
+            {
+                "type": "button",
+                "action_id": KEEP,
+                "text": plain(f"Keep {given}", 75),
+                "value": value(KEEP, {"m": first, "l": given}),
+            },
+            {
+                "type": "static_select",
+                "action_id": CHANGE,
+                "placeholder": {"type": "plain_text", "text": "Change to"},
+                "options": options,
+            },
+            {
+                "type": "button",
+                "action_id": EXCLUDE,
+                "style": "danger",
+                "text": {"type": "plain_text", "text": "Exclude"},
+                "value": value(EXCLUDE, {"m": finding["ids"], "l": given}),
+            },
+        ],
+    }
     if len(actions["elements"][-1]["value"]) > 2000:  # Slack's limit for a button value
         actions["elements"].pop()
     return [text, actions]
@@ -121,8 +152,7 @@ def check_job(ctx: BotContext, respond, client=None, user: str = "") -> None:
     def sealed(action_id: str, data: dict) -> dict:
         return seal(ctx, user, action_id, data)
 
-    respond(response_type="ephemeral", text=summary_line(report),
-            blocks=report_blocks(report, names, readable, sealed))
+    respond(response_type="ephemeral", text=summary_line(report), blocks=report_blocks(report, names, readable, sealed))
 
 
 def clicked_value(action: dict):
@@ -172,12 +202,21 @@ def register(app, ctx: BotContext) -> None:
             return
         try:
             for message_id in ids:
-                labels.add_label(ctx.db(), int(message_id), data["l"], by=user, method="datacheck",
-                                 excluded=action["action_id"] == EXCLUDE)
+                labels.add_label(
+                    ctx.db(),
+                    int(message_id),
+                    data["l"],
+                    by=user,
+                    method="datacheck",
+                    excluded=action["action_id"] == EXCLUDE,
+                )
                 ctx.submit(refresh_reply, ctx, client, int(message_id))
         except StorageError as exc:
             respond(response_type="ephemeral", replace_original=False, text=f"Could not save that: {escape(exc)}")
             return
-        done = {KEEP: f"kept {code(data['l'])}", CHANGE: f"changed to {code(data['l'])}",
-                EXCLUDE: f"excluded {len(ids)} message(s) from training"}[action["action_id"]]
+        done = {
+            KEEP: f"kept {code(data['l'])}",
+            CHANGE: f"changed to {code(data['l'])}",
+            EXCLUDE: f"excluded {len(ids)} message(s) from training",
+        }[action["action_id"]]
         respond(response_type="ephemeral", replace_original=False, text=f"Data check: {done}.")

@@ -27,8 +27,10 @@ from ..spool import RETRYABLE
 log = logging.getLogger(__name__)
 
 NEW_MESSAGE_SUBTYPES = (None, "file_share", "thread_broadcast")
-NOTHING_TO_CLASSIFY = ("Nothing to classify: this message has no text (a blank subject and body). "
-                       "It gets no label unless someone gives it one.")
+NOTHING_TO_CLASSIFY = (
+    "Nothing to classify: this message has no text (a blank subject and body). "
+    "It gets no label unless someone gives it one."
+)
 
 
 def email_file(event: dict) -> dict | None:
@@ -84,9 +86,19 @@ def store_event(ctx: BotContext, client, body: dict, event: dict):
     if not clean and not subject:
         return None  # nothing a person or a model could label (a bare file share, say)
     return messages.add_message(
-        ctx.db(), source=source, external_id=messages.slack_external_id(channel, ts), raw_body=raw,
-        clean_body=clean, subject=subject, sender=sender, team=body.get("team_id"), channel=channel, ts=ts,
-        thread_ts=event.get("thread_ts"), event_id=body.get("event_id"))
+        ctx.db(),
+        source=source,
+        external_id=messages.slack_external_id(channel, ts),
+        raw_body=raw,
+        clean_body=clean,
+        subject=subject,
+        sender=sender,
+        team=body.get("team_id"),
+        channel=channel,
+        ts=ts,
+        thread_ts=event.get("thread_ts"),
+        event_id=body.get("event_id"),
+    )
 
 
 def classify_and_reply(ctx: BotContext, client, message_id: int) -> None:
@@ -107,14 +119,22 @@ def classify_and_reply(ctx: BotContext, client, message_id: int) -> None:
             log.info("message %d has no text to classify", message_id)
             text, shown = NOTHING_TO_CLASSIFY, None
         else:
-            predictions.add_prediction(db, message_id=message_id, adapter_version=prediction.adapter_version,
-                                       label=prediction.label, confidence=prediction.confidence,
-                                       needs_review=prediction.needs_review, scores=prediction.scores,
-                                       latency_ms=prediction.latency_ms, model=prediction.model)
+            predictions.add_prediction(
+                db,
+                message_id=message_id,
+                adapter_version=prediction.adapter_version,
+                label=prediction.label,
+                confidence=prediction.confidence,
+                needs_review=prediction.needs_review,
+                scores=prediction.scores,
+                latency_ms=prediction.latency_ms,
+                model=prediction.model,
+            )
             names = [d.name for d in labels.list_label_defs(db)]
             text, shown = blocks.prediction_text(prediction), blocks.prediction_blocks(message_id, prediction, names)
-        posted = client.chat_postMessage(channel=message.channel, thread_ts=message.ts, text=text, blocks=shown,
-                                         metadata=reply_metadata(message_id))
+        posted = client.chat_postMessage(
+            channel=message.channel, thread_ts=message.ts, text=text, blocks=shown, metadata=reply_metadata(message_id)
+        )
         replies.set_reply(db, message_id, message.channel, posted["ts"])
     except Exception:
         replies.release_reply(db, message_id)
@@ -172,9 +192,12 @@ def refresh_reply(ctx: BotContext, client, message_id: int) -> None:
         return
     shown = _Shown(prediction)
     names = [d.name for d in labels.list_label_defs(db)]
-    client.chat_update(channel=reply["channel"], ts=reply["ts"], text=f"Labeled {mrkdwn.escape(human.label)}",
-                       blocks=blocks.prediction_blocks(message_id, shown, names,
-                                                       human={"label": human.label, "by": human.labeled_by}))
+    client.chat_update(
+        channel=reply["channel"],
+        ts=reply["ts"],
+        text=f"Labeled {mrkdwn.escape(human.label)}",
+        blocks=blocks.prediction_blocks(message_id, shown, names, human={"label": human.label, "by": human.labeled_by}),
+    )
 
 
 class _Shown:
@@ -204,6 +227,7 @@ _spool_lock = threading.Lock()
 
 def replay_spool(ctx: BotContext, client) -> int:
     """Store the events spooled while the database was busy. Returns how many were handled."""
+
     def store(record):
         try:
             handle_message(ctx, client, record["body"], record["event"])
@@ -219,8 +243,9 @@ def register(app, ctx: BotContext) -> None:
         # Before the acknowledgement: while the disk cannot take events, at most HOLD_LIMIT wait in memory.
         # Beyond that an event is refused unacknowledged, and Slack delivers it again later.
         if not spool(ctx).admit():
-            log.error("event %s refused: %d events wait in memory for the disk", body.get("event_id"),
-                      spool(ctx).held())
+            log.error(
+                "event %s refused: %d events wait in memory for the disk", body.get("event_id"), spool(ctx).held()
+            )
             return BoltResponse(status=503, body="the bot cannot store events right now; deliver it again later")
         next()
 
@@ -254,8 +279,9 @@ def handle_message(ctx: BotContext, client, body: dict, event: dict) -> None:
             messages.edit_message(ctx.db(), found.id, raw_body=edited["text"], clean_body=clean)
         return
     if subtype == "message_deleted":
-        found = messages.find_message(ctx.db(), messages.slack_external_id(event.get("channel"),
-                                                                          event.get("deleted_ts")))
+        found = messages.find_message(
+            ctx.db(), messages.slack_external_id(event.get("channel"), event.get("deleted_ts"))
+        )
         if found:
             messages.mark_deleted(ctx.db(), found.id)
         return
