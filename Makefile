@@ -30,8 +30,16 @@ browser:
 run: setup
 	$(VENV)/bin/supportbot run
 
+# The linter and formatter check first (ruff, configured in pyproject.toml), then the suite; the last line says
+# how long it all took.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
 test: setup browser
-	$(PY) -m pytest
+	@start=$$(date +%s); status=0; \
+	$(MAKE) --no-print-directory lint && $(PY) -m pytest || status=$$?; \
+	echo "make test: $$(( $$(date +%s) - start )) s"; exit $$status
 
 # Everything but the tests that load the real 135M model.
 test-fast: setup
