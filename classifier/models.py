@@ -31,6 +31,8 @@ GEMMA3 = "gemma3-270m"
 MINILM = "minilm"
 DEFAULT_BASE_MODEL = MINILM  # measured best of the packaged models on CPU (bench/README.md)
 ZERO_SHOT_MODEL = SMOLLM2  # an instruction-tuned LM: what answers from label descriptions before any label
+# What the documentation calls each packaged model (tests/test_docs.py holds README and Makefile to it).
+DISPLAY_NAMES = {MINILM: "all-MiniLM-L6-v2", GEMMA3: "Gemma 3 270M", SMOLLM2: "SmolLM2-135M", EMBEDDED: "SmolLM2-135M"}
 GEMMA3_FOLDER = "gemma-3-270m"
 
 
