@@ -312,7 +312,9 @@ def validate(config: TrainConfig) -> TrainConfig:
     if len(names) < 2:
         raise ConfigError(f"labels: a classifier needs at least 2 labels, got {len(names)} ({names[0]!r})")
     if not config.base_model:
-        raise ConfigError("base_model: expected `gemma3-270m`, `smollm2-135m` (`embedded`), a hub id or a local folder")
+        raise ConfigError(
+            "base_model: expected `minilm`, `gemma3-270m`, `smollm2-135m` (`embedded`), a hub id or a local folder"
+        )
     return config
 
 
