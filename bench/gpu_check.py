@@ -108,7 +108,7 @@ def train_steps(
 
     from classifier.models import load_base_model
     from trainer.config import TrainConfig
-    from trainer.methods.scoring import lora_config
+    from trainer.methods.loop import lora_config
 
     cuda = device == "cuda"
     if cuda:

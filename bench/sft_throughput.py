@@ -34,7 +34,8 @@ def main():
     from classifier.prompts import LabelInfo, PromptSpec, prompt_messages
     from trainer.config import TrainConfig
     from trainer.data import tokenize_examples
-    from trainer.methods.scoring import _sft_trainer_class, lora_config, sft_config
+    from trainer.methods.loop import lora_config
+    from trainer.methods.scoring import _sft_trainer_class, sft_config
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)

@@ -38,7 +38,7 @@ def test_an_encoder_gets_the_encoder_recipe_learns_and_is_refitted_on_every_exam
     assert result["refit"]["examples"] == result["data"]["train"] + result["data"]["eval"] == 60
     # As many epochs as the first training's best: its best step, scaled by the larger data's steps per epoch.
     from trainer.config import TrainConfig
-    from trainer.methods.scoring import steps_per_epoch
+    from trainer.methods.loop import steps_per_epoch
 
     cfg = TrainConfig(**result["config"])
     with_copies = lambda n: n + round(n * cfg.injection_augmentation)  # noqa: E731 - the injection copies

@@ -165,7 +165,7 @@ def test_lora_on_the_top_layers_only_adapts_those_layers(tiny_model_dir):
 
     from classifier.models import load_base_model
     from trainer.config import TrainConfig
-    from trainer.methods.scoring import lora_config
+    from trainer.methods.loop import lora_config
 
     cfg = TrainConfig(labels=[{"name": "a"}, {"name": "b"}], lora_layers=1).resolved(10, n_params=1e6)
     model = get_peft_model(load_base_model(tiny_model_dir, device="cpu"), lora_config(cfg, 2))

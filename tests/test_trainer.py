@@ -144,7 +144,7 @@ def test_diverging_loss_stops_training_with_a_reason(tmp_path, losses, expected)
 
     from transformers import TrainerControl
 
-    from trainer.methods.scoring import _callbacks
+    from trainer.methods.loop import _callbacks
     from trainer.metrics import ListSink
 
     cfg = TrainConfig(labels=[{"name": "a"}, {"name": "b"}])

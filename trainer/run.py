@@ -22,7 +22,7 @@ from pathlib import Path
 
 from classifier.prompts import LabelInfo, PromptSpec, label_list_shown
 from datacheck.examples import DataError, check_examples
-from trainer.methods.scoring import CANCEL_FILE, TrainingError
+from trainer.methods.loop import CANCEL_FILE, TrainingError
 
 from .config import ConfigError, TrainConfig, load_config
 from .data import augment_with_injections, read_jsonl, stratified_split, tokenize_examples, write_jsonl
@@ -341,7 +341,7 @@ def refit(
     from dataclasses import replace
 
     from trainer.methods.head import fit_head
-    from trainer.methods.scoring import steps_per_epoch
+    from trainer.methods.loop import steps_per_epoch
 
     augmented = augment_with_injections(everything, spec.names, cfg.injection_augmentation, cfg.seed)
     best = outcome.best_step or outcome.global_step

@@ -26,7 +26,7 @@ from typing import Callable
 
 from storage import LeaseLost, adapters, labels, runs, served, write
 from trainer.data import write_jsonl
-from trainer.methods.scoring import CANCEL_FILE
+from trainer.methods.loop import CANCEL_FILE
 from trainer.metrics import read_metrics
 
 from ..serving import recorded_choice

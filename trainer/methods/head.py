@@ -124,7 +124,7 @@ def fit_head(
     from peft import get_peft_model
     from transformers import get_scheduler, set_seed
 
-    from .scoring import CANCEL_FILE, FitOutcome, TrainingError, lora_config, steps_per_epoch
+    from .loop import CANCEL_FILE, FitOutcome, TrainingError, lora_config, steps_per_epoch
 
     set_seed(cfg.seed)
     device = next(model.parameters()).device
