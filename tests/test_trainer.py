@@ -136,7 +136,7 @@ def test_cancel_stops_cleanly_without_an_adapter(tiny_model_dir, tmp_path):
     "losses, expected",
     [
         ([2.0, 1.5, float("nan")], "the training loss became nan at step 3"),
-        ([2.0, 1.5, 9.0], "rose to 9.000 at step 3, 4.5x its first value 2.000"),
+        ([2.0, 1.5, 9.0, 9.0, 9.0, 9.0, 9.0], "rose to 9.000 (the mean of the last 5 steps) at step 7, 4.5x its first"),
     ],
 )
 def test_diverging_loss_stops_training_with_a_reason(tmp_path, losses, expected):
@@ -144,11 +144,11 @@ def test_diverging_loss_stops_training_with_a_reason(tmp_path, losses, expected)
 
     from transformers import TrainerControl
 
-    from trainer.methods.loop import _callbacks
+    from trainer.methods.loop import callbacks
     from trainer.metrics import ListSink
 
     cfg = TrainConfig(labels=[{"name": "a"}, {"name": "b"}])
-    report, _ = _callbacks(cfg, ListSink(), tmp_path)
+    report, _ = callbacks(cfg, ListSink(), tmp_path)
     control = TrainerControl()
     for step, loss in enumerate(losses, start=1):
         report.on_log(
@@ -156,6 +156,42 @@ def test_diverging_loss_stops_training_with_a_reason(tmp_path, losses, expected)
         )
     assert control.should_training_stop
     assert expected in report.problem
+
+
+def feed(report, losses):
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    control = TrainerControl()
+    for step, loss in enumerate(losses, start=1):
+        report.on_log(
+            None, SimpleNamespace(global_step=step, max_steps=10, epoch=step / 10), control, logs={"loss": loss}
+        )
+    return control
+
+
+def test_one_hard_batch_is_not_divergence(tmp_path):
+    from trainer.methods.loop import callbacks
+    from trainer.metrics import ListSink
+
+    report, _ = callbacks(TrainConfig(labels=[{"name": "a"}, {"name": "b"}]), ListSink(), tmp_path)
+    control = feed(report, [2.0, 1.5, 9.0, 1.0, 1.0, 0.8, 0.7])  # one batch of a few examples at 4.5x
+    assert not control.should_training_stop and report.problem is None
+
+
+def test_a_head_starting_near_zero_loss_is_measured_against_a_uniform_guess(tmp_path):
+    import math
+
+    from trainer.methods.loop import callbacks
+    from trainer.metrics import ListSink
+
+    cfg = TrainConfig(labels=[{"name": "a"}, {"name": "b"}, {"name": "c"}])
+    calm, _ = callbacks(cfg, ListSink(), tmp_path, floor=math.log(3))
+    assert not feed(calm, [0.01, 0.5, 1.0, 1.5, 2.0, 2.5]).should_training_stop  # 250x the first, under 4x log 3
+    rising, _ = callbacks(cfg, ListSink(), tmp_path, floor=math.log(3))
+    assert feed(rising, [0.01] + [5.0] * 5).should_training_stop
+    assert "the larger of its first value and a uniform guess's (1.099)" in rising.problem
 
 
 @pytest.mark.parametrize(

@@ -110,7 +110,8 @@ class TrainConfig:
         default_factory=dict,
     )
     divergence_factor: float = _help(
-        "Stop with an error when the training loss exceeds this multiple of its first value.", default=4.0
+        "Stop with an error when the training loss (the mean of the last 5 steps) exceeds this multiple of its first value.",
+        default=4.0,
     )
     compare_adapter: str = _help(
         "Folder of the adapter now serving; evaluated on the same split for the promotion gate.", default=""

@@ -22,18 +22,15 @@ says `"method": "head"`, the labels in row order and the pooling.
 from __future__ import annotations
 
 import math
-import random
-import time
 from pathlib import Path
 
-from classifier.head import features, head_prompt_ids, is_encoder_model, pad_batch, pooled
+from classifier.head import features, head_prompt_ids, is_encoder_model, pad_batch
 from classifier.prompts import PromptSpec
 from trainer.config import TrainConfig
 from trainer.metrics import MetricsSink
 
-
-class _Stop(Exception):
-    pass
+from .loop import callbacks, lora_config, training_arguments
+from .loop import train as train_with
 
 
 def fit_probe(x, y, n_labels: int, steps: int = 300, encoder: bool = False):
@@ -102,6 +99,41 @@ def check_targets(model, targets: list[str]) -> None:
         )
 
 
+def _head_model_class():
+    import torch
+    import torch.nn.functional as F
+
+    from classifier.head import pooled
+
+    class HeadModel(torch.nn.Module):
+        """The LM body (with LoRA) and the linear head as one module whose forward returns the loss, for Trainer."""
+
+        def __init__(self, body, head, pooling: str, label_smoothing: float):
+            super().__init__()
+            self.body, self.head, self.pooling, self.label_smoothing = body, head, pooling, label_smoothing
+            # Trainer must not move a 4-bit model: it reads this attribute off the model it is given.
+            self.quantization_method = getattr(body, "quantization_method", None)
+
+        def forward(self, input_ids, attention_mask, labels=None):
+            logits = self.head(pooled(self.body, input_ids, attention_mask, self.pooling))
+            if labels is None:
+                return {"logits": logits}
+            smoothing = self.label_smoothing if self.training else 0.0  # eval loss is the plain cross-entropy
+            return {"loss": F.cross_entropy(logits, labels, label_smoothing=smoothing), "logits": logits}
+
+    return HeadModel
+
+
+def _collate(pad: int):
+    import torch
+
+    def collate(rows: list[dict]) -> dict:
+        ids, mask = pad_batch([r["input_ids"] for r in rows], pad, "cpu")  # Trainer moves the batch
+        return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([r["labels"] for r in rows])}
+
+    return collate
+
+
 def fit_head(
     model,
     tokenizer,
@@ -114,154 +146,49 @@ def fit_head(
 ):
     """Train LoRA on `model`'s body and a head on its pooled hidden states. Returns (peft model, head, FitOutcome).
 
-    A plain loop: batches of `batch_size`, `grad_accum` of them per optimizer step, AdamW
-    with the configured schedule, an evaluation `evals_per_epoch` times an epoch, the best
-    weights by eval loss kept (in memory: LoRA and head together are a few MB), early stopping,
-    and the same cancel, divergence and metrics records as the scoring trainer.
+    The same loop as the scoring method (transformers' Trainer with the callbacks of `trainer.methods.loop`:
+    progress records, cancel, divergence, the best weights by eval loss kept, early stopping); only the
+    model's forward differs. A refit passes no evaluation rows: it trains for its steps and keeps the last.
     """
     import torch
-    import torch.nn.functional as F
     from peft import get_peft_model
-    from transformers import get_scheduler, set_seed
-
-    from .loop import CANCEL_FILE, FitOutcome, TrainingError, lora_config, steps_per_epoch
+    from transformers import Trainer, set_seed
 
     set_seed(cfg.seed)
     device = next(model.parameters()).device
     index = {name: i for i, name in enumerate(spec.names)}
-    pad = tokenizer.pad_token_id
-
     encoder = is_encoder_model(model)
 
     def encode(examples):
-        return (
-            [head_prompt_ids(tokenizer, spec, e["text"], e.get("subject"), cfg.max_length, encoder) for e in examples],
-            torch.tensor([index[e["label"]] for e in examples], device=device),
-        )
+        return [
+            {
+                "input_ids": head_prompt_ids(tokenizer, spec, e["text"], e.get("subject"), cfg.max_length, encoder),
+                "labels": index[e["label"]],
+            }
+            for e in examples
+        ]
 
-    train_rows, train_y = encode(train)
-    eval_rows, eval_y = encode(evaluation)
+    train_rows, eval_rows = encode(train), encode(evaluation)
     text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     check_targets(model, cfg.target_modules)
     peft_model = get_peft_model(model, lora_config(cfg, text_config.num_hidden_layers, encoder=encoder))
-    hidden = text_config.hidden_size
     if cfg.head_init == "probe":  # LoRA starts as the identity, so these are the base model's features
         peft_model.eval()
-        head = fit_probe(
-            features(peft_model, train_rows, pad, cfg.pooling, cfg.batch_size * 2),
-            train_y,
-            len(spec.names),
-            encoder=encoder,
-        ).to(device)
+        ids = [r["input_ids"] for r in train_rows]
+        x = features(peft_model, ids, tokenizer.pad_token_id, cfg.pooling, cfg.batch_size * 2)
+        y = torch.tensor([r["labels"] for r in train_rows], device=device)
+        head = fit_probe(x, y, len(spec.names), encoder=encoder).to(device)
     else:
-        head = torch.nn.Linear(hidden, len(spec.names)).to(device)
-    trainable = [p for p in peft_model.parameters() if p.requires_grad] + list(head.parameters())
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=0.0)
-    per_epoch = steps_per_epoch(cfg, len(train_rows))
-    max_steps = per_epoch * cfg.epochs
-    if cfg.max_steps:
-        max_steps = min(max_steps, cfg.max_steps)
-    scheduler = get_scheduler(
-        cfg.lr_scheduler,
-        optimizer,
-        num_warmup_steps=math.ceil(cfg.warmup_ratio * max_steps),
-        num_training_steps=max_steps,
+        head = torch.nn.Linear(text_config.hidden_size, len(spec.names)).to(device)
+    report, keep = callbacks(cfg, sink, run_dir, floor=math.log(len(spec.names)))
+    trainer = Trainer(
+        model=_head_model_class()(peft_model, head, cfg.pooling, cfg.label_smoothing),
+        args=training_arguments(cfg, run_dir / "checkpoints", len(train_rows), device.type, bool(eval_rows)),
+        train_dataset=train_rows,
+        eval_dataset=eval_rows or None,
+        data_collator=_collate(tokenizer.pad_token_id),
+        callbacks=[report, keep],
     )
-    eval_every = max(1, per_epoch // cfg.evals_per_epoch)
-
-    def evaluate() -> float:
-        peft_model.eval()
-        with torch.no_grad():
-            x = features(peft_model, eval_rows, pad, cfg.pooling, cfg.batch_size * 2)
-            return float(F.cross_entropy(head(x), eval_y))
-
-    def snapshot() -> dict:
-        state = {f"lora.{n}": p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad}
-        state.update({f"head.{n}": p.detach().clone() for n, p in head.named_parameters()})
-        return state
-
-    rng = random.Random(cfg.seed)
-    step, first_loss, problem, stop = 0, None, None, None
-    best_loss, best_step, best_state, bad_evals = math.inf, None, None, 0
-    tokens, micro = 0, cfg.batch_size
-    sink.write({"kind": "progress", "step": 0, "max_steps": max_steps, "epoch": 0.0})
-    started = time.perf_counter()
-    try:
-        while step < max_steps:
-            order = list(range(len(train_rows)))
-            rng.shuffle(order)
-            per_step = micro * cfg.grad_accum
-            for start in range(0, len(order), per_step):
-                if step >= max_steps:
-                    break
-                if (run_dir / CANCEL_FILE).exists():
-                    raise _Stop("cancelled")
-                peft_model.train()
-                group = order[start : start + per_step]
-                optimizer.zero_grad()
-                total = 0.0
-                for m in range(0, len(group), micro):
-                    chunk = group[m : m + micro]
-                    rows = [train_rows[i] for i in chunk]
-                    tokens += sum(len(r) for r in rows)
-                    logits = head(pooled(peft_model, *pad_batch(rows, pad, device), cfg.pooling))
-                    loss = F.cross_entropy(logits, train_y[chunk], label_smoothing=cfg.label_smoothing)
-                    (loss * len(chunk) / len(group)).backward()
-                    total += loss.item() * len(chunk) / len(group)
-                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                epoch = step / per_epoch
-                base = {"step": step, "max_steps": max_steps, "epoch": epoch}
-                sink.write({**base, "kind": "train", "train_loss": total, "learning_rate": scheduler.get_last_lr()[0]})
-                first_loss = total if first_loss is None and math.isfinite(total) else first_loss
-                # Measured against a uniform guess too: a probe-initialized head starts near zero loss.
-                reference = max(first_loss or 0.0, math.log(len(spec.names)))
-                if not math.isfinite(total):
-                    problem = f"the training loss became {total} at step {step}"
-                elif total > cfg.divergence_factor * reference:
-                    problem = (
-                        f"the training loss rose to {total:.3f} at step {step}, "
-                        f"{total / reference:.1f}x the larger of its first value and a uniform guess's "
-                        f"({reference:.3f})"
-                    )
-                if problem:
-                    raise TrainingError(f"training diverged: {problem}. Try a lower learning_rate.")
-                if eval_rows and (step % eval_every == 0 or step == max_steps):  # none in a refit
-                    eval_loss = evaluate()
-                    sink.write({**base, "kind": "eval", "eval_loss": eval_loss})
-                    if eval_loss < best_loss:
-                        best_loss, best_step, best_state, bad_evals = eval_loss, step, snapshot(), 0
-                    else:
-                        bad_evals += 1
-                        if (
-                            cfg.early_stopping_patience
-                            and bad_evals >= cfg.early_stopping_patience
-                            and step < max_steps
-                        ):
-                            raise _Stop("early_stopping")
-    except _Stop as reason:
-        stop = str(reason)
-    elapsed = time.perf_counter() - started
-    if stop is None:
-        stop = "max_steps" if cfg.max_steps and step >= cfg.max_steps else "completed"
-    if best_state is not None and stop != "cancelled":
-        with torch.no_grad():
-            for n, p in peft_model.named_parameters():
-                if f"lora.{n}" in best_state:
-                    p.copy_(best_state[f"lora.{n}"])
-            for n, p in head.named_parameters():
-                p.copy_(best_state[f"head.{n}"])
-    peft_model.eval()
+    outcome = train_with(trainer, cfg, run_dir, report, keep, sum(len(r["input_ids"]) for r in train_rows))
     head.eval()
-    outcome = FitOutcome(
-        stop_reason=stop,
-        best_step=best_step,
-        best_eval_loss=best_loss if math.isfinite(best_loss) else None,
-        global_step=step,
-        max_steps=max_steps,
-        train_seconds=elapsed,
-        train_tokens=tokens,
-    )
     return peft_model, head, outcome

@@ -12,51 +12,22 @@ from classifier.models import decoder_and_head
 from trainer.config import TrainConfig
 from trainer.metrics import MetricsSink
 
-from .loop import CANCEL_FILE, FitOutcome, TrainingError, _callbacks, lora_config, steps_per_epoch
+from .loop import FitOutcome, callbacks, lora_config, train, training_arguments
 
 
-def sft_config(cfg: TrainConfig, out_dir: Path, n_train: int, device: str):
-    import torch
+def sft_config(cfg: TrainConfig, out_dir: Path, n_train: int, device: str, evaluate: bool = True):
     from trl import SFTConfig
 
-    from classifier.models import compute_dtype
-
-    per_epoch = steps_per_epoch(cfg, n_train)
-    eval_every = max(1, per_epoch // cfg.evals_per_epoch)
-    dtype = compute_dtype(cfg.compute_dtype, device)
-    return SFTConfig(
-        output_dir=str(out_dir),
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size * 2,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio of all steps
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps or -1,
-        eval_strategy="steps",
-        eval_steps=eval_every,
-        save_strategy="steps",
-        save_steps=eval_every,
-        save_total_limit=2,
-        save_only_model=True,
-        load_best_model_at_end=True,
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
-        logging_steps=1,
-        prediction_loss_only=True,
-        report_to=[],
-        disable_tqdm=True,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        bf16=device == "cuda" and dtype == torch.bfloat16,
-        fp16=device == "cuda" and dtype == torch.float16,
-        use_cpu=device == "cpu",
+    return training_arguments(
+        cfg,
+        out_dir,
+        n_train,
+        device,
+        evaluate,
+        cls=SFTConfig,
         gradient_checkpointing=cfg.gradient_checkpointing,
         max_length=cfg.max_length,
         dataset_kwargs={"skip_prepare_dataset": True},
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
     )
 
 
@@ -116,9 +87,6 @@ def fit(
     device: str,
 ) -> tuple[object, FitOutcome]:
     """Train LoRA on `model` (token rows from `trainer.data.tokenize_examples`). Returns the PEFT model, best weights loaded."""
-    import time
-
-    import torch
     from datasets import Dataset
     from peft import get_peft_model
     from transformers import set_seed
@@ -126,49 +94,15 @@ def fit(
 
     set_seed(cfg.seed)
     peft_model = get_peft_model(model, lora_config(cfg, model.config.get_text_config().num_hidden_layers))
-    report, stopper = _callbacks(cfg, sink, run_dir)
+    report, keep = callbacks(cfg, sink, run_dir)
     trainer = _sft_trainer_class()(
         model=peft_model,
-        args=sft_config(cfg, run_dir / "checkpoints", len(train_rows), device),
+        args=sft_config(cfg, run_dir / "checkpoints", len(train_rows), device, evaluate=bool(eval_rows)),
         train_dataset=Dataset.from_list(train_rows),
-        eval_dataset=Dataset.from_list(eval_rows),
+        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
         processing_class=tokenizer,
         data_collator=DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id),
-        callbacks=[c for c in (report, stopper) if c],
+        callbacks=[report, keep],
     )
-    started = time.perf_counter()
-    try:
-        trainer.train()
-    except torch.OutOfMemoryError as exc:
-        raise TrainingError(
-            f"out of memory during training ({exc}). Try a smaller batch_size (with a larger "
-            "grad_accum), gradient_checkpointing, 4-bit quantization or a shorter max_length."
-        ) from None
-    elapsed = time.perf_counter() - started
-    if report.problem:
-        raise TrainingError(f"training diverged: {report.problem}. Try a lower learning_rate.")
-    state = trainer.state
-    cancelled = (run_dir / CANCEL_FILE).exists()
-    if cancelled:
-        reason = "cancelled"
-    elif stopper and stopper.early_stopping_patience_counter >= cfg.early_stopping_patience:
-        reason = "early_stopping"
-    elif cfg.max_steps and state.global_step >= cfg.max_steps:
-        reason = "max_steps"
-    else:
-        reason = "completed"
-    best_step = int(Path(state.best_model_checkpoint).name.split("-")[-1]) if state.best_model_checkpoint else None
-    epochs_done = state.epoch or 0
-    tokens = sum(len(r["input_ids"]) for r in train_rows) * epochs_done
-    outcome = FitOutcome(
-        stop_reason=reason,
-        best_step=best_step,
-        best_eval_loss=state.best_metric,
-        global_step=state.global_step,
-        max_steps=state.max_steps,
-        train_seconds=elapsed,
-        train_tokens=int(tokens),
-    )
-    peft_model = trainer.model
-    peft_model.eval()
-    return peft_model, outcome
+    outcome = train(trainer, cfg, run_dir, report, keep, sum(len(r["input_ids"]) for r in train_rows))
+    return trainer.model, outcome
