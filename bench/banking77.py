@@ -166,7 +166,7 @@ def train_recipe(
     reuse: bool = False,
     gate: bool = False,
 ) -> dict:
-    from trainer.data import write_jsonl
+    from jsonl import write_jsonl
 
     run_dir = CACHE / folder / name
     done = run_dir / "result.json"

@@ -226,9 +226,9 @@ def open_new_file(out: Path, force: bool, *, binary: bool = False):
 @pass_ctx
 def export(ctx: Context, fmt: str, out: Path | None, overrides: tuple[str, ...], force: bool):
     """Export labeled messages as JSONL, with the prompt and answer a training run on them uses."""
+    from jsonl import dumps_line
     from trainer.config import TrainConfig
     from trainer.data import alpaca_row, chatml_row
-    from trainer.jsonl import dumps_line
     from trainer.run import prompt_spec
 
     from .runs.execute import label_set, training_examples

@@ -11,11 +11,11 @@ import threading
 
 import pytest
 
-from jsonl import dumps_line
+from jsonl import dumps_line, write_jsonl
 from slack_standin import payloads
 from storage import ImportFormatError, importing, labels, messages, open_db, runs
 from textprep.cleaning import text_cleaner
-from trainer.data import read_jsonl, write_jsonl
+from trainer.data import read_jsonl
 
 from .conftest import make_run_dir, toy_config, toy_examples
 from .test_bot import AGENT, INTAKE, bot  # noqa: F401

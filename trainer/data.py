@@ -12,11 +12,11 @@ from pathlib import Path
 
 from classifier.prompts import PromptSpec, label_ids, prompt_ids, prompt_messages
 from datacheck.examples import DataError
-from jsonl import JsonlError, read_rows, write_jsonl  # noqa: F401 - write_jsonl is this module's too
+from jsonl import JsonlError, read_rows
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Examples from a JSONL file (see `trainer.jsonl`: a line ends at "\n" only)."""
+    """Examples from a JSONL file (see the `jsonl` package: a line ends at "\n" only)."""
     try:
         numbered = read_rows(path)
     except JsonlError as exc:

@@ -22,10 +22,11 @@ from pathlib import Path
 
 from classifier.prompts import LabelInfo, PromptSpec, label_list_shown
 from datacheck.examples import DataError, check_examples
+from jsonl import write_jsonl
 from trainer.methods.loop import CANCEL_FILE, TrainingError
 
 from .config import ConfigError, TrainConfig, load_config
-from .data import augment_with_injections, read_jsonl, stratified_split, tokenize_examples, write_jsonl
+from .data import augment_with_injections, read_jsonl, stratified_split, tokenize_examples
 from .metrics import JsonlSink, MetricsSink, epoch_table, read_metrics
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 3

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from jsonl import write_jsonl
 from storage import LeaseLost, adapters, labels, runs, served, write
-from trainer.data import write_jsonl
 from trainer.methods.loop import CANCEL_FILE
 from trainer.metrics import read_metrics
 
