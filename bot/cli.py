@@ -184,6 +184,18 @@ def import_(ctx: Context, file: Path, text_col: str, label_col: str, as_json: bo
         click.echo(f"New labels ({len(result.labels_added)}): {', '.join(result.labels_added)}")
 
 
+def check_new_file(out: Path, force: bool) -> None:
+    """Fails with a one-line error unless `open_new_file(out, force)` can write there: asked before slow work."""
+    if not out.parent.is_dir():
+        fail(f"cannot write {out}: folder {out.parent} does not exist")
+    if out.is_symlink():
+        fail(f"{out} is a symbolic link; not following it (give the real path)")
+    if out.exists() and not force:
+        fail(f"{out} exists; use --force to replace it")
+    if out.exists() and not out.is_file():
+        fail(f"{out} is not a regular file")
+
+
 def open_new_file(out: Path, force: bool, *, binary: bool = False):
     """`out` opened for writing, owner-only (0600), never through a symlink; an existing file only with `force`
     (it is removed and a new one made: a file someone else created is never written into).
@@ -458,10 +470,13 @@ def _prediction_dict(p) -> dict:
     help="CSV of messages to classify.",
 )
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Where to write the labeled CSV.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("--text-col", default="text", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def classify(ctx: Context, text: str | None, in_file: Path | None, out: Path | None, text_col: str, as_json: bool):
+def classify(
+    ctx: Context, text: str | None, in_file: Path | None, out: Path | None, force: bool, text_col: str, as_json: bool
+):
     """Classify TEXT, or every row of --file into --out, with the model that serves (README: which model answers)."""
     import csv
 
@@ -473,6 +488,8 @@ def classify(ctx: Context, text: str | None, in_file: Path | None, out: Path | N
         fail("give either TEXT or --file FILE (with --out FILE)")
     if in_file and not out:
         fail("--file needs --out FILE for the labeled copy")
+    if out:  # refused before the model loads, like export's --out
+        check_new_file(out, force)
     if text is not None and not text.strip():
         fail("nothing to classify: the text is empty or only whitespace")
     classifier = load_classifier(ctx.settings, ctx.db)
@@ -495,7 +512,7 @@ def classify(ctx: Context, text: str | None, in_file: Path | None, out: Path | N
     with in_file.open(newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
     fields = list(rows[0].keys()) + ["predicted_label", "confidence", "needs_review", "adapter_version", "model"]
-    with out.open("w", newline="", encoding="utf-8") as f:
+    with open_new_file(out, force) as f:  # the input rows are read already: --out may replace --file
         writer = csv.DictWriter(f, fieldnames=[spreadsheet_safe(name) for name in fields])
         writer.writeheader()
         for row, p in zip(rows, predictions):

@@ -93,6 +93,26 @@ def test_classify_file_with_the_embeddings_before_any_adapter(toy_workspace):
     assert p["model"] == "embeddings" and p["zero_shot"] is False
 
 
+def test_classify_out_opens_like_export_out(toy_workspace):
+    import os
+    import stat
+
+    env, toy_csv = toy_workspace
+    kept = env / "kept.csv"
+    kept.write_text("precious\n")
+    refused = supportbot("classify", "--file", str(toy_csv), "--out", str(kept), check=False)
+    assert refused.returncode != 0 and "exists; use --force to replace it" in refused.stderr
+    assert kept.read_text() == "precious\n"  # refused before anything was written
+    link = env / "link.csv"
+    link.symlink_to(kept)
+    followed = supportbot("classify", "--file", str(toy_csv), "--out", str(link), "--force", check=False)
+    assert followed.returncode != 0 and "is a symbolic link; not following it" in followed.stderr
+    assert kept.read_text() == "precious\n"
+    supportbot("classify", "--file", str(toy_csv), "--out", str(kept), "--force")
+    assert len(list(csv.DictReader(kept.open()))) == 60
+    assert stat.S_IMODE(os.stat(kept).st_mode) == 0o600
+
+
 def test_model_commands_refuse_bad_input_clearly(toy_workspace, monkeypatch):
     env, toy_csv = toy_workspace
     assert (
