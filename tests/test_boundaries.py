@@ -25,6 +25,10 @@ FORBIDDEN = {
     "trainer": ("bot", "storage", *SLACK, *SQL),
     "storage": ("bot", "trainer", "classifier", "datacheck", "torch", "transformers", "peft", *SLACK),
     "bot.runs": ("bot.slack", "slack_bolt", "slack_sdk"),
+    # The Slack face and serving use what answers a message (classifier/) and format what a run recorded:
+    # nothing of the training run itself.
+    "bot.slack": ("trainer",),
+    "bot.serving": ("trainer",),
 }
 SQL_WORDS = ("SELECT ", "INSERT ", "UPDATE ", "DELETE ", "CREATE ", "PRAGMA ")
 
@@ -50,7 +54,11 @@ def imported_modules(path, package_parts):
 
 
 def package_files(package):
-    for path in sorted(REPO.joinpath(*package.split(".")).rglob("*.py")):
+    """The files of a package, or the one file of a module (bot.serving is bot/serving.py)."""
+    folder = REPO.joinpath(*package.split("."))
+    paths = sorted(folder.rglob("*.py")) if folder.is_dir() else [folder.with_suffix(".py")]
+    assert all(path.exists() for path in paths) and paths, f"{package}: no such package or module"
+    for path in paths:
         yield path, list(path.relative_to(REPO).parts[:-1])  # the package a relative import starts from
 
 

@@ -102,7 +102,7 @@ def test_explicit_config_values_win_over_the_recipe(tmp_path):
 
 def test_the_report_says_where_early_stopping_stopped_and_counts_the_progress_steps():
     from bot.slack.reports import progress_payload, report_payload
-    from trainer.report import summary_markdown
+    from trainer.report import stop_text, summary_markdown
 
     training = {
         "stop_reason": "early_stopping",
@@ -141,6 +141,9 @@ def test_the_report_says_where_early_stopping_stopped_and_counts_the_progress_st
         "gate": gate,
         "metrics": {"accuracy": 0.5, "macro_f1": 0.5, "n": 8, "per_class": {}},
     }
+    # The run records the sentence (trainer.run); the Slack face shows it, and a run that recorded none its reason.
+    assert "stopped: early_stopping;" in str(report_payload(1, result, 1)["blocks"])
+    result["sentences"] = {"stopped": stop_text(training), "refit": ""}
     text = str(report_payload(1, result, 1)["blocks"])
     assert "early stopping at step 9 of 12: the eval loss had not improved since step 7" in text
     assert "9 steps" in text and "12 steps" not in text

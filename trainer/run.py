@@ -6,7 +6,8 @@ RUN_DIR/eval.jsonl            optional; without it, a stratified split of train.
 -> RUN_DIR/metrics.jsonl      one line per logging step and evaluation, as training goes
 -> RUN_DIR/adapter/           PEFT adapter + supportbot.json + README.md model card
 -> RUN_DIR/eval_predictions.jsonl  the eval split with each prediction
--> RUN_DIR/result.json        status, metrics, comparison with the serving adapter, promotion decision
+-> RUN_DIR/result.json        status, metrics, comparison with the serving adapter, promotion decision,
+                              and the sentences the reports show ("sentences": why training stopped, the refit)
 -> RUN_DIR/report.md, report.png
 
 Reads setup -> train -> evaluate -> save. Config and data are checked before
@@ -217,7 +218,7 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
     records, _ = (
         read_metrics(run_dir / "metrics.jsonl") if isinstance(sink, JsonlSink) else (getattr(sink, "records", []), 0)
     )
-    from .report import baseline_verdict, best_epoch, draw_report, summary_markdown
+    from .report import baseline_verdict, best_epoch, draw_report, refit_text, stop_text, summary_markdown
 
     result["training"] = {
         "stop_reason": outcome.stop_reason,
@@ -299,6 +300,8 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
                 return result
             save_adapter(model, run_dir / "adapter", cfg, spec, result, head)
     result["adapter_dir"] = str(run_dir / "adapter")
+    # Said once, here, in the run's own words: the bot's reports format these sentences and compute none.
+    result["sentences"] = {"stopped": stop_text(result["training"]), "refit": refit_text(result)}
     try:
         draw_report(run_dir / "report.png", records, result["metrics"])
     except Exception as exc:  # noqa: BLE001 - a picture must never fail a run whose adapter is saved

@@ -28,6 +28,7 @@ from jsonl import write_jsonl
 from storage import LeaseLost, adapters, labels, runs, served, write
 from trainer.methods.loop import CANCEL_FILE
 from trainer.metrics import read_metrics
+from trainer.run import request_cancel  # noqa: F401 - the bot asks a run to stop through its pipeline
 
 from ..serving import recorded_choice
 from ..settings import Settings

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 from classifier.evaluate import worst_classes
-from trainer.report import refit_text, stop_text
 
 from .mrkdwn import code, escape
 
@@ -90,12 +89,13 @@ def report_payload(run_id: int, result: dict, adapter_version: int | None) -> di
             f"; serving adapter on the same split: {sm['accuracy']:.1%}, {sm['macro_f1']:.3f} "
             f"({metrics['macro_f1'] - sm['macro_f1']:+.3f})"
         )
+    sentences = result.get("sentences") or {}  # the run's own words (trainer.run); older runs recorded none
     lines = [
         compare + ".",
         f"Best epoch {training.get('best_epoch')}; stopped: "
-        f"{stop_text(training)}; "
+        f"{sentences.get('stopped') or training.get('stop_reason')}; "
         f"{training['global_step']} steps in {training['train_seconds'] / 60:.1f} min."
-        + (" " + refit_text(result) if refit_text(result) else ""),
+        + (" " + sentences["refit"] if sentences.get("refit") else ""),
         "Why: " + named(result["promotion"]["reason"], adapter_version) + ".",
     ]
     kept = next((r for r in gate["selective"] if r["threshold"] == 0.5), None)

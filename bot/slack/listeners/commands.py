@@ -187,7 +187,7 @@ def run_status(db) -> str:
 
 
 def cancel_run(ctx: BotContext, db) -> str:
-    from trainer.run import request_cancel
+    from bot.runs.execute import request_cancel
 
     active = runs.active_run(db)
     if active is None:
