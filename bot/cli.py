@@ -239,11 +239,12 @@ def open_new_file(out: Path, force: bool, *, binary: bool = False):
 def export(ctx: Context, fmt: str, out: Path | None, overrides: tuple[str, ...], force: bool):
     """Export labeled messages as JSONL, with the prompt and answer a training run on them uses."""
     from jsonl import dumps_line
+    from storage.labels import training_examples
     from trainer.config import TrainConfig
     from trainer.data import alpaca_row, chatml_row
     from trainer.run import prompt_spec
 
-    from .runs.execute import label_set, training_examples
+    from .runs.execute import label_set
 
     examples = training_examples(ctx.db)
     spec = prompt_spec(TrainConfig(**{**parse_overrides(overrides), "labels": label_set(ctx.db, examples)}))
@@ -363,8 +364,9 @@ def train(ctx: Context, epochs: int | None, overrides: tuple[str, ...], as_json:
     """
     from datacheck.examples import DataError, check_examples
     from storage import runs
+    from storage.labels import training_examples
 
-    from .runs.execute import execute_run, new_worker_id, run_dir_for, training_examples
+    from .runs.execute import execute_run, new_worker_id, run_dir_for
 
     params = parse_overrides(overrides)
     if epochs:

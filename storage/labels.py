@@ -221,3 +221,11 @@ def change_signature(db: Database) -> tuple:
                                   (SELECT MAX(edited_at) FROM messages) AS edited""")
     )
     return tuple(row.values())
+
+
+def training_examples(db) -> list[dict]:
+    """The labeled messages as the trainer and the data check read them (subject apart, as serving passes it)."""
+    return [
+        {"id": m.message_id, "text": m.text, "subject": m.subject, "label": m.label, "labeled_by": m.labeled_by}
+        for m in labeled_messages(db)
+    ]

@@ -45,7 +45,7 @@ def test_jsonl_round_trips_line_breaking_characters(tmp_path):
 
 def test_labeled_message_with_u2028_trains_after_export_and_import(db, tmp_path):
     """The training data the bot writes for a run, and an export imported elsewhere, read back whole."""
-    from bot.runs.execute import training_examples
+    from storage.labels import training_examples
 
     labels.add_label_def(db, "complaint")
     for i in range(3):

@@ -163,7 +163,7 @@ def test_label_set_changes_are_for_admins(bot, user):
 
 
 def test_admin_retires_a_label_it_is_no_longer_offered_or_trained_on_and_history_stays(bot):
-    from bot.runs.execute import training_examples
+    from storage.labels import training_examples
 
     ts = bot.post("You charged me twice!")
     bot.settle()

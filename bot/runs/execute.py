@@ -85,14 +85,6 @@ def run_dir_for(settings: Settings, run_id: int) -> Path:
     return settings.runs_dir / f"run-{run_id}"
 
 
-def training_examples(db) -> list[dict]:
-    """The labeled messages as the trainer and the data check read them (subject apart, as serving passes it)."""
-    return [
-        {"id": m.message_id, "text": m.text, "subject": m.subject, "label": m.label, "labeled_by": m.labeled_by}
-        for m in labels.labeled_messages(db)
-    ]
-
-
 def label_set(db, examples: list[dict]) -> list[dict]:
     """The labels a run on `examples` trains: those in use, with their descriptions (the prompt names them)."""
     defs = {d.name: d.description for d in labels.list_label_defs(db)}
@@ -106,7 +98,7 @@ def prepare_run(settings: Settings, db, run: runs.Run) -> Path:
     from storage.db import private_folder
 
     private_folder(run_dir)  # 0700: it gets a copy of the labeled messages
-    examples = training_examples(db)
+    examples = labels.training_examples(db)
     current = adapters.current_adapter(db)
     config = {
         "labels": label_set(db, examples),

@@ -117,8 +117,7 @@ def retrain_option(word: str) -> tuple[str, object]:
 
 def retrain_command(ctx: BotContext, command: dict) -> str:
     from datacheck.examples import DataError, check_examples
-
-    from ...runs.execute import training_examples
+    from storage.labels import training_examples
 
     user = command["user_id"]
     words = (command.get("text") or "").split()

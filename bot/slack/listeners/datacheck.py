@@ -25,8 +25,7 @@ SHOWN = 5
 def run_check(db, fast: bool = False) -> dict:
     """All checks; `fast` keeps to those that need no model (exact duplicates, conflicts, thin labels)."""
     from datacheck.checks import KINDS, check_data, exact_groups, label_counts
-
-    from ...runs.execute import training_examples
+    from storage.labels import training_examples
 
     rows = training_examples(db)
     if not fast:
@@ -136,8 +135,7 @@ def in_child_process(fn, *args):
 def check_job(ctx: BotContext, respond, client=None, user: str = "") -> None:
     """/datacheck's work, on the check thread: the checks themselves run in a child process."""
     from datacheck.checks import check_data
-
-    from ...runs.execute import training_examples
+    from storage.labels import training_examples
 
     db = ctx.db()
     report = in_child_process(check_data, training_examples(db))
