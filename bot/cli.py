@@ -567,7 +567,7 @@ def eval_(ctx: Context, file: Path, text_col: str, label_col: str, as_json: bool
 @pass_ctx
 def datacheck(ctx: Context, as_json: bool):
     """Find duplicates, conflicting labels, thin labels, leakage and suspected mislabels in the labeled data."""
-    from .slack.listeners.datacheck import run_check, summary_line
+    from datacheck.runner import run_check, summary_line
 
     report = run_check(ctx.db)
     if as_json:

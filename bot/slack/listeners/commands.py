@@ -146,7 +146,7 @@ def retrain_command(ctx: BotContext, command: dict) -> str:
         check_examples(examples, sorted({e["label"] for e in examples}) or ["(none)"])
     except DataError as exc:
         return f"Cannot train: {escape(exc)}. Labeled so far: {summary}."
-    from .datacheck import run_check, summary_line
+    from datacheck.runner import run_check, summary_line
 
     quick_check = run_check(db, fast=True)
     if quick_check["summary"]["conflict"]:
