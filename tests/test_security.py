@@ -258,7 +258,7 @@ def test_datacheck_hides_text_of_channels_the_admin_is_not_in(bot):
 
 
 def test_datacheck_buttons_count_only_as_shown_to_that_admin_and_while_they_can_read_the_messages(bot, monkeypatch):
-    from bot.slack import permissions
+    from bot.slack import channels, permissions
 
     conflicting_data(bot)
     bot.standin.set_channel(PRIVATE, {INSIDER, ADMIN}, private=True)  # in the private channel when the check runs
@@ -298,7 +298,7 @@ def test_datacheck_buttons_count_only_as_shown_to_that_admin_and_while_they_can_
     assert press({**exclude, "value": "not json"}).startswith("That button is not from a data check")
     # The admin leaves the private channel after the check: its buttons no longer change that message.
     bot.standin.set_channel(PRIVATE, {INSIDER}, private=True)
-    monkeypatch.setattr(permissions, "CACHE_S", 0)
+    monkeypatch.setattr(channels, "CACHE_S", 0)
     assert press(exclude).startswith("Message 2 is in <#G0PRIVATE>, which you are not in")
     assert label_rows(bot) == rows
     bot.standin.set_channel(PRIVATE, {INSIDER, ADMIN}, private=True)

@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from storage import open_db
 
 from ..settings import Settings
+from .channels import Channels
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,18 @@ class BotContext:
         self.bot_id: str | None = None
         self._pending: set = set()
         self._pending_lock = threading.Lock()
+        self.channels = Channels()  # channel members and privacy, as Slack says (bot.slack.channels)
+        self._intake_spool = None
+        self._intake_spool_lock = threading.Lock()
+
+    def intake_spool(self):
+        """The process's intake spool (events the database could not take yet), opened on first use."""
+        from .spool import Spool
+
+        with self._intake_spool_lock:
+            if self._intake_spool is None:
+                self._intake_spool = Spool(self.settings.data_dir / "intake-spool.jsonl")
+            return self._intake_spool
 
     def db(self):
         """This thread's connection."""

@@ -17,8 +17,6 @@ import hashlib
 import hmac
 import json
 import logging
-import threading
-import time
 from types import SimpleNamespace
 
 from slack_sdk.errors import SlackApiError
@@ -29,58 +27,9 @@ from .context import BotContext
 
 log = logging.getLogger(__name__)
 
-CACHE_S = 60.0
-
 
 class Refused(Exception):
     """A request this user may not make. The message (mrkdwn, escaped) tells them why."""
-
-
-class _Channels:
-    """Channel members and privacy, as Slack says, remembered for CACHE_S seconds."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._members: dict[str, tuple[float, frozenset]] = {}
-        self._private: dict[str, tuple[float, bool]] = {}
-
-    def members(self, client, channel: str) -> frozenset:
-        with self._lock:
-            hit = self._members.get(channel)
-        if hit and time.monotonic() - hit[0] < CACHE_S:
-            return hit[1]
-        found, cursor = set(), None
-        while True:
-            page = client.conversations_members(channel=channel, limit=1000, **({"cursor": cursor} if cursor else {}))
-            found.update(page.get("members") or [])
-            cursor = (page.get("response_metadata") or {}).get("next_cursor")
-            if not cursor:
-                break
-        with self._lock:
-            self._members[channel] = (time.monotonic(), frozenset(found))
-        return frozenset(found)
-
-    def private(self, client, channel: str) -> bool:
-        with self._lock:
-            hit = self._private.get(channel)
-        if hit and time.monotonic() - hit[0] < CACHE_S:
-            return hit[1]
-        info = client.conversations_info(channel=channel).get("channel") or {}
-        private = bool(info.get("is_private") or info.get("is_group") or info.get("is_im") or info.get("is_mpim"))
-        with self._lock:
-            self._private[channel] = (time.monotonic(), private)
-        return private
-
-
-_lock = threading.Lock()
-
-
-def _channels(ctx: BotContext) -> _Channels:
-    with _lock:
-        found = getattr(ctx, "_channel_cache", None)
-        if found is None:
-            found = ctx._channel_cache = _Channels()
-        return found
 
 
 def admins_line(ctx: BotContext) -> str:
@@ -99,7 +48,7 @@ def is_member(ctx: BotContext, client, user: str, channel: str | None) -> bool:
     if not channel:
         return False
     try:
-        return user in _channels(ctx).members(client, channel)
+        return user in ctx.channels.members(client, channel)
     except (SlackApiError, OSError) as exc:
         error = exc.response.get("error") if isinstance(exc, SlackApiError) else str(exc)
         log.warning("cannot list the members of %s: %s", channel, error)
@@ -111,7 +60,7 @@ def is_private(ctx: BotContext, client, channel: str | None) -> bool:
     if not channel:
         return False
     try:
-        return _channels(ctx).private(client, channel)
+        return ctx.channels.private(client, channel)
     except (SlackApiError, OSError) as exc:
         log.warning("cannot look up channel %s: %s", channel, exc)
         return True

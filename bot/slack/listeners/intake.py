@@ -12,7 +12,6 @@ sweep answers any collected message left without one (`recover_replies`, `answer
 from __future__ import annotations
 
 import logging
-import threading
 
 from slack_bolt import BoltResponse
 from slack_sdk.errors import SlackApiError
@@ -211,20 +210,6 @@ class _Shown:
         self.alternatives = [[k, v] for k, v in list(p.scores.items())[1:3]]
 
 
-def spool(ctx: BotContext):
-    """The process's intake spool (events the database could not take yet)."""
-    from ..spool import Spool
-
-    with _spool_lock:
-        found = getattr(ctx, "_intake_spool", None)
-        if found is None:
-            found = ctx._intake_spool = Spool(ctx.settings.data_dir / "intake-spool.jsonl")
-        return found
-
-
-_spool_lock = threading.Lock()
-
-
 def replay_spool(ctx: BotContext, client) -> int:
     """Store the events spooled while the database was busy. Returns how many were handled."""
 
@@ -235,16 +220,18 @@ def replay_spool(ctx: BotContext, client) -> int:
             ctx.forget_db()  # the next try opens a fresh connection (the file may be writable again)
             raise
 
-    return spool(ctx).replay(store)
+    return ctx.intake_spool().replay(store)
 
 
 def register(app, ctx: BotContext) -> None:
     def room_to_keep_it(body, next):
         # Before the acknowledgement: while the disk cannot take events, at most HOLD_LIMIT wait in memory.
         # Beyond that an event is refused unacknowledged, and Slack delivers it again later.
-        if not spool(ctx).admit():
+        if not ctx.intake_spool().admit():
             log.error(
-                "event %s refused: %d events wait in memory for the disk", body.get("event_id"), spool(ctx).held()
+                "event %s refused: %d events wait in memory for the disk",
+                body.get("event_id"),
+                ctx.intake_spool().held(),
             )
             return BoltResponse(status=503, body="the bot cannot store events right now; deliver it again later")
         next()
@@ -262,10 +249,10 @@ def take_event(ctx: BotContext, client, body: dict, event: dict) -> None:
         # Acknowledged already: never lost. Kept on disk (or in memory while the disk cannot take it)
         # and stored when the database can take it.
         ctx.forget_db()
-        where = spool(ctx).keep({"body": body, "event": event})
+        where = ctx.intake_spool().keep({"body": body, "event": event})
         log.warning("database unavailable (%s): event %s %s for replay", exc, body.get("event_id"), where)
     finally:
-        spool(ctx).settled()  # the room reserved before the acknowledgement
+        ctx.intake_spool().settled()  # the room reserved before the acknowledgement
 
 
 def handle_message(ctx: BotContext, client, body: dict, event: dict) -> None:
