@@ -14,92 +14,11 @@ import json
 from datacheck.runner import summary_line
 from storage import StorageError, labels, messages
 
+from ..blocks import CHANGE, EXCLUDE, KEEP, report_blocks
 from ..context import BotContext
-from ..mrkdwn import code, escape, fit, plain
+from ..mrkdwn import code, escape
 from ..permissions import Refused, can_read, refuse, require_admin, require_reader, require_sealed, seal
 from .intake import refresh_reply
-
-KEEP, CHANGE, EXCLUDE = "datacheck_keep", "datacheck_change", "datacheck_exclude"
-SHOWN = 5
-
-
-def shown_message(finding: dict, readable) -> str:
-    """A finding's text (escaped), or a description without message text when the viewer cannot read one."""
-    if all(readable(i) for i in finding["ids"]):
-        return escape(finding["message"])
-    labels_in = ", ".join(code(n) for n in finding.get("labels") or [])
-    return (
-        f"messages {', '.join(map(str, finding['ids']))}"
-        + (f" ({labels_in})" if labels_in else "")
-        + ": text hidden, some are in a channel you are not in (an admin who is in it can fix this)"
-    )
-
-
-def unsealed(action_id: str, data: dict) -> dict:
-    return data
-
-
-def finding_blocks(finding: dict, names: list[str], readable=lambda message_id: True, sealed=unsealed) -> list[dict]:
-    """One finding with its fixes: keep the label, change it, or leave the message(s) out of training.
-
-    `sealed(action_id, data)` is what each control's value carries (the bot seals it for the admin it shows).
-    """
-
-    def value(action_id: str, data: dict) -> str:
-        return json.dumps(sealed(action_id, data), separators=(",", ":"))
-
-    text = {
-        "type": "section",
-        "text": {
-            "type": "mrkdwn",
-            "text": fit(f"*{finding['kind'].replace('_', ' ')}*: {shown_message(finding, readable)}"),
-        },
-    }
-    if not all(readable(i) for i in finding["ids"]):  # fixing a message's training data starts with reading it
-        return [text]
-    first = finding["ids"][0]
-    given = finding["detail"].get("given") or finding["labels"][0]
-    options = [{"text": plain(n, 75), "value": value(CHANGE, {"m": first, "l": n})} for n in names[:100]]
-    actions = {
-        "type": "actions",
-        "block_id": f"datacheck_{first}",
-        "elements": [
-            {
-                "type": "button",
-                "action_id": KEEP,
-                "text": plain(f"Keep {given}", 75),
-                "value": value(KEEP, {"m": first, "l": given}),
-            },
-            {
-                "type": "static_select",
-                "action_id": CHANGE,
-                "placeholder": {"type": "plain_text", "text": "Change to"},
-                "options": options,
-            },
-            {
-                "type": "button",
-                "action_id": EXCLUDE,
-                "style": "danger",
-                "text": {"type": "plain_text", "text": "Exclude"},
-                "value": value(EXCLUDE, {"m": finding["ids"], "l": given}),
-            },
-        ],
-    }
-    if len(actions["elements"][-1]["value"]) > 2000:  # Slack's limit for a button value
-        actions["elements"].pop()
-    return [text, actions]
-
-
-def report_blocks(report: dict, names: list[str], readable=lambda message_id: True, sealed=unsealed) -> list[dict]:
-    blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": "*Data check* - " + summary_line(report)}}]
-    for kind in ("suspected_mislabel", "conflict", "near_conflict", "leakage"):
-        for finding in [f for f in report["findings"] if f["kind"] == kind][:SHOWN]:
-            blocks += finding_blocks(finding, names, readable, sealed)
-    rest = [f for f in report["findings"] if f["kind"] in ("duplicate", "near_duplicate", "too_few", "imbalance")]
-    if rest:
-        lines = "\n".join(f"• {shown_message(f, readable)}" for f in rest[:10])
-        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": fit(lines, 2900)}]})
-    return blocks[:50]
 
 
 def in_child_process(fn, *args):
