@@ -22,6 +22,16 @@ def _mrkdwn(text: str) -> dict:
     return {"type": "mrkdwn", "text": text}
 
 
+def section(text: str, **extra) -> dict:
+    """A section of mrkdwn `text` (already escaped: see bot.slack.mrkdwn), with e.g. an `accessory`."""
+    return {"type": "section", "text": _mrkdwn(text), **extra}
+
+
+def context(text: str) -> dict:
+    """The small grey line under a message's sections."""
+    return {"type": "context", "elements": [_mrkdwn(text)]}
+
+
 def option_value(message_id: int, label: str) -> str:
     """An option's value: the message and the label (label names are at most 64 ASCII characters, so this
     stays within Slack's 150)."""
@@ -166,13 +176,7 @@ def finding_blocks(finding: dict, names: list[str], readable=lambda message_id: 
     def value(action_id: str, data: dict) -> str:
         return json.dumps(sealed(action_id, data), separators=(",", ":"))
 
-    text = {
-        "type": "section",
-        "text": {
-            "type": "mrkdwn",
-            "text": fit(f"*{finding['kind'].replace('_', ' ')}*: {shown_message(finding, readable)}"),
-        },
-    }
+    text = section(fit(f"*{finding['kind'].replace('_', ' ')}*: {shown_message(finding, readable)}"))
     if not all(readable(i) for i in finding["ids"]):  # fixing a message's training data starts with reading it
         return [text]
     first = finding["ids"][0]
@@ -209,12 +213,12 @@ def finding_blocks(finding: dict, names: list[str], readable=lambda message_id: 
 
 
 def report_blocks(report: dict, names: list[str], readable=lambda message_id: True, sealed=unsealed) -> list[dict]:
-    blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": "*Data check* - " + summary_line(report)}}]
+    blocks = [section("*Data check* - " + summary_line(report))]
     for kind in ("suspected_mislabel", "conflict", "near_conflict", "leakage"):
         for finding in [f for f in report["findings"] if f["kind"] == kind][:SHOWN]:
             blocks += finding_blocks(finding, names, readable, sealed)
     rest = [f for f in report["findings"] if f["kind"] in ("duplicate", "near_duplicate", "too_few", "imbalance")]
     if rest:
         lines = "\n".join(f"• {shown_message(f, readable)}" for f in rest[:10])
-        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": fit(lines, 2900)}]})
+        blocks.append(context(fit(lines, 2900)))
     return blocks[:50]

@@ -6,11 +6,8 @@ import time
 
 from classifier.evaluate import worst_classes
 
+from .blocks import context, section
 from .mrkdwn import code, escape
-
-
-def _section(text: str) -> dict:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
 
 
 def bar(fraction: float, width: int = 20) -> str:
@@ -42,8 +39,8 @@ def progress_payload(run_id: int, record: dict, started: float, last_eval: float
     return {
         "text": f"Training run {run_id}: {fraction:.0%}",
         "blocks": [
-            _section(text),
-            {"type": "context", "elements": [{"type": "mrkdwn", "text": " · ".join(parts) + f" · {eta}"}]},
+            section(text),
+            context(" · ".join(parts) + f" · {eta}"),
         ],
     }
 
@@ -122,12 +119,12 @@ def report_payload(run_id: int, result: dict, adapter_version: int | None) -> di
             "the run itself succeeded."
         )
     blocks = [
-        _section(head),
-        _section("*Loss per epoch*\n" + loss_table(training["epochs"])),
-        _section(
+        section(head),
+        section("*Loss per epoch*\n" + loss_table(training["epochs"])),
+        section(
             f"*Candidates on the same {metrics['n']} held-out messages*\n" + candidates_table(gate, adapter_version)
         ),
-        _section("\n".join(lines)),
+        section("\n".join(lines)),
     ]
     return {"text": f"Training run {run_id} finished: accuracy {metrics['accuracy']:.1%}", "blocks": blocks}
 
@@ -137,7 +134,7 @@ def failure_payload(run_id: int, status: str, error: str | None) -> dict:
     text = f"{icon} *Training run {run_id} {status}.* {escape((error or '')[:1500])}".strip()
     return {
         "text": f"Training run {run_id} {status}",
-        "blocks": [_section(text + "\nThe serving adapter is unchanged.")],
+        "blocks": [section(text + "\nThe serving adapter is unchanged.")],
     }
 
 
@@ -148,4 +145,4 @@ def unusable_adapter_payload(version: int, reason: str, instead: str) -> dict:
         f"{escape(instead)} answers instead. Restore its folder from a backup and restart the bot, "
         "or `/model rollback`, or `/retrain`."
     )
-    return {"text": f"Adapter v{version} cannot serve", "blocks": [_section(text)]}
+    return {"text": f"Adapter v{version} cannot serve", "blocks": [section(text)]}

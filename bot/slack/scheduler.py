@@ -76,25 +76,14 @@ def post_digest(ctx: BotContext, client=None) -> str:
     client = client or web_client(ctx.settings)
     names = [d.name for d in labels.list_label_defs(db)]
     body = [
-        {
-            "type": "section",
-            "text": {
-                "type": "mrkdwn",
-                "text": f"*Today's {len(rows)} least certain messages* "
-                "- a label on each teaches the model the most (members of a message's "
-                "channel can label it).",
-            },
-        }
+        blocks.section(
+            f"*Today's {len(rows)} least certain messages* "
+            "- a label on each teaches the model the most (members of a message's channel can label it)."
+        )
     ]
     for row in rows:
         text = f"{digest_preview(ctx, client, row)}\nguess {mrkdwn.code(row['label'])} ({row['confidence']:.0%})"
-        body.append(
-            {
-                "type": "section",
-                "text": {"type": "mrkdwn", "text": text},
-                "accessory": blocks.label_select(names, row["id"]),
-            }
-        )
+        body.append(blocks.section(text, accessory=blocks.label_select(names, row["id"])))
     key = f"digest:{dt.date.today().isoformat()}"
     # message_ids: a click on the digest's pickers is accepted only for the messages it lists
     outbox.put(
