@@ -7,7 +7,7 @@ import json
 from datacheck.runner import summary_line
 
 from ..serving import answered_by
-from .mrkdwn import code, escape, fit, plain, quote, sections
+from .mrkdwn import MAX_BLOCKS, SECTION_CHARS, code, escape, fit, plain, quote
 
 PICK_ACTION = "label_pick"
 CONFIRM_ACTION = "label_confirm"
@@ -222,3 +222,29 @@ def report_blocks(report: dict, names: list[str], readable=lambda message_id: Tr
         lines = "\n".join(f"• {shown_message(f, readable)}" for f in rest[:10])
         blocks.append(context(fit(lines, 2900)))
     return blocks[:50]
+
+
+def sections(lines: list[str], *, max_blocks: int = MAX_BLOCKS - 2, more: str = "") -> list[dict]:
+    """Escaped mrkdwn lines packed into section blocks of at most 3,000 characters, at most `max_blocks`.
+
+    Lines that do not fit are counted in a last context block (`more` says where to see them).
+    """
+    blocks, current = [], ""
+    for i, line in enumerate(lines):
+        line = fit(line)
+        if current and len(current) + 1 + len(line) > SECTION_CHARS:
+            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": current}})
+            current = ""
+            if len(blocks) == max_blocks:
+                rest = len(lines) - i
+                blocks.append(
+                    {
+                        "type": "context",
+                        "elements": [{"type": "mrkdwn", "text": f"… and {rest} more" + (f" ({more})" if more else "")}],
+                    }
+                )
+                return blocks
+        current = f"{current}\n{line}" if current else line
+    if current:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": current}})
+    return blocks

@@ -46,32 +46,6 @@ def fit(text: str, limit: int = SECTION_CHARS) -> str:
     return text[: cut if cut > limit // 2 else limit - 1] + "…"
 
 
-def sections(lines: list[str], *, max_blocks: int = MAX_BLOCKS - 2, more: str = "") -> list[dict]:
-    """Escaped mrkdwn lines packed into section blocks of at most 3,000 characters, at most `max_blocks`.
-
-    Lines that do not fit are counted in a last context block (`more` says where to see them).
-    """
-    blocks, current = [], ""
-    for i, line in enumerate(lines):
-        line = fit(line)
-        if current and len(current) + 1 + len(line) > SECTION_CHARS:
-            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": current}})
-            current = ""
-            if len(blocks) == max_blocks:
-                rest = len(lines) - i
-                blocks.append(
-                    {
-                        "type": "context",
-                        "elements": [{"type": "mrkdwn", "text": f"… and {rest} more" + (f" ({more})" if more else "")}],
-                    }
-                )
-                return blocks
-        current = f"{current}\n{line}" if current else line
-    if current:
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": current}})
-    return blocks
-
-
 def joined(items: list[str], limit: int = 1500, more: str = "") -> str:
     """`items` joined with commas, cut to about `limit` characters with a count of what was left out."""
     out, used = [], 0

@@ -21,8 +21,9 @@ from textprep.text import EmptyText
 
 from ...serving import answered_by, recorded_choice
 from .. import blocks
+from ..blocks import sections
 from ..context import BotContext
-from ..mrkdwn import code, escape, joined, sections
+from ..mrkdwn import code, escape, joined
 from ..permissions import Refused, admins_line, require_admin, require_channel_labeler, require_labeler
 from .intake import refresh_reply
 
