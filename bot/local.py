@@ -21,7 +21,7 @@ from pathlib import Path
 
 from storage import importing, labels, messages, open_db
 
-from .settings import Settings
+from .settings import Settings, as_environment
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +60,8 @@ def local_settings(settings: Settings, secret: str, api_url: str) -> Settings:
 
 
 def environment_for(settings: Settings) -> dict:
-    """The worker process's environment: the same settings as the bot."""
-    return {
-        **os.environ,
-        "SUPPORTBOT_DATA_DIR": str(settings.data_dir),
-        "SUPPORTBOT_BASE_MODEL": settings.base_model,
-        "SUPPORTBOT_ZERO_SHOT_MODEL": settings.zero_shot_model,
-        "SLACK_BOT_TOKEN": settings.slack_bot_token,
-        "SLACK_SIGNING_SECRET": settings.slack_signing_secret,
-        "SLACK_API_URL": settings.slack_api_url,
-        "SUPPORTBOT_ADMINS": ",".join(settings.admins),
-        "SUPPORTBOT_INTAKE_CHANNELS": ",".join(settings.intake_channels),
-        "SUPPORTBOT_REPORT_CHANNEL": settings.report_channel,
-    }
+    """The worker process's environment: the same settings as the bot, every one of them."""
+    return {**os.environ, **as_environment(settings)}
 
 
 class LocalStack:

@@ -2,14 +2,14 @@
 
 Every field names its variable and says what it expects; a wrong value raises
 `SettingsError` with a one-line message naming the variable. The README's
-settings table is generated from `SETTINGS` below (`supportbot settings`).
+settings table is generated from the fields of `Settings` (`supportbot settings`).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlparse
@@ -125,6 +125,8 @@ def _log_level(var, value):
 
 @dataclass(frozen=True)
 class Setting:
+    """One field of Settings as the README table and `supportbot settings` show it (read off the field)."""
+
     attr: str
     var: str
     default: str
@@ -133,212 +135,167 @@ class Setting:
     secret: bool = False
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting(
-        "data_dir",
+def _setting(var: str, default: str, parse, help: str, secret: bool = False):
+    """A Settings field: its default is `default` as the variable would say it, parsed once here."""
+    metadata = {"var": var, "default": default, "parse": parse, "help": help, "secret": secret}
+    return field(default=parse(var, default), metadata=metadata)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting: each field names its variable, its default as written there, its parser, help and secrecy."""
+
+    data_dir: Path = _setting(
         "SUPPORTBOT_DATA_DIR",
         "./data",
         _path,
         "Folder for the database, adapters, training runs and the model cache.",
-    ),
-    Setting(
-        "base_model",
+    )
+    base_model: str = _setting(
         "SUPPORTBOT_BASE_MODEL",
         DEFAULT_BASE_MODEL,
         _text,
         "Base model `/retrain` fine-tunes: `minilm` (all-MiniLM-L6-v2, a sentence encoder, Apache-2.0), "
         "`gemma3-270m` (Gemma 3 270M, Gemma Terms of Use), `smollm2-135m` or `embedded` "
         "(SmolLM2-135M-Instruct), all shipped as packages; a Hugging Face hub id, or a local folder.",
-    ),
-    Setting(
-        "zero_shot_model",
+    )
+    zero_shot_model: str = _setting(
         "SUPPORTBOT_ZERO_SHOT_MODEL",
         ZERO_SHOT_MODEL,
         _text,
         "Causal LM that answers from the label descriptions alone, before two labels have two labelled "
         "messages each (the same names as the base model; a sentence encoder cannot).",
-    ),
-    Setting(
-        "slack_bot_token",
+    )
+    slack_bot_token: str = _setting(
         "SLACK_BOT_TOKEN",
         "",
         _token("xoxb-"),
         "Bot token (`xoxb-...`) from the Slack app's OAuth page.",
         secret=True,
-    ),
-    Setting(
-        "slack_app_token",
+    )
+    slack_app_token: str = _setting(
         "SLACK_APP_TOKEN",
         "",
         _token("xapp-"),
         "App-level token (`xapp-...`, scope `connections:write`); when set, the bot uses Socket Mode.",
         secret=True,
-    ),
-    Setting(
-        "slack_signing_secret",
+    )
+    slack_signing_secret: str = _setting(
         "SLACK_SIGNING_SECRET",
         "",
         _text,
         "Signing secret used to verify requests in HTTP mode.",
         secret=True,
-    ),
-    Setting(
-        "slack_api_url",
+    )
+    slack_api_url: str = _setting(
         "SLACK_API_URL",
         "https://slack.com/api/",
         _url,
         "Web API base URL (GovSlack, or a local stand-in).",
-    ),
-    Setting(
-        "admins",
+    )
+    admins: tuple[str, ...] = _setting(
         "SUPPORTBOT_ADMINS",
         "",
         _users,
         "Comma-separated user ids who curate: `/labels add`, `describe` and `retire`, `/datacheck` and its fixes, "
         "`/retrain` and `/model rollback`.",
-    ),
-    Setting(
-        "intake_channels",
+    )
+    intake_channels: tuple[str, ...] = _setting(
         "SUPPORTBOT_INTAKE_CHANNELS",
         "",
         _channels,
         "Comma-separated channel ids whose messages and forwarded emails are collected.",
-    ),
-    Setting(
-        "report_channel",
+    )
+    report_channel: str = _setting(
         "SUPPORTBOT_REPORT_CHANNEL",
         "",
         _channel,
         "Channel id where training progress and reports are posted.",
-    ),
-    Setting(
-        "review_threshold",
+    )
+    review_threshold: float = _setting(
         "SUPPORTBOT_REVIEW_THRESHOLD",
         "0.5",
         _fraction,
         "Below this calibrated confidence (the share of such answers that are right) a prediction is shown "
         'as "needs review".',
-    ),
-    Setting(
-        "promotion_margin",
+    )
+    promotion_margin: float = _setting(
         "SUPPORTBOT_PROMOTION_MARGIN",
         "0.01",
         _fraction,
         "First run only (nothing trained serves yet): the serving gate counts candidates within this macro-F1 "
         "of the best as just as good and serves the cheapest of them.",
-    ),
-    Setting(
-        "promotion_significance",
+    )
+    promotion_significance: float = _setting(
         "SUPPORTBOT_PROMOTION_SIGNIFICANCE",
         "0.05",
         _fraction,
         "After that, what serves changes only when a candidate got more of the same held-out messages right "
         "than the serving model with a paired test (one-sided exact McNemar) p-value below this.",
-    ),
-    Setting(
-        "retrain_cron",
+    )
+    retrain_cron: str = _setting(
         "SUPPORTBOT_RETRAIN_CRON",
         "",
         _cron,
         "Retrain on this cron schedule (e.g. `0 3 * * *`) when enough new labels arrived; empty: off.",
-    ),
-    Setting(
-        "retrain_min_new_labels",
+    )
+    retrain_min_new_labels: int = _setting(
         "SUPPORTBOT_RETRAIN_MIN_NEW_LABELS",
         "50",
         _positive_int,
         "Human labels needed since the last run before a scheduled retrain starts.",
-    ),
-    Setting(
-        "digest_cron",
+    )
+    digest_cron: str = _setting(
         "SUPPORTBOT_DIGEST_CRON",
         "0 9 * * 1-5",
         _cron,
         "When to post the least-certain messages with label pickers in the report channel; empty: off.",
-    ),
-    Setting(
-        "redact",
+    )
+    redact: bool = _setting(
         "SUPPORTBOT_REDACT",
         "false",
         _bool,
         "Replace email addresses, phone and card-like numbers in cleaned text (what models see and train on).",
-    ),
-    Setting(
-        "keep_run_inputs_days",
+    )
+    keep_run_inputs_days: int = _setting(
         "SUPPORTBOT_KEEP_RUN_INPUTS_DAYS",
         "30",
         _positive_int,
         "Days a finished training run keeps its copy of the labeled messages (`runs/run-N/*.jsonl`); "
         "metrics, reports and adapters stay.",
-    ),
-    Setting(
-        "ray_address",
+    )
+    ray_address: str = _setting(
         "SUPPORTBOT_RAY_ADDRESS",
         "",
         _text,
         "Ray cluster to train on (e.g. `gpu-host:6379`; needs the `ray` extra); empty: the worker trains "
         "in a child process on its own machine.",
-    ),
-    Setting(
-        "ray_num_gpus",
+    )
+    ray_num_gpus: int = _setting(
         "SUPPORTBOT_RAY_NUM_GPUS",
         "1",
         _count,
         "GPUs a training run asks of the Ray cluster (0 for a CPU-only cluster).",
-    ),
-    Setting(
-        "run_lease_s",
+    )
+    run_lease_s: int = _setting(
         "SUPPORTBOT_RUN_LEASE_S",
         str(DEFAULT_LEASE_S),
         _positive_int,
         "Seconds a worker's hold on its running run lasts unless renewed (it renews every sixth of it while "
         "it follows the run); another worker settles a run as dead only after its lease expired.",
-    ),
-    Setting(
-        "workers",
+    )
+    workers: int = _setting(
         "SUPPORTBOT_WORKERS",
         "4",
         _positive_int,
         "Threads that run model work and Web API calls after a request is acknowledged.",
-    ),
-    Setting(
-        "log_level",
+    )
+    log_level: str = _setting(
         "SUPPORTBOT_LOG_LEVEL",
         "INFO",
         _log_level,
         "Logging level. Tokens and email bodies are never logged at INFO.",
-    ),
-)
-
-
-_DEFAULTS = {s.attr: s.parse(s.var, s.default) for s in SETTINGS}  # each default is written once, in SETTINGS
-
-
-@dataclass(frozen=True)
-class Settings:
-    data_dir: Path = _DEFAULTS["data_dir"]
-    base_model: str = _DEFAULTS["base_model"]
-    zero_shot_model: str = _DEFAULTS["zero_shot_model"]
-    slack_bot_token: str = _DEFAULTS["slack_bot_token"]
-    slack_app_token: str = _DEFAULTS["slack_app_token"]
-    slack_signing_secret: str = _DEFAULTS["slack_signing_secret"]
-    slack_api_url: str = _DEFAULTS["slack_api_url"]
-    admins: tuple[str, ...] = _DEFAULTS["admins"]
-    intake_channels: tuple[str, ...] = _DEFAULTS["intake_channels"]
-    report_channel: str = _DEFAULTS["report_channel"]
-    review_threshold: float = _DEFAULTS["review_threshold"]
-    promotion_margin: float = _DEFAULTS["promotion_margin"]
-    promotion_significance: float = _DEFAULTS["promotion_significance"]
-    retrain_cron: str = _DEFAULTS["retrain_cron"]
-    retrain_min_new_labels: int = _DEFAULTS["retrain_min_new_labels"]
-    digest_cron: str = _DEFAULTS["digest_cron"]
-    redact: bool = _DEFAULTS["redact"]
-    keep_run_inputs_days: int = _DEFAULTS["keep_run_inputs_days"]
-    ray_address: str = _DEFAULTS["ray_address"]
-    ray_num_gpus: int = _DEFAULTS["ray_num_gpus"]
-    run_lease_s: int = _DEFAULTS["run_lease_s"]
-    workers: int = _DEFAULTS["workers"]
-    log_level: str = _DEFAULTS["log_level"]
+    )
 
     @property
     def db_path(self) -> Path:
@@ -364,6 +321,22 @@ class Settings:
         elif not self.slack_app_token and not self.slack_signing_secret:
             missing.append("SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode)")
         return missing
+
+
+SETTINGS: tuple[Setting, ...] = tuple(Setting(f.name, **f.metadata) for f in fields(Settings))
+
+
+def as_environment(settings: Settings) -> dict[str, str]:
+    """`settings` as the variables that say them: `load_settings` of these gives `settings` back."""
+
+    def said(value) -> str:
+        if isinstance(value, tuple):
+            return ",".join(value)
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return str(value)
+
+    return {s.var: said(getattr(settings, s.attr)) for s in SETTINGS}
 
 
 def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> Settings:

@@ -91,3 +91,41 @@ def test_readme_settings_table_is_current():
     from .conftest import REPO
 
     assert settings_table() in (REPO / "README.md").read_text(), "regenerate with `supportbot settings --markdown`"
+
+
+def test_every_setting_is_one_field_with_its_variable_parser_and_help():
+    from dataclasses import fields
+
+    from bot.settings import SETTINGS, Settings
+
+    names = [f.name for f in fields(Settings)]
+    assert [s.attr for s in SETTINGS] == names  # the table is read off the dataclass, in its order
+    for f in fields(Settings):
+        meta = f.metadata
+        assert meta["var"].isupper() and len(meta["help"]) > 10 and callable(meta["parse"])
+        assert meta["parse"](meta["var"], meta["default"]) == f.default  # the default is written once
+    assert len({s.var for s in SETTINGS}) == len(SETTINGS)
+
+
+def test_settings_said_as_variables_read_back_the_same(tmp_path):
+    from dataclasses import fields, replace
+
+    from bot.local import environment_for
+    from bot.settings import Settings, as_environment, load_settings
+
+    assert load_settings(as_environment(Settings()), env_file=None) == Settings()
+    changed = replace(
+        Settings(),
+        data_dir=tmp_path,
+        admins=("U01ABC", "W02XYZ"),
+        intake_channels=("C1AA",),
+        redact=True,
+        review_threshold=0.25,
+        workers=2,
+        ray_address="gpu-host:6379",
+    )
+    assert load_settings(as_environment(changed), env_file=None) == changed
+    # The worker the local workspace starts reads every setting the bot has, none listed by hand.
+    worker = environment_for(changed)
+    assert load_settings(worker, env_file=None) == changed
+    assert {f.metadata["var"] for f in fields(Settings)} <= set(worker)
