@@ -28,6 +28,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
+from classifier.kinds import ADAPTER, EMBEDDINGS, ENSEMBLE, ZERO_SHOT, kind
 from classifier.prompts import LabelInfo
 from storage import adapters, labels, open_db, served
 from storage import embeddings as stored_embeddings
@@ -50,15 +51,9 @@ def base_model_path(settings: Settings, name: str | None = None) -> str:
     return resolve_base_model(name or settings.base_model, settings.model_cache_dir)
 
 
-def served_name(kind: str, adapter_version: int | None = None) -> str:
-    """How the bot names a serving model everywhere: `embeddings`, `adapter v3`, `adapter v3 + embeddings`,
-    `zero-shot`."""
-    return {
-        "zero-shot": "zero-shot",
-        "embeddings": "embeddings",
-        "adapter": f"adapter v{adapter_version}",
-        "ensemble": f"adapter v{adapter_version} + embeddings",
-    }[kind]
+def served_name(kind_name: str, adapter_version: int | None = None) -> str:
+    """How the bot names a serving model everywhere (classifier.kinds words it)."""
+    return kind(kind_name).served_name(adapter_version)
 
 
 def answered_by(prediction) -> str:
@@ -66,8 +61,8 @@ def answered_by(prediction) -> str:
     surface (thread reply, /classify, the CLI) words it with this."""
     name = getattr(prediction, "model", None)
     if not name:  # stored before predictions named their model: only the adapter version is known
-        name = served_name("adapter", prediction.adapter_version) if prediction.adapter_version else "zero-shot"
-    return "zero-shot (before enough labels)" if name == "zero-shot" else name
+        name = ADAPTER.served_name(prediction.adapter_version) if prediction.adapter_version else ZERO_SHOT.name
+    return f"{ZERO_SHOT.name} (before enough labels)" if name == ZERO_SHOT.name else name
 
 
 class NoLabels(RuntimeError):
@@ -78,7 +73,7 @@ class NoLabels(RuntimeError):
 class State:
     """What answers now. `name` is what replies show."""
 
-    kind: str  # zero-shot | embeddings | adapter | ensemble
+    kind: str  # a name in classifier.kinds.KINDS
     name: str
     adapter_version: int | None = None
     adapter_path: str | None = None
@@ -109,10 +104,10 @@ def recorded_choice(db) -> dict:
     if choice is None:
         current = adapters.current_adapter(db)
         if current is not None:
-            return {"kind": "adapter", "name": served_name("adapter", current.version), "details": {}}
+            return {"kind": ADAPTER.name, "name": ADAPTER.served_name(current.version), "details": {}}
         if sum(1 for n in labels.label_counts(db).values() if n >= 2) >= 2:
-            return {"kind": "embeddings", "name": "embeddings", "details": {}}
-        return {"kind": "zero-shot", "name": "zero-shot", "details": {}}
+            return {"kind": EMBEDDINGS.name, "name": EMBEDDINGS.served_name(), "details": {}}
+        return {"kind": ZERO_SHOT.name, "name": ZERO_SHOT.served_name(), "details": {}}
     return {"kind": choice.kind, "name": served_name(choice.kind, choice.adapter_version), "details": choice.details}
 
 
@@ -135,7 +130,7 @@ class ServedClassifier:
         self._resolve_lock = threading.Lock()
         self._embeddings = None  # trainer.embeddings.EmbeddingClassifier, or None before enough labels
         self._embed_lock = threading.Lock()
-        self._state = State("zero-shot", "zero-shot")
+        self._state = State(ZERO_SHOT.name, ZERO_SHOT.served_name())
         self._sync_lock = threading.Lock()
         self._fitted_signature = None
         self._poked_signature = None
@@ -155,7 +150,7 @@ class ServedClassifier:
     @property
     def labels(self) -> list[str]:
         state = self._state
-        if state.kind == "embeddings":
+        if not kind(state.kind).needs_language_model:
             return list(state.embeddings.labels)
         return self._model_for(state).labels
 
@@ -167,13 +162,13 @@ class ServedClassifier:
             self._refit.poke()
         with self._sync_lock:
             wanted = self._wanted(db)
-            if wanted.kind in ("adapter", "ensemble") and wanted != self._state:
+            if kind(wanted.kind).needs_adapter and wanted != self._state:
                 wanted = self._load_adapter(wanted, db)
             if wanted == self._state and wanted.embeddings is self._state.embeddings:
                 return False
-            if wanted.kind == "zero-shot" and self._key(wanted, resolve=False) in self._models:
+            if wanted.kind == ZERO_SHOT.name and self._key(wanted, resolve=False) in self._models:
                 self._models[self._key(wanted, resolve=False)].use_zero_shot(label_infos(db))
-            if wanted.kind != "embeddings":  # the embeddings need no language model, but one may serve again soon
+            if kind(wanted.kind).needs_language_model:  # the embeddings need none, but one may serve again soon
                 self._let_go_of_others(wanted)
             refitted_only = wanted == self._state  # same model, a newly fitted embedding classifier
             self._state = wanted
@@ -189,32 +184,32 @@ class ServedClassifier:
         fitted = self._embeddings  # read once: a refit may replace it meanwhile
         if choice is None:
             if current is not None:
-                choice_kind, version, details = "adapter", current.version, {}
+                choice_kind, version, details = ADAPTER.name, current.version, {}
             elif fitted is not None:
-                return State("embeddings", served_name("embeddings"), embeddings=fitted)
+                return State(EMBEDDINGS.name, EMBEDDINGS.served_name(), embeddings=fitted)
             else:
-                return State("zero-shot", served_name("zero-shot"))
+                return State(ZERO_SHOT.name, ZERO_SHOT.served_name())
         else:
             choice_kind, version, details = choice.kind, choice.adapter_version, choice.details
-        if choice_kind == "embeddings":
+        if not kind(choice_kind).needs_adapter:
             return (
-                State("embeddings", served_name("embeddings"), embeddings=fitted)
+                State(EMBEDDINGS.name, EMBEDDINGS.served_name(), embeddings=fitted)
                 if fitted is not None
-                else State("zero-shot", served_name("zero-shot"), note="too few labelled messages for the embeddings")
+                else State(ZERO_SHOT.name, ZERO_SHOT.served_name(), note="too few labelled messages for the embeddings")
             )
         adapter = adapters.get_adapter(db, version)
         missing = sorted(set(active) - set(adapter.labels))
         if missing and fitted is not None:
             return State(
-                "embeddings",
-                served_name("embeddings"),
+                EMBEDDINGS.name,
+                EMBEDDINGS.served_name(),
                 embeddings=fitted,
                 note=f"adapter v{version} was trained before label(s) {', '.join(missing)}",
             )
-        if choice_kind == "ensemble" and fitted is not None and not set(adapter.labels) - set(fitted.labels):
+        if kind(choice_kind).needs_embeddings and fitted is not None and not set(adapter.labels) - set(fitted.labels):
             return State(
-                "ensemble",
-                served_name("ensemble", version),
+                ENSEMBLE.name,
+                ENSEMBLE.served_name(version),
                 version,
                 adapter.path,
                 details,
@@ -222,7 +217,7 @@ class ServedClassifier:
                 embeddings=fitted,
             )
         return State(
-            "adapter", served_name("adapter", version), version, adapter.path, details, base_model=adapter.base_model
+            ADAPTER.name, ADAPTER.served_name(version), version, adapter.path, details, base_model=adapter.base_model
         )
 
     def _load_adapter(self, wanted: State, db) -> State:
@@ -265,15 +260,15 @@ class ServedClassifier:
         current = self._state
         fitted = self._embeddings  # read once: a background refit may replace it meanwhile
         if (
-            current.kind in ("adapter", "ensemble")
+            kind(current.kind).needs_adapter
             and current.adapter_version not in self.unusable
-            and (current.kind == "adapter" or fitted is not None)
+            and (not kind(current.kind).needs_embeddings or fitted is not None)
         ):
-            instead = replace(current, note=note, embeddings=fitted if current.kind == "ensemble" else None)
+            instead = replace(current, note=note, embeddings=fitted if kind(current.kind).needs_embeddings else None)
             return instead if self._key(current, resolve=False) in self._models else self._load_adapter(instead, db)
         if fitted is not None:
-            return State("embeddings", served_name("embeddings"), note=note, embeddings=fitted)
-        return State("zero-shot", served_name("zero-shot"), note=note)
+            return State(EMBEDDINGS.name, EMBEDDINGS.served_name(), note=note, embeddings=fitted)
+        return State(ZERO_SHOT.name, ZERO_SHOT.served_name(), note=note)
 
     def _model_for(self, state: State, db=None):
         """The loaded model that answers for `state`: the adapter's base model, or the zero-shot LM.
@@ -336,7 +331,7 @@ class ServedClassifier:
         from classifier.embeddings import from_blob, message_text
 
         started = time.perf_counter()
-        needs_vectors = state.kind in ("embeddings", "ensemble")
+        needs_vectors = kind(state.kind).needs_embeddings
         if needs_vectors:
             fitted = state.embeddings  # the classifier of this state, whatever a refit does meanwhile
             if vectors is None or any(v is None for v in vectors):
@@ -344,7 +339,7 @@ class ServedClassifier:
             else:
                 matrix = np.stack([from_blob(v) if isinstance(v, bytes) else np.asarray(v) for v in vectors])
             novel = fitted.novel(matrix)
-        if state.kind == "embeddings":
+        if not kind(state.kind).needs_language_model:
             logp = fitted.log_probs(matrix)
             names = fitted.labels
             certified = True
@@ -357,15 +352,15 @@ class ServedClassifier:
             logp = np.log(np.array([[max(p.scores[n], 1e-30) for n in names] for p in made]))
             certified = all(p.certified for p in made)
             details = state.details or {}
-            if state.kind == "ensemble":
+            if kind(state.kind).needs_embeddings:
                 from classifier.ensemble import Mix
 
                 columns = [fitted.labels.index(n) for n in names]
                 logp = Mix.from_dict(details["mix"]).log_probs(logp, fitted.logits(matrix)[:, columns])
             elif details.get("temperature"):
                 logp = logp / float(details["temperature"])
-            if state.kind == "zero-shot":
-                return [replace(p, model="zero-shot") for p in made]
+            if state.kind == ZERO_SHOT.name:
+                return [replace(p, model=ZERO_SHOT.served_name()) for p in made]
         per_item_ms = (time.perf_counter() - started) * 1000 / max(1, len(cleaned))
         out = []
         for i in range(len(cleaned)):

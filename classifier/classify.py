@@ -20,6 +20,7 @@ from pathlib import Path
 from classifier.prompts import PromptSpec
 from textprep.text import require_text
 
+from .kinds import ADAPTER, ZERO_SHOT
 from .models import ModelError, attend_grouped, is_encoder
 from .prompts import MAX_BODY_CHARS, LabelInfo, instruction_like
 from .scoring import LabelScorer
@@ -97,7 +98,7 @@ def predict(
                 alternatives=[[names[i], probs[i]] for i in order[1:3]],
                 certified=result.certified,
                 latency_ms=per_item_ms,
-                model="zero-shot" if zero_shot else f"adapter v{adapter_version}",
+                model=ZERO_SHOT.served_name() if zero_shot else ADAPTER.served_name(adapter_version),
             )
         )
     return predictions
@@ -171,7 +172,7 @@ class Classifier:
     @property
     def method(self) -> str:
         """`zero-shot`, or how the serving adapter classifies: `head` or `scoring` (trainer.adapters)."""
-        return "zero-shot" if self._state.zero_shot else self._state.method
+        return ZERO_SHOT.name if self._state.zero_shot else self._state.method
 
     def use_adapter(self, path: str | Path, version: int) -> None:
         """Serve the adapter at `path` from the next classification on (waits for one in flight)."""

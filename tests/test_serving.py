@@ -534,3 +534,19 @@ def test_answers_arriving_together_on_a_fresh_install_convert_the_model_once(wor
         t.join()
     classifier.close()
     assert len(conversions) == 1 and found == [f"/models/{settings.zero_shot_model}"] * 4
+
+
+def test_every_serving_kind_is_named_from_the_registry():
+    from bot.serving import answered_by, served_name
+    from classifier.kinds import KINDS, kind
+
+    assert served_name("ensemble", 3) == "adapter v3 + embeddings" and served_name("adapter", 3) == "adapter v3"
+    assert served_name("embeddings") == "embeddings" and served_name("zero-shot") == "zero-shot"
+    assert [k.name for k in sorted(KINDS.values(), key=lambda k: k.cost)][0] == "embeddings"  # the cheapest
+    with pytest.raises(ValueError, match="unknown serving kind 'lora'; the kinds are zero-shot, embeddings"):
+        kind("lora")
+
+    class Old:  # a prediction stored before predictions named their model
+        model, adapter_version = None, 2
+
+    assert answered_by(Old()) == "adapter v2"

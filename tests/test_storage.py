@@ -280,3 +280,15 @@ def test_huge_bodies_are_stored_cut_at_the_caps_with_a_note_on_the_raw_body(db, 
     import_examples(db, path, read_examples(path), clean=str.strip)
     (imported_id,) = db.execute("SELECT id FROM messages WHERE source = 'import'").fetchone()
     assert len(messages.get_message(db, imported_id).clean_body) == messages.MAX_CLEAN_CHARS
+
+
+def test_the_served_model_table_takes_exactly_the_kinds_a_run_can_choose(db):
+    """classifier.kinds is the registry; storage keeps its own CHECK (it imports no classifier): they agree."""
+    import re
+
+    from classifier.kinds import RECORDED
+    from storage import served
+
+    schema = db.execute("SELECT sql FROM sqlite_master WHERE name = 'served_models'").fetchone()[0]
+    checked = re.search(r"kind IN \(([^)]*)\)", schema).group(1)
+    assert tuple(name.strip(" '") for name in checked.split(",")) == RECORDED == served.KINDS

@@ -20,6 +20,7 @@ import numpy as np
 
 from classifier.calibration import expected_calibration_error, fit_temperature, log_softmax, selective_accuracy
 from classifier.evaluate import classification_metrics
+from classifier.kinds import ADAPTER, EMBEDDINGS, ENSEMBLE, kind
 
 from .gate import SIGNIFICANCE, Candidate, choose
 
@@ -96,7 +97,7 @@ def evaluate_candidates(
     candidates.append(
         score(
             "new adapter",
-            "adapter",
+            ADAPTER.name,
             log_softmax(adapter_eval / adapter_t),
             gold_eval,
             names,
@@ -116,12 +117,12 @@ def evaluate_candidates(
         )
         candidates.append(
             score(
-                "embeddings",
-                "embeddings",
+                EMBEDDINGS.served_name(),
+                EMBEDDINGS.name,
                 fitted.log_probs(x_eval),
                 gold_eval,
                 names,
-                serving=serving_kind == "embeddings",
+                serving=serving_kind == EMBEDDINGS.name,
                 details={"temperature": fitted.temperature},
             )
         )
@@ -132,16 +133,17 @@ def evaluate_candidates(
             candidates.append(
                 score(
                     "new adapter + embeddings",
-                    "ensemble",
+                    ENSEMBLE.name,
                     mix.log_probs(adapter_eval, fitted.logits(x_eval)),
                     gold_eval,
                     names,
                     details={"mix": mix.to_dict()},
                 )
             )
-    if serving_kind in ("adapter", "ensemble") and serving_eval is not None:
+    serving_adapter = serving_kind is not None and kind(serving_kind).needs_adapter
+    if serving_adapter and serving_eval is not None:
         details = serving.get("details") or {}
-        if serving_kind == "ensemble" and details.get("mix") and fitted is not None:
+        if kind(serving_kind).needs_embeddings and details.get("mix") and fitted is not None:
             logp = Mix.from_dict(details["mix"]).log_probs(serving_eval, fitted.logits(x_eval))
         else:
             logp = log_softmax(serving_eval / float(details.get("temperature") or 1.0))
@@ -156,7 +158,7 @@ def evaluate_candidates(
                 details=details,
             )
         )
-    if serving_kind in ("adapter", "ensemble") and serving_eval is None and (serving or {}).get("not_comparable"):
+    if serving_adapter and serving_eval is None and (serving or {}).get("not_comparable"):
         reason_suffix = f" ({serving.get('name') or 'the serving adapter'} was not scored: {serving['not_comparable']})"
     else:
         reason_suffix = ""
@@ -166,7 +168,7 @@ def evaluate_candidates(
         "candidates": [_summary(c) for c in candidates],
         "picked": picked.name,
         "kind": picked.kind,
-        "new": not picked.serving and picked.kind in ("adapter", "ensemble"),
+        "new": not picked.serving and kind(picked.kind).needs_adapter,
         "reason": reason,
         "p_value": decision.p_value,
         "significance": significance,

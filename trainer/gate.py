@@ -20,16 +20,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from math import comb
 
-# What a message costs to answer: the embedding classifier is a matrix product; an adapter a pass of
-# the language model; the ensemble both.
-COST = {"embeddings": 0, "zero-shot": 1, "adapter": 1, "ensemble": 2}
+from classifier.kinds import kind
+
 SIGNIFICANCE = 0.05
 
 
 @dataclass
 class Candidate:
     name: str  # as the bot names it in replies: "adapter v3", "embeddings", "adapter v3 + embeddings"
-    kind: str  # embeddings | zero-shot | adapter | ensemble
+    kind: str  # a name in classifier.kinds.KINDS
     metrics: dict  # at least accuracy and macro_f1 on the gate's split
     serving: bool = False  # the model answering now
     details: dict = field(default_factory=dict)
@@ -37,7 +36,7 @@ class Candidate:
 
     @property
     def cost(self) -> int:
-        return COST[self.kind]
+        return kind(self.kind).cost  # a matrix product for the embeddings, a model pass for an adapter...
 
     @property
     def right(self) -> int:
@@ -76,7 +75,7 @@ def choose(
     if not candidates:
         raise ValueError("the gate needs at least one candidate")
     incumbent = next((c for c in candidates if c.serving), None)
-    if incumbent is None and serving_kind in (None, "zero-shot"):
+    if incumbent is None and (serving_kind is None or not kind(serving_kind).recorded):  # nothing trained serves
         return _first_choice(candidates, margin)
     stand_in = incumbent is None
     if stand_in:  # the serving model was not scored: the cheapest candidate is the one to beat

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from classifier.evaluate import worst_classes
+from classifier.kinds import EMBEDDINGS
 
 
 def stop_text(training: dict) -> str:
@@ -128,7 +129,7 @@ def summary_markdown(result: dict) -> str:
         ]
         lines += ["", f"Serving {gate['picked']}: {gate['reason']}.", ""]
     baseline = result.get("baseline")
-    if baseline and not any(c["kind"] == "embeddings" for c in (gate or {}).get("candidates", [])):
+    if baseline and not any(c["kind"] == EMBEDDINGS.name for c in (gate or {}).get("candidates", [])):
         lines += [
             f"Baseline ({baseline['method']}): accuracy {baseline['accuracy']:.1%}, "
             f"macro-F1 {baseline['macro_f1']:.3f}.",

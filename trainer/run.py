@@ -21,6 +21,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+from classifier.kinds import ADAPTER, EMBEDDINGS, RECORDED
 from classifier.prompts import LabelInfo, PromptSpec, label_list_shown
 from datacheck.examples import DataError, check_examples
 from jsonl import write_jsonl
@@ -270,7 +271,7 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
         model.delete_adapter("serving")
         result["serving"] = {"path": cfg.compare_adapter, "metrics": serving_metrics}
     result["gate"] = _gate(cfg, spec.names, train, dev, evaluation, predictions, dev_predictions, serving_predictions)
-    embeddings = next((c for c in result["gate"]["candidates"] if c["kind"] == "embeddings"), None)
+    embeddings = next((c for c in result["gate"]["candidates"] if c["kind"] == EMBEDDINGS.name), None)
     if embeddings:
         result["baseline"] = {
             "method": "MiniLM embeddings + logistic regression",
@@ -397,8 +398,8 @@ def _gate(
 
     started = time.perf_counter()
     serving = dict(cfg.serving_model)
-    if cfg.compare_adapter and serving.get("kind") not in ("adapter", "ensemble", "embeddings"):
-        serving = {"kind": "adapter", "name": "serving adapter", "details": {}}
+    if cfg.compare_adapter and serving.get("kind") not in RECORDED:  # an adapter to compare, no record of it
+        serving = {"kind": ADAPTER.name, "name": "serving adapter", "details": {}}
 
     def gate(with_embeddings: bool) -> dict:
         return evaluate_candidates(

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from classifier.kinds import kind
 from jsonl import write_jsonl
 from storage import LeaseLost, adapters, labels, runs, served, write
 from trainer.methods.loop import CANCEL_FILE
@@ -205,7 +206,7 @@ def record_adapter(db, run: runs.Run, result: dict, path: Path, checksum: str) -
         if promoted:
             adapter = adapters.promote(db, adapter.version)
         gate = result.get("gate")
-        if gate and (promoted or gate["kind"] == "embeddings"):
+        if gate and (promoted or not kind(gate["kind"]).needs_adapter):  # the embeddings need no adapter
             served.set_served(
                 db,
                 gate["kind"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 
+from classifier.kinds import ADAPTER
 from storage import (
     NotFound,
     RunConflict,
@@ -213,7 +214,7 @@ def model_command(ctx: BotContext, command: dict) -> str:
             return f"Cannot roll back: {exc}."
         served.set_served(
             db,
-            "adapter",
+            ADAPTER.name,
             adapter_version=restored.version,
             chosen_by=command["user_id"],
             reason=f"rolled back by <@{command['user_id']}>",
@@ -288,7 +289,7 @@ def serving_line(ctx: BotContext, db) -> str:
         name + (f" ({escape(state.note)})" if state and state.note else "") + (f" - {choice.reason}" if choice else "")
     )
     version = state.adapter_version if state else (choice.adapter_version if choice else None)
-    if version is None and not state and recorded["kind"] == "adapter":
+    if version is None and not state and recorded["kind"] == ADAPTER.name:
         version = adapters.current_adapter(db).version
     adapter = adapters.get_adapter(db, version) if version is not None else None
     if adapter:

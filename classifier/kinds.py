@@ -1,0 +1,43 @@
+"""The kinds of model that can answer a message: one registry, read by serving, the gate and the reports.
+
+A new kind is added here (a `Kind` and its entry in `KINDS`), then where it is built (bot/serving.py
+`ServedClassifier`, trainer/candidates.py for the gate) and, if a run can choose it, in the served-model
+table's CHECK constraint (a storage migration: tests/test_storage.py holds that list to `RECORDED`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    cost: int  # the gate's tie-break: among candidates as good as each other, the cheapest serves
+    needs_adapter: bool  # answers with a trained adapter (and so names its version)
+    needs_embeddings: bool  # answers with the fitted embedding classifier
+    needs_language_model: bool  # loads a base model to answer
+    recorded: bool  # a run's gate can choose it (a served-model record); zero-shot answers when none is
+
+    def served_name(self, adapter_version: int | None = None) -> str:
+        """How the bot names it everywhere: `embeddings`, `adapter v3`, `adapter v3 + embeddings`, `zero-shot`."""
+        if self.needs_adapter:
+            return f"adapter v{adapter_version}" + (" + embeddings" if self.needs_embeddings else "")
+        return self.name
+
+
+ZERO_SHOT = Kind("zero-shot", 1, False, False, True, recorded=False)
+EMBEDDINGS = Kind("embeddings", 0, False, True, False, recorded=True)
+ADAPTER = Kind("adapter", 1, True, False, True, recorded=True)
+ENSEMBLE = Kind("ensemble", 2, True, True, True, recorded=True)
+
+KINDS = {k.name: k for k in (ZERO_SHOT, EMBEDDINGS, ADAPTER, ENSEMBLE)}
+RECORDED = tuple(k.name for k in KINDS.values() if k.recorded)
+
+
+def kind(name: str) -> Kind:
+    """The registered kind called `name`; a name no registry entry has is a programming error, said plainly."""
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise ValueError(f"unknown serving kind {name!r}; the kinds are {', '.join(KINDS)}") from None
