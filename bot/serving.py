@@ -478,22 +478,15 @@ def _label_signature(db) -> tuple:
 def _prediction(
     names: list[str], logp, state: State, threshold: float, latency_ms: float, *, novel: bool, certified: bool
 ):
-    from classifier.classify import Prediction
+    from classifier.classify import prediction_from
 
-    top_logp = max(logp)
-    weights = [math.exp(x - top_logp) for x in logp]
-    total = sum(weights)
-    probs = [w / total for w in weights]
-    order = sorted(range(len(names)), key=lambda i: -probs[i])
-    top = order[0]
-    return Prediction(
-        label=names[top],
-        confidence=probs[top],
-        needs_review=probs[top] < threshold or novel,
+    return prediction_from(
+        names,
+        [float(x) for x in logp],
+        threshold=threshold,
+        flagged=novel,
         adapter_version=state.adapter_version,
         zero_shot=False,
-        scores={names[i]: probs[i] for i in order},
-        alternatives=[[names[i], probs[i]] for i in order[1:3]],
         certified=certified,
         latency_ms=latency_ms,
         model=state.name,

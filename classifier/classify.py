@@ -53,6 +53,23 @@ def to_probabilities(logprobs: list[float]) -> list[float]:
     return [w / total for w in weights]
 
 
+def prediction_from(names: list[str], logprobs, *, threshold: float, flagged: bool = False, **fields) -> Prediction:
+    """The prediction that log-scores `logprobs` (one per name) make: the top label, its probability as the
+    confidence, the next two as alternatives, and needs-review below `threshold` or when `flagged`.
+    `fields` are the rest of the Prediction (who answered, latency...). Every answering path ends here."""
+    probs = to_probabilities(list(logprobs))
+    order = sorted(range(len(names)), key=lambda i: -probs[i])
+    top = order[0]
+    return Prediction(
+        label=names[top],
+        confidence=probs[top],
+        needs_review=probs[top] < threshold or flagged,
+        scores={names[i]: probs[i] for i in order},
+        alternatives=[[names[i], probs[i]] for i in order[1:3]],
+        **fields,
+    )
+
+
 def read_adapter_meta(path: str | Path) -> dict:
     meta_path = Path(path) / ADAPTER_META
     if not meta_path.is_file():
@@ -81,21 +98,17 @@ def predict(
     names = scorer.spec.names
     predictions = []
     for (text, subject), result in zip(items, scored):
-        probs = to_probabilities(result.logprobs)
-        order = sorted(range(len(names)), key=lambda i: -probs[i])
-        top = order[0]
         # Zero-shot, the model knows the labels only from the prompt, and a message that addresses the
         # model can talk it into one (3 of 3 crafted emails answered `feedback` at 75-81%): a person looks.
         steered = zero_shot and instruction_like(text, subject)
         predictions.append(
-            Prediction(
-                label=names[top],
-                confidence=probs[top],
-                needs_review=probs[top] < threshold or steered,
+            prediction_from(
+                names,
+                result.logprobs,
+                threshold=threshold,
+                flagged=steered,
                 adapter_version=adapter_version,
                 zero_shot=zero_shot,
-                scores={names[i]: probs[i] for i in order},
-                alternatives=[[names[i], probs[i]] for i in order[1:3]],
                 certified=result.certified,
                 latency_ms=per_item_ms,
                 model=ZERO_SHOT.served_name() if zero_shot else ADAPTER.served_name(adapter_version),
