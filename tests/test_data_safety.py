@@ -132,7 +132,7 @@ def test_event_arriving_while_another_connection_holds_the_write_lock_is_spooled
     """A long import (or anything) holds the write lock past the busy timeout: the acknowledged event waits on
     disk and is stored and answered once the lock is free."""
     import storage.db
-    from bot.slack.listeners.intake import replay_spool, spool
+    from bot.slack.listeners.intake import replay_spool
 
     monkeypatch.setattr(storage.db, "BUSY_TIMEOUT_S", 0.3)  # the listener's connection gives up quickly
     bot.ctx._local = threading.local()  # connections opened from now on use it
@@ -143,7 +143,7 @@ def test_event_arriving_while_another_connection_holds_the_write_lock_is_spooled
         response = bot.event(payloads.message_event(INTAKE, AGENT, "Lost while the import ran?", ts))
         assert response.status == 200  # acknowledged
         bot.settle()
-        assert spool(bot.ctx).pending() == 1
+        assert bot.ctx.intake_spool().pending() == 1
     finally:
         holder.rollback()
         holder.close()
@@ -152,7 +152,7 @@ def test_event_arriving_while_another_connection_holds_the_write_lock_is_spooled
     bot.settle()
     stored = messages.find_message(bot.db, messages.slack_external_id(INTAKE, ts))
     assert stored is not None and stored.clean_body == "Lost while the import ran?"
-    assert spool(bot.ctx).pending() == 0 and replay_spool(bot.ctx, bot.app.client) == 0
+    assert bot.ctx.intake_spool().pending() == 0 and replay_spool(bot.ctx, bot.app.client) == 0
     assert any(c.params.get("thread_ts") == ts for c in bot.standin.wait_for("chat.postMessage"))
 
 

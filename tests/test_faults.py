@@ -108,7 +108,7 @@ def test_full_disk_events_are_held_in_memory_refused_beyond_the_limit_then_store
     import sqlite3
 
     from bot.slack import spool as spool_module
-    from bot.slack.listeners.intake import replay_spool, spool
+    from bot.slack.listeners.intake import replay_spool
     from storage import messages as stored_messages
 
     real_add, real_write = stored_messages.add_message, spool_module._write_all
@@ -120,7 +120,7 @@ def test_full_disk_events_are_held_in_memory_refused_beyond_the_limit_then_store
         real_write(fd, data[: len(data) // 2])  # what a filling disk does: part of the line, then ENOSPC
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    spool(bot.ctx).hold_limit = 5
+    bot.ctx.intake_spool().hold_limit = 5
     monkeypatch.setattr(stored_messages, "add_message", disk_full)
     monkeypatch.setattr(spool_module, "_write_all", half_written)
     acknowledged = []
@@ -129,18 +129,18 @@ def test_full_disk_events_are_held_in_memory_refused_beyond_the_limit_then_store
         assert status == 200
         acknowledged.append(ts)
         bot.settle()
-    assert spool(bot.ctx).held() == 5
+    assert bot.ctx.intake_spool().held() == 5
     _, status = post_event(bot, "one too many")
     assert status == 503  # not acknowledged: Slack delivers it again later
-    assert replay_spool(bot.ctx, bot.app.client) == 0 and spool(bot.ctx).held() == 5  # still full: kept
+    assert replay_spool(bot.ctx, bot.app.client) == 0 and bot.ctx.intake_spool().held() == 5  # still full: kept
 
     monkeypatch.setattr(spool_module, "_write_all", real_write)  # the spool file can take them again
     assert replay_spool(bot.ctx, bot.app.client) == 0
-    assert spool(bot.ctx).held() == 0 and spool(bot.ctx).pending() == 5  # moved to disk, whole lines
+    assert bot.ctx.intake_spool().held() == 0 and bot.ctx.intake_spool().pending() == 5  # moved to disk, whole lines
     monkeypatch.setattr(stored_messages, "add_message", real_add)  # and the database too
     assert replay_spool(bot.ctx, bot.app.client) == 5
     bot.settle()
-    assert all(stored(bot, ts) for ts in acknowledged) and spool(bot.ctx).pending() == 0
+    assert all(stored(bot, ts) for ts in acknowledged) and bot.ctx.intake_spool().pending() == 0
     answered = {c.params.get("thread_ts") for c in bot.standin.wait_for("chat.postMessage", count=5)}
     assert set(acknowledged) <= answered
     ts, status = post_event(bot, "after the disk recovered")
@@ -215,7 +215,7 @@ def fill(folder):
 
 def test_on_a_real_full_filesystem_no_acknowledged_event_is_lost(bot_on_small_disk):
     bot = bot_on_small_disk
-    from bot.slack.listeners.intake import replay_spool, spool
+    from bot.slack.listeners.intake import replay_spool
 
     folder = bot.ctx.settings.data_dir
     bot.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # new writes need new space
@@ -226,13 +226,13 @@ def test_on_a_real_full_filesystem_no_acknowledged_event_is_lost(bot_on_small_di
         assert status == 200
         acknowledged.append(ts)
     bot.settle()
-    waiting = spool(bot.ctx).pending()
+    waiting = bot.ctx.intake_spool().pending()
     assert waiting > 0  # the disk really was full
     assert sum(stored(bot, ts) for ts in acknowledged) + waiting == 5  # each one stored or waiting
     filler.unlink()
     replay_spool(bot.ctx, bot.app.client)
     bot.settle()
-    assert all(stored(bot, ts) for ts in acknowledged) and spool(bot.ctx).pending() == 0
+    assert all(stored(bot, ts) for ts in acknowledged) and bot.ctx.intake_spool().pending() == 0
 
 
 # -- a read-only database recovers without a restart ---------------------------------------------------
@@ -244,14 +244,14 @@ def test_connections_opened_while_the_database_was_read_only_are_opened_again(bo
     from sqlite_utils import Database
 
     from bot.slack import context
-    from bot.slack.listeners.intake import replay_spool, spool
+    from bot.slack.listeners.intake import replay_spool
 
     real_open = context.open_db
     monkeypatch.setattr(context, "open_db", lambda path: Database(sqlite3.connect(f"file:{path}?mode=ro", uri=True)))
     bot.ctx._local = threading.local()  # every thread opens its connection from now on: read-only
     early = [post_event(bot, f"while read-only {i}")[0] for i in range(3)]
     bot.settle()
-    assert spool(bot.ctx).pending() == 3 and not any(stored(bot, ts) for ts in early)
+    assert bot.ctx.intake_spool().pending() == 3 and not any(stored(bot, ts) for ts in early)
     replayer = __import__("concurrent.futures").futures.ThreadPoolExecutor(max_workers=1)  # the scheduler's thread
     assert replayer.submit(replay_spool, bot.ctx, bot.app.client).result() == 0
 
@@ -261,7 +261,7 @@ def test_connections_opened_while_the_database_was_read_only_are_opened_again(bo
     later = [post_event(bot, f"writable again {i}")[0] for i in range(12)]
     bot.settle()
     assert all(stored(bot, ts) for ts in early + later)  # every listener thread writes again
-    assert spool(bot.ctx).pending() == 0
+    assert bot.ctx.intake_spool().pending() == 0
 
 
 # -- a corrupt serving adapter: the bot still answers, says so once, and /model tells the truth ----------

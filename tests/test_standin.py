@@ -177,10 +177,11 @@ def test_standin_process_injects_faults_at_the_set_rate_and_reports_its_state():
 
 
 def test_conversations_members_pages_like_slack_and_info_says_private(standin):
+    from bot.slack.channels import Channels
     from bot.slack.permissions import is_member, is_private
 
     class Ctx:
-        pass
+        channels = Channels()
 
     members = {f"U{i:05d}" for i in range(1500)}
     standin.set_channel("G0SECRET", members, private=True)
