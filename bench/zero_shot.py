@@ -1,0 +1,121 @@
+"""Zero-shot before any label: the serving encoder's similarity to the labels' words against SmolLM2-135M.
+
+Two ways to answer a message when no label has examples yet:
+  encoder similarity  all-MiniLM-L6-v2 (the embeddings' encoder): each label is embedded as its name in
+                      words ("card arrival"), with its description when it has one; a message gets the
+                      label whose vector is nearest (cosine).
+  SmolLM2-135M        today's zero-shot: the instruction-tuned LM scores each label's words after a prompt
+                      that lists the labels with their descriptions (classifier.classify, zero-shot).
+Measured on Banking77's test set (labels turned into words, no descriptions) and on the demo set (its
+labels' descriptions, bot/demo). The LM is slow with 77 labels, so on Banking77 it reads --lm-per-intent
+messages of each intent (the encoder reads all 3,080 and also the same sample, for a like-for-like row).
+
+    python bench/zero_shot.py [--lm-per-intent 2]      # writes bench/results/zero_shot.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+sys.path.insert(0, str(REPO / "bench"))
+from banking77 import DATA, per_intent, read_csv  # noqa: E402 - the same rows and sampling as banking77.py
+
+DEMO = REPO / "bot" / "demo"
+
+
+def label_texts(labels: list[dict]) -> list[str]:
+    from classifier.prompts import readable
+
+    return [
+        readable(label["name"]) + (f": {label['description']}" if label.get("description") else "") for label in labels
+    ]
+
+
+def encoder_zero_shot(texts: list[str], labels: list[dict]) -> list[str]:
+    from classifier.embeddings import embed
+
+    similarity = embed(texts) @ embed(label_texts(labels)).T  # unit vectors: cosine
+    return [labels[i]["name"] for i in similarity.argmax(1)]
+
+
+def lm_zero_shot(texts: list[str], labels: list[dict], cache: Path) -> list[str]:
+    from classifier.classify import Classifier
+    from classifier.models import ZERO_SHOT_MODEL, resolve_base_model
+    from classifier.prompts import LabelInfo
+
+    infos = [LabelInfo(label["name"], label.get("description") or "") for label in labels]
+    classifier = Classifier.load(resolve_base_model(ZERO_SHOT_MODEL, cache), infos, threshold=0.5)
+    return [p.label for p in classifier.classify_many(texts)]
+
+
+def accuracy(predicted: list[str], gold: list[str]) -> float:
+    return sum(p == g for p, g in zip(predicted, gold)) / len(gold)
+
+
+def measure(name: str, dataset: str, fn, rows: list[dict], labels: list[dict]) -> dict:
+    started = time.perf_counter()
+    predicted = fn([r["text"] for r in rows], labels)
+    seconds = time.perf_counter() - started
+    result = {
+        "name": name,
+        "dataset": dataset,
+        "rows": len(rows),
+        "accuracy": accuracy(predicted, [r["label"] for r in rows]),
+        "seconds": seconds,
+        "ms_per_message": 1000 * seconds / len(rows),
+    }
+    print(
+        f"  {name} on {dataset} ({len(rows)} rows): {result['accuracy']:.2%}, {result['ms_per_message']:.1f} ms/message"
+    )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lm-per-intent", type=int, default=2, help="Banking77 messages per intent the LM reads")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "zero_shot.json")
+    args = parser.parse_args()
+    cache = REPO / "bench" / ".cache" / "models"
+
+    test = read_csv(DATA / "test.csv")
+    banking_labels = [{"name": n} for n in sorted({r["label"] for r in test})]
+    sample = per_intent(test, args.lm_per_intent, seed=42)
+    with (DEMO / "labels.csv").open(newline="", encoding="utf-8") as f:
+        demo_labels = [{"name": r["name"], "description": r["description"]} for r in csv.DictReader(f)]
+    with (DEMO / "emails.csv").open(newline="", encoding="utf-8") as f:
+        demo = [{"text": r["text"], "label": r["label"]} for r in csv.DictReader(f)]
+
+    def lm(texts, labels):
+        return lm_zero_shot(texts, labels, cache)
+
+    sampled = f"banking77 ({args.lm_per_intent} per intent)"
+    methods = [
+        measure("encoder similarity (all-MiniLM-L6-v2)", "banking77", encoder_zero_shot, test, banking_labels),
+        measure("encoder similarity (all-MiniLM-L6-v2)", sampled, encoder_zero_shot, sample, banking_labels),
+        measure("SmolLM2-135M label scoring", sampled, lm, sample, banking_labels),
+        measure("encoder similarity (all-MiniLM-L6-v2)", "demo", encoder_zero_shot, demo, demo_labels),
+        measure("SmolLM2-135M label scoring", "demo", lm, demo, demo_labels),
+    ]
+    out = {
+        "benchmark": "zero-shot classification before any labelled example",
+        "protocol": {
+            "banking77": "test.csv, 77 intents, label names turned into words, no descriptions",
+            "sample": f"{args.lm_per_intent} per intent from test.csv, seed 42 (the LM is slow with 77 labels)",
+            "demo": f"bot/demo: {len(demo)} emails, {len(demo_labels)} labels with descriptions",
+        },
+        "methods": methods,
+    }
+    args.out.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    print(f"Wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
