@@ -27,6 +27,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from classifier.kinds import KINDS
 from classifier.models import DEFAULT_BASE_MODEL
 from classifier.prompts import MAX_BODY_CHARS
 
@@ -291,6 +292,10 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ConfigError(f"refit: expected true, false or null, got {config.refit!r}")
     if not isinstance(config.serving_model, dict):
         raise ConfigError(f'serving_model: expected an object like {{"kind": "adapter"}}, got {config.serving_model!r}')
+    serving_kind = config.serving_model.get("kind")
+    if serving_kind is not None and serving_kind not in KINDS:
+        # checked here, before any model loads, not in the gate after an hour of training
+        raise ConfigError(f"serving_model.kind: expected one of {', '.join(KINDS)}, got {serving_kind!r}")
     if not 0 < config.eval_fraction < 1:
         raise ConfigError(f"eval_fraction: expected a number between 0 and 1, got {config.eval_fraction!r}")
     if config.divergence_factor <= 1:
