@@ -30,7 +30,8 @@ def embed(texts: list[str], model_path: str | None = None):
 def fit_predict(train_texts, train_labels, test_texts, *, method: str = "auto") -> tuple[str, list[str], float]:
     """Train on one side, predict the other. Returns (method name, predictions, seconds)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
+
+    from .embeddings import logistic_regression
 
     started = time.perf_counter()
     path = minilm_path() if method in ("auto", "minilm") else None
@@ -39,12 +40,12 @@ def fit_predict(train_texts, train_labels, test_texts, *, method: str = "auto") 
     if path:
         name = "MiniLM embeddings + logistic regression"
         x_train, x_test = embed(list(train_texts), path), embed(list(test_texts), path)
-        classifier = LogisticRegression(max_iter=2000, C=10.0)
+        classifier = logistic_regression()
     else:
         name = "TF-IDF + logistic regression"
         vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
         x_train = vectorizer.fit_transform(train_texts)
         x_test = vectorizer.transform(test_texts)
-        classifier = LogisticRegression(max_iter=2000, C=10.0)
+        classifier = logistic_regression()
     classifier.fit(x_train, list(train_labels))
     return name, list(classifier.predict(x_test)), time.perf_counter() - started

@@ -28,6 +28,7 @@ DIMENSIONS = 384
 REGULARISATION_C = 10.0  # measured on Banking77 10-shot: C 1 80.0%, 10 84.7%, 30 84.8% (bench/README.md)
 NOVELTY_QUANTILE = 0.02  # flag what is less similar to the labelled set than 98% of labelled messages are
 MIN_PER_LABEL = 2  # a label is learnable from two examples
+UNSEEN = -1e4  # the logit of a label with no example: it never wins
 MAX_TOKENS = 256  # what all-MiniLM-L6-v2 reads (its max_seq_length); the tokenizer truncates there
 # The tokenizer reads a whole text before it truncates, so a text is cut to this first: 256 word pieces
 # never take more characters than this (a word piece plus its space is rarely over 10).
@@ -112,15 +113,12 @@ class EmbeddingClassifier:
         unknown = set(seen) - set(labels)
         if unknown:
             raise ValueError(f"examples with labels outside the label set: {sorted(unknown)}")
-        model = _logistic_regression(vectors, gold)
-        coef = np.full((len(labels), vectors.shape[1]), 0.0, dtype=np.float64)
-        intercept = np.full(len(labels), -1e4, dtype=np.float64)  # unseen labels never win
-        weights, biases = model.coef_, model.intercept_
-        if len(model.classes_) == 2:  # sklearn keeps one row for two classes: split it into two logits
-            weights, biases = np.vstack([-weights / 2, weights / 2]), np.concatenate([-biases / 2, biases / 2])
-        for row, name in enumerate(model.classes_):
-            coef[labels.index(name)] = weights[row]
-            intercept[labels.index(name)] = biases[row]
+        model = logistic_regression().fit(vectors, list(gold))
+        columns = [labels.index(name) for name in model.classes_]
+        coef = np.zeros((len(labels), vectors.shape[1]), dtype=np.float64)
+        coef[columns] = _two_sided(model.coef_.T).T
+        intercept = np.full(len(labels), UNSEEN, dtype=np.float64)
+        intercept[columns] = _two_sided(model.intercept_[None, :])[0]
         fitted = cls(labels, coef, intercept, reference=vectors)
         if calibrate:
             oof_logits, oof_gold = out_of_fold_logits(vectors, gold, labels)
@@ -147,10 +145,20 @@ class EmbeddingClassifier:
         return self.similarity(vectors) < self.min_similarity
 
 
-def _logistic_regression(vectors: np.ndarray, gold: list[str]):
+def logistic_regression():
+    """The estimator every embedding fit uses, served or out-of-fold (scikit-learn's, unfitted)."""
     from sklearn.linear_model import LogisticRegression
 
-    return LogisticRegression(max_iter=2000, C=REGULARISATION_C).fit(vectors, list(gold))
+    return LogisticRegression(max_iter=2000, C=REGULARISATION_C)
+
+
+def _two_sided(scores: np.ndarray) -> np.ndarray:
+    """scikit-learn keeps one score column for two classes (the second's): split it into two logits."""
+    if scores.ndim == 1:
+        scores = scores[:, None]
+    if scores.shape[1] == 1:
+        return np.hstack([-scores / 2, scores / 2])
+    return scores
 
 
 def out_of_fold_logits(
@@ -158,24 +166,25 @@ def out_of_fold_logits(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Logits of each vector from a model fitted without it (stratified folds), and the gold indices.
 
-    Only labels with at least two examples take part (a fold needs one on each side); returns empty
-    arrays when fewer than two labels qualify.
+    Only labels with at least two examples take part (a fold needs one on each side); a label in
+    `labels` with none gets a column that never wins. Empty arrays when fewer than two labels qualify.
     """
     from collections import Counter
 
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     counts = Counter(gold)
     keep = np.array([counts[g] >= 2 for g in gold])
     if sum(1 for c in counts.values() if c >= 2) < 2:
         return np.zeros((0, len(labels))), np.zeros(0, dtype=int)
-    x = np.asarray(vectors)[keep]
+    x = vectors if hasattr(vectors, "tocsr") else np.asarray(vectors)  # the data check passes sparse TF-IDF
+    x = x[np.flatnonzero(keep)]
     y = [g for g, k in zip(gold, keep) if k]
     n_splits = max(2, min(folds, min(Counter(y).values())))
-    logits = np.zeros((len(y), len(labels)))
-    for train_idx, test_idx in StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(x, y):
-        part = EmbeddingClassifier.fit(x[train_idx], [y[i] for i in train_idx], labels, calibrate=False)
-        logits[test_idx] = part.logits(x[test_idx])
+    folds_ = StratifiedKFold(n_splits, shuffle=True, random_state=seed)
+    scores = cross_val_predict(logistic_regression(), x, y, cv=folds_, method="decision_function")
+    logits = np.full((len(y), len(labels)), UNSEEN)
+    logits[:, [labels.index(name) for name in sorted(set(y))]] = _two_sided(np.asarray(scores, dtype=np.float64))
     return logits, np.array([labels.index(g) for g in y])
 
 

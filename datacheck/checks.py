@@ -163,18 +163,13 @@ def leakage(train: list[dict], evaluation: list[dict], vecs_train, vecs_eval, th
 
 
 def out_of_fold_probabilities(vecs, labels: list[str], folds: int, seed: int):
-    import numpy as np
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
+    """Each example's label probabilities from the embedding classifier fitted without it."""
+    from classifier.calibration import softmax
+    from classifier.embeddings import out_of_fold_logits
 
     classes = sorted(set(labels))
-    y = np.array([classes.index(label) for label in labels])
-    probs = np.zeros((len(labels), len(classes)))
-    n_splits = max(2, min(folds, min(Counter(labels).values())))
-    for train_idx, test_idx in StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(vecs, y):
-        model = LogisticRegression(max_iter=2000, C=10.0).fit(vecs[train_idx], y[train_idx])
-        probs[np.ix_(test_idx, model.classes_)] = model.predict_proba(vecs[test_idx])
-    return probs, classes, y
+    logits, y = out_of_fold_logits(vecs, labels, classes, folds, seed)
+    return softmax(logits), classes, y
 
 
 def suspected_mislabels(examples: list[dict], vecs, *, folds: int = 5, seed: int = 42) -> list[Finding]:

@@ -165,6 +165,27 @@ def test_embedding_classifier_learns_calibrates_and_flags_the_unfamiliar():
     assert fitted.novel(far).all() and not fitted.novel(x[:5]).any()
 
 
+def test_out_of_fold_logits_keep_the_label_columns_and_match_scikit_learn_probabilities():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    from classifier.calibration import softmax
+    from classifier.embeddings import UNSEEN, out_of_fold_logits
+
+    x, y, _ = clustered(["billing", "login"], 10)
+    x, y = np.vstack([x, x[:1]]), y + ["lonely"]  # one example only: it cannot be held out, so it sits out
+    logits, gold = out_of_fold_logits(x, y, ["login", "unused", "billing", "lonely"])
+    assert logits.shape == (20, 4) and list(gold) == [2] * 10 + [0] * 10
+    assert (logits[:, 1] == UNSEEN).all() and (logits[:, 3] == UNSEEN).all()  # labels with no held-out example
+    # two labels: scikit-learn's single score column becomes two logits, and their softmax is its probability
+    folds = StratifiedKFold(5, shuffle=True, random_state=42)
+    expected = cross_val_predict(
+        LogisticRegression(max_iter=2000, C=10.0), x[:20], y[:20], cv=folds, method="predict_proba"
+    )
+    assert np.allclose(softmax(logits[:, [2, 0]]), expected, atol=1e-6)
+    assert (softmax(logits).argmax(1) == gold).mean() == 1.0  # held out, still an easy task
+
+
 def fake_embed(texts):
     """Deterministic stand-in for the sentence model: a hashed bag of words, unit length."""
     vectors = np.zeros((len(texts), 384), dtype=np.float32)

@@ -67,21 +67,19 @@ def fit_probe(x, y, n_labels: int, steps: int = 300, encoder: bool = False):
 
 
 def _encoder_probe(x, y, n_labels: int):
+    """A linear layer started at logistic regression on the frozen features (the embedding classifier's fit)."""
     import numpy as np
     import torch
 
-    from classifier.embeddings import _logistic_regression
+    from classifier.embeddings import UNSEEN, EmbeddingClassifier
 
-    gold = y.cpu().numpy()
-    fitted = _logistic_regression(x.cpu().numpy(), list(gold))
+    fitted = EmbeddingClassifier.fit(x.cpu().numpy(), y.cpu().tolist(), list(range(n_labels)), calibrate=False)
     linear = torch.nn.Linear(x.shape[1], n_labels)
-    weight, bias = np.zeros((n_labels, x.shape[1]), dtype=np.float32), np.full(n_labels, -30.0, dtype=np.float32)
-    coef = fitted.coef_ if len(fitted.classes_) > 2 else np.vstack([-fitted.coef_[0], fitted.coef_[0]]) / 2
-    intercept = fitted.intercept_ if len(fitted.classes_) > 2 else np.array([-1, 1]) * fitted.intercept_[0] / 2
-    weight[fitted.classes_], bias[fitted.classes_] = coef, intercept  # a label without examples: never predicted
+    # a label without examples is never predicted; -30 rather than UNSEEN keeps the trainable bias in a sane range
+    bias = np.where(fitted.intercept <= UNSEEN, -30.0, fitted.intercept)
     with torch.no_grad():
-        linear.weight.copy_(torch.from_numpy(weight))
-        linear.bias.copy_(torch.from_numpy(bias))
+        linear.weight.copy_(torch.from_numpy(fitted.coef.astype(np.float32)))
+        linear.bias.copy_(torch.from_numpy(bias.astype(np.float32)))
     return linear
 
 
