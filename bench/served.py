@@ -44,12 +44,12 @@ def _scores(name: str, role: str, logp: np.ndarray, gold: np.ndarray, names: lis
     }
 
 
-def embedding_classifier(train: list[dict], test: list[dict], names: list[str]):
+def embedding_classifier(train: list[dict], test: list[dict], names: list[str], encoder: str = "minilm"):
     from classifier.embeddings import EmbeddingClassifier, embed
 
     started = time.perf_counter()
-    x_train = embed([r["text"] for r in train])
-    x_test = embed([r["text"] for r in test])
+    x_train = embed([r["text"] for r in train], encoder)
+    x_test = embed([r["text"] for r in test], encoder)
     embed_seconds = time.perf_counter() - started
     started = time.perf_counter()
     fitted = EmbeddingClassifier.fit(x_train, [r["label"] for r in train], names)
@@ -70,10 +70,11 @@ def candidate_entries(
     from classifier.ensemble import Mix
 
     by_kind = {c["kind"]: c for c in gate["candidates"]}
+    encoder = by_kind["embeddings"]["details"].get("encoder", "all-MiniLM-L6-v2")
     entries = [
         {
             **_scores(
-                "embeddings (MiniLM + logistic regression, calibrated)",
+                f"embeddings ({encoder} + logistic regression, calibrated)",
                 "baseline",
                 fitted.log_probs(x_test),
                 gold,
@@ -97,7 +98,7 @@ def candidate_entries(
             entries.append(
                 {
                     **_scores(
-                        f"{adapter_name} + embeddings (weight {mix.weight:.2f} on the adapter)",
+                        f"{adapter_name} + {encoder} embeddings (weight {mix.weight:.2f} on the adapter)",
                         "ensemble",
                         mix.log_probs(adapter_logp, fitted.logits(x_test)),
                         gold,
@@ -215,7 +216,8 @@ def add_serving(
     """
     names = list(result["labels"])
     gold = np.array([names.index(r["label"]) for r in test])
-    fitted, x_train, x_test, seconds = embedding_classifier(train, test, names)
+    encoder = result["config"].get("embedding_model", "minilm")
+    fitted, x_train, x_test, seconds = embedding_classifier(train, test, names, encoder)
     adapter_logp = None
     if adapter_probs is not None:
         order = [columns.index(n) for n in names]

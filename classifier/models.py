@@ -32,7 +32,13 @@ MINILM = "minilm"
 DEFAULT_BASE_MODEL = MINILM  # measured best of the packaged models on CPU (bench/README.md)
 ZERO_SHOT_MODEL = SMOLLM2  # an instruction-tuned LM: what answers from label descriptions before any label
 # What the documentation calls each packaged model (tests/test_docs.py holds README and Makefile to it).
-DISPLAY_NAMES = {MINILM: "all-MiniLM-L6-v2", GEMMA3: "Gemma 3 270M", SMOLLM2: "SmolLM2-135M", EMBEDDED: "SmolLM2-135M"}
+DISPLAY_NAMES = {
+    MINILM: "all-MiniLM-L6-v2",
+    "mpnet": "all-mpnet-base-v2",
+    GEMMA3: "Gemma 3 270M",
+    SMOLLM2: "SmolLM2-135M",
+    EMBEDDED: "SmolLM2-135M",
+}
 GEMMA3_FOLDER = "gemma-3-270m"
 
 
@@ -62,10 +68,10 @@ def gemma3_gguf(cache_dir: Path) -> Path:
 
 def resolve_base_model(name: str, cache_dir: str | Path | None) -> str:
     """A path or hub id `from_pretrained` can load; converts a packaged model on first use."""
-    if name == MINILM:
-        from .embeddings import model_path
+    from .encoders import ENCODERS
 
-        return model_path()
+    if name in ENCODERS:  # minilm, mpnet: their packages hold the folder (mpnet's is checked file by file)
+        return ENCODERS[name].folder()
     if name not in (EMBEDDED, SMOLLM2, GEMMA3):
         return name
     if not cache_dir:

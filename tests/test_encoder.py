@@ -32,7 +32,7 @@ def test_an_encoder_gets_the_encoder_recipe_learns_and_is_refitted_on_every_exam
     assert result["status"] == "succeeded", result.get("error")
     config = result["config"]
     assert config["recipe"] == "encoder" and config["method"] == "head" and config["pooling"] == "mean"
-    assert config["target_modules"] == ENCODER_LINEAR and config["refit"] is True
+    assert config["target_modules"] == ENCODER_LINEAR["bert"] and config["refit"] is True
     assert result["metrics"]["accuracy"] >= 0.9
     # The saved adapter was trained again on train + eval (dev is 0 here), for as long as the first one's best.
     assert result["refit"]["examples"] == result["data"]["train"] + result["data"]["eval"] == 60
@@ -126,6 +126,9 @@ def test_the_encoder_recipe_fills_only_what_is_unset():
     assert (kept.refit, kept.pooling, kept.learning_rate) == (False, "last", 5e-4)
     decoder = cfg.resolved(770, n_params=135e6)
     assert (decoder.recipe, decoder.refit, decoder.pooling) == ("small-model", False, "last")
+    # the layers LoRA targets are named by the encoder's family: MPNet calls BERT's query/key/value q/k/v
+    assert cfg.resolved(770, 110e6, encoder=True, model_type="mpnet").target_modules == ["q", "k", "v", "o", "dense"]
+    assert cfg.resolved(770, 22e6, encoder=True, model_type="bert").target_modules == ["query", "key", "value", "dense"]
 
 
 def test_the_refit_progress_is_named_in_the_channel():
@@ -294,7 +297,7 @@ def test_a_serving_adapter_on_another_base_model_is_named_as_not_scored(env, tin
     adapters.promote(db, old.version)
     config = load_config(prepare_run(settings, db, runs.queue_run(db, requested_by="test")) / "config.json")
     assert config.compare_adapter == "" and "another base model, gemma3-270m" in config.serving_model["not_comparable"]
-    monkeypatch.setattr(candidates, "embed_examples", lambda rows: fake_embed([r["text"] for r in rows]))
+    monkeypatch.setattr(candidates, "embed_examples", lambda rows, encoder: fake_embed([r["text"] for r in rows]))
     rows = toy_examples(per_label=9)
     gate = candidates.evaluate_candidates(
         list(TOY_WORDS),
@@ -318,7 +321,7 @@ def test_with_a_refit_the_gate_compares_models_trained_on_the_same_examples(monk
 
     from .test_serving import fake_embed
 
-    monkeypatch.setattr(candidates, "embed_examples", lambda rows: fake_embed([r["text"] for r in rows]))
+    monkeypatch.setattr(candidates, "embed_examples", lambda rows, encoder: fake_embed([r["text"] for r in rows]))
     sizes, real = [], embeddings.EmbeddingClassifier.fit
 
     def recording(vectors, gold, names, *args, **kwargs):

@@ -186,7 +186,7 @@ def test_out_of_fold_logits_keep_the_label_columns_and_match_scikit_learn_probab
     assert (softmax(logits).argmax(1) == gold).mean() == 1.0  # held out, still an easy task
 
 
-def fake_embed(texts):
+def fake_embed(texts, encoder=None):
     """Deterministic stand-in for the sentence model: a hashed bag of words, unit length."""
     vectors = np.zeros((len(texts), 384), dtype=np.float32)
     for row, text in enumerate(texts):
@@ -200,7 +200,7 @@ def test_ensemble_weight_and_temperatures_never_look_at_the_eval_split(monkeypat
     from tests.conftest import toy_examples
     from trainer import candidates
 
-    monkeypatch.setattr(candidates, "embed_examples", lambda rows: fake_embed([r["text"] for r in rows]))
+    monkeypatch.setattr(candidates, "embed_examples", lambda rows, encoder: fake_embed([r["text"] for r in rows]))
     names = ["complaint", "feedback", "question"]
     rows = toy_examples(per_label=12)
     train, dev, evaluation = rows[0::3], rows[1::3], rows[2::3]
@@ -219,29 +219,33 @@ def test_ensemble_weight_and_temperatures_never_look_at_the_eval_split(monkeypat
     assert {c["kind"] for c in first["candidates"]} == {"adapter", "embeddings", "ensemble"}
 
 
-def test_the_embedder_never_tokenizes_past_what_it_reads(monkeypatch):
-    """A 41 MB body once went whole into the tokenizer: texts are cut before, and the model truncates at 256."""
+@pytest.mark.parametrize("alias", ["minilm", "mpnet"])
+def test_the_embedder_never_tokenizes_past_what_it_reads(monkeypatch, alias):
+    """A 41 MB body once went whole into the tokenizer: texts are cut before, and the model truncates where it reads."""
     import numpy as np
 
     from classifier import embeddings
+    from classifier.encoders import encoder
 
+    which = encoder(alias)
+    cut = which.max_tokens * embeddings.CHARS_PER_TOKEN
     seen = []
 
     class Recorder:
         def encode(self, texts, **kwargs):
             seen.extend(texts)
-            return np.ones((len(texts), embeddings.DIMENSIONS), dtype=np.float32)
+            return np.ones((len(texts), which.dimensions), dtype=np.float32)
 
-    monkeypatch.setattr(embeddings, "_model", lambda: Recorder())
-    embeddings.embed(["refund " * 200_000, "short"])
-    assert [len(t) for t in seen] == [embeddings.MAX_EMBED_CHARS, 5]
+    monkeypatch.setattr(embeddings, "_model", lambda *args: Recorder())
+    embeddings.embed(["refund " * 200_000, "short"], alias)
+    assert [len(t) for t in seen] == [cut, 5]
     monkeypatch.undo()
-    model = embeddings._model()
-    assert model.max_seq_length <= embeddings.MAX_TOKENS
+    model = embeddings._model(which)
+    assert model.max_seq_length <= which.max_tokens
     # What the cut keeps is still more than the model reads, even in long words: nothing it read is lost.
     for words in ("My parcel is late. ", "internationalization "):
-        kept = model.tokenizer((words * 1000)[: embeddings.MAX_EMBED_CHARS])["input_ids"]
-        assert len(kept) > embeddings.MAX_TOKENS
+        kept = model.tokenizer((words * 1000)[:cut])["input_ids"]
+        assert len(kept) > which.max_tokens
 
 
 # -- the bot side: cold start, refits, embeddings stored once -----------------------------------------
@@ -255,7 +259,7 @@ def workspace(env, tiny_model_dir, monkeypatch):
 
     calls = []
 
-    def counting_embed(texts):
+    def counting_embed(texts, encoder=None):
         calls.append(len(texts))
         return fake_embed(texts)
 
@@ -340,10 +344,10 @@ def test_label_changes_refit_once_after_the_burst(workspace):
 
 def test_a_message_is_embedded_once_and_its_vector_kept(workspace):
     from bot.serving import ServedClassifier
-    from classifier.embeddings import EMBEDDER
 
     settings, db, calls = workspace
     classifier = ServedClassifier(settings)
+    EMBEDDER = classifier.encoder.name  # the key its vectors are stored under
     m = add_labelled(db, "broken refund", "complaint")
     first = classifier.vector_for(db, m.id, m.clean_body, None)
     second = classifier.vector_for(db, m.id, m.clean_body, None)
@@ -394,7 +398,7 @@ def test_a_run_scores_every_candidate_on_eval_and_records_the_gates_choice(tiny_
     from trainer import candidates
     from trainer.run import run
 
-    monkeypatch.setattr(candidates, "embed_examples", lambda rows: fake_embed([r["text"] for r in rows]))
+    monkeypatch.setattr(candidates, "embed_examples", lambda rows, encoder: fake_embed([r["text"] for r in rows]))
     run_dir = make_run_dir(
         tmp_path / "run", toy_config(tiny_model_dir, baseline=True, epochs=2), toy_examples(per_label=10)
     )
@@ -505,12 +509,13 @@ def test_a_refit_never_changes_the_embeddings_under_an_answer_in_flight(workspac
 
 def test_an_edited_message_is_embedded_again_and_the_signature_sees_the_edit(workspace):
     from bot.serving import ServedClassifier
-    from classifier.embeddings import EMBEDDER, from_blob
+    from classifier.embeddings import from_blob
 
     settings, db, _ = workspace
     label_two_of_each(db)
     m = add_labelled(db, "totally unrelated words", "complaint")
     classifier = ServedClassifier(settings, debounce_s=3600)
+    EMBEDDER = classifier.encoder.name
     classifier.refit(db)
     before = from_blob(stored_embeddings.get_embedding(db, m.id, EMBEDDER))
     signature = labels.change_signature(db)

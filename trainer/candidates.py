@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from classifier.calibration import expected_calibration_error, fit_temperature, log_softmax, selective_accuracy
+from classifier.encoders import DEFAULT_ENCODER
+from classifier.encoders import encoder as encoder_named
 from classifier.evaluate import classification_metrics
 from classifier.kinds import ADAPTER, EMBEDDINGS, ENSEMBLE, kind
 
@@ -55,10 +57,10 @@ def score(
     )
 
 
-def embed_examples(examples: list[dict]) -> np.ndarray:
+def embed_examples(examples: list[dict], encoder: str = DEFAULT_ENCODER) -> np.ndarray:
     from classifier.embeddings import embed, message_text
 
-    return embed([message_text(e["text"], e.get("subject")) for e in examples])
+    return embed([message_text(e["text"], e.get("subject")) for e in examples], encoder)
 
 
 def evaluate_candidates(
@@ -75,6 +77,7 @@ def evaluate_candidates(
     same_data: bool = False,
     significance: float = SIGNIFICANCE,
     embeddings: bool = True,
+    encoder: str = DEFAULT_ENCODER,
 ) -> dict:
     """Score the candidates on `evaluation` and choose. Arrays are the adapter's log-scores, (n, labels).
 
@@ -106,7 +109,7 @@ def evaluate_candidates(
     )
     fitted = None
     if embeddings:
-        vectors = embed_examples(train + dev + evaluation)
+        vectors = embed_examples(train + dev + evaluation, encoder)
         x_train, x_dev = vectors[: len(train)], vectors[len(train) : len(train) + len(dev)]
         x_eval = vectors[len(train) + len(dev) :]
         y_train, y_dev = [e["label"] for e in train], [e["label"] for e in dev]
@@ -123,7 +126,7 @@ def evaluate_candidates(
                 gold_eval,
                 names,
                 serving=serving_kind == EMBEDDINGS.name,
-                details={"temperature": fitted.temperature},
+                details={"temperature": fitted.temperature, "encoder": encoder_named(encoder).name},
             )
         )
         if adapter_dev is not None and len(dev):
@@ -137,7 +140,7 @@ def evaluate_candidates(
                     mix.log_probs(adapter_eval, fitted.logits(x_eval)),
                     gold_eval,
                     names,
-                    details={"mix": mix.to_dict()},
+                    details={"mix": mix.to_dict(), "encoder": encoder_named(encoder).name},
                 )
             )
     serving_adapter = serving_kind is not None and kind(serving_kind).needs_adapter

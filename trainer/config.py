@@ -27,6 +27,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from classifier.encoders import DEFAULT_ENCODER, ENCODERS
 from classifier.kinds import KINDS
 from classifier.models import DEFAULT_BASE_MODEL
 from classifier.prompts import MAX_BODY_CHARS
@@ -104,6 +105,11 @@ class TrainConfig:
         "used only to compare candidates. 0: early stopping on eval, no ensemble.",
         default=0.125,
     )
+    embedding_model: str = _help(
+        "Sentence encoder of the gate's embeddings and adapter + embeddings candidates: mpnet or minilm "
+        "(classifier/encoders.py). The bot passes the one it serves with.",
+        default=DEFAULT_ENCODER,
+    )
     serving_model: dict = _help(
         "What answers now, for the serving gate: {kind, name, details}; kind is "
         "embeddings, adapter or ensemble (the adapter's folder is compare_adapter); "
@@ -171,9 +177,11 @@ class TrainConfig:
     def label_names(self) -> list[str]:
         return [label["name"] for label in self.labels]
 
-    def resolved(self, n_train: int, n_params: int | None = None, encoder: bool = False) -> "TrainConfig":
+    def resolved(
+        self, n_train: int, n_params: int | None = None, encoder: bool = False, model_type: str | None = None
+    ) -> "TrainConfig":
         """A copy with the unset fields filled in from the recipe for `n_train` examples and a model of `n_params`
-        (`encoder`: a sentence encoder rather than a causal LM).
+        (`encoder`: a sentence encoder rather than a causal LM; `model_type`: its family, which names its layers).
 
         A field is unset when it is None (epochs: 0). Whatever the caller set stays as it is.
         """
@@ -189,6 +197,8 @@ class TrainConfig:
             if name == "epochs":
                 if not values["epochs"]:
                     values["epochs"] = value(n_train)
+            elif name == "target_modules" and callable(value):
+                values[name] = values[name] or value(model_type)
             elif values[name] is None or (name == "method" and values[name] == "auto"):
                 values[name] = value
         return TrainConfig(**values)
@@ -200,7 +210,9 @@ class TrainConfig:
 SMALL_MODEL_PARAMS = 1_000_000_000
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 ALL_LINEAR = ATTENTION + ["gate_proj", "up_proj", "down_proj"]
-ENCODER_LINEAR = ["query", "key", "value", "dense"]  # BERT's attention, attention output and feed-forward layers
+# An encoder's attention, attention output and feed-forward layers, by model family: BERT's (all-MiniLM-L6-v2)
+# are named query/key/value/dense, MPNet's (all-mpnet-base-v2) q/k/v/o/dense.
+ENCODER_LINEAR = {"bert": ["query", "key", "value", "dense"], "mpnet": ["q", "k", "v", "o", "dense"]}
 
 # What each recipe fills in for the fields left unset. `epochs` maps the number of training examples to epochs.
 RECIPES = {
@@ -237,7 +249,7 @@ RECIPES = {
     "encoder": {
         "method": "head",
         "learning_rate": 1e-3,
-        "target_modules": ENCODER_LINEAR,
+        "target_modules": lambda model_type: ENCODER_LINEAR.get(model_type, ENCODER_LINEAR["bert"]),
         "lora_layers": 0,
         "pooling": "mean",
         "refit": True,
@@ -292,6 +304,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ConfigError(f"refit: expected true, false or null, got {config.refit!r}")
     if not isinstance(config.serving_model, dict):
         raise ConfigError(f'serving_model: expected an object like {{"kind": "adapter"}}, got {config.serving_model!r}')
+    if config.embedding_model not in ENCODERS:
+        raise ConfigError(f"embedding_model: expected one of {', '.join(ENCODERS)}, got {config.embedding_model!r}")
     serving_kind = config.serving_model.get("kind")
     if serving_kind is not None and serving_kind not in KINDS:
         # checked here, before any model loads, not in the gate after an hour of training

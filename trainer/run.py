@@ -21,6 +21,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+from classifier.encoders import encoder as encoder_named
 from classifier.kinds import ADAPTER, EMBEDDINGS, RECORDED
 from classifier.prompts import LabelInfo, PromptSpec, label_list_shown
 from datacheck.examples import DataError, check_examples
@@ -197,7 +198,12 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
 
     model = load()
     encoder = is_encoder(model.config)
-    cfg = cfg.resolved(len(train), n_params=sum(p.numel() for p in model.parameters()), encoder=encoder)
+    cfg = cfg.resolved(
+        len(train),
+        n_params=sum(p.numel() for p in model.parameters()),
+        encoder=encoder,
+        model_type=getattr(model.config, "model_type", None),
+    )
     check_fits_model(cfg, encoder)
     result["config"] = json.loads(cfg.to_json())
     augmented = augment_with_injections(train, spec.names, cfg.injection_augmentation, cfg.seed)
@@ -274,7 +280,7 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
     embeddings = next((c for c in result["gate"]["candidates"] if c["kind"] == EMBEDDINGS.name), None)
     if embeddings:
         result["baseline"] = {
-            "method": "MiniLM embeddings + logistic regression",
+            "method": f"{encoder_named(cfg.embedding_model).name} embeddings + logistic regression",
             "accuracy": embeddings["accuracy"],
             "macro_f1": embeddings["macro_f1"],
             "seconds": result["gate"]["seconds"],
@@ -415,6 +421,7 @@ def _gate(
             same_data=bool(cfg.refit),
             significance=cfg.promotion_significance,
             embeddings=with_embeddings,
+            encoder=cfg.embedding_model,
         )
 
     try:

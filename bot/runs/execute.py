@@ -104,6 +104,7 @@ def prepare_run(settings: Settings, db, run: runs.Run) -> Path:
     config = {
         "labels": label_set(db, examples),
         "base_model": settings.base_model,
+        "embedding_model": settings.embedding_model,
         "model_cache_dir": str(settings.model_cache_dir),
         "promotion_margin": settings.promotion_margin,
         "promotion_significance": settings.promotion_significance,
