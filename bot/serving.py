@@ -28,12 +28,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
-from classifier.kinds import ADAPTER, EMBEDDINGS, ENSEMBLE, ZERO_SHOT, kind
+from classifier.kinds import ADAPTER, EMBEDDINGS, ENSEMBLE, ZERO_SHOT, ZERO_SHOT_LM, kind
 from classifier.prompts import LabelInfo
 from storage import adapters, labels, open_db, served
 from storage import embeddings as stored_embeddings
 
-from .settings import Settings
+from .settings import ZERO_SHOT_BY_ENCODER, Settings
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,9 @@ class ServedClassifier:
         self._resolve_lock = threading.Lock()
         self._embeddings = None  # trainer.embeddings.EmbeddingClassifier, or None before enough labels
         self._embed_lock = threading.Lock()
-        self._state = State(ZERO_SHOT.name, ZERO_SHOT.served_name())
+        self._similarity: tuple | None = None  # (the labels' names and descriptions, their zero-shot scorer)
+        self._similarity_lock = threading.Lock()
+        self._state = State(ZERO_SHOT_LM.name, ZERO_SHOT_LM.served_name())  # until the first sync
         self._sync_lock = threading.Lock()
         self._fitted_signature = None
         self._poked_signature = None
@@ -171,7 +173,7 @@ class ServedClassifier:
                 wanted = self._load_adapter(wanted, db)
             if wanted == self._state and wanted.embeddings is self._state.embeddings:
                 return False
-            if wanted.kind == ZERO_SHOT.name and self._key(wanted, resolve=False) in self._models:
+            if wanted.kind == ZERO_SHOT_LM.name and self._key(wanted, resolve=False) in self._models:
                 self._models[self._key(wanted, resolve=False)].use_zero_shot(label_infos(db))
             if kind(wanted.kind).needs_language_model:  # the embeddings need none, but one may serve again soon
                 self._let_go_of_others(wanted)
@@ -193,14 +195,14 @@ class ServedClassifier:
             elif fitted is not None:
                 return State(EMBEDDINGS.name, EMBEDDINGS.served_name(), embeddings=fitted)
             else:
-                return State(ZERO_SHOT.name, ZERO_SHOT.served_name())
+                return self._zero_shot(db)
         else:
             choice_kind, version, details = choice.kind, choice.adapter_version, choice.details
         if not kind(choice_kind).needs_adapter:
             return (
                 State(EMBEDDINGS.name, EMBEDDINGS.served_name(), embeddings=fitted)
                 if fitted is not None
-                else State(ZERO_SHOT.name, ZERO_SHOT.served_name(), note="too few labelled messages for the embeddings")
+                else self._zero_shot(db, note="too few labelled messages for the embeddings")
             )
         adapter = adapters.get_adapter(db, version)
         missing = sorted(set(active) - set(adapter.labels))
@@ -285,7 +287,24 @@ class ServedClassifier:
             return instead if self._key(current, resolve=False) in self._models else self._load_adapter(instead, db)
         if fitted is not None:
             return State(EMBEDDINGS.name, EMBEDDINGS.served_name(), note=note, embeddings=fitted)
-        return State(ZERO_SHOT.name, ZERO_SHOT.served_name(), note=note)
+        return self._zero_shot(db, note=note)
+
+    def _zero_shot(self, db, note: str = "") -> State:
+        """What answers before the embeddings can: the encoder's similarity to the labels' words (the default),
+        or the language model SUPPORTBOT_ZERO_SHOT_MODEL names."""
+        if self.settings.zero_shot_model != ZERO_SHOT_BY_ENCODER:
+            return State(ZERO_SHOT_LM.name, ZERO_SHOT_LM.served_name(), note=note)
+        return State(ZERO_SHOT.name, ZERO_SHOT.served_name(), note=note, embeddings=self._label_similarity(db))
+
+    def _label_similarity(self, db):
+        """The zero-shot scorer of the current labels, embedded again only when a name or description changes."""
+        from classifier.zero_shot import LabelSimilarity
+
+        infos = label_infos(db)
+        with self._similarity_lock:
+            if self._similarity is None or self._similarity[0] != tuple(infos):
+                self._similarity = (tuple(infos), LabelSimilarity.from_labels(infos, self.embed) if infos else None)
+            return self._similarity[1]
 
     def _model_for(self, state: State, db=None):
         """The loaded model that answers for `state`: the adapter's base model, or the zero-shot LM.
@@ -351,6 +370,11 @@ class ServedClassifier:
         needs_vectors = kind(state.kind).needs_embeddings
         if needs_vectors:
             fitted = state.embeddings  # the classifier of this state, whatever a refit does meanwhile
+            if fitted is None:  # zero-shot before the first sync, or with no label at all
+                state = self._zero_shot(open_db(self.settings.db_path))
+                fitted = state.embeddings
+            if fitted is None:
+                raise NoLabels("the label set is empty: add at least 2 labels before classifying")
             if vectors is None or any(v is None for v in vectors):
                 matrix = self.embed([message_text(t, s) for t, s in cleaned])
             else:
@@ -376,8 +400,8 @@ class ServedClassifier:
                 logp = Mix.from_dict(details["mix"]).log_probs(logp, fitted.logits(matrix)[:, columns])
             elif details.get("temperature"):
                 logp = logp / float(details["temperature"])
-            if state.kind == ZERO_SHOT.name:
-                return [replace(p, model=ZERO_SHOT.served_name()) for p in made]
+            if state.kind == ZERO_SHOT_LM.name:
+                return [replace(p, model=ZERO_SHOT_LM.served_name()) for p in made]
         per_item_ms = (time.perf_counter() - started) * 1000 / max(1, len(cleaned))
         out = []
         for i in range(len(cleaned)):
@@ -502,7 +526,7 @@ def _prediction(
         threshold=threshold,
         flagged=novel,
         adapter_version=state.adapter_version,
-        zero_shot=False,
+        zero_shot=state.kind == ZERO_SHOT.name,
         certified=certified,
         latency_ms=latency_ms,
         model=state.name,

@@ -18,20 +18,25 @@ class Kind:
     needs_embeddings: bool  # answers with the fitted embedding classifier
     needs_language_model: bool  # loads a base model to answer
     recorded: bool  # a run's gate can choose it (a served-model record); zero-shot answers when none is
+    shown_as: str = ""  # what replies call it, when not its name
 
     def served_name(self, adapter_version: int | None = None) -> str:
         """How the bot names it everywhere: `embeddings`, `adapter v3`, `adapter v3 + embeddings`, `zero-shot`."""
         if self.needs_adapter:
             return f"adapter v{adapter_version}" + (" + embeddings" if self.needs_embeddings else "")
-        return self.name
+        return self.shown_as or self.name
 
 
-ZERO_SHOT = Kind("zero-shot", 1, False, False, True, recorded=False)
+# Before two labels have two labelled messages each: the encoder's similarity to the labels' words
+# (classifier.zero_shot, the default), or a language model's label scoring when SUPPORTBOT_ZERO_SHOT_MODEL
+# names one. Replies call both `zero-shot`.
+ZERO_SHOT = Kind("zero-shot", 0, False, True, False, recorded=False)
+ZERO_SHOT_LM = Kind("zero-shot-lm", 1, False, False, True, recorded=False, shown_as="zero-shot")
 EMBEDDINGS = Kind("embeddings", 0, False, True, False, recorded=True)
 ADAPTER = Kind("adapter", 1, True, False, True, recorded=True)
 ENSEMBLE = Kind("ensemble", 2, True, True, True, recorded=True)
 
-KINDS = {k.name: k for k in (ZERO_SHOT, EMBEDDINGS, ADAPTER, ENSEMBLE)}
+KINDS = {k.name: k for k in (ZERO_SHOT, ZERO_SHOT_LM, EMBEDDINGS, ADAPTER, ENSEMBLE)}
 RECORDED = tuple(k.name for k in KINDS.values() if k.recorded)
 
 

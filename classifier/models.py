@@ -30,7 +30,7 @@ SMOLLM2 = "smollm2-135m"
 GEMMA3 = "gemma3-270m"
 MINILM = "minilm"
 DEFAULT_BASE_MODEL = MINILM  # measured best of the packaged models on CPU (bench/README.md)
-ZERO_SHOT_MODEL = SMOLLM2  # an instruction-tuned LM: what answers from label descriptions before any label
+ZERO_SHOT_MODEL = SMOLLM2  # the instruction-tuned LM the benchmarks compare zero-shot by the encoder with
 # What the documentation calls each packaged model (tests/test_docs.py holds README and Makefile to it).
 DISPLAY_NAMES = {
     MINILM: "all-MiniLM-L6-v2",

@@ -204,7 +204,7 @@ def test_the_bot_answers_zero_shot_with_the_llm_then_with_an_adapter_on_the_enco
     served = ServedClassifier(settings, debounce_s=0.05)
     served.sync(db)
     first = served.classify("how when where can")
-    assert first.model == "zero-shot" and served.state.kind == "zero-shot"
+    assert first.model == "zero-shot" and served.state.kind == "zero-shot-lm"  # the setting names a language model
     adapter = adapters.register_adapter(
         db,
         path=str(run_dir / "adapter"),

@@ -267,8 +267,7 @@ def workspace(env, tiny_model_dir, monkeypatch):
     settings = load_settings(
         {
             "SUPPORTBOT_DATA_DIR": str(env / "data"),
-            "SUPPORTBOT_BASE_MODEL": tiny_model_dir,
-            "SUPPORTBOT_ZERO_SHOT_MODEL": tiny_model_dir,
+            "SUPPORTBOT_BASE_MODEL": tiny_model_dir,  # zero-shot: the encoder's, the default
         },
         env_file=None,
     )
@@ -342,6 +341,45 @@ def test_label_changes_refit_once_after_the_burst(workspace):
     classifier.close()
 
 
+def test_before_the_first_labels_the_encoder_answers_zero_shot_from_the_labels_words(workspace):
+    from bot.serving import ServedClassifier
+
+    settings, db, calls = workspace
+    assert settings.zero_shot_model == "encoder"  # the default: no language model before the first labels
+    labels.add_label_def(db, "refund", "money back for a broken order")
+    classifier = ServedClassifier(settings, debounce_s=3600)
+    classifier.sync(db)
+    assert classifier.state.kind == "zero-shot" and classifier._models == {}  # nothing loaded but the encoder
+    p = classifier.classify("I want my money back, the order came broken")
+    assert p.label == "refund" and p.zero_shot and p.model == "zero-shot" and p.adapter_version is None
+    assert set(p.scores) == {"complaint", "question", "feedback", "refund"} and abs(sum(p.scores.values()) - 1) < 1e-6
+    embedded = len(calls)
+    classifier.sync(db)
+    classifier.classify("another message")
+    assert len(calls) == embedded + 1  # the labels' words are embedded once, not per message or sync
+    labels.add_label_def(db, "praise", "love thanks great")  # a new label is in the next answer
+    classifier.sync(db)
+    assert classifier.classify("great love thanks").label == "praise"
+    classifier.close()
+
+
+def test_a_language_model_answers_zero_shot_only_when_the_settings_name_one(workspace, tiny_model_dir):
+    from bot.serving import ServedClassifier
+    from bot.settings import load_settings
+
+    settings, db, _ = workspace
+    lm = load_settings(
+        {"SUPPORTBOT_DATA_DIR": str(settings.data_dir), "SUPPORTBOT_ZERO_SHOT_MODEL": tiny_model_dir}, env_file=None
+    )
+    classifier = ServedClassifier(lm, debounce_s=3600)
+    classifier.sync(db)
+    assert classifier.state.kind == "zero-shot-lm" and classifier.state.name == "zero-shot"
+    p = classifier.classify("where is my parcel")
+    assert p.model == "zero-shot" and p.label in {"complaint", "question", "feedback"}
+    assert list(classifier._models) == [tiny_model_dir]
+    classifier.close()
+
+
 def test_a_message_is_embedded_once_and_its_vector_kept(workspace):
     from bot.serving import ServedClassifier
 
@@ -378,6 +416,38 @@ def test_an_adapter_that_lacks_a_new_label_gives_way_to_the_embeddings(workspace
     classifier.sync(db)
     # The label set has `feedback`, which adapter v1 never saw: the embeddings answer, and say why.
     assert classifier.state.kind == "embeddings" and "feedback" in classifier.state.note
+    classifier.close()
+
+
+def test_a_mix_fitted_on_another_encoders_scores_gives_way_to_the_adapter_alone(workspace):
+    from bot.serving import ServedClassifier
+
+    settings, db, _ = workspace
+    label_two_of_each(db)
+    a = adapters.register_adapter(
+        db,
+        path="/nowhere",
+        base_model="m",
+        labels=["complaint", "question", "feedback"],
+        metrics={"accuracy": 0.9, "macro_f1": 0.9, "n": 4},
+    )
+    adapters.promote(db, a.version)
+    mix = {"weight": 0.4, "adapter_temperature": 2.0, "embedding_temperature": 1.0, "temperature": 1.1}
+    classifier = ServedClassifier(settings)
+    classifier.refit(db)
+    assert classifier.encoder.name == "all-mpnet-base-v2"  # the default encoder
+    for details, expected in (
+        ({"mix": mix, "encoder": "all-mpnet-base-v2"}, "ensemble"),
+        ({"mix": mix, "encoder": "all-MiniLM-L6-v2"}, "adapter"),
+        ({"mix": mix}, "adapter"),  # recorded before the encoder was: those mixes were all MiniLM's
+    ):
+        served.set_served(db, "ensemble", adapter_version=a.version, reason="gate", chosen_by="gate", details=details)
+        wanted = classifier._wanted(db)
+        assert wanted.kind == expected
+        if expected == "adapter":
+            assert (
+                wanted.note == "its mix was fitted with all-MiniLM-L6-v2, and the bot now embeds with all-mpnet-base-v2"
+            )
     classifier.close()
 
 
@@ -551,7 +621,7 @@ def test_answers_arriving_together_on_a_fresh_install_convert_the_model_once(wor
 
     def resolve():
         gate.wait()
-        found.append(classifier._key(State("zero-shot", "zero-shot")))
+        found.append(classifier._key(State("zero-shot-lm", "zero-shot")))
 
     threads = [threading.Thread(target=resolve) for _ in range(4)]
     for t in threads:
@@ -568,8 +638,12 @@ def test_every_serving_kind_is_named_from_the_registry():
 
     assert served_name("ensemble", 3) == "adapter v3 + embeddings" and served_name("adapter", 3) == "adapter v3"
     assert served_name("embeddings") == "embeddings" and served_name("zero-shot") == "zero-shot"
-    assert [k.name for k in sorted(KINDS.values(), key=lambda k: k.cost)][0] == "embeddings"  # the cheapest
-    with pytest.raises(ValueError, match="unknown serving kind 'lora'; the kinds are zero-shot, embeddings"):
+    recorded = [k for k in KINDS.values() if k.recorded]  # what the gate chooses among
+    assert [k.name for k in sorted(recorded, key=lambda k: k.cost)][0] == "embeddings"  # the cheapest
+    assert served_name("zero-shot-lm") == "zero-shot"  # a language model's zero-shot is shown as zero-shot too
+    with pytest.raises(
+        ValueError, match="unknown serving kind 'lora'; the kinds are zero-shot, zero-shot-lm, embeddings"
+    ):
         kind("lora")
 
     class Old:  # a prediction stored before predictions named their model

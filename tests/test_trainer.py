@@ -204,7 +204,10 @@ def test_a_head_starting_near_zero_loss_is_measured_against_a_uniform_guess(tmp_
         ({"labels": [{"name": "a"}, {"name": "a"}]}, "labels: duplicate names"),
         ({"target_modules": []}, "target_modules: expected a non-empty list"),
         ({"lerning_rate": 1e-3}, "unknown field(s) lerning_rate"),
-        ({"serving_model": {"kind": "adaptor"}}, "serving_model.kind: expected one of zero-shot, embeddings, adapter"),
+        (
+            {"serving_model": {"kind": "adaptor"}},
+            "serving_model.kind: expected one of zero-shot, zero-shot-lm, embeddings, adapter",
+        ),
     ],
 )
 def test_bad_config_rejected_before_any_model_loads(tmp_path, override, message):
