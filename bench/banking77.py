@@ -60,6 +60,9 @@ RECIPES = {
         "injection_augmentation": 0.0,
         "base_model": "smollm2-135m",
     },
+    # all-mpnet-base-v2 (110M) fine-tuned with the encoder recipe: about 5x MiniLM's compute per token, so
+    # fewer epochs keep the retrain near the 15-minute goal on 2 cores.
+    "head-mpnet-3ep": {"base_model": "mpnet", "epochs": 3},
     "head-smollm2": {"method": "head", "base_model": "smollm2-135m"},
     "head-gemma": {"method": "head", "base_model": "gemma3-270m"},
     "head-gemma-seed7": {"method": "head", "base_model": "gemma3-270m", "seed": 7},
