@@ -397,19 +397,21 @@ def test_a_message_is_embedded_once_and_its_vector_kept(workspace):
     classifier.close()
 
 
+def promoted_adapter(db, trained_on: list[str]):
+    """A promoted adapter record whose folder does not exist (what serving decides before loading it)."""
+    a = adapters.register_adapter(
+        db, path="/nowhere", base_model="m", labels=trained_on, metrics={"accuracy": 0.9, "macro_f1": 0.9, "n": 4}
+    )
+    adapters.promote(db, a.version)
+    return a
+
+
 def test_an_adapter_that_lacks_a_new_label_gives_way_to_the_embeddings(workspace):
     from bot.serving import ServedClassifier
 
     settings, db, _ = workspace
     label_two_of_each(db)
-    a = adapters.register_adapter(
-        db,
-        path="/nowhere",
-        base_model="m",
-        labels=["complaint", "question"],
-        metrics={"accuracy": 0.9, "macro_f1": 0.9, "n": 4},
-    )
-    adapters.promote(db, a.version)
+    a = promoted_adapter(db, ["complaint", "question"])
     served.set_served(db, "adapter", adapter_version=a.version, reason="test", chosen_by="gate")
     classifier = ServedClassifier(settings)
     classifier.refit(db)
@@ -424,14 +426,7 @@ def test_a_mix_fitted_on_another_encoders_scores_gives_way_to_the_adapter_alone(
 
     settings, db, _ = workspace
     label_two_of_each(db)
-    a = adapters.register_adapter(
-        db,
-        path="/nowhere",
-        base_model="m",
-        labels=["complaint", "question", "feedback"],
-        metrics={"accuracy": 0.9, "macro_f1": 0.9, "n": 4},
-    )
-    adapters.promote(db, a.version)
+    a = promoted_adapter(db, ["complaint", "question", "feedback"])
     mix = {"weight": 0.4, "adapter_temperature": 2.0, "embedding_temperature": 1.0, "temperature": 1.1}
     classifier = ServedClassifier(settings)
     classifier.refit(db)
