@@ -121,6 +121,11 @@ def test_the_encoder_recipe_fills_only_what_is_unset():
     resolved = cfg.resolved(770, n_params=22_000_000, encoder=True)
     assert (resolved.recipe, resolved.learning_rate, resolved.epochs, resolved.refit) == ("encoder", 1e-3, 10, True)
     assert cfg.resolved(1000, n_params=22e6, encoder=True).epochs == 4
+    # a base-sized encoder (all-mpnet-base-v2, 110M) gets fewer epochs: a 770-example retrain stays under 15 min
+    assert cfg.resolved(616, n_params=109_486_464, encoder=True).epochs == 3
+    assert cfg.resolved(1000, n_params=110e6, encoder=True).epochs == 1
+    set_by_caller = TrainConfig(labels=[{"name": "a"}, {"name": "b"}], epochs=5)
+    assert set_by_caller.resolved(616, n_params=110e6, encoder=True).epochs == 5
     mine = TrainConfig(labels=[{"name": "a"}, {"name": "b"}], refit=False, pooling="last", learning_rate=5e-4)
     kept = mine.resolved(770, encoder=True)
     assert (kept.refit, kept.pooling, kept.learning_rate) == (False, "last", 5e-4)

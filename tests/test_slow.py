@@ -89,7 +89,7 @@ def test_real_model_trains_a_head_and_serves_it(tmp_path, model_cache, base_mode
 
 
 def test_the_default_base_model_learns_real_intents_with_the_default_recipe(tmp_path, model_cache):
-    """all-MiniLM-L6-v2 with the encoder recipe as `/retrain` runs it (refit included), on 6 Banking77 intents."""
+    """all-mpnet-base-v2 with the encoder recipe as `/retrain` runs it (refit included), on 6 Banking77 intents."""
     import csv
 
     from classifier.classify import Classifier
@@ -118,11 +118,12 @@ def test_the_default_base_model_learns_real_intents_with_the_default_recipe(tmp_
     if not (BANKING77 / "train.csv").exists():
         pytest.skip("the Banking77 data folder is not beside the repository")
     config = {"labels": [{"name": n} for n in INTENTS], "model_cache_dir": model_cache, "baseline": False}
-    assert DEFAULT_BASE_MODEL == "minilm"  # the config names no base model: this is what /retrain trains
+    assert DEFAULT_BASE_MODEL == "mpnet"  # the config names no base model: this is what /retrain trains
     run_dir = make_run_dir(tmp_path / "run", config, rows("train.csv", 10))
     result = run(run_dir)
     assert result["status"] == "succeeded", result.get("error")
     assert result["config"]["recipe"] == "encoder" and result["refit"]["examples"] == 60
+    assert result["config"]["epochs"] == 3  # a base-sized encoder's epochs
     from safetensors.torch import load_file
 
     lora = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
