@@ -175,6 +175,12 @@ class TrainConfig:
         default=None,
     )
     label_smoothing: float = _help("Head method: label smoothing of the cross-entropy.", default=0.0)
+    contrastive_weight: float = _help(
+        "Head method: weight of a batch-contrastive term (sentence-transformers' BatchAllTripletLoss on the "
+        "pooled embeddings, SetFit's signal) added to the cross-entropy; batches are grouped by label. "
+        "0 = off; needs 2 training examples of every label.",
+        default=0.0,
+    )
 
     def label_names(self) -> list[str]:
         return [label["name"] for label in self.labels]
@@ -311,6 +317,10 @@ def validate(config: TrainConfig) -> TrainConfig:
         value = getattr(config, name)
         if not (isinstance(value, (int, float)) and 0 <= value < 1):
             raise ConfigError(f"{name}: expected a number in [0, 1), got {value!r}")
+    if not (isinstance(config.contrastive_weight, (int, float)) and 0 <= config.contrastive_weight <= 100):
+        raise ConfigError(f"contrastive_weight: expected a number from 0 to 100, got {config.contrastive_weight!r}")
+    if config.contrastive_weight and config.batch_size < 4:
+        raise ConfigError("contrastive_weight: batches grouped by label need a batch_size of at least 4")
     if not (isinstance(config.promotion_significance, (int, float)) and 0 <= config.promotion_significance <= 1):
         raise ConfigError(f"promotion_significance: expected a number in [0, 1], got {config.promotion_significance!r}")
     if not (isinstance(config.dev_fraction, (int, float)) and 0 <= config.dev_fraction < 1):

@@ -106,20 +106,79 @@ def _head_model_class():
     class HeadModel(torch.nn.Module):
         """The LM body (with LoRA) and the linear head as one module whose forward returns the loss, for Trainer."""
 
-        def __init__(self, body, head, pooling: str, label_smoothing: float):
+        def __init__(self, body, head, pooling: str, label_smoothing: float, contrastive=None, weight: float = 0.0):
             super().__init__()
             self.body, self.head, self.pooling, self.label_smoothing = body, head, pooling, label_smoothing
+            self.contrastive, self.weight = contrastive, weight
             # Trainer must not move a 4-bit model: it reads this attribute off the model it is given.
             self.quantization_method = getattr(body, "quantization_method", None)
 
         def forward(self, input_ids, attention_mask, labels=None):
-            logits = self.head(pooled(self.body, input_ids, attention_mask, self.pooling))
+            embeddings = pooled(self.body, input_ids, attention_mask, self.pooling)
+            logits = self.head(embeddings)
             if labels is None:
                 return {"logits": logits}
-            smoothing = self.label_smoothing if self.training else 0.0  # eval loss is the plain cross-entropy
-            return {"loss": F.cross_entropy(logits, labels, label_smoothing=smoothing), "logits": logits}
+            if not self.training:  # eval loss is the plain cross-entropy, whatever trains: early stopping reads it
+                return {"loss": F.cross_entropy(logits, labels), "logits": logits}
+            loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+            if self.contrastive is not None:
+                loss = loss + self.weight * self.contrastive.compute_loss_from_embeddings([embeddings], labels)
+            return {"loss": loss, "logits": logits}
 
     return HeadModel
+
+
+def contrastive_loss():
+    """sentence-transformers' batch-all triplet loss on cosine distance: every same-label pair of a batch is
+    pulled closer than each other-label example by a margin (the embeddings are unit length)."""
+    from sentence_transformers.sentence_transformer.losses import (
+        BatchAllTripletLoss,
+        BatchHardTripletLossDistanceFunction,
+    )
+
+    return BatchAllTripletLoss(None, distance_metric=BatchHardTripletLossDistanceFunction.cosine_distance, margin=0.25)
+
+
+def check_contrastive(cfg: TrainConfig, examples: list[dict]) -> None:
+    """Batches grouped by label leave out a label with a single example: refuse rather than drop it."""
+    from collections import Counter
+
+    from trainer.config import ConfigError
+
+    single = sorted(label for label, n in Counter(e["label"] for e in examples).items() if n < 2)
+    if cfg.contrastive_weight and single:
+        raise ConfigError(
+            f"contrastive_weight: every label needs 2 training examples; {', '.join(single[:5])} "
+            f"{'has' if len(single) == 1 else 'have'} one. Label more, or set contrastive_weight 0."
+        )
+
+
+def _grouped_trainer_class():
+    from transformers import Trainer
+
+    class GroupedTrainer(Trainer):
+        """Trainer whose training batches hold two or more examples of each label in them
+        (sentence-transformers' GroupByLabelBatchSampler), so the contrastive term has pairs to compare."""
+
+        def get_train_dataloader(self):
+            import torch
+            from datasets import Dataset
+            from sentence_transformers.base.sampler import GroupByLabelBatchSampler
+            from torch.utils.data import DataLoader
+
+            dataset = Dataset.from_list(self.train_dataset)
+            sampler = GroupByLabelBatchSampler(
+                dataset,
+                batch_size=self.args.per_device_train_batch_size,
+                drop_last=False,
+                valid_label_columns=["labels"],
+                generator=torch.Generator(),
+                seed=self.args.seed,
+            )
+            loader = DataLoader(self.train_dataset, batch_sampler=sampler, collate_fn=self.data_collator)
+            return self.accelerator.prepare(loader)
+
+    return GroupedTrainer
 
 
 def _collate(pad: int):
@@ -152,6 +211,8 @@ def fit_head(
     from peft import get_peft_model
     from transformers import Trainer, set_seed
 
+    check_contrastive(cfg, train)
+
     set_seed(cfg.seed)
     device = next(model.parameters()).device
     index = {name: i for i, name in enumerate(spec.names)}
@@ -179,8 +240,11 @@ def fit_head(
     else:
         head = torch.nn.Linear(text_config.hidden_size, len(spec.names)).to(device)
     report, keep = callbacks(cfg, sink, run_dir, floor=math.log(len(spec.names)))
-    trainer = Trainer(
-        model=_head_model_class()(peft_model, head, cfg.pooling, cfg.label_smoothing),
+    contrastive = contrastive_loss() if cfg.contrastive_weight else None
+    trainer = (_grouped_trainer_class() if contrastive else Trainer)(
+        model=_head_model_class()(
+            peft_model, head, cfg.pooling, cfg.label_smoothing, contrastive, cfg.contrastive_weight
+        ),
         args=training_arguments(cfg, run_dir / "checkpoints", len(train_rows), device.type, bool(eval_rows)),
         train_dataset=train_rows,
         eval_dataset=eval_rows or None,
