@@ -13,10 +13,11 @@ Both methods run on the model as the classifier serves it (the adapter merged in
 `--no-merge` keeps it apart).
 Writes bench/results/classify_speed.json.
 
-`--default` measures the default adapter instead (bench/banking77.py's full run: all-MiniLM-L6-v2 with a
+`--default` measures the default adapter instead (bench/banking77.py's full run: the default base model with a
 head, one forward pass per message, nothing to compare with generation): p50/p95 of one message and
 batched throughput on the same 256 messages, alone and with the default encoder's embedding of each
-message added (what serves by default mixes the two), into bench/results/classify_speed_default.json.
+message added (what the gate's adapter + embeddings candidate costs when it serves), into
+bench/results/classify_speed_default.json.
 """
 
 from __future__ import annotations
@@ -252,8 +253,8 @@ def head_speed(args) -> None:
     from classifier.embeddings import embed
     from classifier.encoders import DEFAULT_ENCODER, encoder
 
-    # What serves by default mixes the adapter with the embedding classifier: each message is also embedded
-    # (once, at intake) with the default encoder, and the mix itself is a few additions.
+    # The gate's adapter + embeddings candidate, when it serves, also embeds each message with the default
+    # encoder; the mix itself is a few additions. The adapter alone embeds nothing.
     embed(texts[:4], DEFAULT_ENCODER)  # load and warm up
     with torch.inference_mode():
         classifier.classify_many(texts[:4])  # warm-up
