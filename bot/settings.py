@@ -167,8 +167,9 @@ class Settings:
         "SUPPORTBOT_BASE_MODEL",
         DEFAULT_BASE_MODEL,
         _text,
-        "Base model `/retrain` fine-tunes: `minilm` (all-MiniLM-L6-v2, a sentence encoder, Apache-2.0), "
-        "`gemma3-270m` (Gemma 3 270M, Gemma Terms of Use), `smollm2-135m` or `embedded` "
+        "Base model `/retrain` fine-tunes: `mpnet` (all-mpnet-base-v2, a 110M sentence encoder, Apache-2.0; "
+        "about 13 minutes to retrain on 770 examples on 2 cores), `minilm` (all-MiniLM-L6-v2, 22M: about 4 minutes, "
+        "3 points lower on Banking77), `gemma3-270m` (Gemma 3 270M, Gemma Terms of Use), `smollm2-135m` or `embedded` "
         "(SmolLM2-135M-Instruct), all shipped as packages; a Hugging Face hub id, or a local folder.",
     )
     embedding_model: str = _setting(
