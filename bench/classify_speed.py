@@ -16,7 +16,7 @@ Writes bench/results/classify_speed.json.
 `--default` measures the default adapter instead (bench/banking77.py's full run: the default base model with a
 head, one forward pass per message, nothing to compare with generation): p50/p95 of one message and
 batched throughput on the same 256 messages, alone and with the default encoder's embedding of each
-message added (what the gate's adapter + embeddings candidate costs when it serves), into
+message added (the bot embeds every message at intake and keeps the vector, whatever serves), into
 bench/results/classify_speed_default.json.
 """
 
@@ -253,8 +253,8 @@ def head_speed(args) -> None:
     from classifier.embeddings import embed
     from classifier.encoders import DEFAULT_ENCODER, encoder
 
-    # The gate's adapter + embeddings candidate, when it serves, also embeds each message with the default
-    # encoder; the mix itself is a few additions. The adapter alone embeds nothing.
+    # The bot embeds each message once at intake with the default encoder and keeps the vector (the novelty
+    # check, the mix and the embedding classifier's refits read it), whatever serves; the mix is a few additions.
     embed(texts[:4], DEFAULT_ENCODER)  # load and warm up
     with torch.inference_mode():
         classifier.classify_many(texts[:4])  # warm-up

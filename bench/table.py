@@ -339,7 +339,7 @@ def classify_speed_default(d: dict) -> str:
             [
                 f"| {d['encoder']} embedding (the default encoder) | {d['encoder_p50_ms']:.1f} ms | - | "
                 f"{d['encoder_batched_msgs_per_s']:.1f} | - | - | - |",
-                f"| both, as the adapter + embeddings mix serves | {d['served_p50_ms']:.1f} ms | {d['served_p95_ms']:.1f} ms | "
+                f"| both: each message's cost in the bot (embedded at intake) | {d['served_p50_ms']:.1f} ms | {d['served_p95_ms']:.1f} ms | "
                 f"{d['served_batched_msgs_per_s']:.1f} | - | - | - |",
             ]
             if "encoder" in d
@@ -351,14 +351,14 @@ def classify_speed_default(d: dict) -> str:
 def self_training(d: dict) -> str:
     rows = [
         "| model | pool rows used | pseudo-label precision | accuracy | macro-F1 | right where the teacher is wrong / "
-        "wrong where it is right | p (better than the teacher) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "wrong where it is right | p (better than the teacher) | p (worse) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for v in d["variants"]:
         t = v["vs_teacher"]
         rows.append(
             f"| {v['name']} | {num(v['pool_rows'])} | {pct(v['pseudo_label_precision'])} | {pct(v['accuracy'])} | "
-            f"{v['macro_f1']:.4f} | {t['right_only_here']} / {t['right_only_teacher']} | {t['p_better']:.3f} |"
+            f"{v['macro_f1']:.4f} | {t['right_only_here']} / {t['right_only_teacher']} | {t['p_better']:.3g} | {t['p_worse']:.3g} |"
         )
     return f"{d['protocol']}.\n\n" + "\n".join(rows)
 
