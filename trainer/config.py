@@ -178,7 +178,8 @@ class TrainConfig:
     contrastive_weight: float = _help(
         "Head method: weight of a batch-contrastive term (sentence-transformers' BatchAllTripletLoss on the "
         "pooled embeddings, SetFit's signal) added to the cross-entropy; batches are grouped by label. "
-        "0 = off; needs 2 training examples of every label.",
+        "0 = off; needs 2 training examples of every label. An epoch then shows the larger labels only about "
+        "as many examples as the second-largest has (the sampler pairs labels in turns).",
         default=0.0,
     )
 
