@@ -82,7 +82,8 @@ class State:
     details: dict | None = None  # temperatures and the mix, from the gate
     base_model: str | None = None  # the adapter's base model (it loads on that one)
     note: str = ""  # why this differs from the recorded choice, if it does
-    # The fitted embedding classifier answering in this state (embeddings and ensemble): part of the
+    # The fitted embedding classifier of this state: it answers (embeddings, ensemble) or, with an adapter
+    # alone, only says whether a message is unlike every labelled one (the novelty check). Part of the
     # state, so a refit that changes it (or its labels) swaps in with the rest, in one assignment.
     embeddings: object | None = field(default=None, compare=False)  # compared by identity in `sync`
 
@@ -224,6 +225,7 @@ class ServedClassifier:
                 details,
                 base_model=adapter.base_model,
                 note=f"its mix was fitted with {mixed_with}, and the bot now embeds with {self.encoder.name}",
+                embeddings=fitted,
             )
         if kind(choice_kind).needs_embeddings and fitted is not None and not set(adapter.labels) - set(fitted.labels):
             return State(
@@ -236,7 +238,13 @@ class ServedClassifier:
                 embeddings=fitted,
             )
         return State(
-            ADAPTER.name, ADAPTER.served_name(version), version, adapter.path, details, base_model=adapter.base_model
+            ADAPTER.name,
+            ADAPTER.served_name(version),
+            version,
+            adapter.path,
+            details,
+            base_model=adapter.base_model,
+            embeddings=fitted,  # the novelty check's
         )
 
     def _load_adapter(self, wanted: State, db) -> State:
@@ -367,14 +375,16 @@ class ServedClassifier:
         from classifier.embeddings import from_blob, message_text
 
         started = time.perf_counter()
-        needs_vectors = kind(state.kind).needs_embeddings
-        if needs_vectors:
-            fitted = state.embeddings  # the classifier of this state, whatever a refit does meanwhile
-            if fitted is None:  # zero-shot before the first sync, or with no label at all
-                state = self._zero_shot(open_db(self.settings.db_path))
-                fitted = state.embeddings
+        fitted = state.embeddings  # the classifier of this state, whatever a refit does meanwhile
+        if kind(state.kind).needs_embeddings and fitted is None:  # zero-shot before the first sync, or no label
+            state = self._zero_shot(open_db(self.settings.db_path))
+            fitted = state.embeddings
             if fitted is None:
                 raise NoLabels("the label set is empty: add at least 2 labels before classifying")
+        # An adapter serving alone still reads the vectors for the novelty check, so a message unlike every
+        # labelled one goes to review whatever answers (intake passes the vector it stored).
+        needs_vectors = fitted is not None
+        if needs_vectors:
             if vectors is None or any(v is None for v in vectors):
                 matrix = self.embed([message_text(t, s) for t, s in cleaned])
             else:

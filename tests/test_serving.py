@@ -446,6 +446,50 @@ def test_a_mix_fitted_on_another_encoders_scores_gives_way_to_the_adapter_alone(
     classifier.close()
 
 
+def test_an_adapter_serving_alone_still_flags_a_message_unlike_any_labelled_one(workspace, monkeypatch):
+    """The novelty check reads the embedding classifier whatever answers, the adapter alone included."""
+    from types import SimpleNamespace
+
+    from bot.serving import ServedClassifier
+
+    settings, db, _ = workspace
+    for text, label in (
+        ("refund broken again", "complaint"),
+        ("broken refund angry", "complaint"),
+        ("angry refund broken late", "complaint"),
+        ("how when question", "question"),
+        ("question how which", "question"),
+        ("which how when", "question"),
+    ):
+        add_labelled(db, text, label)
+    a = promoted_adapter(db, ["complaint", "question", "feedback"])
+    served.set_served(db, "adapter", adapter_version=a.version, reason="gate", chosen_by="gate")
+    classifier = ServedClassifier(settings)
+    classifier.refit(db)
+    state = classifier._wanted(db)
+    assert state.kind == "adapter" and state.embeddings is not None  # read for the novelty check only
+
+    class Adapter:  # what the loaded adapter answers: complaint, confidently, whatever it reads
+        labels = ["complaint", "question", "feedback"]
+
+        def classify_many(self, items):
+            scores = {"complaint": 0.98, "question": 0.01, "feedback": 0.01}
+            return [SimpleNamespace(scores=scores, adapter_version=a.version, certified=True) for _ in items]
+
+        def classify(self, text, subject=None):
+            return self.classify_many([(text, subject)])[0]
+
+    monkeypatch.setattr(classifier, "_model_for", lambda state: Adapter())
+    classifier._state = state  # as sync leaves it once the adapter has loaded
+    familiar = classifier.classify("broken refund angry again")
+    unfamiliar = classifier.classify("zebra quantum saxophone")
+    assert familiar.model == unfamiliar.model == "adapter v1"
+    assert familiar.label == unfamiliar.label == "complaint"  # the adapter answers both
+    assert not familiar.novel and not familiar.needs_review
+    assert unfamiliar.novel and unfamiliar.needs_review  # a person sees it, as with the embeddings serving
+    classifier.close()
+
+
 def test_served_model_rows_check_their_kind(db):
     with pytest.raises(ValueError):
         served.set_served(db, "adapter", reason="x", chosen_by="gate")
