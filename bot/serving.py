@@ -215,36 +215,28 @@ class ServedClassifier:
                 note=f"adapter v{version} was trained before label(s) {', '.join(missing)}",
             )
         mixed_with = (details or {}).get("encoder", EMBEDDER_BEFORE_CHOICE)
-        if kind(choice_kind).needs_embeddings and mixed_with != self.encoder.name:
-            # the mix weight was fitted on another encoder's scores: the adapter alone is what was measured
-            return State(
-                ADAPTER.name,
-                ADAPTER.served_name(version),
-                version,
-                adapter.path,
-                details,
-                base_model=adapter.base_model,
-                note=f"its mix was fitted with {mixed_with}, and the bot now embeds with {self.encoder.name}",
-                embeddings=fitted,
-            )
-        if kind(choice_kind).needs_embeddings and fitted is not None and not set(adapter.labels) - set(fitted.labels):
-            return State(
-                ENSEMBLE.name,
-                ENSEMBLE.served_name(version),
-                version,
-                adapter.path,
-                details,
-                base_model=adapter.base_model,
-                embeddings=fitted,
-            )
+        mixed = kind(choice_kind).needs_embeddings
+        if (
+            mixed
+            and fitted is not None
+            and mixed_with == self.encoder.name
+            and set(adapter.labels) <= set(fitted.labels)
+        ):
+            serving, note = ENSEMBLE, ""
+        else:
+            serving, note = ADAPTER, ""
+            if mixed and mixed_with != self.encoder.name:
+                # the mix weight was fitted on another encoder's scores: the adapter alone is what was measured
+                note = f"its mix was fitted with {mixed_with}, and the bot now embeds with {self.encoder.name}"
         return State(
-            ADAPTER.name,
-            ADAPTER.served_name(version),
+            serving.name,
+            serving.served_name(version),
             version,
             adapter.path,
             details,
             base_model=adapter.base_model,
-            embeddings=fitted,  # the novelty check's
+            note=note,
+            embeddings=fitted,  # the mix's, or for an adapter alone the novelty check's
         )
 
     def _load_adapter(self, wanted: State, db) -> State:
