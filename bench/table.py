@@ -393,6 +393,7 @@ RENDER = {
     "remote_training": remote_training,
     "gpu_check": gpu_check,
     "self_training": self_training,
+    "self_training_seed7": self_training,
 }
 
 if __name__ == "__main__":
