@@ -33,7 +33,11 @@ def recorded(monkeypatch):
     return seen
 
 
-def test_the_contrastive_term_trains_on_batches_grouped_by_label(tiny_encoder_dir, tmp_path, recorded):
+def test_the_contrastive_term_trains_on_batches_grouped_by_label(tiny_encoder_dir, tmp_path, recorded, monkeypatch):
+    from sentence_transformers.base.sampler import GroupByLabelBatchSampler
+
+    epochs, set_epoch = [], GroupByLabelBatchSampler.set_epoch
+    monkeypatch.setattr(GroupByLabelBatchSampler, "set_epoch", lambda self, n: (epochs.append(n), set_epoch(self, n)))
     config = encoder_config(tiny_encoder_dir, learning_rate=1e-2, contrastive_weight=1.0, refit=False, epochs=2)
     run_dir = make_run_dir(tmp_path / "run", config, toy_examples())
     result = run(run_dir)
@@ -44,6 +48,7 @@ def test_the_contrastive_term_trains_on_batches_grouped_by_label(tiny_encoder_di
     for labels, _ in recorded:  # each batch holds pairs: every label in it appears at least twice
         assert len(set(labels)) >= 2 and all(labels.count(label) >= 2 for label in labels)
     assert recorded[0][1] > 0  # a random encoder does not yet separate the labels by the margin
+    assert {0, 1} <= set(epochs)  # the sampler is told each epoch, so it shuffles each one anew
 
 
 def test_without_the_weight_no_contrastive_term_runs(tiny_encoder_dir, tmp_path, recorded):
