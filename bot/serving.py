@@ -283,7 +283,7 @@ class ServedClassifier:
             and current.adapter_version not in self.unusable
             and (not kind(current.kind).needs_embeddings or fitted is not None)
         ):
-            instead = replace(current, note=note, embeddings=fitted if kind(current.kind).needs_embeddings else None)
+            instead = replace(current, note=note, embeddings=fitted)  # the mix's, or the novelty check's
             return instead if self._key(current, resolve=False) in self._models else self._load_adapter(instead, db)
         if fitted is not None:
             return State(EMBEDDINGS.name, EMBEDDINGS.served_name(), note=note, embeddings=fitted)
@@ -364,7 +364,7 @@ class ServedClassifier:
     def _answer(self, state: State, cleaned: list, vectors) -> list | None:
         import numpy as np
 
-        from classifier.embeddings import from_blob, message_text
+        from classifier.embeddings import EmbedderMissing, from_blob, message_text
 
         started = time.perf_counter()
         fitted = state.embeddings  # the classifier of this state, whatever a refit does meanwhile
@@ -377,11 +377,17 @@ class ServedClassifier:
         # labelled one goes to review whatever answers (intake passes the vector it stored).
         needs_vectors = fitted is not None
         if needs_vectors:
-            if vectors is None or any(v is None for v in vectors):
-                matrix = self.embed([message_text(t, s) for t, s in cleaned])
+            try:
+                if vectors is None or any(v is None for v in vectors):
+                    matrix = self.embed([message_text(t, s) for t, s in cleaned])
+                else:
+                    matrix = np.stack([from_blob(v) if isinstance(v, bytes) else np.asarray(v) for v in vectors])
+            except EmbedderMissing:
+                if kind(state.kind).needs_embeddings:
+                    raise
+                needs_vectors = False  # an adapter alone still answers; only the novelty check is lost
             else:
-                matrix = np.stack([from_blob(v) if isinstance(v, bytes) else np.asarray(v) for v in vectors])
-            novel = fitted.novel(matrix)
+                novel = fitted.novel(matrix)
         if not kind(state.kind).needs_language_model:
             logp = fitted.log_probs(matrix)
             names = fitted.labels

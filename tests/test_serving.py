@@ -487,6 +487,15 @@ def test_an_adapter_serving_alone_still_flags_a_message_unlike_any_labelled_one(
     assert familiar.label == unfamiliar.label == "complaint"  # the adapter answers both
     assert not familiar.novel and not familiar.needs_review
     assert unfamiliar.novel and unfamiliar.needs_review  # a person sees it, as with the embeddings serving
+
+    from classifier.embeddings import EmbedderMissing
+
+    def missing(texts):
+        raise EmbedderMissing("the encoder's packages are gone")
+
+    monkeypatch.setattr(classifier, "embed", missing)  # the vectors are fitted, the encoder uninstalled since
+    answer = classifier.classify("zebra quantum saxophone")
+    assert answer.model == "adapter v1" and answer.label == "complaint" and not answer.novel  # still answered
     classifier.close()
 
 
