@@ -73,9 +73,10 @@ def test_a_label_with_one_example_is_refused_not_dropped(tiny_encoder_dir, tmp_p
         {"text": "just one", "label": lonely},
         {"text": "and another", "label": lonely},
     ]
-    config = encoder_config(tiny_encoder_dir, contrastive_weight=1.0, injection_augmentation=0.0)
+    # injection copies on (the default share): a copy of the one example is no second example
+    config = encoder_config(tiny_encoder_dir, contrastive_weight=1.0, injection_augmentation=0.9)
     result = run(make_run_dir(tmp_path / "run", config, examples))
-    assert result["status"] == "failed" and result["bad_input"]
+    assert result["status"] == "failed" and result["bad_input"] and "training" not in result  # before any model
     assert f"{lonely} has one" in result["error"] and "contrastive_weight 0" in result["error"]
 
 
@@ -84,7 +85,8 @@ def test_a_label_with_one_example_is_refused_not_dropped(tiny_encoder_dir, tmp_p
     [
         ({"contrastive_weight": -1}, "contrastive_weight: expected a number from 0 to 100"),
         ({"contrastive_weight": "lots"}, "contrastive_weight: expected a number from 0 to 100"),
-        ({"contrastive_weight": 1.0, "batch_size": 2}, "batch_size of at least 4"),
+        ({"contrastive_weight": 1.0, "batch_size": 2}, "batch_size must be even and at least 4, got 2"),
+        ({"contrastive_weight": 1.0, "batch_size": 5}, "batch_size must be even and at least 4, got 5"),
     ],
 )
 def test_bad_contrastive_settings_are_refused_before_any_model_loads(overrides, message):

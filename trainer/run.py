@@ -29,7 +29,7 @@ from jsonl import write_jsonl
 from trainer.methods.loop import CANCEL_FILE, TrainingError
 
 from .config import ConfigError, TrainConfig, load_config
-from .data import augment_with_injections, read_jsonl, stratified_split, tokenize_examples
+from .data import augment_with_injections, check_contrastive, read_jsonl, stratified_split, tokenize_examples
 from .metrics import JsonlSink, MetricsSink, epoch_table, read_metrics
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 3
@@ -167,6 +167,7 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
     cfg = load_config(run_dir / "config.json")
     train, evaluation = load_examples(run_dir, cfg)
     train, dev = split_dev(train, cfg)
+    check_contrastive(cfg, train)  # on the real examples: an injected copy is no second example
     spec = prompt_spec(cfg)
     result.update(
         config=json.loads(cfg.to_json()),
@@ -180,10 +181,14 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
         },
     )
 
+    from classifier.encoders import EncoderCheckFailed, EncoderMissing
     from classifier.models import is_encoder, load_base_model, load_tokenizer, pick_device, resolve_base_model
 
     device = pick_device()
-    path = resolve_base_model(cfg.base_model, cfg.model_cache_dir)
+    try:
+        path = resolve_base_model(cfg.base_model, cfg.model_cache_dir)
+    except (EncoderMissing, EncoderCheckFailed) as exc:  # the message says what installs or restores it
+        raise TrainingError(f"base model {cfg.base_model}: {exc}") from None
     tokenizer = load_tokenizer(path)
 
     def load():

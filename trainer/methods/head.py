@@ -139,20 +139,6 @@ def contrastive_loss():
     return BatchAllTripletLoss(None, distance_metric=BatchHardTripletLossDistanceFunction.cosine_distance, margin=0.25)
 
 
-def check_contrastive(cfg: TrainConfig, examples: list[dict]) -> None:
-    """Batches grouped by label leave out a label with a single example: refuse rather than drop it."""
-    from collections import Counter
-
-    from trainer.config import ConfigError
-
-    single = sorted(label for label, n in Counter(e["label"] for e in examples).items() if n < 2)
-    if cfg.contrastive_weight and single:
-        raise ConfigError(
-            f"contrastive_weight: every label needs 2 training examples; {', '.join(single[:5])} "
-            f"{'has' if len(single) == 1 else 'have'} one. Label more, or set contrastive_weight 0."
-        )
-
-
 def _grouped_trainer_class():
     from transformers import Trainer
 
@@ -210,8 +196,6 @@ def fit_head(
     import torch
     from peft import get_peft_model
     from transformers import Trainer, set_seed
-
-    check_contrastive(cfg, train)
 
     set_seed(cfg.seed)
     device = next(model.parameters()).device
