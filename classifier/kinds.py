@@ -19,11 +19,13 @@ class Kind:
     needs_language_model: bool  # loads a base model to answer
     recorded: bool  # a run's gate can choose it (a served-model record); zero-shot answers when none is
     shown_as: str = ""  # what replies call it, when not its name
+    mixed_with: str = "embeddings"  # what an adapter's mix names beside it
 
     def served_name(self, adapter_version: int | None = None) -> str:
-        """How the bot names it everywhere: `embeddings`, `adapter v3`, `adapter v3 + embeddings`, `zero-shot`."""
+        """How the bot names it everywhere: `embeddings`, `adapter v3`, `adapter v3 + embeddings`,
+        `adapter v3 + distilled embeddings`, `zero-shot`."""
         if self.needs_adapter:
-            return f"adapter v{adapter_version}" + (" + embeddings" if self.needs_embeddings else "")
+            return f"adapter v{adapter_version}" + (f" + {self.mixed_with}" if self.needs_embeddings else "")
         return self.shown_as or self.name
 
 
@@ -35,8 +37,11 @@ ZERO_SHOT_LM = Kind("zero-shot-lm", 1, False, False, True, recorded=False, shown
 EMBEDDINGS = Kind("embeddings", 0, False, True, False, recorded=True)
 ADAPTER = Kind("adapter", 1, True, False, True, recorded=True)
 ENSEMBLE = Kind("ensemble", 2, True, True, True, recorded=True)
+# The adapter mixed with a student: logistic regression on the embeddings of the labelled messages and of
+# the unlabelled ones, labelled by the adapter (classifier.student). It costs what the ensemble costs.
+DISTILLED = Kind("distilled", 2, True, True, True, recorded=True, mixed_with="distilled embeddings")
 
-KINDS = {k.name: k for k in (ZERO_SHOT, ZERO_SHOT_LM, EMBEDDINGS, ADAPTER, ENSEMBLE)}
+KINDS = {k.name: k for k in (ZERO_SHOT, ZERO_SHOT_LM, EMBEDDINGS, ADAPTER, ENSEMBLE, DISTILLED)}
 RECORDED = tuple(k.name for k in KINDS.values() if k.recorded)
 
 

@@ -250,3 +250,29 @@ def m008_adapter_checksum(db):
     # sha256 of an adapter's files when it was registered (storage.adapters.folder_checksum): the bot checks
     # it before serving the adapter. NULL for adapters registered before it existed.
     db.execute("ALTER TABLE adapters ADD COLUMN checksum TEXT")
+
+
+@MIGRATIONS(name="m009_distilled_served_kind")
+def m009_distilled_served_kind(db):
+    # The gate can choose the adapter mixed with its student (classifier.student). SQLite cannot change a
+    # CHECK constraint in place: the table is rebuilt with the same columns and rows.
+    _run_script(
+        db,
+        """
+        CREATE TABLE served_models_new (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('embeddings', 'adapter', 'ensemble', 'distilled')),
+            adapter_version INTEGER REFERENCES adapters(version),
+            details TEXT NOT NULL DEFAULT '{}',
+            reason TEXT NOT NULL,
+            run_id INTEGER,
+            chosen_by TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            CHECK ((kind = 'embeddings') = (adapter_version IS NULL))
+        );
+        INSERT INTO served_models_new (id, kind, adapter_version, details, reason, run_id, chosen_by, created_at)
+            SELECT id, kind, adapter_version, details, reason, run_id, chosen_by, created_at FROM served_models;
+        DROP TABLE served_models;
+        ALTER TABLE served_models_new RENAME TO served_models;
+        """,
+    )

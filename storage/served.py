@@ -1,6 +1,6 @@
 """Which model answers the team's messages: a history of choices, the newest one current.
 
-The serving gate appends a row after each run (`embeddings`, `adapter` or `ensemble`, with the
+The serving gate appends a row after each run (`embeddings`, `adapter`, `ensemble` or `distilled`, with the
 adapter version and the mix where they apply); so does a rollback. Before any row, the bot
 serves the current adapter if one exists, else the embeddings once there are labels.
 """
@@ -15,7 +15,7 @@ from sqlite_utils import Database
 from .db import now, write
 from .errors import NotFound
 
-KINDS = ("embeddings", "adapter", "ensemble")
+KINDS = ("embeddings", "adapter", "ensemble", "distilled")
 
 
 @dataclass(frozen=True)
