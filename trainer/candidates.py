@@ -9,7 +9,9 @@ Three splits of the team's labelled messages, all stratified:
   none of them was tuned on.
 
 Candidates: the new adapter (calibrated), the embedding classifier (fitted on train + dev, as the
-bot will fit it on everything), their ensemble, and the model serving now. Each gets accuracy,
+bot will fit it on everything), their ensemble, the adapter mixed with its student (the embedding
+classifier taught by the adapter on the unlabelled messages too, classifier.student; when the run
+was given enough of them), and the model serving now. Each gets accuracy,
 macro-F1 and expected calibration error on eval, and which eval messages it got right (the gate's
 paired test); `trainer.gate.choose` picks.
 """
@@ -22,7 +24,8 @@ from classifier.calibration import expected_calibration_error, fit_temperature, 
 from classifier.encoders import DEFAULT_ENCODER
 from classifier.encoders import encoder as encoder_named
 from classifier.evaluate import classification_metrics
-from classifier.kinds import ADAPTER, EMBEDDINGS, ENSEMBLE, kind
+from classifier.kinds import ADAPTER, DISTILLED, EMBEDDINGS, ENSEMBLE, kind
+from classifier.student import MIN_POOL
 
 from .gate import SIGNIFICANCE, Candidate, choose
 
@@ -78,6 +81,10 @@ def evaluate_candidates(
     significance: float = SIGNIFICANCE,
     embeddings: bool = True,
     encoder: str = DEFAULT_ENCODER,
+    vectors: np.ndarray | None = None,
+    pool: np.ndarray | None = None,
+    pseudo: list[str] | None = None,
+    serving_student=None,
 ) -> dict:
     """Score the candidates on `evaluation` and choose. Arrays are the adapter's log-scores, (n, labels).
 
@@ -87,6 +94,10 @@ def evaluate_candidates(
     refitted on everything to serve); else on train and dev, as the adapter also used dev (to stop).
     `embeddings`: False (no baseline configured, or the embedder is not installed) leaves out the
     embedding classifier and the ensemble; the same rule then chooses among the adapters.
+    `vectors`: the embeddings of train + dev + evaluation in that order, when already computed.
+    `pool`, `pseudo`: the unlabelled messages' vectors and the new adapter's labels for them; with at
+    least classifier.student.MIN_POOL rows, the distilled candidate takes part. `serving_student`: the
+    serving adapter's student, when what serves is distilled.
     """
     from classifier.embeddings import EmbeddingClassifier
     from classifier.ensemble import Mix, fit_mix
@@ -109,7 +120,8 @@ def evaluate_candidates(
     )
     fitted = None
     if embeddings:
-        vectors = embed_examples(train + dev + evaluation, encoder)
+        if vectors is None:
+            vectors = embed_examples(train + dev + evaluation, encoder)
         x_train, x_dev = vectors[: len(train)], vectors[len(train) : len(train) + len(dev)]
         x_eval = vectors[len(train) + len(dev) :]
         y_train, y_dev = [e["label"] for e in train], [e["label"] for e in dev]
@@ -143,10 +155,33 @@ def evaluate_candidates(
                     details={"mix": mix.to_dict(), "encoder": encoder_named(encoder).name},
                 )
             )
+            if pool is not None and len(pool) >= MIN_POOL:
+                candidates.append(
+                    _distilled(
+                        names,
+                        x_train,
+                        y_train,
+                        x_dev,
+                        y_dev,
+                        x_eval,
+                        gold_dev,
+                        gold_eval,
+                        adapter_dev,
+                        adapter_eval,
+                        pool,
+                        pseudo,
+                        same_data=same_data,
+                        encoder=encoder,
+                    )
+                )
     serving_adapter = serving_kind is not None and kind(serving_kind).needs_adapter
     if serving_adapter and serving_eval is not None:
         details = serving.get("details") or {}
-        if kind(serving_kind).needs_embeddings and details.get("mix") and fitted is not None:
+        if serving_kind == DISTILLED.name and details.get("mix") and serving_student is not None and fitted is not None:
+            logp = Mix.from_dict(details["mix"]).log_probs(serving_eval, serving_student.logits(x_eval))
+        elif serving_kind == DISTILLED.name:  # its student could not be read: the adapter alone, as serving does
+            logp = log_softmax(serving_eval / float((details.get("mix") or {}).get("adapter_temperature") or 1.0))
+        elif kind(serving_kind).needs_embeddings and details.get("mix") and fitted is not None:
             logp = Mix.from_dict(details["mix"]).log_probs(serving_eval, fitted.logits(x_eval))
         else:
             logp = log_softmax(serving_eval / float(details.get("temperature") or 1.0))
@@ -179,6 +214,41 @@ def evaluate_candidates(
         "ece": picked.metrics["ece"],
         "selective": picked.metrics["selective"],
     }
+
+
+def _distilled(
+    names,
+    x_train,
+    y_train,
+    x_dev,
+    y_dev,
+    x_eval,
+    gold_dev,
+    gold_eval,
+    adapter_dev,
+    adapter_eval,
+    pool,
+    pseudo,
+    *,
+    same_data: bool,
+    encoder: str,
+) -> Candidate:
+    """The new adapter mixed with its student. The mix weight is fitted on dev with a student that never saw
+    dev; the student scored on eval learnt from the rows the embedding candidate did (train, or train + dev)."""
+    from classifier.ensemble import fit_mix
+    from classifier.student import teach
+
+    on_train = teach(x_train, y_train, pool, pseudo, names)
+    mix = fit_mix(adapter_dev, on_train.logits(x_dev), gold_dev)
+    student = on_train if same_data else teach(np.concatenate([x_train, x_dev]), y_train + y_dev, pool, pseudo, names)
+    return score(
+        "new adapter + distilled embeddings",
+        DISTILLED.name,
+        mix.log_probs(adapter_eval, student.logits(x_eval)),
+        gold_eval,
+        names,
+        details={"mix": mix.to_dict(), "encoder": encoder_named(encoder).name, "pool_rows": len(pool)},
+    )
 
 
 def _summary(candidate: Candidate) -> dict:

@@ -126,3 +126,47 @@ def check_contrastive(cfg: TrainConfig, examples: list[dict]) -> None:
             f"contrastive_weight: every label needs 2 training examples; {', '.join(single[:5])} "
             f"{'has' if len(single) == 1 else 'have'} one. Label more, or set contrastive_weight 0."
         )
+
+
+POOL_TEXTS, POOL_VECTORS = "unlabelled.jsonl", "unlabelled.npy"
+
+
+def read_unlabelled(run_dir: Path, dimensions: int, cap: int) -> tuple[list[dict], "object"]:
+    """The messages no one labelled that the bot handed to this run, with their stored vectors.
+
+    `unlabelled.jsonl` holds {"text", "subject"?, "id"?} per line, newest first; `unlabelled.npy` one
+    float32 row of `dimensions` per line, in the same order. Both are checked before anything reads
+    them; at most `cap` rows are kept. No files (or cap 0): no rows.
+    """
+    import numpy as np
+
+    texts, vectors = Path(run_dir) / POOL_TEXTS, Path(run_dir) / POOL_VECTORS
+    if cap <= 0 or not (texts.exists() or vectors.exists()):
+        return [], np.zeros((0, dimensions), dtype=np.float32)
+    if not (texts.exists() and vectors.exists()):
+        missing = POOL_VECTORS if texts.exists() else POOL_TEXTS
+        raise DataError(f"{POOL_TEXTS} and {POOL_VECTORS} come together; {missing} is missing")
+    try:
+        numbered = read_rows(texts)
+    except JsonlError as exc:
+        raise DataError(str(exc)) from None
+    rows = []
+    for number, row in numbered:
+        if (
+            not isinstance(row, dict)
+            or not isinstance(row.get("text"), str)
+            or not isinstance(row.get("subject") or "", str)
+        ):
+            raise DataError(f"{texts}, line {number}: expected an object with a text string")
+        rows.append(row)
+    try:
+        matrix = np.load(vectors, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{vectors}: not a saved array ({exc})") from None
+    if matrix.dtype != np.dtype("<f4") or matrix.shape != (len(rows), dimensions):
+        raise DataError(
+            f"{vectors}: expected float32 of shape ({len(rows)}, {dimensions}), got {matrix.dtype} {matrix.shape}"
+        )
+    if not np.isfinite(matrix).all():
+        raise DataError(f"{vectors}: holds numbers that are not finite")
+    return rows[:cap], matrix[:cap]

@@ -3,8 +3,10 @@
 RUN_DIR/config.json           TrainConfig (trainer.config)
 RUN_DIR/train.jsonl           {"text", "label", "subject"?, "id"?} per line
 RUN_DIR/eval.jsonl            optional; without it, a stratified split of train.jsonl
+RUN_DIR/unlabelled.jsonl      optional, with unlabelled.npy: messages no one labelled and their vectors,
+                              which the new adapter labels to teach a student (classifier.student)
 -> RUN_DIR/metrics.jsonl      one line per logging step and evaluation, as training goes
--> RUN_DIR/adapter/           PEFT adapter + supportbot.json + README.md model card
+-> RUN_DIR/adapter/           PEFT adapter + supportbot.json + README.md model card (+ student.npz)
 -> RUN_DIR/eval_predictions.jsonl  the eval split with each prediction
 -> RUN_DIR/result.json        status, metrics, comparison with the serving adapter, promotion decision,
                               and the sentences the reports show ("sentences": why training stopped, the refit)
@@ -22,14 +24,21 @@ from collections import Counter
 from pathlib import Path
 
 from classifier.encoders import encoder as encoder_named
-from classifier.kinds import ADAPTER, EMBEDDINGS, RECORDED
+from classifier.kinds import ADAPTER, DISTILLED, EMBEDDINGS, RECORDED
 from classifier.prompts import LabelInfo, PromptSpec, label_list_shown
 from datacheck.examples import DataError, check_examples
 from jsonl import write_jsonl
 from trainer.methods.loop import CANCEL_FILE, TrainingError
 
 from .config import ConfigError, TrainConfig, load_config
-from .data import augment_with_injections, check_contrastive, read_jsonl, stratified_split, tokenize_examples
+from .data import (
+    augment_with_injections,
+    check_contrastive,
+    read_jsonl,
+    read_unlabelled,
+    stratified_split,
+    tokenize_examples,
+)
 from .metrics import JsonlSink, MetricsSink, epoch_table, read_metrics
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 3
@@ -61,8 +70,12 @@ def prompt_spec(cfg: TrainConfig) -> PromptSpec:
     )
 
 
-def save_adapter(model, adapter_dir: Path, cfg: TrainConfig, spec: PromptSpec, result: dict, head=None) -> None:
-    """Write the adapter to a staging folder and rename it into place: a reader never sees half an adapter."""
+def save_adapter(
+    model, adapter_dir: Path, cfg: TrainConfig, spec: PromptSpec, result: dict, head=None, student=None
+) -> None:
+    """Write the adapter to a staging folder and rename it into place: a reader never sees half an adapter.
+
+    `student`: (the fitted student, its supportbot.json entry), saved beside the adapter."""
     staging = adapter_dir.with_name(adapter_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
@@ -79,6 +92,11 @@ def save_adapter(model, adapter_dir: Path, cfg: TrainConfig, spec: PromptSpec, r
 
         save_head(head, staging)
         meta["head"] = {"labels": spec.names, "pooling": cfg.pooling, "max_length": cfg.max_length}
+    if student is not None:
+        from classifier.student import save_student
+
+        save_student(student[0], staging)
+        meta["student"] = student[1]
     (staging / "supportbot.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     (staging / "README.md").write_text(model_card(cfg, spec, result), encoding="utf-8")
     shutil.rmtree(adapter_dir, ignore_errors=True)
@@ -168,6 +186,9 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
     train, evaluation = load_examples(run_dir, cfg)
     train, dev = split_dev(train, cfg)
     check_contrastive(cfg, train)  # on the real examples: an injected copy is no second example
+    pool_rows, pool_vectors = read_unlabelled(
+        run_dir, encoder_named(cfg.embedding_model).dimensions, cfg.unlabelled_max if cfg.baseline else 0
+    )
     spec = prompt_spec(cfg)
     result.update(
         config=json.loads(cfg.to_json()),
@@ -281,7 +302,19 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
         model.set_adapter("default")
         model.delete_adapter("serving")
         result["serving"] = {"path": cfg.compare_adapter, "metrics": serving_metrics}
-    result["gate"] = _gate(cfg, spec.names, train, dev, evaluation, predictions, dev_predictions, serving_predictions)
+    pseudo = _teach_labels(scorer, pool_rows, batch, result)
+    result["gate"], vectors = _gate(
+        cfg,
+        spec.names,
+        train,
+        dev,
+        evaluation,
+        predictions,
+        dev_predictions,
+        serving_predictions,
+        pool=pool_vectors if pseudo else None,
+        pseudo=pseudo,
+    )
     embeddings = next((c for c in result["gate"]["candidates"] if c["kind"] == EMBEDDINGS.name), None)
     if embeddings:
         result["baseline"] = {
@@ -297,7 +330,8 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
 
     # Save: the adapter the gate measured first, so that a refit that fails leaves it in place.
     result["status"] = "succeeded"
-    save_adapter(model, run_dir / "adapter", cfg, spec, result, head)
+    student = _final_student(cfg, spec.names, train + dev + evaluation, vectors, pool_vectors, pseudo, result)
+    save_adapter(model, run_dir / "adapter", cfg, spec, result, head, student)
     if cfg.refit and head is not None:
         del scorer, serving_scorer, model  # the refit loads the base model afresh: never hold two copies
         try:
@@ -310,7 +344,7 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
             if result["refit"]["stop_reason"] == "cancelled":
                 result.update(status="cancelled", error="cancelled on request")
                 return result
-            save_adapter(model, run_dir / "adapter", cfg, spec, result, head)
+            save_adapter(model, run_dir / "adapter", cfg, spec, result, head, student)
     result["adapter_dir"] = str(run_dir / "adapter")
     # Said once, here, in the run's own words: the bot's reports format these sentences and compute none.
     result["sentences"] = {"stopped": stop_text(result["training"]), "refit": refit_text(result)}
@@ -397,22 +431,80 @@ def split_dev(train: list[dict], cfg: TrainConfig) -> tuple[list[dict], list[dic
     return stratified_split(train, cfg.dev_fraction, cfg.seed + 1)
 
 
+def _teach_labels(scorer, pool_rows: list[dict], batch: int, result: dict) -> list[str] | None:
+    """The new adapter's labels for the unlabelled messages (the adapter the gate measures, before any refit),
+    through the prediction code that serves. None when too few were given to teach a student."""
+    import time
+
+    from classifier.classify import predict
+    from classifier.student import MIN_POOL
+
+    if len(pool_rows) < MIN_POOL:
+        if pool_rows:
+            result["distillation"] = {"pool_rows": len(pool_rows), "skipped": f"fewer than {MIN_POOL} messages"}
+        return None
+    started = time.perf_counter()
+    items = [(r["text"], r.get("subject")) for r in pool_rows]
+    made = predict(scorer, items, threshold=0.0, adapter_version=None, zero_shot=False, batch_size=batch)
+    seconds = time.perf_counter() - started
+    result["distillation"] = {"pool_rows": len(pool_rows), "label_seconds": seconds}
+    return [p.label for p in made]
+
+
+def _final_student(cfg: TrainConfig, names, labelled, vectors, pool, pseudo, result: dict):
+    """The student that serves beside the adapter, when the gate had a distilled candidate: taught on every
+    labelled message (as the served embedding classifier is) and the pool. None otherwise."""
+    if vectors is None or not pseudo or not any(c["kind"] == DISTILLED.name for c in result["gate"]["candidates"]):
+        return None
+    from classifier.student import describe, teach
+
+    student = teach(vectors, [e["label"] for e in labelled], pool, pseudo, names)
+    return student, describe(student, encoder_named(cfg.embedding_model).name, len(pool), len(labelled))
+
+
+def _serving_student(cfg: TrainConfig, serving: dict):
+    """The serving adapter's student, when what serves is distilled and it reads back valid; else None."""
+    if serving.get("kind") != DISTILLED.name or not cfg.compare_adapter:
+        return None
+    from classifier.classify import read_adapter_meta
+    from classifier.student import StudentInvalid, load_student
+
+    which = encoder_named(cfg.embedding_model)
+    try:
+        meta = read_adapter_meta(cfg.compare_adapter)
+        return load_student(cfg.compare_adapter, meta, encoder=which.name, dimensions=which.dimensions)
+    except (StudentInvalid, OSError, ValueError, KeyError):
+        return None  # the gate then scores the serving adapter alone, as the bot would serve it
+
+
 def _gate(
-    cfg: TrainConfig, names: list[str], train, dev, evaluation, predictions, dev_predictions, serving_predictions
-) -> dict:
-    """Score every candidate on eval and choose what serves (trainer.gate: the one promotion rule)."""
+    cfg: TrainConfig,
+    names: list[str],
+    train,
+    dev,
+    evaluation,
+    predictions,
+    dev_predictions,
+    serving_predictions,
+    *,
+    pool=None,
+    pseudo=None,
+):
+    """Score every candidate on eval and choose what serves (trainer.gate: the one promotion rule).
+
+    Returns the gate's result and the embeddings of train + dev + eval (None without the embedder)."""
     import time
 
     from classifier.embeddings import EmbedderMissing
 
-    from .candidates import evaluate_candidates, probability_matrix
+    from .candidates import embed_examples, evaluate_candidates, probability_matrix
 
     started = time.perf_counter()
     serving = dict(cfg.serving_model)
     if cfg.compare_adapter and serving.get("kind") not in RECORDED:  # an adapter to compare, no record of it
         serving = {"kind": ADAPTER.name, "name": "serving adapter", "details": {}}
 
-    def gate(with_embeddings: bool) -> dict:
+    def gate(with_embeddings: bool, vectors=None) -> dict:
         return evaluate_candidates(
             names,
             train,
@@ -427,14 +519,21 @@ def _gate(
             significance=cfg.promotion_significance,
             embeddings=with_embeddings,
             encoder=cfg.embedding_model,
+            vectors=vectors,
+            pool=pool,
+            pseudo=pseudo,
+            serving_student=_serving_student(cfg, serving) if with_embeddings else None,
         )
 
+    vectors = None
     try:
-        result = gate(cfg.baseline)
+        if cfg.baseline:
+            vectors = embed_examples(train + dev + evaluation, cfg.embedding_model)
+        result = gate(cfg.baseline, vectors)
     except EmbedderMissing:
-        result = gate(False)
+        vectors, result = None, gate(False)
     result["seconds"] = time.perf_counter() - started
-    return result
+    return result, vectors
 
 
 def _baseline(cfg: TrainConfig, train: list[dict], evaluation: list[dict], names: list[str]) -> dict | None:
