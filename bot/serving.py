@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
-from classifier.kinds import ADAPTER, EMBEDDINGS, ENSEMBLE, ZERO_SHOT, ZERO_SHOT_LM, kind
+from classifier.kinds import ADAPTER, DISTILLED, EMBEDDINGS, ENSEMBLE, ZERO_SHOT, ZERO_SHOT_LM, kind
 from classifier.prompts import LabelInfo
 from storage import adapters, labels, open_db, served
 from storage import embeddings as stored_embeddings
@@ -86,6 +86,8 @@ class State:
     # alone, only says whether a message is unlike every labelled one (the novelty check). Part of the
     # state, so a refit that changes it (or its labels) swaps in with the rest, in one assignment.
     embeddings: object | None = field(default=None, compare=False)  # compared by identity in `sync`
+    # A distilled adapter's student (classifier.student), read from its folder and checked once per process.
+    student: object | None = field(default=None, compare=False)
 
 
 def load_classifier(settings: Settings, db, *, on_unusable=None):
@@ -127,6 +129,7 @@ class ServedClassifier:
         self.settings = settings
         self.encoder = encoder(settings.embedding_model)  # what every message is embedded with, and its vectors' key
         self.unusable: dict[int, str] = {}  # adapter version -> why it cannot serve (checked once per process)
+        self._students: dict[int, object] = {}  # adapter version -> its checked student, or why it has none
         self._on_unusable = on_unusable  # (version, reason, what serves instead), once per adapter
         self.threshold = settings.review_threshold
         self._llm_factory = llm_factory
@@ -216,18 +219,18 @@ class ServedClassifier:
             )
         mixed_with = (details or {}).get("encoder", EMBEDDER_BEFORE_CHOICE)
         mixed = kind(choice_kind).needs_embeddings
-        if (
-            mixed
-            and fitted is not None
-            and mixed_with == self.encoder.name
-            and set(adapter.labels) <= set(fitted.labels)
-        ):
-            serving, note = ENSEMBLE, ""
-        else:
-            serving, note = ADAPTER, ""
-            if mixed and mixed_with != self.encoder.name:
-                # the mix weight was fitted on another encoder's scores: the adapter alone is what was measured
-                note = f"its mix was fitted with {mixed_with}, and the bot now embeds with {self.encoder.name}"
+        serving, note, student = ADAPTER, "", None
+        if mixed and mixed_with != self.encoder.name:
+            # the mix weight was fitted on another encoder's scores: the adapter alone is what was measured
+            note = f"its mix was fitted with {mixed_with}, and the bot now embeds with {self.encoder.name}"
+        elif mixed and fitted is not None and choice_kind == DISTILLED.name:
+            student = self._student(version, adapter.path)
+            if isinstance(student, str):
+                note, student = f"its student cannot be used: {student}", None
+            else:
+                serving = DISTILLED
+        elif mixed and fitted is not None and set(adapter.labels) <= set(fitted.labels):
+            serving = ENSEMBLE
         return State(
             serving.name,
             serving.served_name(version),
@@ -236,8 +239,25 @@ class ServedClassifier:
             details,
             base_model=adapter.base_model,
             note=note,
-            embeddings=fitted,  # the mix's, or for an adapter alone the novelty check's
+            embeddings=fitted,  # the mix's, or the novelty check's
+            student=student,
         )
+
+    def _student(self, version: int, path: str):
+        """Adapter `version`'s student, checked before it is trusted (once per process), or why it cannot be used."""
+        if version not in self._students:
+            from classifier.classify import read_adapter_meta
+            from classifier.student import StudentInvalid, load_student
+
+            try:
+                meta = read_adapter_meta(path)
+                self._students[version] = load_student(
+                    path, meta, encoder=self.encoder.name, dimensions=self.encoder.dimensions
+                )
+            except (StudentInvalid, OSError, ValueError, KeyError, TypeError) as exc:
+                self._students[version] = _reason(exc)
+                log.error("adapter v%d serves without its student: %s", version, self._students[version])
+        return self._students[version]
 
     def _load_adapter(self, wanted: State, db) -> State:
         """`wanted` with its adapter checked and swapped in, or what serves instead when it cannot be."""
@@ -404,10 +424,12 @@ class ServedClassifier:
             if kind(state.kind).needs_embeddings:
                 from classifier.ensemble import Mix
 
-                columns = [fitted.labels.index(n) for n in names]
-                logp = Mix.from_dict(details["mix"]).log_probs(logp, fitted.logits(matrix)[:, columns])
-            elif details.get("temperature"):
-                logp = logp / float(details["temperature"])
+                mixed_with = state.student if state.kind == DISTILLED.name else fitted
+                columns = [mixed_with.labels.index(n) for n in names]
+                logp = Mix.from_dict(details["mix"]).log_probs(logp, mixed_with.logits(matrix)[:, columns])
+            elif details.get("temperature") or (details.get("mix") or {}).get("adapter_temperature"):
+                # an adapter alone, or one whose mix cannot run: calibrated as the gate measured it
+                logp = logp / float(details.get("temperature") or details["mix"]["adapter_temperature"])
             if state.kind == ZERO_SHOT_LM.name:
                 return [replace(p, model=ZERO_SHOT_LM.served_name()) for p in made]
         per_item_ms = (time.perf_counter() - started) * 1000 / max(1, len(cleaned))

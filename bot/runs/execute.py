@@ -27,6 +27,9 @@ from typing import Callable
 from classifier.kinds import kind
 from jsonl import write_jsonl
 from storage import LeaseLost, adapters, labels, runs, served, write
+from storage import embeddings as stored_embeddings
+from trainer.config import TrainConfig
+from trainer.data import POOL_TEXTS, POOL_VECTORS
 from trainer.methods.loop import CANCEL_FILE
 from trainer.metrics import read_metrics
 from trainer.run import request_cancel  # noqa: F401 - the bot asks a run to stop through its pipeline
@@ -120,7 +123,32 @@ def prepare_run(settings: Settings, db, run: runs.Run) -> Path:
         }
     (run_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     write_jsonl(run_dir / "train.jsonl", examples)
+    export_unlabelled(settings, db, run_dir, config.get("unlabelled_max", TrainConfig().unlabelled_max))
     return run_dir
+
+
+def export_unlabelled(settings: Settings, db, run_dir: Path, cap) -> int:
+    """Write the newest `cap` messages no one labelled, with the vectors intake stored for them, for the run's
+    student (trainer.data.read_unlabelled reads and checks them). Returns how many were written."""
+    import numpy as np
+
+    from classifier.encoders import encoder
+
+    if not isinstance(cap, int) or isinstance(cap, bool) or cap <= 0:
+        return 0  # the trainer's config check says what is wrong with a bad cap
+    which = encoder(settings.embedding_model)
+    rows = [
+        r
+        for r in stored_embeddings.unlabelled_vectors(db, which.name, cap)
+        if len(r["vector"]) == 4 * which.dimensions  # a vector of another length is no vector of this encoder
+    ]
+    if not rows:
+        return 0
+    write_jsonl(run_dir / POOL_TEXTS, ({"id": r["id"], "text": r["clean_body"], "subject": r["subject"]} for r in rows))
+    vectors = np.stack([np.frombuffer(r["vector"], dtype="<f4") for r in rows])
+    with open(os.open(run_dir / POOL_VECTORS, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+        np.save(f, vectors, allow_pickle=False)
+    return len(rows)
 
 
 def follow(
