@@ -9,6 +9,12 @@ early stopping chose, and that adapter is the one tested. The baselines fit all 
 Each recipe trains in a child process (`python -m trainer RUN_DIR`, as the worker runs it)
 so its peak memory is its own. Writes bench/results/banking77.json (or --out).
 
+The default recipe's run is handed, as the bot hands a run the intake no one labelled, the other 9,233
+texts of train.csv (shuffled, seed 42; their labels never reach it) with their all-mpnet-base-v2 vectors;
+the trainer labels the first `unlabelled_max` of them (4,000) with the new adapter to teach its student
+(the gate's distilled candidate). That run therefore uses unlabelled in-domain text; `--no-pool` leaves it
+out.
+
 The default recipe's run also leaves, for adding other models to the same run without
 retraining, under bench/.cache/banking77/:
   test_probabilities.npy   float32 [test rows in test.csv order, labels]: the adapter's probabilities
@@ -184,6 +190,7 @@ def train_recipe(
     reuse: bool = False,
     gate: bool = False,
     embedding_model: str | None = None,
+    pool: list[dict] | None = None,
 ) -> dict:
     from jsonl import write_jsonl
 
@@ -209,6 +216,8 @@ def train_recipe(
         config["max_steps"] = max_steps
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
     write_jsonl(run_dir / "train.jsonl", train)
+    if pool:
+        write_pool(run_dir, pool, config.get("embedding_model", "mpnet"))
     started = time.perf_counter()
     child = subprocess.Popen(
         [sys.executable, "-m", "trainer", str(run_dir)], stdout=open(run_dir / "log", "w"), stderr=subprocess.STDOUT
@@ -219,6 +228,34 @@ def train_recipe(
     if result["status"] != "succeeded":
         raise SystemExit(f"{name}: {result['status']}: {result.get('error')}")
     return {"run_dir": run_dir, "result": result, "wall_seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def unlabelled_pool(everything: list[dict], train: list[dict]) -> list[dict]:
+    """The train.csv rows outside the 770, in file order: the intake no one labelled (only their text is passed)."""
+    chosen = {(r["text"], r["label"]) for r in train}
+    return [r for r in everything if (r["text"], r["label"]) not in chosen]
+
+
+def write_pool(run_dir: Path, pool: list[dict], encoder: str) -> None:
+    """unlabelled.jsonl and unlabelled.npy as the bot writes them (text only, with the vectors intake would
+    store), shuffled with seed 42 so that the trainer's cap takes a random subset. The vectors of the pool in
+    file order are cached (bench/self_training.py caches the same ones)."""
+    import numpy as np
+
+    from classifier.embeddings import embed
+    from jsonl import write_jsonl
+
+    cached = CACHE / "self_training" / f"pool_{encoder}_{len(pool)}.npy"
+    if cached.exists():
+        vectors = np.load(cached)
+    else:
+        vectors = embed([r["text"] for r in pool], encoder)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cached, vectors)
+    order = list(range(len(pool)))
+    random.Random(42).shuffle(order)
+    write_jsonl(run_dir / "unlabelled.jsonl", [{"text": pool[i]["text"]} for i in order])
+    np.save(run_dir / "unlabelled.npy", np.asarray(vectors, dtype="<f4")[order])
 
 
 def evaluate_adapter(adapter_dir: Path, model_cache: Path, test: list[dict], save_to: Path | None = None) -> dict:
@@ -293,6 +330,7 @@ def main() -> None:
         help="evaluate the adapter the search trained for each recipe (same training data) instead "
         "of training it again",
     )
+    parser.add_argument("--no-pool", action="store_true", help="no unlabelled texts for the default run's student")
     args = parser.parse_args()
 
     if args.search:
@@ -301,7 +339,8 @@ def main() -> None:
         if args.out == REPO / "bench" / "results" / "banking77.json":
             args.out = REPO / "bench" / "results" / "banking77_recipes.json"
     model_cache = CACHE / "models"
-    train = per_intent(read_csv(DATA / "train.csv"), args.per_intent, seed=42)
+    everything = read_csv(DATA / "train.csv")
+    train = per_intent(everything, args.per_intent, seed=42)
     test = read_csv(DATA / "test.csv")
     if args.test_per_intent:
         test = per_intent(test, args.test_per_intent, seed=42)
@@ -333,6 +372,7 @@ def main() -> None:
             reuse=args.reuse_search,
             gate=keep is not None,
             embedding_model=args.embedding_model,
+            pool=unlabelled_pool(everything, train) if keep is not None and not args.no_pool else None,
         )
         if keep:
             keep.mkdir(parents=True, exist_ok=True)
@@ -364,6 +404,7 @@ def main() -> None:
             "eval_split_accuracy": trained["result"]["metrics"]["accuracy"],
             "classify_seconds": scores["classify_seconds"],
             "certified_top_fraction": scores["certified_top"],
+            "distillation": trained["result"].get("distillation"),
         }
         print(
             f"  {row['name']}: accuracy {row['accuracy']:.4f}, macro-F1 {row['macro_f1']:.4f}, "
@@ -381,7 +422,14 @@ def main() -> None:
 
             columns = json.loads((keep / "test_labels.json").read_text())["labels"]
             add_serving(
-                report, train, test, trained["result"], np.load(keep / "test_probabilities.npy"), columns, row["name"]
+                report,
+                train,
+                test,
+                trained["result"],
+                np.load(keep / "test_probabilities.npy"),
+                columns,
+                row["name"],
+                adapter_dir=trained["run_dir"] / "adapter",
             )
             for m in report["models"][-3:]:
                 print(

@@ -64,8 +64,10 @@ def candidate_entries(
     gold: np.ndarray,
     names: list[str],
     adapter_name: str,
+    student=None,
 ) -> list[dict]:
-    """Every candidate of the run's gate, scored on the test rows with the run's own temperatures and mix."""
+    """Every candidate of the run's gate, scored on the test rows with the run's own temperatures and mix
+    (`student`: the one saved with the adapter, for the distilled candidate)."""
     from classifier.calibration import log_softmax
     from classifier.ensemble import Mix
 
@@ -105,6 +107,23 @@ def candidate_entries(
                         names,
                     ),
                     "kind": "ensemble",
+                }
+            )
+        if "distilled" in by_kind and student is not None:
+            details = by_kind["distilled"]["details"]
+            mix = Mix.from_dict(details["mix"])
+            entries.append(
+                {
+                    **_scores(
+                        f"{adapter_name} + its student on {encoder} (taught on {details['pool_rows']:,} unlabelled "
+                        f"texts; weight {mix.weight:.2f} on the adapter)",
+                        "ensemble",
+                        mix.log_probs(adapter_logp, student.logits(x_test)),
+                        gold,
+                        names,
+                    ),
+                    "kind": "distilled",
+                    "protocol": "uses unlabelled in-domain text",
                 }
             )
     return entries
@@ -208,6 +227,7 @@ def add_serving(
     adapter_probs: np.ndarray | None,
     columns: list[str],
     adapter_name: str,
+    adapter_dir: Path | None = None,
 ) -> None:
     """Append the embedding classifier, the ensemble and the served entry to `report` (banking77.json).
 
@@ -222,7 +242,15 @@ def add_serving(
     if adapter_probs is not None:
         order = [columns.index(n) for n in names]
         adapter_logp = np.log(np.clip(np.asarray(adapter_probs, dtype=np.float64)[:, order], 1e-30, None))
-    entries = candidate_entries(result["gate"], fitted, x_test, adapter_logp, gold, names, adapter_name)
+    student = None
+    if adapter_dir is not None and (adapter_dir / "student.npz").exists():
+        from classifier.encoders import encoder as encoder_named
+        from classifier.student import load_student
+
+        which = encoder_named(encoder)
+        meta = json.loads((adapter_dir / "supportbot.json").read_text())
+        student = load_student(adapter_dir, meta, encoder=which.name, dimensions=which.dimensions)
+    entries = candidate_entries(result["gate"], fitted, x_test, adapter_logp, gold, names, adapter_name, student)
     for entry in entries:
         entry.setdefault("train_seconds", seconds["fit_seconds"] if entry["kind"] == "embeddings" else None)
         entry.setdefault("tokens_per_second", None)
