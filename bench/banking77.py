@@ -11,7 +11,7 @@ so its peak memory is its own. Writes bench/results/banking77.json (or --out).
 
 The default recipe's run is handed, as the bot hands a run the intake no one labelled, the other 9,233
 texts of train.csv (shuffled, seed 42; their labels never reach it) with their all-mpnet-base-v2 vectors;
-the trainer labels the first `unlabelled_max` of them (4,000) with the new adapter to teach its student
+the trainer labels the first `unlabelled_max` of them (3,000) with the new adapter to teach its student
 (the gate's distilled candidate). That run therefore uses unlabelled in-domain text; `--no-pool` leaves it
 out.
 

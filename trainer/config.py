@@ -189,7 +189,7 @@ class TrainConfig:
         "embedding classifier of the gate's `distilled` candidate (classifier/student.py); needs the embedding "
         "candidates (`baseline`) and at least 100 such messages. 0 = off. The cap keeps a Banking77 retrain "
         "inside 15 minutes on 2 cores.",
-        default=4000,
+        default=3000,
     )
 
     def label_names(self) -> list[str]:

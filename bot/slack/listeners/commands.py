@@ -32,11 +32,16 @@ log = logging.getLogger(__name__)
 
 LINK = re.compile(r"https?://[^/\s>]+/archives/(?P<channel>[A-Z0-9]+)/p(?P<ts>\d{10})(?P<micro>\d{6})")
 RETRAIN_USAGE = (
-    "Usage: `/retrain [epochs=N] [batch_size=N] [grad_accum=N] [gradient_checkpointing=true] "
+    "Usage: `/retrain [epochs=N] [batch_size=N] [grad_accum=N] [unlabelled_max=N] [gradient_checkpointing=true] "
     "[dry-run]`, `/retrain status`, `/retrain cancel`"
 )
 # What /retrain may set in the run's training config, with the whole numbers each takes.
-RETRAIN_NUMBERS = {"epochs": range(1, 100), "batch_size": range(1, 65), "grad_accum": range(1, 65)}
+RETRAIN_NUMBERS = {
+    "epochs": range(1, 100),
+    "batch_size": range(1, 65),
+    "grad_accum": range(1, 65),
+    "unlabelled_max": range(0, 50001),  # 0: no student (each unlabelled message costs the run one adapter pass)
+}
 RETRAIN_SWITCHES = ("gradient_checkpointing",)
 
 
