@@ -130,7 +130,9 @@ def candidate_entries(
 
 
 def served_entry(gate: dict, entries: list[dict]) -> dict:
-    picked = next(e for e in entries if e["kind"] == gate["kind"])
+    picked = next((e for e in entries if e["kind"] == gate["kind"]), None)
+    if picked is None:
+        raise SystemExit(f"the gate picked {gate['kind']}, which this benchmark could not score (its student?)")
     return {
         **picked,
         "name": f"served: {picked['name']}",

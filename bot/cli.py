@@ -551,7 +551,7 @@ def classify(
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def eval_(ctx: Context, file: Path, text_col: str, label_col: str, as_json: bool):
-    """Accuracy, macro-F1 and per-class scores of the model that serves (adapter, ensemble, embeddings or zero-shot) on a labeled CSV."""
+    """Accuracy, macro-F1 and per-class scores of the model that serves (adapter, a mix, embeddings or zero-shot) on a labeled CSV."""
     from classifier.evaluate import classification_metrics
 
     from .serving import load_classifier

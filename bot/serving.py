@@ -1,4 +1,4 @@
-"""The model that answers: embeddings, an adapter, their ensemble, or zero-shot, kept current.
+"""The model that answers: embeddings, an adapter, its mix with the embeddings or with its student, or zero-shot.
 
 Which one serves is the newest `served_models` row (the gate's choice after each run, or a
 rollback). Before any: the current adapter if one exists, else the embedding classifier as soon as
@@ -16,7 +16,9 @@ adapter than that state expects (a swap in between) is made again.
 An adapter is checked before it serves: its folder against the checksum recorded when it was
 registered, its files read through, then one probe answer once it is loaded. One that fails is
 not served (until a restart or another choice): the model that served before it keeps serving,
-else the embeddings, else zero-shot; the state's note says why, and `on_unusable` is told once.
+else the embeddings, else zero-shot; the state's note says why, and `on_unusable` is told once. A
+distilled adapter's student (classifier.student) is read only after those checks, and checked itself:
+one that fails leaves the adapter answering alone, and the note says why.
 """
 
 from __future__ import annotations
@@ -223,12 +225,14 @@ class ServedClassifier:
         if mixed and mixed_with != self.encoder.name:
             # the mix weight was fitted on another encoder's scores: the adapter alone is what was measured
             note = f"its mix was fitted with {mixed_with}, and the bot now embeds with {self.encoder.name}"
-        elif mixed and fitted is not None and choice_kind == DISTILLED.name:
-            student = self._student(version, adapter.path)
-            if isinstance(student, str):
-                note, student = f"its student cannot be used: {student}", None
+        elif mixed and choice_kind == DISTILLED.name:
+            known = self._students.get(version)  # read in _load_adapter, once its folder has passed its checks
+            if fitted is None:
+                note = "its student reads the message vectors, and the bot has no embedding classifier now"
+            elif isinstance(known, str):
+                note = f"its student cannot be used: {known}"
             else:
-                serving = DISTILLED
+                serving, student = DISTILLED, known
         elif mixed and fitted is not None and set(adapter.labels) <= set(fitted.labels):
             serving = ENSEMBLE
         return State(
@@ -243,18 +247,30 @@ class ServedClassifier:
             student=student,
         )
 
+    def _with_student(self, wanted: State) -> State:
+        """`wanted` (distilled) with its student, or the adapter alone saying why the student cannot serve."""
+        student = self._student(wanted.adapter_version, wanted.adapter_path)
+        if isinstance(student, str):
+            return replace(
+                wanted,
+                kind=ADAPTER.name,
+                name=ADAPTER.served_name(wanted.adapter_version),
+                note=f"its student cannot be used: {student}",
+            )
+        return replace(wanted, student=student)
+
     def _student(self, version: int, path: str):
         """Adapter `version`'s student, checked before it is trusted (once per process), or why it cannot be used."""
         if version not in self._students:
             from classifier.classify import read_adapter_meta
-            from classifier.student import StudentInvalid, load_student
+            from classifier.student import load_student
 
             try:
                 meta = read_adapter_meta(path)
                 self._students[version] = load_student(
                     path, meta, encoder=self.encoder.name, dimensions=self.encoder.dimensions
                 )
-            except (StudentInvalid, OSError, ValueError, KeyError, TypeError) as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, the adapter still answers
                 self._students[version] = _reason(exc)
                 log.error("adapter v%d serves without its student: %s", version, self._students[version])
         return self._students[version]
@@ -271,6 +287,8 @@ class ServedClassifier:
                 if problem:
                     raise BrokenAdapterFiles(problem)
                 check_adapter(wanted.adapter_path)  # before the serving model is touched
+                if wanted.kind == DISTILLED.name and wanted.student is None:
+                    wanted = self._with_student(wanted)
                 llm = self._model_for(wanted, db)
                 if llm.adapter_version != version:
                     touched = True
@@ -421,15 +439,16 @@ class ServedClassifier:
             logp = np.log(np.array([[max(p.scores[n], 1e-30) for n in names] for p in made]))
             certified = all(p.certified for p in made)
             details = state.details or {}
-            if kind(state.kind).needs_embeddings:
+            if kind(state.kind).needs_embeddings and (state.kind != DISTILLED.name or state.student is not None):
                 from classifier.ensemble import Mix
 
                 mixed_with = state.student if state.kind == DISTILLED.name else fitted
                 columns = [mixed_with.labels.index(n) for n in names]
                 logp = Mix.from_dict(details["mix"]).log_probs(logp, mixed_with.logits(matrix)[:, columns])
-            elif details.get("temperature") or (details.get("mix") or {}).get("adapter_temperature"):
-                # an adapter alone, or one whose mix cannot run: calibrated as the gate measured it
-                logp = logp / float(details.get("temperature") or details["mix"]["adapter_temperature"])
+            else:  # an adapter alone, or one whose mix cannot run: calibrated as the gate scores it
+                from classifier.ensemble import adapter_temperature
+
+                logp = logp / adapter_temperature(details)
             if state.kind == ZERO_SHOT_LM.name:
                 return [replace(p, model=ZERO_SHOT_LM.served_name()) for p in made]
         per_item_ms = (time.perf_counter() - started) * 1000 / max(1, len(cleaned))

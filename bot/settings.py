@@ -177,7 +177,7 @@ class Settings:
         DEFAULT_ENCODER,
         _encoder,
         "Sentence encoder the bot embeds every message with, for zero-shot, the embedding classifier and "
-        "the gate's embeddings and adapter + embeddings candidates: `mpnet` (all-mpnet-base-v2; every file "
+        "the gate's embeddings, adapter + embeddings and distilled candidates: `mpnet` (all-mpnet-base-v2; every file "
         "checked before it loads) or `minilm` (all-MiniLM-L6-v2: about 5x cheaper, 1.4 points lower on "
         "Banking77).",
     )
@@ -285,8 +285,8 @@ class Settings:
         "SUPPORTBOT_KEEP_RUN_INPUTS_DAYS",
         "30",
         _positive_int,
-        "Days a finished training run keeps its copy of the labeled messages (`runs/run-N/*.jsonl`); "
-        "metrics, reports and adapters stay.",
+        "Days a finished training run keeps its copies of messages (`runs/run-N/*.jsonl`, the labeled ones "
+        "and the unlabelled ones its student learnt from, with their vectors); metrics, reports and adapters stay.",
     )
     ray_address: str = _setting(
         "SUPPORTBOT_RAY_ADDRESS",

@@ -62,3 +62,9 @@ def fit_mix(
     weight = min(WEIGHTS, key=lambda w: (nll(w * a + (1 - w) * b, gold), -w))
     t_mix = fit_temperature(weight * a + (1 - weight) * b, gold)
     return Mix(float(weight), t_adapter, float(t_embed), t_mix)
+
+
+def adapter_temperature(details: dict) -> float:
+    """The temperature an adapter answers with alone: its own, or its mix's adapter side (one rule, read by
+    the gate (trainer.candidates) and by bot.serving)."""
+    return float(details.get("temperature") or (details.get("mix") or {}).get("adapter_temperature") or 1.0)

@@ -63,7 +63,19 @@ def describe(student: EmbeddingClassifier, encoder: str, pool_rows: int, labelle
 
 def load_student(folder: str | Path, meta: dict, *, encoder: str, dimensions: int) -> EmbeddingClassifier:
     """The student saved in the adapter `folder` whose supportbot.json is `meta`, checked against the
-    adapter's labels and the encoder the bot embeds with. Raises StudentInvalid saying what is wrong."""
+    adapter's labels and the encoder the bot embeds with. Raises StudentInvalid saying what is wrong,
+    whatever is wrong (a malformed entry, an empty or truncated file)."""
+    try:
+        return _load_student(folder, meta, encoder=encoder, dimensions=dimensions)
+    except StudentInvalid:
+        raise
+    except Exception as exc:  # noqa: BLE001 - damage takes many forms (EOFError, BadZipFile, TypeError...)
+        raise StudentInvalid(f"{STUDENT_FILE} cannot be read: {type(exc).__name__}: {exc}"[:300]) from None
+
+
+def _load_student(folder, meta: dict, *, encoder: str, dimensions: int) -> EmbeddingClassifier:
+    if not isinstance(meta, dict):
+        raise StudentInvalid("the adapter's supportbot.json is not an object")
     entry = meta.get("student")
     if not isinstance(entry, dict):
         raise StudentInvalid("the adapter has no student")
@@ -81,9 +93,7 @@ def load_student(folder: str | Path, meta: dict, *, encoder: str, dimensions: in
             if sorted(saved.files) != ["coef", "intercept"]:
                 raise StudentInvalid(f"{STUDENT_FILE} holds {sorted(saved.files)}, not its coefficients alone")
             coef, intercept = saved["coef"], saved["intercept"]
-    except StudentInvalid:
-        raise
-    except (OSError, ValueError) as exc:  # missing, truncated, not an npz, a pickled object
+    except (OSError, ValueError) as exc:  # missing, not an npz, a pickled object
         raise StudentInvalid(f"{STUDENT_FILE} cannot be read: {exc}") from None
     if coef.dtype != np.dtype("<f4") or intercept.dtype != np.dtype("<f4"):
         raise StudentInvalid(f"{STUDENT_FILE} is not float32")

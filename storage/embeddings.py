@@ -55,9 +55,9 @@ def labelled_vectors(db: Database, model: str) -> list[tuple[int, str, bytes]]:
 
 
 def unlabelled_vectors(db: Database, model: str, limit: int) -> list[dict]:
-    """The newest `limit` kept messages no one labelled (no label at all, so none excluded) that have a vector
-    from `model`: {id, subject, clean_body, vector}, newest first. A run's adapter labels them to teach its
-    student (classifier.student)."""
+    """The newest `limit` kept messages no one labelled (no label at all, so none excluded; nor a copy of a
+    labelled one, which could be an eval row) that have a vector from `model`: {id, subject, clean_body,
+    vector}, newest first. A run's adapter labels them to teach its student (classifier.student)."""
     if limit <= 0:
         return []
     return list(
@@ -65,6 +65,8 @@ def unlabelled_vectors(db: Database, model: str, limit: int) -> list[dict]:
             """SELECT m.id, m.subject, m.clean_body, e.vector FROM messages m
            JOIN embeddings e ON e.message_id = m.id AND e.model = ?
            WHERE NOT EXISTS (SELECT 1 FROM labels l WHERE l.message_id = m.id)
+             AND NOT EXISTS (SELECT 1 FROM messages twin JOIN labels l ON l.message_id = twin.id
+                             WHERE twin.content_hash = m.content_hash)
              AND m.deleted_at IS NULL AND m.clean_body != ''
            ORDER BY m.id DESC LIMIT ?""",
             [model, limit],

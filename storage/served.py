@@ -48,7 +48,7 @@ def set_served(
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if (kind == "embeddings") != (adapter_version is None):
-        raise ValueError("an adapter version goes with kinds adapter and ensemble, and only with them")
+        raise ValueError("an adapter version goes with kinds adapter, ensemble and distilled, and only with them")
     if adapter_version is not None and not any(db.query("SELECT 1 FROM adapters WHERE version = ?", [adapter_version])):
         raise NotFound(f"no adapter version {adapter_version}")
     with write(db):

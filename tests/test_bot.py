@@ -390,7 +390,7 @@ def test_retrain_admins_only_queues_once_and_reports_status(bot):
     assert "Run 1: *queued*" in bot.command("/retrain", "status", user=AGENT)["text"]
     assert "`epochs` takes a whole number from 1 to 99" in bot.command("/retrain", "epochs=lots", user=ADMIN)["text"]
     assert (
-        "`unlabelled_max` takes a whole number from 0 to 50000"
+        "`unlabelled_max` takes a whole number from 0 to 10000"
         in (bot.command("/retrain", "unlabelled_max=-1", user=ADMIN)["text"])
     )
     assert bot.command("/retrain", "cancel", user=ADMIN)["text"] == "Run 1 was queued; it is cancelled."

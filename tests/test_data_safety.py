@@ -190,14 +190,17 @@ def test_run_inputs_are_deleted_after_the_retention_setting(db, tmp_path):
         folder = tmp_path / f"run-{run.id}"
         make_run_dir(folder, {}, [{"text": "customer text", "label": "a"}], [{"text": "more", "label": "a"}])
         (folder / "metrics.jsonl").write_text("{}\n")
+        (folder / "unlabelled.jsonl").write_text('{"text": "unlabelled customer text"}\n')
+        (folder / "unlabelled.npy").write_bytes(b"vectors of it")
         runs.claim_run(db, run.id, str(folder))
         runs.finish_run(db, run.id, "succeeded")
         folders.append(folder)
     later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=31)
     assert remove_old_run_inputs(settings, db).startswith("removed 0 files")  # both finished just now
-    assert remove_old_run_inputs(settings, db, now=later).startswith("removed 4 files")
+    assert remove_old_run_inputs(settings, db, now=later).startswith("removed 8 files")
     for folder in folders:
         assert not (folder / "train.jsonl").exists() and not (folder / "eval.jsonl").exists()
+        assert not (folder / "unlabelled.jsonl").exists() and not (folder / "unlabelled.npy").exists()
         assert (folder / "metrics.jsonl").exists()  # what the run measured stays
 
 

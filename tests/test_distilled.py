@@ -79,7 +79,9 @@ def test_fewer_unlabelled_messages_than_the_minimum_add_no_candidate(tiny_model_
     from trainer.run import run
 
     monkeypatch.setattr(candidates, "embed_examples", lambda rows, encoder: fake_embed([r["text"] for r in rows]))
-    config = toy_config(tiny_model_dir, baseline=True, epochs=1, embedding_model="minilm", max_steps=2)
+    config = toy_config(
+        tiny_model_dir, baseline=True, epochs=1, embedding_model="minilm", max_steps=2, unlabelled_max=3000
+    )
     run_dir = make_run_dir(tmp_path / "run", config, toy_examples(per_label=10))
     write_pool(run_dir, pool_texts(MIN_POOL - 1))
     result = run(run_dir)
@@ -98,12 +100,16 @@ def test_fewer_unlabelled_messages_than_the_minimum_add_no_candidate(tiny_model_
         (lambda d: np.save(d / POOL_VECTORS, np.full((150, 384), np.nan, dtype=np.float32)), "not finite"),
         (lambda d: np.save(d / POOL_VECTORS, np.array([{"x": 1}] * 150), allow_pickle=True), "not a saved array"),
         (lambda d: (d / POOL_TEXTS).write_text('{"text": 3}\n'), "line 1: expected an object with a text string"),
+        (lambda d: (d / POOL_VECTORS).write_bytes(b""), "not a saved array"),
+        (lambda d: (d / POOL_VECTORS).write_bytes((d / POOL_VECTORS).read_bytes()[:200]), "not a saved array"),
     ],
 )
 def test_a_damaged_pool_is_refused_before_any_model_loads(tmp_path, damage, message):
     from trainer.run import run
 
-    run_dir = make_run_dir(tmp_path / "run", toy_config("/no/such/model", embedding_model="minilm", baseline=True), [])
+    run_dir = make_run_dir(
+        tmp_path / "run", toy_config("/no/such/model", embedding_model="minilm", baseline=True, unlabelled_max=3000), []
+    )
     (run_dir / "train.jsonl").write_text("".join(json.dumps(e) + "\n" for e in toy_examples(per_label=10)))
     write_pool(run_dir, pool_texts(150))
     damage(run_dir)
@@ -211,6 +217,10 @@ def _rewrite(folder, **arrays):
         (lambda f, m: _rewrite(f, intercept=np.array([1.0, np.inf, 0.0], dtype="<f4")), "not finite"),
         (lambda f, m: _rewrite(f, coef=np.zeros((3, 384))), "not float32"),
         (lambda f, m: _rewrite(f, coef=np.array([object()] * 3)), "cannot be read"),
+        (lambda f, m: (f / STUDENT_FILE).write_bytes(b""), "cannot be read"),
+        (lambda f, m: (f / STUDENT_FILE).write_bytes((f / STUDENT_FILE).read_bytes()[:300]), "cannot be read"),
+        (lambda f, m: np.save(open(f / STUDENT_FILE, "wb"), np.zeros(3)), "cannot be read"),  # an .npy in its place
+        (lambda f, m: m.update(prompt={"labels": ["complaint"]}, head=None), "cannot be read"),
     ],
 )
 def test_a_saved_student_is_checked_before_it_is_trusted(saved_student, damage, message):
@@ -293,9 +303,12 @@ def test_a_distilled_adapter_answers_with_its_student_in_the_mix(workspace, tmp_
     served.set_served(db, "distilled", adapter_version=a.version, reason="gate", chosen_by="gate", details=details)
     classifier = minilm_classifier(settings)
     classifier.refit(db)
-    state = classifier._wanted(db)
+    wanted = classifier._wanted(db)
+    assert wanted.kind == "distilled" and wanted.student is None  # read only once the folder passed its checks
+    state = classifier._with_student(wanted)  # what _load_adapter does after them
     assert state.kind == "distilled" and state.name == "adapter v1 + distilled embeddings"
     assert state.student is not None and state.embeddings is not None  # the novelty check stays the live one's
+    assert classifier._wanted(db).student is state.student  # read once per process
 
     adapter_scores = {"complaint": 0.2, "feedback": 0.2, "question": 0.6}
 
@@ -339,9 +352,10 @@ def test_a_student_that_fails_its_check_leaves_the_adapter_alone_serving_and_say
     )  # fmt: skip
     classifier = minilm_classifier(settings)
     classifier.refit(db)
-    state = classifier._wanted(db)
+    state = classifier._with_student(classifier._wanted(db))
     assert state.kind == "adapter" and state.name == "adapter v1" and state.student is None
     assert state.note.startswith("its student cannot be used: student.npz has shapes (3, 5)")
+    assert classifier._wanted(db) == state  # remembered: the next sync serves the adapter alone at once
     served.set_served(
         db, "distilled", adapter_version=a.version, reason="gate", chosen_by="gate",
         details={"mix": mix, "encoder": "all-mpnet-base-v2"},
@@ -384,3 +398,103 @@ def test_a_distilled_choice_is_named_from_the_registry():
     from bot.serving import served_name
 
     assert served_name("distilled", 4) == "adapter v4 + distilled embeddings"
+
+
+def test_a_distilled_model_serving_now_is_scored_in_this_runs_label_columns(monkeypatch):
+    """A label added since the serving adapter trained: its student's columns are matched by name, not place."""
+    from classifier.ensemble import Mix
+    from trainer import candidates
+
+    monkeypatch.setattr(candidates, "embed_examples", lambda rows, encoder: fake_embed([r["text"] for r in rows]))
+    rows = toy_examples(per_label=6)
+    train, dev, evaluation = rows[0::3], rows[1::3], rows[2::3]
+    names = NAMES + ["refund"]  # this run's labels: one more than the serving student knows
+    x_eval = fake_embed([e["text"] for e in evaluation])
+    student = teach(x_eval, [e["label"] for e in evaluation], x_eval[:0], [], list(reversed(NAMES)))
+    serving = {"kind": "distilled", "name": "adapter v1", "details": {"mix": Mix(0.0, 1.0, 1.0, 1.0).to_dict()}}
+    zeros = np.zeros((len(evaluation), len(names)))
+    gate = candidates.evaluate_candidates(
+        names, train, dev, evaluation, np.zeros((len(dev), len(names))), zeros, margin=0.01, serving=serving,
+        serving_eval=zeros, serving_student=student,
+    )  # fmt: skip
+    scored = next(c for c in gate["candidates"] if c["serving"])
+    assert scored["accuracy"] == 1.0  # the student's answers, in the right columns, and never the new label
+
+
+def test_a_cancel_during_the_labelling_saves_nothing(tiny_model_dir, tmp_path, monkeypatch):
+    from classifier import classify
+    from trainer import candidates
+    from trainer import run as run_module
+
+    monkeypatch.setattr(candidates, "embed_examples", lambda rows, encoder: fake_embed([r["text"] for r in rows]))
+    monkeypatch.setattr(run_module, "LABEL_CHUNK", 50)
+    config = toy_config(
+        tiny_model_dir, baseline=True, epochs=1, embedding_model="minilm", max_steps=2, unlabelled_max=3000
+    )
+    run_dir = make_run_dir(tmp_path / "run", config, toy_examples(per_label=10))
+    write_pool(run_dir, pool_texts(150))
+    real, calls = classify.predict, []
+
+    def predict(scorer, items, **kwargs):
+        calls.append(len(items))
+        if len(items) == 50 and len(calls) > 1:  # the pool's first chunk is labelled: someone cancels
+            run_module.request_cancel(run_dir)
+        return real(scorer, items, **kwargs)
+
+    monkeypatch.setattr(classify, "predict", predict)
+    result = run_module.run(run_dir)
+    assert result["status"] == "cancelled" and not (run_dir / "adapter").exists()
+    assert calls.count(50) == 1  # it stopped at the next chunk
+
+
+def test_a_run_on_another_encoder_or_without_the_embedding_candidates_gets_no_pool(env):
+    from bot.runs.execute import prepare_run
+    from bot.settings import load_settings
+    from storage import open_db, runs
+
+    settings = load_settings({"SUPPORTBOT_DATA_DIR": str(env / "data")}, env_file=None)
+    db = open_db(settings.db_path)
+    labels.add_label_def(db, "complaint", "c")
+    labels.add_label_def(db, "question", "q")
+    for i in range(3):
+        m, _ = messages.add_message(db, source="email", external_id=f"u{i}", raw_body=f"u {i}", clean_body=f"u {i}")
+        stored.add_embedding(db, m.id, "all-mpnet-base-v2", np.zeros(768, dtype="<f4").tobytes())
+    twin, _ = messages.add_message(db, source="email", external_id="twin", raw_body="u 2", clean_body="u 2")
+    labels.add_label(db, twin.id, "complaint", by="U1", method="cli")  # a labelled copy of an unlabelled one
+    for params, expected in (
+        ({"unlabelled_max": 10}, 2),  # u 2 has a labelled twin (it could be an eval row): left out
+        ({"unlabelled_max": 10, "embedding_model": "minilm"}, 0),  # the stored vectors are mpnet's
+        ({"unlabelled_max": 10, "baseline": False}, 0),  # no embedding candidates, no student
+        ({}, 0),  # off by default
+    ):
+        run = runs.queue_run(db, requested_by="U1", params=params)
+        run_dir = prepare_run(settings, db, run)
+        written = (run_dir / POOL_TEXTS).read_text().splitlines() if (run_dir / POOL_TEXTS).exists() else []
+        assert len(written) == expected, params
+        assert (run_dir / POOL_VECTORS).exists() == bool(expected)
+        if expected:
+            assert os.stat(run_dir / POOL_TEXTS).st_mode & 0o077 == 0
+        runs.finish_run(db, run.id, "cancelled")
+
+
+def test_ray_runs_take_the_pool_with_them():
+    from bot.runs.ray import INPUTS
+
+    assert POOL_TEXTS in INPUTS and POOL_VECTORS in INPUTS
+
+
+def test_a_distilled_choice_without_an_embedding_classifier_serves_the_adapter_and_says_why(workspace):  # noqa: F811
+    settings, db, _ = workspace
+    names = ["complaint", "feedback", "question"]
+    a = adapters.register_adapter(db, path="/nowhere", base_model="m", labels=names, metrics={})
+    adapters.promote(db, a.version)
+    mix = {"weight": 0.5, "adapter_temperature": 2.0, "embedding_temperature": 1.0, "temperature": 1.0}
+    served.set_served(
+        db, "distilled", adapter_version=a.version, reason="gate", chosen_by="gate",
+        details={"mix": mix, "encoder": "all-MiniLM-L6-v2"},
+    )  # fmt: skip
+    classifier = minilm_classifier(settings)
+    classifier.refit(db)  # no labelled message: no embedding classifier
+    state = classifier._wanted(db)
+    assert state.kind == "adapter" and "no embedding classifier" in state.note
+    classifier.close()

@@ -23,6 +23,7 @@ import numpy as np
 from classifier.calibration import expected_calibration_error, fit_temperature, log_softmax, selective_accuracy
 from classifier.encoders import DEFAULT_ENCODER
 from classifier.encoders import encoder as encoder_named
+from classifier.ensemble import adapter_temperature
 from classifier.evaluate import classification_metrics
 from classifier.kinds import ADAPTER, DISTILLED, EMBEDDINGS, ENSEMBLE, kind
 from classifier.student import MIN_POOL
@@ -178,13 +179,12 @@ def evaluate_candidates(
     if serving_adapter and serving_eval is not None:
         details = serving.get("details") or {}
         if serving_kind == DISTILLED.name and details.get("mix") and serving_student is not None and fitted is not None:
-            logp = Mix.from_dict(details["mix"]).log_probs(serving_eval, serving_student.logits(x_eval))
-        elif serving_kind == DISTILLED.name:  # its student could not be read: the adapter alone, as serving does
-            logp = log_softmax(serving_eval / float((details.get("mix") or {}).get("adapter_temperature") or 1.0))
-        elif kind(serving_kind).needs_embeddings and details.get("mix") and fitted is not None:
+            student_logits = in_columns(serving_student.labels, serving_student.logits(x_eval), names)
+            logp = Mix.from_dict(details["mix"]).log_probs(serving_eval, student_logits)
+        elif serving_kind == ENSEMBLE.name and details.get("mix") and fitted is not None:
             logp = Mix.from_dict(details["mix"]).log_probs(serving_eval, fitted.logits(x_eval))
-        else:
-            logp = log_softmax(serving_eval / float(details.get("temperature") or 1.0))
+        else:  # an adapter alone, or a mix that cannot run here: calibrated as the bot serves it (bot.serving)
+            logp = log_softmax(serving_eval / adapter_temperature(details))
         candidates.append(
             score(
                 serving.get("name") or "serving adapter",
@@ -214,6 +214,18 @@ def evaluate_candidates(
         "ece": picked.metrics["ece"],
         "selective": picked.metrics["selective"],
     }
+
+
+def in_columns(labels: list[str], logits: np.ndarray, names: list[str]) -> np.ndarray:
+    """`logits` (columns in `labels` order) in `names` order; a name `labels` lacks gets a column that never wins
+    (a label added since that model was fitted)."""
+    from classifier.embeddings import UNSEEN
+
+    out = np.full((len(logits), len(names)), UNSEEN, dtype=np.float64)
+    for i, name in enumerate(names):
+        if name in labels:
+            out[:, i] = logits[:, labels.index(name)]
+    return out
 
 
 def _distilled(

@@ -161,8 +161,8 @@ def read_unlabelled(run_dir: Path, dimensions: int, cap: int) -> tuple[list[dict
         rows.append(row)
     try:
         matrix = np.load(vectors, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{vectors}: not a saved array ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - empty, truncated, pickled, not an array: all are bad input
+        raise DataError(f"{vectors}: not a saved array ({type(exc).__name__}: {exc})"[:500]) from None
     if matrix.dtype != np.dtype("<f4") or matrix.shape != (len(rows), dimensions):
         raise DataError(
             f"{vectors}: expected float32 of shape ({len(rows)}, {dimensions}), got {matrix.dtype} {matrix.shape}"

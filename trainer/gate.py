@@ -1,12 +1,13 @@
 """The serving gate: of the models scored on one split, which one answers the team's messages.
 
-Every `/retrain` scores the new adapter, the model serving now, the embedding classifier and the
-ensemble of the adapter with the embeddings on the same held-out split. This is the one promotion
+Every `/retrain` scores the new adapter, the model serving now, the embedding classifier, the
+ensemble of the adapter with the embeddings and (given enough unlabelled mail) the adapter mixed with
+its student, on the same held-out split. This is the one promotion
 rule (the worker, `supportbot train` and the report all read its choice):
 
 - **Nothing trained serves yet** (zero-shot, the first run): the best by macro-F1 serves; any
   candidate within `margin` of the best counts as just as good, and among those the cheapest to run
-  wins (embeddings, then an adapter, then the ensemble, which runs both).
+  wins (embeddings, then an adapter, then a mix, which runs both).
 - **Otherwise the model serving now stays** unless a candidate is better beyond noise: it got more
   of the same eval messages right, with a one-sided exact McNemar test on the messages the two
   disagree on below `significance`, and no lower macro-F1. A few held-out messages can never carry

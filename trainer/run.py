@@ -302,7 +302,11 @@ def _run(run_dir: Path, sink: MetricsSink, result: dict) -> dict:
         model.set_adapter("default")
         model.delete_adapter("serving")
         result["serving"] = {"path": cfg.compare_adapter, "metrics": serving_metrics}
-    pseudo = _teach_labels(scorer, pool_rows, batch, result)
+    # Without dev there is no held-out row to fit the student's mix on: no candidate, so nothing to label.
+    pseudo = _teach_labels(scorer, pool_rows if dev else [], batch, result, run_dir / CANCEL_FILE)
+    if (run_dir / CANCEL_FILE).exists():  # asked during the labelling: nothing is saved
+        result.update(status="cancelled", error="cancelled on request")
+        return result
     result["gate"], vectors = _gate(
         cfg,
         spec.names,
@@ -431,9 +435,13 @@ def split_dev(train: list[dict], cfg: TrainConfig) -> tuple[list[dict], list[dic
     return stratified_split(train, cfg.dev_fraction, cfg.seed + 1)
 
 
-def _teach_labels(scorer, pool_rows: list[dict], batch: int, result: dict) -> list[str] | None:
+LABEL_CHUNK = 256  # unlabelled messages labelled between two looks at the cancel file (a few seconds on 2 cores)
+
+
+def _teach_labels(scorer, pool_rows: list[dict], batch: int, result: dict, cancel: Path) -> list[str] | None:
     """The new adapter's labels for the unlabelled messages (the adapter the gate measures, before any refit),
-    through the prediction code that serves. None when too few were given to teach a student."""
+    through the prediction code that serves, in chunks with a look at `cancel` between them. None when too
+    few were given to teach a student, or on a cancel."""
     import time
 
     from classifier.classify import predict
@@ -445,10 +453,16 @@ def _teach_labels(scorer, pool_rows: list[dict], batch: int, result: dict) -> li
         return None
     started = time.perf_counter()
     items = [(r["text"], r.get("subject")) for r in pool_rows]
-    made = predict(scorer, items, threshold=0.0, adapter_version=None, zero_shot=False, batch_size=batch)
+    labels = []
+    for start in range(0, len(items), LABEL_CHUNK):
+        if cancel.exists():
+            return None
+        chunk = items[start : start + LABEL_CHUNK]
+        made = predict(scorer, chunk, threshold=0.0, adapter_version=None, zero_shot=False, batch_size=batch)
+        labels.extend(p.label for p in made)
     seconds = time.perf_counter() - started
     result["distillation"] = {"pool_rows": len(pool_rows), "label_seconds": seconds}
-    return [p.label for p in made]
+    return labels
 
 
 def _final_student(cfg: TrainConfig, names, labelled, vectors, pool, pseudo, result: dict):
@@ -473,7 +487,7 @@ def _serving_student(cfg: TrainConfig, serving: dict):
     try:
         meta = read_adapter_meta(cfg.compare_adapter)
         return load_student(cfg.compare_adapter, meta, encoder=which.name, dimensions=which.dimensions)
-    except (StudentInvalid, OSError, ValueError, KeyError):
+    except (StudentInvalid, OSError, ValueError):  # load_student turns any damage into StudentInvalid
         return None  # the gate then scores the serving adapter alone, as the bot would serve it
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from classifier.encoders import ENCODERS
 from classifier.kinds import kind
 from jsonl import write_jsonl
 from storage import LeaseLost, adapters, labels, runs, served, write
@@ -123,13 +124,19 @@ def prepare_run(settings: Settings, db, run: runs.Run) -> Path:
         }
     (run_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     write_jsonl(run_dir / "train.jsonl", examples)
-    export_unlabelled(settings, db, run_dir, config.get("unlabelled_max", TrainConfig().unlabelled_max))
+    if config.get("baseline", True):  # without the embedding candidates the trainer teaches no student
+        export_unlabelled(
+            settings, db, run_dir, config.get("unlabelled_max", TrainConfig().unlabelled_max), config["embedding_model"]
+        )
     return run_dir
 
 
-def export_unlabelled(settings: Settings, db, run_dir: Path, cap) -> int:
+def export_unlabelled(settings: Settings, db, run_dir: Path, cap, run_encoder: str) -> int:
     """Write the newest `cap` messages no one labelled, with the vectors intake stored for them, for the run's
-    student (trainer.data.read_unlabelled reads and checks them). Returns how many were written."""
+    student (trainer.data.read_unlabelled reads and checks them). Returns how many were written.
+
+    Nothing when the run's encoder (`run_encoder`, a `--set embedding_model=...`) is not the one the bot
+    stores vectors of: those vectors would be another encoder's."""
     import numpy as np
 
     from classifier.encoders import encoder
@@ -137,6 +144,8 @@ def export_unlabelled(settings: Settings, db, run_dir: Path, cap) -> int:
     if not isinstance(cap, int) or isinstance(cap, bool) or cap <= 0:
         return 0  # the trainer's config check says what is wrong with a bad cap
     which = encoder(settings.embedding_model)
+    if run_encoder not in ENCODERS or encoder(run_encoder).name != which.name:
+        return 0
     rows = [
         r
         for r in stored_embeddings.unlabelled_vectors(db, which.name, cap)

@@ -44,7 +44,7 @@ from .backend import Ending
 
 log = logging.getLogger(__name__)
 
-INPUTS = ("config.json", "train.jsonl", "eval.jsonl")
+INPUTS = ("config.json", "train.jsonl", "eval.jsonl", "unlabelled.jsonl", "unlabelled.npy")
 SERVING = "serving-adapter"  # where the adapter the run is compared with lands on the node
 NOT_OUTPUTS = {*INPUTS, SERVING, "checkpoints", "metrics.jsonl", "trainer.pid", "cancel"}
 CANCEL_GRACE_S = 10.0  # a cancelled trainer that has not stopped by then (still loading, say) is killed

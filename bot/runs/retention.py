@@ -1,7 +1,8 @@
 """How long copies of labeled messages are kept outside the database.
 
 A training run gets its own copy of the labeled messages (`runs/run-N/train.jsonl`, and the
-eval split with its predictions). Once the run is over they are only needed to look into it,
+eval split with its predictions), and of the newest unlabelled ones with their vectors
+(`unlabelled.jsonl`, `unlabelled.npy`) when it teaches a student. Once the run is over they are only needed to look into it,
 so they are deleted `SUPPORTBOT_KEEP_RUN_INPUTS_DAYS` after it finished; its metrics, report,
 log and adapter stay. The database keeps the messages themselves.
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from storage import runs
 
-RUN_INPUTS = ("train.jsonl", "eval.jsonl", "eval_predictions.jsonl")
+RUN_INPUTS = ("train.jsonl", "eval.jsonl", "eval_predictions.jsonl", "unlabelled.jsonl", "unlabelled.npy")
 
 
 def remove_old_run_inputs(settings, db, *, now: dt.datetime | None = None) -> str:

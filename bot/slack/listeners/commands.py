@@ -40,7 +40,7 @@ RETRAIN_NUMBERS = {
     "epochs": range(1, 100),
     "batch_size": range(1, 65),
     "grad_accum": range(1, 65),
-    "unlabelled_max": range(0, 50001),  # 0: no student (each unlabelled message costs the run one adapter pass)
+    "unlabelled_max": range(0, 10001),  # 0: no student (each unlabelled message costs the run one adapter pass)
 }
 RETRAIN_SWITCHES = ("gradient_checkpointing",)
 
