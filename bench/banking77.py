@@ -11,9 +11,9 @@ so its peak memory is its own. Writes bench/results/banking77.json (or --out).
 
 The default recipe's run is handed, as the bot hands a run the intake no one labelled, the other 9,233
 texts of train.csv (shuffled, seed 42; their labels never reach it) with their all-mpnet-base-v2 vectors;
-the trainer labels the first `unlabelled_max` of them (3,000) with the new adapter to teach its student
-(the gate's distilled candidate). That run therefore uses unlabelled in-domain text; `--no-pool` leaves it
-out.
+the trainer labels the first `--pool` of them (`unlabelled_max`, 3,000 here; off by default in the product)
+with the new adapter to teach its student (the gate's distilled candidate). That run therefore uses
+unlabelled in-domain text; `--pool 0` leaves it out.
 
 The default recipe's run also leaves, for adding other models to the same run without
 retraining, under bench/.cache/banking77/:
@@ -191,6 +191,7 @@ def train_recipe(
     gate: bool = False,
     embedding_model: str | None = None,
     pool: list[dict] | None = None,
+    pool_max: int = 0,
 ) -> dict:
     from jsonl import write_jsonl
 
@@ -216,8 +217,10 @@ def train_recipe(
         config["max_steps"] = max_steps
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
     write_jsonl(run_dir / "train.jsonl", train)
-    if pool:
+    if pool and pool_max:
         write_pool(run_dir, pool, config.get("embedding_model", "mpnet"))
+        config["unlabelled_max"] = pool_max  # off by default in the product
+        (run_dir / "config.json").write_text(json.dumps(config, indent=2))
     started = time.perf_counter()
     child = subprocess.Popen(
         [sys.executable, "-m", "trainer", str(run_dir)], stdout=open(run_dir / "log", "w"), stderr=subprocess.STDOUT
@@ -330,7 +333,9 @@ def main() -> None:
         help="evaluate the adapter the search trained for each recipe (same training data) instead "
         "of training it again",
     )
-    parser.add_argument("--no-pool", action="store_true", help="no unlabelled texts for the default run's student")
+    parser.add_argument(
+        "--pool", type=int, default=3000, help="unlabelled texts the default run's student learns from (0: none)"
+    )
     args = parser.parse_args()
 
     if args.search:
@@ -372,7 +377,8 @@ def main() -> None:
             reuse=args.reuse_search,
             gate=keep is not None,
             embedding_model=args.embedding_model,
-            pool=unlabelled_pool(everything, train) if keep is not None and not args.no_pool else None,
+            pool=unlabelled_pool(everything, train) if keep is not None and args.pool else None,
+            pool_max=args.pool,
         )
         if keep:
             keep.mkdir(parents=True, exist_ok=True)

@@ -363,6 +363,15 @@ def self_training(d: dict) -> str:
     return f"{d['protocol']}.\n\n" + "\n".join(rows)
 
 
+def distill_teacher(d: dict) -> str:
+    rows = ["| model | accuracy |", "| --- | --- |"]
+    rows += [f"| {v['name']} | {pct(v['accuracy'])} |" for v in d["variants"]]
+    return (
+        f"{d['protocol']}. The refitted adapter's pseudo-labels of those rows are "
+        f"{pct(d['refit_teacher_precision'])} right.\n\n" + "\n".join(rows)
+    )
+
+
 def encoder_probe(d: dict) -> str:
     rows = [
         "| what trains | lr | epochs | contrastive weight | frozen baseline | fine-tuned | train time |",
@@ -394,6 +403,7 @@ RENDER = {
     "gpu_check": gpu_check,
     "self_training": self_training,
     "self_training_seed7": self_training,
+    "distill_teacher": distill_teacher,
 }
 
 if __name__ == "__main__":
