@@ -157,22 +157,29 @@ def evaluate_candidates(
                 )
             )
             if pool is not None and len(pool) >= MIN_POOL:
+                # The adapter mixed with its student (classifier.student): the weight fitted on dev by a student
+                # that never saw dev; the student scored on eval learnt from the rows the embedding candidate did.
+                from classifier.student import teach
+
+                on_train = teach(x_train, y_train, pool, pseudo, names)
+                distilled_mix = fit_mix(adapter_dev, on_train.logits(x_dev), gold_dev)
+                student = (
+                    on_train
+                    if same_data
+                    else teach(np.concatenate([x_train, x_dev]), y_train + y_dev, pool, pseudo, names)
+                )
                 candidates.append(
-                    _distilled(
-                        names,
-                        x_train,
-                        y_train,
-                        x_dev,
-                        y_dev,
-                        x_eval,
-                        gold_dev,
+                    score(
+                        "new adapter + distilled embeddings",
+                        DISTILLED.name,
+                        distilled_mix.log_probs(adapter_eval, student.logits(x_eval)),
                         gold_eval,
-                        adapter_dev,
-                        adapter_eval,
-                        pool,
-                        pseudo,
-                        same_data=same_data,
-                        encoder=encoder,
+                        names,
+                        details={
+                            "mix": distilled_mix.to_dict(),
+                            "encoder": encoder_named(encoder).name,
+                            "pool_rows": len(pool),
+                        },
                     )
                 )
     serving_adapter = serving_kind is not None and kind(serving_kind).needs_adapter
@@ -226,41 +233,6 @@ def in_columns(labels: list[str], logits: np.ndarray, names: list[str]) -> np.nd
         if name in labels:
             out[:, i] = logits[:, labels.index(name)]
     return out
-
-
-def _distilled(
-    names,
-    x_train,
-    y_train,
-    x_dev,
-    y_dev,
-    x_eval,
-    gold_dev,
-    gold_eval,
-    adapter_dev,
-    adapter_eval,
-    pool,
-    pseudo,
-    *,
-    same_data: bool,
-    encoder: str,
-) -> Candidate:
-    """The new adapter mixed with its student. The mix weight is fitted on dev with a student that never saw
-    dev; the student scored on eval learnt from the rows the embedding candidate did (train, or train + dev)."""
-    from classifier.ensemble import fit_mix
-    from classifier.student import teach
-
-    on_train = teach(x_train, y_train, pool, pseudo, names)
-    mix = fit_mix(adapter_dev, on_train.logits(x_dev), gold_dev)
-    student = on_train if same_data else teach(np.concatenate([x_train, x_dev]), y_train + y_dev, pool, pseudo, names)
-    return score(
-        "new adapter + distilled embeddings",
-        DISTILLED.name,
-        mix.log_probs(adapter_eval, student.logits(x_eval)),
-        gold_eval,
-        names,
-        details={"mix": mix.to_dict(), "encoder": encoder_named(encoder).name, "pool_rows": len(pool)},
-    )
 
 
 def _summary(candidate: Candidate) -> dict:
