@@ -274,6 +274,20 @@ def minilm_classifier(settings):
     return classifier
 
 
+MIX = {"weight": 0.5, "adapter_temperature": 2.0, "embedding_temperature": 1.0, "temperature": 1.0}
+
+
+def serve_distilled(db, path: str, names: list[str], encoder: str = "all-MiniLM-L6-v2"):
+    """A promoted adapter at `path` that the gate chose as distilled, with its mix fitted on `encoder`."""
+    a = adapters.register_adapter(db, path=path, base_model="m", labels=names, metrics={})
+    adapters.promote(db, a.version)
+    served.set_served(
+        db, "distilled", adapter_version=a.version, reason="gate", chosen_by="gate",
+        details={"mix": MIX, "encoder": encoder},
+    )  # fmt: skip
+    return a, MIX
+
+
 def _student_adapter(tmp_path, labels_):
     x = fake_embed(["broken refund angry", "angry late broken", "how when which", "what which how"])
     student = teach(x, ["complaint", "complaint", "question", "question"], x[:0], [], labels_)
@@ -343,13 +357,7 @@ def test_a_student_that_fails_its_check_leaves_the_adapter_alone_serving_and_say
     names = ["complaint", "feedback", "question"]
     _student_adapter(tmp_path, names)
     np.savez(tmp_path / STUDENT_FILE, coef=np.zeros((3, 5), dtype="<f4"), intercept=np.zeros(3, dtype="<f4"))
-    a = adapters.register_adapter(db, path=str(tmp_path), base_model="m", labels=names, metrics={})
-    adapters.promote(db, a.version)
-    mix = {"weight": 0.5, "adapter_temperature": 2.0, "embedding_temperature": 1.0, "temperature": 1.0}
-    served.set_served(
-        db, "distilled", adapter_version=a.version, reason="gate", chosen_by="gate",
-        details={"mix": mix, "encoder": "all-MiniLM-L6-v2"},
-    )  # fmt: skip
+    a, mix = serve_distilled(db, str(tmp_path), names)
     classifier = minilm_classifier(settings)
     classifier.refit(db)
     state = classifier._with_student(classifier._wanted(db))
@@ -486,13 +494,7 @@ def test_ray_runs_take_the_pool_with_them():
 def test_a_distilled_choice_without_an_embedding_classifier_serves_the_adapter_and_says_why(workspace):  # noqa: F811
     settings, db, _ = workspace
     names = ["complaint", "feedback", "question"]
-    a = adapters.register_adapter(db, path="/nowhere", base_model="m", labels=names, metrics={})
-    adapters.promote(db, a.version)
-    mix = {"weight": 0.5, "adapter_temperature": 2.0, "embedding_temperature": 1.0, "temperature": 1.0}
-    served.set_served(
-        db, "distilled", adapter_version=a.version, reason="gate", chosen_by="gate",
-        details={"mix": mix, "encoder": "all-MiniLM-L6-v2"},
-    )  # fmt: skip
+    serve_distilled(db, "/nowhere", names)
     classifier = minilm_classifier(settings)
     classifier.refit(db)  # no labelled message: no embedding classifier
     state = classifier._wanted(db)
